@@ -1,0 +1,393 @@
+//! The task graph (petgraph), Factotum's display order, and `--start` planning.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::factfile::{Factfile, Task};
+use crate::template::command_line;
+
+/// Index of a task inside a [`Plan`].
+pub type TaskId = u32;
+
+/// Returns the tasks (factfile indices) of one cycle, if the dependencies have any.
+/// Assumes names are unique and every dependency exists (checked before).
+pub fn find_cycle(ff: &Factfile) -> Option<Vec<usize>> {
+    let tasks = &ff.data.tasks;
+    let index: HashMap<&str, usize> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(tasks.len(), tasks.len());
+    for i in 0..tasks.len() {
+        g.add_node(i);
+    }
+    for (i, t) in tasks.iter().enumerate() {
+        for d in &t.depends_on {
+            let d = *index.get(d.as_str())?;
+            g.add_edge(NodeIndex::new(d), NodeIndex::new(i), ());
+        }
+    }
+    if petgraph::algo::toposort(&g, None).is_ok() {
+        return None;
+    }
+    let scc = petgraph::algo::tarjan_scc(&g)
+        .into_iter()
+        .find(|c| c.len() > 1)?;
+    // Walk the component along dependency edges to print the cycle in order.
+    let members: std::collections::HashSet<NodeIndex> = scc.iter().copied().collect();
+    let start = *scc.iter().min()?;
+    let mut cycle = vec![start.index()];
+    let mut at = start;
+    loop {
+        let next = g.neighbors(at).filter(|n| members.contains(n)).min()?;
+        if next == start || cycle.contains(&next.index()) {
+            break;
+        }
+        cycle.push(next.index());
+        at = next;
+    }
+    Some(cycle)
+}
+
+/// What one task of a plan needs at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanTask {
+    pub name: Arc<str>,
+    /// The exact `sh -c` line.
+    pub command_line: String,
+    pub continue_job: Vec<i32>,
+    pub terminate_job_with_success: Vec<i32>,
+    pub deps: Vec<TaskId>,
+    pub children: Vec<TaskId>,
+}
+
+/// The tasks of one run: the whole factfile, or the sub-tree below `--start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub job_name: String,
+    pub tasks: Vec<PlanTask>,
+    /// Task ids in Factotum's display order (by depth, as Factotum lists `taskStates`).
+    pub order: Vec<TaskId>,
+    /// Position of each task in `order`.
+    pub position: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("The job cannot be started from '{0}' because the task specified could not be found")]
+    UnknownStart(String),
+    #[error(
+        "The job cannot be started from '{0}' because the job cannot be started here without triggering prior tasks"
+    )]
+    PriorTasks(String),
+}
+
+impl Plan {
+    /// Plans the whole factfile.
+    pub fn new(ff: &Factfile) -> Plan {
+        Self::build(ff, None)
+    }
+
+    /// Plans `start` and its descendants. Factotum's rule: every descendant's dependencies must be
+    /// `start` itself or other descendants, or starting there would skip work it needs.
+    pub fn from_start(ff: &Factfile, start: &str) -> Result<Plan, PlanError> {
+        let full = Self::new(ff);
+        let Some(root) = full.tasks.iter().position(|t| &*t.name == start) else {
+            return Err(PlanError::UnknownStart(start.to_string()));
+        };
+        let mut keep = vec![false; full.tasks.len()];
+        keep[root] = true;
+        let mut stack = vec![root as TaskId];
+        while let Some(t) = stack.pop() {
+            for &c in &full.tasks[t as usize].children {
+                if !keep[c as usize] {
+                    keep[c as usize] = true;
+                    stack.push(c);
+                }
+            }
+        }
+        for (i, t) in full.tasks.iter().enumerate() {
+            if keep[i] && i != root && t.deps.iter().any(|&d| !keep[d as usize]) {
+                return Err(PlanError::PriorTasks(start.to_string()));
+            }
+        }
+        Ok(Self::build(ff, Some(&keep)))
+    }
+
+    fn build(ff: &Factfile, keep: Option<&[bool]>) -> Plan {
+        let src: Vec<(usize, &Task)> = ff
+            .data
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep.is_none_or(|k| k[*i]))
+            .collect();
+        let index: HashMap<&str, TaskId> = src
+            .iter()
+            .enumerate()
+            .map(|(new, (_, t))| (t.name.as_str(), new as TaskId))
+            .collect();
+        let mut tasks: Vec<PlanTask> = src
+            .iter()
+            .map(|(_, t)| PlanTask {
+                name: Arc::from(t.name.as_str()),
+                command_line: command_line(&t.command, &t.arguments),
+                continue_job: t.on_result.continue_job.clone(),
+                terminate_job_with_success: t.on_result.terminate_job_with_success.clone(),
+                deps: t
+                    .depends_on
+                    .iter()
+                    .filter_map(|d| index.get(d.as_str()).copied())
+                    .collect(),
+                children: vec![],
+            })
+            .collect();
+        for i in 0..tasks.len() {
+            for d in tasks[i].deps.clone() {
+                tasks[d as usize].children.push(i as TaskId);
+            }
+        }
+        let order = display_order(&tasks);
+        let mut position = vec![0u32; tasks.len()];
+        for (p, &t) in order.iter().enumerate() {
+            position[t as usize] = p as u32;
+        }
+        Plan {
+            job_name: ff.data.name.clone(),
+            tasks,
+            order,
+            position,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    pub fn task(&self, id: TaskId) -> Option<&PlanTask> {
+        self.tasks.get(id as usize)
+    }
+
+    /// Every descendant of `id` (not `id` itself), in display order.
+    pub fn descendants(&self, id: TaskId) -> Vec<TaskId> {
+        let mut seen = vec![false; self.tasks.len()];
+        let mut out = vec![];
+        let mut stack = vec![id];
+        while let Some(t) = stack.pop() {
+            for &c in &self.tasks[t as usize].children {
+                if !seen[c as usize] {
+                    seen[c as usize] = true;
+                    out.push(c);
+                    stack.push(c);
+                }
+            }
+        }
+        self.sort_display(&mut out);
+        out
+    }
+
+    pub fn sort_display(&self, ids: &mut [TaskId]) {
+        ids.sort_unstable_by_key(|&t| self.position[t as usize]);
+    }
+}
+
+/// Factotum lists tasks level by level (a task's level is its longest dependency path from a
+/// root); inside a level, in the order a depth-first walk from the roots first reaches them, where
+/// each node's children are visited newest edge first (petgraph's order, which Factotum exposed).
+fn display_order(tasks: &[PlanTask]) -> Vec<TaskId> {
+    let n = tasks.len();
+    // Levels by a topological pass (the graph is acyclic by now).
+    let mut level = vec![0u32; n];
+    let mut unmet: Vec<usize> = tasks.iter().map(|t| t.deps.len()).collect();
+    let mut queue: Vec<TaskId> = (0..n as TaskId)
+        .filter(|&t| unmet[t as usize] == 0)
+        .collect();
+    let mut head = 0;
+    while head < queue.len() {
+        let t = queue[head] as usize;
+        head += 1;
+        for &c in &tasks[t].children {
+            level[c as usize] = level[c as usize].max(level[t] + 1);
+            unmet[c as usize] -= 1;
+            if unmet[c as usize] == 0 {
+                queue.push(c);
+            }
+        }
+    }
+    // Depth-first preorder from a virtual root whose children are the roots, newest first.
+    let roots: Vec<TaskId> = (0..n as TaskId)
+        .rev()
+        .filter(|&t| tasks[t as usize].deps.is_empty())
+        .collect();
+    let mut visited = vec![false; n];
+    let mut preorder = Vec::with_capacity(n);
+    let mut stack: Vec<(Option<TaskId>, usize)> = vec![(None, 0)];
+    while let Some((node, next)) = stack.last_mut() {
+        let children: &[TaskId] = match node {
+            None => &roots,
+            Some(t) => &tasks[*t as usize].children,
+        };
+        let reversed = node.is_some();
+        if *next >= children.len() {
+            stack.pop();
+            continue;
+        }
+        let child = if reversed {
+            children[children.len() - 1 - *next]
+        } else {
+            children[*next]
+        };
+        *next += 1;
+        if !visited[child as usize] {
+            visited[child as usize] = true;
+            preorder.push(child);
+            stack.push((Some(child), 0));
+        }
+    }
+    preorder.sort_by_key(|&t| level[t as usize]);
+    preorder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::factfile::{Factfile, Job, OnResult, SNOWPLOW_SCHEMA};
+
+    pub(crate) fn ff(spec: &[(&str, &[&str])]) -> Factfile {
+        Factfile {
+            schema: SNOWPLOW_SCHEMA.into(),
+            data: Job {
+                name: "test".into(),
+                tasks: spec
+                    .iter()
+                    .map(|(n, deps)| Task {
+                        name: n.to_string(),
+                        executor: "shell".into(),
+                        command: "echo".into(),
+                        arguments: vec![n.to_string()],
+                        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+                        on_result: OnResult {
+                            terminate_job_with_success: vec![3],
+                            continue_job: vec![0],
+                        },
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    fn names(p: &Plan) -> Vec<&str> {
+        p.order
+            .iter()
+            .map(|&t| &*p.tasks[t as usize].name)
+            .collect()
+    }
+
+    #[test]
+    fn display_order_matches_factotum_observations() {
+        // multi-failure-cascade: Factotum listed setup, delayed-fail, slow-success, quick-fail, ...
+        let p = Plan::new(&ff(&[
+            ("setup", &[]),
+            ("quick-fail", &["setup"]),
+            ("slow-success", &["setup"]),
+            ("delayed-fail", &["setup"]),
+            ("dq", &["quick-fail"]),
+            ("dd", &["delayed-fail"]),
+            ("final", &["dq", "dd", "slow-success"]),
+        ]));
+        assert_eq!(
+            names(&p),
+            [
+                "setup",
+                "delayed-fail",
+                "slow-success",
+                "quick-fail",
+                "dd",
+                "dq",
+                "final"
+            ]
+        );
+        let p = Plan::new(&ff(&[
+            ("sleep", &[]),
+            ("sleep2", &["sleep"]),
+            ("sleep3", &["sleep"]),
+            ("done", &["sleep2", "sleep3"]),
+        ]));
+        assert_eq!(names(&p), ["sleep", "sleep3", "sleep2", "done"]);
+        let p = Plan::new(&ff(&[("long", &[]), ("short", &[])]));
+        assert_eq!(names(&p), ["short", "long"]);
+    }
+
+    #[test]
+    fn start_planning_follows_factotums_rule() {
+        let f = ff(&[
+            ("a", &[]),
+            ("b", &["a"]),
+            ("c", &["a"]),
+            ("d", &["b", "c"]),
+            ("e", &["b"]),
+        ]);
+        let p = Plan::from_start(&f, "b").unwrap_err();
+        assert_eq!(
+            p.to_string(),
+            "The job cannot be started from 'b' because the job cannot be started here without triggering prior tasks"
+        );
+        let p = Plan::from_start(&f, "a").unwrap();
+        assert_eq!(p.len(), 5);
+        let p = Plan::from_start(&f, "e").unwrap();
+        assert_eq!(names(&p), ["e"]);
+        assert!(p.tasks[0].deps.is_empty());
+        assert_eq!(
+            Plan::from_start(&f, "zz").unwrap_err().to_string(),
+            "The job cannot be started from 'zz' because the task specified could not be found"
+        );
+        let chain = ff(&[("x", &[]), ("y", &["x"]), ("z", &["y"])]);
+        let p = Plan::from_start(&chain, "y").unwrap();
+        assert_eq!(names(&p), ["y", "z"]);
+    }
+
+    #[test]
+    fn descendants_in_display_order() {
+        let p = Plan::new(&ff(&[
+            ("a", &[]),
+            ("b", &["a"]),
+            ("c", &["a"]),
+            ("d", &["b"]),
+        ]));
+        let d: Vec<&str> = p
+            .descendants(0)
+            .iter()
+            .map(|&t| &*p.tasks[t as usize].name)
+            .collect();
+        assert_eq!(d, ["c", "b", "d"]);
+    }
+
+    #[test]
+    fn deep_chains_do_not_overflow() {
+        let names: Vec<String> = (0..50_000).map(|i| format!("t{i}")).collect();
+        let deps: Vec<Vec<&str>> = (0..50_000)
+            .map(|i| {
+                if i == 0 {
+                    vec![]
+                } else {
+                    vec![names[i - 1].as_str()]
+                }
+            })
+            .collect();
+        let spec: Vec<(&str, &[&str])> = names
+            .iter()
+            .zip(&deps)
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
+        let p = Plan::new(&ff(&spec));
+        assert_eq!(p.order.len(), 50_000);
+        assert_eq!(p.order[49_999], 49_999);
+    }
+}

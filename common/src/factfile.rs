@@ -1,0 +1,558 @@
+//! Factfile parsing and validation (`iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0`).
+//!
+//! Order of checks, as Factotum: JSON syntax, then the schema (reported valico-style as
+//! `'<json path>' - <problem>`), then templating, then the rules the schema can't express.
+//! Unlike Factotum, duplicate names, self/unknown dependencies and cycles are ordinary errors,
+//! and dependencies may refer to tasks declared later in the file.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::template::{TemplateError, Vars};
+
+pub const SNOWPLOW_SCHEMA: &str = "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0";
+
+/// The largest return code a factfile may name (the schema's `maximum`).
+pub const MAX_CODE: i64 = 32767;
+
+/// A templated, validated factfile. Serializes (compactly, in this field order) to exactly the
+/// document Factotum hashes for `jobReference` and sends, base64-encoded, as `factfile`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Factfile {
+    pub schema: String,
+    pub data: Job,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Job {
+    pub name: String,
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub name: String,
+    pub executor: String,
+    pub command: String,
+    pub arguments: Vec<String>,
+    pub depends_on: Vec<String>,
+    pub on_result: OnResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OnResult {
+    pub terminate_job_with_success: Vec<i32>,
+    pub continue_job: Vec<i32>,
+}
+
+/// Why a factfile was refused. The display text follows Factotum's
+/// `'<path>' is not a valid factotum factfile: ` prefix (added by the caller, who knows the path).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FactfileError {
+    #[error("invalid JSON - {message} at line {line}, column {column}")]
+    Json {
+        message: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("{}", .0.join("\n"))]
+    Schema(Vec<String>),
+    #[error("the task '{0}' has no way to continue successfully.")]
+    NoContinue(String),
+    #[error("the task '{0}' has conflicting actions.")]
+    ConflictingActions(String),
+    #[error("the task name '{0}' is used by more than one task")]
+    DuplicateName(String),
+    #[error("the task '{0}' depends on itself")]
+    SelfDependency(String),
+    #[error("the task '{task}' depends on '{dependency}', which is not a task in this factfile")]
+    UnknownDependency { task: String, dependency: String },
+    #[error("the tasks form a cycle: {0}")]
+    Cycle(String),
+    #[error("{what}: {error}")]
+    Template { what: String, error: TemplateError },
+}
+
+impl Factfile {
+    /// Parses, templates and validates a factfile's text.
+    pub fn parse(text: &str, vars: &Vars) -> Result<Factfile, FactfileError> {
+        let doc: Value = serde_json::from_str(text).map_err(|e| FactfileError::Json {
+            message: json_message(&e),
+            line: e.line(),
+            column: e.column(),
+        })?;
+        let raw = check_schema(&doc)?;
+        let ff = raw.template(vars)?;
+        ff.check_rules()?;
+        Ok(ff)
+    }
+
+    /// The compact JSON used for `jobReference` and the webhook `factfile` field.
+    pub fn compact_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    fn template(self, vars: &Vars) -> Result<Factfile, FactfileError> {
+        let render = |what: &dyn Fn() -> String, s: String| -> Result<String, FactfileError> {
+            if !s.contains("{{") {
+                return Ok(s);
+            }
+            vars.render(&s).map_err(|error| FactfileError::Template {
+                what: what(),
+                error,
+            })
+        };
+        let name = render(&|| "the job name".to_string(), self.data.name)?;
+        let mut tasks = Vec::with_capacity(self.data.tasks.len());
+        for (i, t) in self.data.tasks.into_iter().enumerate() {
+            let label = t.name.clone();
+            let field = |f: &str| format!("the task '{label}' (task {}) field '{f}'", i + 1);
+            tasks.push(Task {
+                name: render(&|| field("name"), t.name.clone())?,
+                executor: render(&|| field("executor"), t.executor)?,
+                command: render(&|| field("command"), t.command)?,
+                arguments: t
+                    .arguments
+                    .into_iter()
+                    .map(|a| render(&|| field("arguments"), a))
+                    .collect::<Result<_, _>>()?,
+                depends_on: t
+                    .depends_on
+                    .into_iter()
+                    .map(|d| render(&|| field("dependsOn"), d))
+                    .collect::<Result<_, _>>()?,
+                on_result: t.on_result,
+            });
+        }
+        Ok(Factfile {
+            schema: self.schema,
+            data: Job { name, tasks },
+        })
+    }
+
+    fn check_rules(&self) -> Result<(), FactfileError> {
+        for t in &self.data.tasks {
+            if t.on_result.continue_job.is_empty() {
+                return Err(FactfileError::NoContinue(t.name.clone()));
+            }
+            if t.on_result
+                .terminate_job_with_success
+                .iter()
+                .any(|c| t.on_result.continue_job.contains(c))
+            {
+                return Err(FactfileError::ConflictingActions(t.name.clone()));
+            }
+        }
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(self.data.tasks.len());
+        for (i, t) in self.data.tasks.iter().enumerate() {
+            if index.insert(t.name.as_str(), i).is_some() {
+                return Err(FactfileError::DuplicateName(t.name.clone()));
+            }
+        }
+        for t in &self.data.tasks {
+            for d in &t.depends_on {
+                if d == &t.name {
+                    return Err(FactfileError::SelfDependency(t.name.clone()));
+                }
+                if !index.contains_key(d.as_str()) {
+                    return Err(FactfileError::UnknownDependency {
+                        task: t.name.clone(),
+                        dependency: d.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(cycle) = crate::dag::find_cycle(self) {
+            let mut names: Vec<String> = cycle
+                .iter()
+                .map(|&i| format!("'{}'", self.data.tasks[i].name))
+                .collect();
+            names.push(names[0].clone());
+            return Err(FactfileError::Cycle(names.join(" -> ")));
+        }
+        Ok(())
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C".
+fn json_message(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    match full.rfind(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    }
+}
+
+/// Collects every schema violation, then converts the document.
+fn check_schema(doc: &Value) -> Result<Factfile, FactfileError> {
+    let mut errs = Errors::default();
+    let root = errs.object(doc, "");
+    let mut schema = String::new();
+    let mut name = String::new();
+    let mut tasks = Vec::new();
+    if let Some(root) = root {
+        errs.only(root, "", &["schema", "data"]);
+        if let Some(s) = errs
+            .required(root, "", "schema")
+            .and_then(|v| errs.string(v, "/schema"))
+        {
+            if s != SNOWPLOW_SCHEMA {
+                errs.push(
+                    "/schema",
+                    format!("Unsupported schema ('{s}' is not {SNOWPLOW_SCHEMA})"),
+                );
+            }
+            schema = s.to_string();
+        }
+        if let Some(data) = errs
+            .required(root, "", "data")
+            .and_then(|v| errs.object(v, "/data"))
+        {
+            errs.only(data, "/data", &["name", "tasks"]);
+            if let Some(n) = errs
+                .required(data, "/data", "name")
+                .and_then(|v| errs.string(v, "/data/name"))
+            {
+                name = n.to_string();
+            }
+            if let Some(list) = errs
+                .required(data, "/data", "tasks")
+                .and_then(|v| errs.array(v, "/data/tasks"))
+            {
+                tasks.reserve(list.len());
+                for (i, t) in list.iter().enumerate() {
+                    if let Some(task) = check_task(&mut errs, t, &format!("/data/tasks/{i}")) {
+                        tasks.push(task);
+                    }
+                }
+            }
+        }
+    }
+    if !errs.0.is_empty() {
+        return Err(FactfileError::Schema(errs.0));
+    }
+    Ok(Factfile {
+        schema,
+        data: Job { name, tasks },
+    })
+}
+
+const TASK_FIELDS: &[&str] = &[
+    "name",
+    "executor",
+    "command",
+    "arguments",
+    "dependsOn",
+    "onResult",
+];
+
+fn check_task(errs: &mut Errors, v: &Value, path: &str) -> Option<Task> {
+    let obj = errs.object(v, path)?;
+    errs.only(obj, path, TASK_FIELDS);
+    let before = errs.0.len();
+    let mut text = |field: &str| -> String {
+        errs.required(obj, path, field)
+            .and_then(|v| errs.string(v, &format!("{path}/{field}")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let name = text("name");
+    let executor = text("executor");
+    let command = text("command");
+    let arguments = strings(errs, obj, path, "arguments");
+    let depends_on = strings(errs, obj, path, "dependsOn");
+    let mut on_result = OnResult {
+        terminate_job_with_success: vec![],
+        continue_job: vec![],
+    };
+    let rpath = format!("{path}/onResult");
+    if let Some(r) = errs
+        .required(obj, path, "onResult")
+        .and_then(|v| errs.object(v, &rpath))
+    {
+        errs.only(r, &rpath, &["terminateJobWithSuccess", "continueJob"]);
+        on_result.terminate_job_with_success = codes(errs, r, &rpath, "terminateJobWithSuccess");
+        on_result.continue_job = codes(errs, r, &rpath, "continueJob");
+    }
+    (errs.0.len() == before).then_some(Task {
+        name,
+        executor,
+        command,
+        arguments,
+        depends_on,
+        on_result,
+    })
+}
+
+fn strings(
+    errs: &mut Errors,
+    obj: &serde_json::Map<String, Value>,
+    path: &str,
+    field: &str,
+) -> Vec<String> {
+    let p = format!("{path}/{field}");
+    let Some(items) = errs
+        .required(obj, path, field)
+        .and_then(|v| errs.array(v, &p))
+    else {
+        return vec![];
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| errs.string(v, &format!("{p}/{i}")).map(str::to_string))
+        .collect()
+}
+
+fn codes(
+    errs: &mut Errors,
+    obj: &serde_json::Map<String, Value>,
+    path: &str,
+    field: &str,
+) -> Vec<i32> {
+    let p = format!("{path}/{field}");
+    let Some(items) = errs
+        .required(obj, path, field)
+        .and_then(|v| errs.array(v, &p))
+    else {
+        return vec![];
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, v) in items.iter().enumerate() {
+        let ip = format!("{p}/{i}");
+        match v.as_i64() {
+            Some(n) if n < 0 => errs.push(
+                &ip,
+                "Minimum condition is not met (the value must be at least 0)".into(),
+            ),
+            Some(n) if n > MAX_CODE => errs.push(
+                &ip,
+                format!("Maximum condition is not met (the value must be at most {MAX_CODE})"),
+            ),
+            Some(n) => out.push(n as i32),
+            None => errs.wrong_type(&ip, "integer"),
+        }
+    }
+    out
+}
+
+/// Schema violations, each `'<json pointer>' - <title> (<detail>)` like valico's.
+#[derive(Default)]
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn push(&mut self, path: &str, msg: String) {
+        let path = if path.is_empty() { "/" } else { path };
+        self.0.push(format!("'{path}' - {msg}"));
+    }
+
+    fn wrong_type(&mut self, path: &str, expected: &str) {
+        self.push(
+            path,
+            format!("Type of the value is wrong (The value must be {expected})"),
+        );
+    }
+
+    fn object<'a>(
+        &mut self,
+        v: &'a Value,
+        path: &str,
+    ) -> Option<&'a serde_json::Map<String, Value>> {
+        let o = v.as_object();
+        if o.is_none() {
+            self.wrong_type(path, "object");
+        }
+        o
+    }
+
+    fn array<'a>(&mut self, v: &'a Value, path: &str) -> Option<&'a Vec<Value>> {
+        let a = v.as_array();
+        if a.is_none() {
+            self.wrong_type(path, "array");
+        }
+        a
+    }
+
+    fn string<'a>(&mut self, v: &'a Value, path: &str) -> Option<&'a str> {
+        let s = v.as_str();
+        if s.is_none() {
+            self.wrong_type(path, "string");
+        }
+        s
+    }
+
+    fn required<'a>(
+        &mut self,
+        obj: &'a serde_json::Map<String, Value>,
+        path: &str,
+        field: &str,
+    ) -> Option<&'a Value> {
+        let v = obj.get(field);
+        if v.is_none() {
+            self.push(
+                &format!("{path}/{field}"),
+                "This property is required".into(),
+            );
+        }
+        v
+    }
+
+    fn only(&mut self, obj: &serde_json::Map<String, Value>, path: &str, allowed: &[&str]) {
+        for k in obj.keys() {
+            if !allowed.contains(&k.as_str()) {
+                self.push(
+                    &format!("{path}/{k}"),
+                    "Additional properties are not allowed (this property is not part of the schema)".into(),
+                );
+            }
+        }
+    }
+}
+
+/// Tags keyed by name, as passed to templating and `jobReference`.
+pub type Tags = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn task(name: &str, deps: &[&str]) -> Value {
+        json!({"name": name, "executor": "shell", "command": "echo", "arguments": [name],
+               "dependsOn": deps, "onResult": {"terminateJobWithSuccess": [3], "continueJob": [0]}})
+    }
+
+    fn doc(tasks: Vec<Value>) -> String {
+        json!({"schema": SNOWPLOW_SCHEMA, "data": {"name": "j", "tasks": tasks}}).to_string()
+    }
+
+    fn parse(text: &str) -> Result<Factfile, FactfileError> {
+        Factfile::parse(text, &Vars::new(&Value::Null, &Tags::new()).unwrap())
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn forward_references_are_allowed() {
+        let ff = parse(&doc(vec![task("b", &["a"]), task("a", &[])])).unwrap();
+        assert_eq!(ff.data.tasks.len(), 2);
+    }
+
+    #[test]
+    fn empty_task_list_is_valid() {
+        assert!(parse(&doc(vec![])).unwrap().data.tasks.is_empty());
+    }
+
+    #[test]
+    fn invalid_json_message() {
+        assert_eq!(
+            err("xyz\nmore"),
+            "invalid JSON - expected value at line 1, column 1"
+        );
+    }
+
+    #[test]
+    fn factotum_rule_messages() {
+        let mut t = task("continue", &[]);
+        t["onResult"]["continueJob"] = json!([]);
+        assert_eq!(
+            err(&doc(vec![t])),
+            "the task 'continue' has no way to continue successfully."
+        );
+        let mut t = task("ambi", &[]);
+        t["onResult"] = json!({"terminateJobWithSuccess": [0], "continueJob": [0]});
+        assert_eq!(
+            err(&doc(vec![t])),
+            "the task 'ambi' has conflicting actions."
+        );
+    }
+
+    #[test]
+    fn graph_errors_are_clear() {
+        assert_eq!(
+            err(&doc(vec![task("a", &[]), task("a", &[])])),
+            "the task name 'a' is used by more than one task"
+        );
+        assert_eq!(
+            err(&doc(vec![task("a", &["a"])])),
+            "the task 'a' depends on itself"
+        );
+        assert_eq!(
+            err(&doc(vec![task("a", &["zz"])])),
+            "the task 'a' depends on 'zz', which is not a task in this factfile"
+        );
+        let e = err(&doc(vec![
+            task("a", &["c"]),
+            task("b", &["a"]),
+            task("c", &["b"]),
+            task("d", &[]),
+        ]));
+        assert!(e.starts_with("the tasks form a cycle: "), "{e}");
+        for n in ["'a'", "'b'", "'c'"] {
+            assert!(e.contains(n), "{e}");
+        }
+        assert!(!e.contains("'d'"), "{e}");
+    }
+
+    #[test]
+    fn schema_errors_name_the_path() {
+        let mut t = task("a", &[]);
+        t["onResult"]["terminateJobWithSuccess"] = json!(["this isn't a number!"]);
+        assert_eq!(
+            err(&doc(vec![t])),
+            "'/data/tasks/0/onResult/terminateJobWithSuccess/0' - Type of the value is wrong (The value must be integer)"
+        );
+        let no_name = json!({"schema": SNOWPLOW_SCHEMA, "data": {"tasks": []}}).to_string();
+        assert_eq!(err(&no_name), "'/data/name' - This property is required");
+        let mut t = task("a", &[]);
+        t["timeout"] = json!(5);
+        assert!(err(&doc(vec![t]))
+            .starts_with("'/data/tasks/0/timeout' - Additional properties are not allowed"));
+        let mut t = task("a", &[]);
+        t["onResult"]["continueJob"] = json!([0, 40000, -1]);
+        let e = err(&doc(vec![t]));
+        assert!(
+            e.contains("'/data/tasks/0/onResult/continueJob/1' - Maximum"),
+            "{e}"
+        );
+        assert!(
+            e.contains("'/data/tasks/0/onResult/continueJob/2' - Minimum"),
+            "{e}"
+        );
+        assert!(err("[1]").starts_with("'/' - Type of the value is wrong"));
+        let other = json!({"schema": "iglu:com.acme/factfile/jsonschema/1-0-0", "data": {"name": "x", "tasks": []}});
+        assert!(err(&other.to_string()).starts_with("'/schema' - Unsupported schema"));
+    }
+
+    #[test]
+    fn templating_applies_to_names_args_deps_and_command() {
+        let text = json!({"schema": SNOWPLOW_SCHEMA, "data": {"name": "job {{ tag:env }}", "tasks": [
+            {"name": "a {{x}}", "executor": "shell", "command": "echo {{x}}", "arguments": ["{{ x }}"],
+             "dependsOn": [], "onResult": {"terminateJobWithSuccess": [], "continueJob": [0]}},
+            {"name": "b", "executor": "shell", "command": "echo", "arguments": [],
+             "dependsOn": ["a {{x}}"], "onResult": {"terminateJobWithSuccess": [], "continueJob": [0]}}]}})
+        .to_string();
+        let tags = Tags::from([("env".to_string(), "prod".to_string())]);
+        let ff = Factfile::parse(&text, &Vars::new(&json!({"x": "1"}), &tags).unwrap()).unwrap();
+        assert_eq!(ff.data.name, "job prod");
+        assert_eq!(ff.data.tasks[0].name, "a 1");
+        assert_eq!(ff.data.tasks[0].command, "echo 1");
+        assert_eq!(ff.data.tasks[0].arguments, vec!["1"]);
+        assert_eq!(ff.data.tasks[1].depends_on, vec!["a 1"]);
+    }
+
+    #[test]
+    fn compact_json_is_factotums_and_gives_the_vector_references() {
+        let text = doc(vec![task("echo alpha", &[])]);
+        let ff = parse(&text).unwrap();
+        assert!(ff.compact_json().starts_with(
+            "{\"schema\":\"iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0\",\"data\":{\"name\":\"j\",\"tasks\":[{\"name\":\"echo alpha\",\"executor\":\"shell\",\"command\":\"echo\",\"arguments\":[\"echo alpha\"],\"dependsOn\":[],\"onResult\":{\"terminateJobWithSuccess\":[3],\"continueJob\":[0]}}"
+        ));
+    }
+}

@@ -1,0 +1,661 @@
+//! The run state machine: `(RunState, Event, now) -> (RunState', Vec<Action>)`.
+//!
+//! Pure: no IO, no clock. The embedded runner and the coordinator feed it the same events and
+//! carry out the same actions, so every scheduling rule below exists once:
+//! - a task is ready as soon as its own dependencies succeeded (no level barrier);
+//! - a return code in `terminateJobWithSuccess` is `SUCCEEDED_NO_OP` and skips the descendants,
+//!   one in `continueJob` is `SUCCEEDED`, anything else is `FAILED` and skips the descendants;
+//!   independent branches keep going; a task skipped again accumulates `<old>, <new>` reasons;
+//! - every dispatch is a numbered attempt and a result for any other attempt is ignored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::dag::{Plan, TaskId};
+use crate::tail::Tail;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    Waiting,
+    Running,
+    Succeeded,
+    SucceededNoOp,
+    Failed,
+    Skipped,
+}
+
+impl TaskState {
+    /// The webhook name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Waiting => "WAITING",
+            TaskState::Running => "RUNNING",
+            TaskState::Succeeded => "SUCCEEDED",
+            TaskState::SucceededNoOp => "SUCCEEDED_NO_OP",
+            TaskState::Failed => "FAILED",
+            TaskState::Skipped => "SKIPPED",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TaskState::Waiting | TaskState::Running)
+    }
+
+    /// Whether the task's process ran to an end (what the console's `N/M tasks run` counts).
+    pub fn ran(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::SucceededNoOp | TaskState::Failed
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Waiting,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Waiting => "WAITING",
+            JobState::Running => "RUNNING",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed)
+    }
+}
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The process exited with this code (a signal counts as 1, as in Factotum).
+    Exited(i32),
+    /// The process could not be started.
+    SpawnFailed(String),
+}
+
+/// What an executor reports when an attempt ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskResult {
+    pub outcome: Outcome,
+    /// Tails of the output (the last `--max-stdouterr-size` characters).
+    pub stdout: String,
+    pub stderr: String,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The run begins: `job_update` null → WAITING.
+    Start,
+    /// The engine placed these ready tasks; each gets a new attempt and becomes RUNNING.
+    Lease { tasks: Vec<TaskId> },
+    /// One line of a running attempt's output.
+    Output {
+        task: TaskId,
+        attempt: u32,
+        stream: Stream,
+        line: String,
+    },
+    /// An attempt ended.
+    Finished {
+        task: TaskId,
+        attempt: u32,
+        result: TaskResult,
+    },
+    /// Heartbeat tick: every running task reports RUNNING → RUNNING with its output so far.
+    Heartbeat,
+    /// Stop the run: start nothing more, kill what runs, skip what has not run with `reason`.
+    Cancel { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start this attempt of the task.
+    Dispatch { task: TaskId, attempt: u32 },
+    /// Kill this attempt (TERM, grace, KILL).
+    Kill { task: TaskId, attempt: u32 },
+    /// One webhook payload's worth of change, in order.
+    Emit(Update),
+    /// The run reached its final state.
+    Finished(JobState),
+}
+
+/// One transition notice: a `job_update` or a `task_update`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    pub kind: UpdateKind,
+    pub at: DateTime<Utc>,
+    /// The run as it was at this transition; captured only when someone consumes payloads.
+    pub snapshot: Option<Arc<Snapshot>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateKind {
+    Job {
+        previous: Option<JobState>,
+        current: JobState,
+    },
+    Tasks(Vec<TaskTransition>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskTransition {
+    pub task: TaskId,
+    pub previous: TaskState,
+    pub current: TaskState,
+}
+
+/// `runState`, `runDuration` and `taskStates` at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub run_state: JobState,
+    pub run_duration: Duration,
+    pub tasks: Vec<TaskView>,
+}
+
+/// One `taskStates` entry; optional fields are `None` until known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskView {
+    pub name: Arc<str>,
+    pub state: TaskState,
+    pub started: Option<DateTime<Utc>>,
+    pub duration: Option<Duration>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+    pub return_code: Option<i32>,
+    pub error_message: Option<String>,
+}
+
+/// Per-task record.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub state: TaskState,
+    /// The current attempt (0 = never dispatched).
+    pub attempt: u32,
+    pub started: Option<DateTime<Utc>>,
+    pub duration: Option<Duration>,
+    pub stdout: Tail,
+    pub stderr: Tail,
+    pub return_code: Option<i32>,
+    pub error_message: Option<String>,
+    /// Dependencies not yet succeeded.
+    unmet: u32,
+}
+
+/// Options fixed for a run.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Characters of output kept per stream (`--max-stdouterr-size`).
+    pub max_output: usize,
+    /// Capture a [`Snapshot`] with every update (needed to build webhook payloads).
+    pub snapshots: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            max_output: 10_000,
+            snapshots: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunState {
+    plan: Arc<Plan>,
+    opts: RunOptions,
+    job: JobState,
+    started_at: DateTime<Utc>,
+    tasks: Vec<TaskRecord>,
+    ready: Vec<TaskId>,
+    /// Tasks not yet in a terminal state.
+    remaining: usize,
+    cancelled: Option<String>,
+    /// The first task that failed and the first that asked for an early finish (console summary).
+    first_failed: Option<TaskId>,
+    first_no_op: Option<TaskId>,
+}
+
+impl RunState {
+    pub fn new(plan: Arc<Plan>, started_at: DateTime<Utc>, opts: RunOptions) -> RunState {
+        let tasks = plan
+            .tasks
+            .iter()
+            .map(|t| TaskRecord {
+                state: TaskState::Waiting,
+                attempt: 0,
+                started: None,
+                duration: None,
+                stdout: Tail::new(opts.max_output),
+                stderr: Tail::new(opts.max_output),
+                return_code: None,
+                error_message: None,
+                unmet: t.deps.len() as u32,
+            })
+            .collect();
+        RunState {
+            remaining: plan.len(),
+            plan,
+            opts,
+            job: JobState::Waiting,
+            started_at,
+            tasks,
+            ready: vec![],
+            cancelled: None,
+            first_failed: None,
+            first_no_op: None,
+        }
+    }
+
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
+    pub fn job_state(&self) -> JobState {
+        self.job
+    }
+
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    pub fn task(&self, id: TaskId) -> Option<&TaskRecord> {
+        self.tasks.get(id as usize)
+    }
+
+    pub fn tasks(&self) -> &[TaskRecord] {
+        &self.tasks
+    }
+
+    pub fn first_failed(&self) -> Option<TaskId> {
+        self.first_failed
+    }
+
+    pub fn first_no_op(&self) -> Option<TaskId> {
+        self.first_no_op
+    }
+
+    /// Tasks whose dependencies are done and that wait for a placement, in display order.
+    pub fn ready(&self) -> &[TaskId] {
+        &self.ready
+    }
+
+    /// Applies one event at `now`; returns what to do, in order.
+    pub fn apply(&mut self, event: Event, now: DateTime<Utc>) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Start => self.start(now, &mut out),
+            Event::Lease { tasks } => self.lease(tasks, now, &mut out),
+            Event::Output {
+                task,
+                attempt,
+                stream,
+                line,
+            } => {
+                if let Some(rec) = self.current_attempt(task, attempt) {
+                    match stream {
+                        Stream::Stdout => rec.stdout.push_line(&line),
+                        Stream::Stderr => rec.stderr.push_line(&line),
+                    }
+                }
+            }
+            Event::Finished {
+                task,
+                attempt,
+                result,
+            } => self.finished(task, attempt, result, now, &mut out),
+            Event::Heartbeat => {
+                for &t in &self.plan.order {
+                    if self.tasks[t as usize].state == TaskState::Running {
+                        let tr = TaskTransition {
+                            task: t,
+                            previous: TaskState::Running,
+                            current: TaskState::Running,
+                        };
+                        out.push(self.update(UpdateKind::Tasks(vec![tr]), now));
+                    }
+                }
+            }
+            Event::Cancel { reason } => self.cancel(reason, now, &mut out),
+        }
+        out
+    }
+
+    fn current_attempt(&mut self, task: TaskId, attempt: u32) -> Option<&mut TaskRecord> {
+        self.tasks
+            .get_mut(task as usize)
+            .filter(|r| r.state == TaskState::Running && r.attempt == attempt)
+    }
+
+    fn start(&mut self, now: DateTime<Utc>, out: &mut Vec<Action>) {
+        if self.job != JobState::Waiting
+            || !self.ready.is_empty()
+            || self.tasks.iter().any(|t| t.attempt > 0)
+        {
+            return;
+        }
+        out.push(self.update(
+            UpdateKind::Job {
+                previous: None,
+                current: JobState::Waiting,
+            },
+            now,
+        ));
+        self.ready = self
+            .plan
+            .order
+            .iter()
+            .copied()
+            .filter(|&t| self.tasks[t as usize].unmet == 0)
+            .collect();
+        if self.plan.is_empty() {
+            self.set_job(JobState::Running, now, out);
+            self.finish_if_done(now, out);
+        }
+    }
+
+    fn lease(&mut self, mut tasks: Vec<TaskId>, now: DateTime<Utc>, out: &mut Vec<Action>) {
+        if self.job.is_terminal() || self.cancelled.is_some() {
+            return;
+        }
+        tasks.retain(|&t| {
+            self.tasks
+                .get(t as usize)
+                .is_some_and(|r| r.state == TaskState::Waiting && r.unmet == 0)
+        });
+        tasks.sort_unstable_by_key(|&t| self.plan.position[t as usize]);
+        tasks.dedup();
+        if tasks.is_empty() {
+            return;
+        }
+        self.ready.retain(|t| !tasks.contains(t));
+        let mut transitions = Vec::with_capacity(tasks.len());
+        for &t in &tasks {
+            let rec = &mut self.tasks[t as usize];
+            rec.state = TaskState::Running;
+            rec.attempt += 1;
+            rec.started = Some(now);
+            rec.duration = None;
+            rec.stdout = Tail::new(self.opts.max_output);
+            rec.stderr = Tail::new(self.opts.max_output);
+            transitions.push(TaskTransition {
+                task: t,
+                previous: TaskState::Waiting,
+                current: TaskState::Running,
+            });
+        }
+        if self.job == JobState::Waiting {
+            self.set_job(JobState::Running, now, out);
+        }
+        out.push(self.update(UpdateKind::Tasks(transitions), now));
+        for &t in &tasks {
+            out.push(Action::Dispatch {
+                task: t,
+                attempt: self.tasks[t as usize].attempt,
+            });
+        }
+    }
+
+    fn finished(
+        &mut self,
+        task: TaskId,
+        attempt: u32,
+        result: TaskResult,
+        now: DateTime<Utc>,
+        out: &mut Vec<Action>,
+    ) {
+        let plan = Arc::clone(&self.plan);
+        let Some(spec) = plan.task(task) else { return };
+        let max = self.opts.max_output;
+        let Some(rec) = self.current_attempt(task, attempt) else {
+            return; // a stale or unknown attempt: ignored
+        };
+        rec.duration = Some(result.duration);
+        rec.stdout = tail_of(&result.stdout, max);
+        rec.stderr = tail_of(&result.stderr, max);
+        let (state, cascade) = match result.outcome {
+            Outcome::SpawnFailed(err) => {
+                rec.return_code = Some(-1);
+                rec.error_message = Some(format!("Error executing process - {err}"));
+                (
+                    TaskState::Failed,
+                    Some(format!("the task '{}' failed", spec.name)),
+                )
+            }
+            Outcome::Exited(code) => {
+                rec.return_code = Some(code);
+                if spec.terminate_job_with_success.contains(&code) {
+                    (
+                        TaskState::SucceededNoOp,
+                        Some(format!(
+                            "the task '{}' requested early termination",
+                            spec.name
+                        )),
+                    )
+                } else if spec.continue_job.contains(&code) {
+                    (TaskState::Succeeded, None)
+                } else {
+                    rec.error_message = Some(format!(
+                        "the task exited with a value not specified in continue_job - {code} (task expects one of the following return codes to continue [{}])",
+                        spec.continue_job.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+                    ));
+                    (
+                        TaskState::Failed,
+                        Some(format!("the task '{}' failed", spec.name)),
+                    )
+                }
+            }
+        };
+        rec.state = state;
+        self.remaining -= 1;
+        match state {
+            TaskState::Failed => {
+                self.first_failed.get_or_insert(task);
+            }
+            TaskState::SucceededNoOp => {
+                self.first_no_op.get_or_insert(task);
+            }
+            _ => {}
+        }
+        let mut transitions = vec![TaskTransition {
+            task,
+            previous: TaskState::Running,
+            current: state,
+        }];
+        match cascade {
+            Some(reason) => self.skip_descendants(task, &reason, &mut transitions),
+            None => {
+                let mut newly_ready = vec![];
+                for &c in &spec.children {
+                    let child = &mut self.tasks[c as usize];
+                    child.unmet -= 1;
+                    if child.unmet == 0 && child.state == TaskState::Waiting {
+                        newly_ready.push(c);
+                    }
+                }
+                self.plan.sort_display(&mut newly_ready);
+                match self.cancelled.clone() {
+                    Some(reason) => {
+                        for c in newly_ready {
+                            self.skip(c, &reason, &mut transitions);
+                            self.skip_descendants(c, &reason, &mut transitions);
+                        }
+                    }
+                    None => self.ready.extend(newly_ready),
+                }
+            }
+        }
+        out.push(self.update(UpdateKind::Tasks(transitions), now));
+        self.finish_if_done(now, out);
+    }
+
+    fn cancel(&mut self, reason: String, now: DateTime<Utc>, out: &mut Vec<Action>) {
+        if self.job.is_terminal() || self.cancelled.is_some() {
+            return;
+        }
+        self.cancelled = Some(reason.clone());
+        self.ready.clear();
+        // Whatever waits below a running task is decided when that task ends; the rest is skipped now.
+        let mut below_running = vec![false; self.tasks.len()];
+        let mut stack: Vec<TaskId> = (0..self.tasks.len() as TaskId)
+            .filter(|&t| self.tasks[t as usize].state == TaskState::Running)
+            .collect();
+        for &t in &stack {
+            out.push(Action::Kill {
+                task: t,
+                attempt: self.tasks[t as usize].attempt,
+            });
+        }
+        while let Some(t) = stack.pop() {
+            for &c in &self.plan.tasks[t as usize].children {
+                if !below_running[c as usize] {
+                    below_running[c as usize] = true;
+                    stack.push(c);
+                }
+            }
+        }
+        let mut transitions = vec![];
+        for i in 0..self.plan.order.len() {
+            let t = self.plan.order[i];
+            if self.tasks[t as usize].state == TaskState::Waiting && !below_running[t as usize] {
+                self.skip(t, &reason, &mut transitions);
+            }
+        }
+        if !transitions.is_empty() {
+            out.push(self.update(UpdateKind::Tasks(transitions), now));
+        }
+        self.finish_if_done(now, out);
+    }
+
+    /// Skips every waiting or skipped descendant of `task`, in display order.
+    fn skip_descendants(
+        &mut self,
+        task: TaskId,
+        reason: &str,
+        transitions: &mut Vec<TaskTransition>,
+    ) {
+        for d in self.plan.descendants(task) {
+            self.skip(d, reason, transitions);
+        }
+    }
+
+    fn skip(&mut self, t: TaskId, reason: &str, transitions: &mut Vec<TaskTransition>) {
+        let rec = &mut self.tasks[t as usize];
+        let previous = rec.state;
+        match previous {
+            TaskState::Waiting => {
+                rec.error_message = Some(reason.to_string());
+                self.remaining -= 1;
+            }
+            TaskState::Skipped => {
+                let old = rec.error_message.take().unwrap_or_default();
+                rec.error_message = Some(if old.is_empty() {
+                    reason.to_string()
+                } else {
+                    format!("{old}, {reason}")
+                });
+            }
+            _ => return,
+        }
+        rec.state = TaskState::Skipped;
+        self.ready.retain(|&r| r != t);
+        transitions.push(TaskTransition {
+            task: t,
+            previous,
+            current: TaskState::Skipped,
+        });
+    }
+
+    fn finish_if_done(&mut self, now: DateTime<Utc>, out: &mut Vec<Action>) {
+        if self.remaining > 0 || self.job.is_terminal() {
+            return;
+        }
+        let failed =
+            self.cancelled.is_some() || self.tasks.iter().any(|t| t.state == TaskState::Failed);
+        let end = if failed {
+            JobState::Failed
+        } else {
+            JobState::Succeeded
+        };
+        if self.job == JobState::Waiting {
+            self.set_job(JobState::Running, now, out);
+        }
+        self.set_job(end, now, out);
+        out.push(Action::Finished(end));
+    }
+
+    fn set_job(&mut self, state: JobState, now: DateTime<Utc>, out: &mut Vec<Action>) {
+        let previous = self.job;
+        self.job = state;
+        out.push(self.update(
+            UpdateKind::Job {
+                previous: Some(previous),
+                current: state,
+            },
+            now,
+        ));
+    }
+
+    fn update(&self, kind: UpdateKind, now: DateTime<Utc>) -> Action {
+        Action::Emit(Update {
+            kind,
+            at: now,
+            snapshot: self.opts.snapshots.then(|| Arc::new(self.snapshot(now))),
+        })
+    }
+
+    /// The run as it is now, tasks in display order.
+    pub fn snapshot(&self, now: DateTime<Utc>) -> Snapshot {
+        Snapshot {
+            run_state: self.job,
+            run_duration: (now - self.started_at).to_std().unwrap_or_default(),
+            tasks: self
+                .plan
+                .order
+                .iter()
+                .map(|&t| {
+                    let r = &self.tasks[t as usize];
+                    TaskView {
+                        name: Arc::clone(&self.plan.tasks[t as usize].name),
+                        state: r.state,
+                        started: r.started,
+                        duration: r.duration,
+                        stdout: r.stdout.to_field(),
+                        stderr: r.stderr.to_field(),
+                        return_code: r.return_code,
+                        error_message: r.error_message.clone(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+fn tail_of(text: &str, max: usize) -> Tail {
+    let mut t = Tail::new(max);
+    if !text.is_empty() {
+        t.push_line(text);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,451 @@
+use super::*;
+use crate::factfile::{Factfile, Job, OnResult, Task, SNOWPLOW_SCHEMA};
+use chrono::TimeZone;
+
+fn ff(spec: &[(&str, &[&str])]) -> Factfile {
+    Factfile {
+        schema: SNOWPLOW_SCHEMA.into(),
+        data: Job {
+            name: "job".into(),
+            tasks: spec
+                .iter()
+                .map(|(n, deps)| Task {
+                    name: n.to_string(),
+                    executor: "shell".into(),
+                    command: "true".into(),
+                    arguments: vec![],
+                    depends_on: deps.iter().map(|d| d.to_string()).collect(),
+                    on_result: OnResult {
+                        terminate_job_with_success: vec![3],
+                        continue_job: vec![0],
+                    },
+                })
+                .collect(),
+        },
+    }
+}
+
+fn t(ms: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::milliseconds(ms)
+}
+
+struct Harness {
+    run: RunState,
+    now: i64,
+    log: Vec<Action>,
+}
+
+impl Harness {
+    fn new(spec: &[(&str, &[&str])]) -> Harness {
+        let plan = Arc::new(Plan::new(&ff(spec)));
+        let mut h = Harness {
+            run: RunState::new(plan, t(0), RunOptions::default()),
+            now: 0,
+            log: vec![],
+        };
+        h.apply(Event::Start);
+        h
+    }
+
+    fn id(&self, name: &str) -> TaskId {
+        self.run
+            .plan()
+            .tasks
+            .iter()
+            .position(|t| &*t.name == name)
+            .unwrap() as TaskId
+    }
+
+    fn apply(&mut self, e: Event) -> Vec<Action> {
+        self.now += 10;
+        let a = self.run.apply(e, t(self.now));
+        self.log.extend(a.clone());
+        a
+    }
+
+    /// Leases everything ready, like the embedded runner.
+    fn lease_ready(&mut self) -> Vec<&'static str> {
+        let ready = self.run.ready().to_vec();
+        let names: Vec<&'static str> = ready
+            .iter()
+            .map(|&r| {
+                &*Box::leak(
+                    self.run.plan().tasks[r as usize]
+                        .name
+                        .to_string()
+                        .into_boxed_str(),
+                )
+            })
+            .collect();
+        self.apply(Event::Lease { tasks: ready });
+        names
+    }
+
+    fn finish(&mut self, name: &str, code: i32) -> Vec<Action> {
+        let id = self.id(name);
+        let attempt = self.run.task(id).unwrap().attempt;
+        self.apply(Event::Finished {
+            task: id,
+            attempt,
+            result: TaskResult {
+                outcome: Outcome::Exited(code),
+                stdout: format!("{name} out"),
+                stderr: String::new(),
+                duration: Duration::from_millis(5),
+            },
+        })
+    }
+
+    fn state(&self, name: &str) -> TaskState {
+        self.run.task(self.id(name)).unwrap().state
+    }
+
+    fn reason(&self, name: &str) -> Option<String> {
+        self.run.task(self.id(name)).unwrap().error_message.clone()
+    }
+
+    fn transitions(&self) -> Vec<String> {
+        self.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Emit(u) => Some(match &u.kind {
+                    UpdateKind::Job { previous, current } => {
+                        format!(
+                            "job {}->{}",
+                            previous.map(|p| p.as_str()).unwrap_or("null"),
+                            current.as_str()
+                        )
+                    }
+                    UpdateKind::Tasks(ts) => ts
+                        .iter()
+                        .map(|tr| {
+                            format!(
+                                "{} {}->{}",
+                                self.run.plan().tasks[tr.task as usize].name,
+                                tr.previous.as_str(),
+                                tr.current.as_str()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" | "),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn finished_state(actions: &[Action]) -> Option<JobState> {
+    actions.iter().find_map(|a| match a {
+        Action::Finished(s) => Some(*s),
+        _ => None,
+    })
+}
+
+#[test]
+fn chain_emits_factotums_order() {
+    let mut h = Harness::new(&[("a", &[]), ("b", &["a"])]);
+    assert_eq!(h.lease_ready(), ["a"]);
+    h.finish("a", 0);
+    assert_eq!(h.lease_ready(), ["b"]);
+    let end = h.finish("b", 0);
+    assert_eq!(finished_state(&end), Some(JobState::Succeeded));
+    assert_eq!(
+        h.transitions(),
+        [
+            "job null->WAITING",
+            "job WAITING->RUNNING",
+            "a WAITING->RUNNING",
+            "a RUNNING->SUCCEEDED",
+            "b WAITING->RUNNING",
+            "b RUNNING->SUCCEEDED",
+            "job RUNNING->SUCCEEDED"
+        ]
+    );
+}
+
+#[test]
+fn job_running_payload_already_shows_the_first_batch_running() {
+    let mut h = Harness::new(&[("a", &[]), ("b", &["a"])]);
+    let actions = h.apply(Event::Lease { tasks: vec![0] });
+    let Action::Emit(job) = &actions[0] else {
+        panic!("{actions:?}")
+    };
+    let snap = job.snapshot.as_ref().unwrap();
+    assert_eq!(snap.run_state, JobState::Running);
+    assert_eq!(snap.tasks[0].state, TaskState::Running);
+    assert_eq!(snap.tasks[0].started, Some(t(20)));
+    assert!(matches!(
+        actions.last(),
+        Some(Action::Dispatch {
+            task: 0,
+            attempt: 1
+        })
+    ));
+}
+
+#[test]
+fn no_level_barrier() {
+    // a -> b, and an unrelated slow task s: b starts while s still runs.
+    let mut h = Harness::new(&[("a", &[]), ("s", &[]), ("b", &["a"])]);
+    h.lease_ready();
+    h.finish("a", 0);
+    assert_eq!(h.state("s"), TaskState::Running);
+    assert_eq!(h.lease_ready(), ["b"]);
+    assert_eq!(h.state("b"), TaskState::Running);
+}
+
+#[test]
+fn failure_skips_descendants_and_accumulates_reasons() {
+    let mut h = Harness::new(&[
+        ("setup", &[]),
+        ("quick", &["setup"]),
+        ("slow", &["setup"]),
+        ("delayed", &["setup"]),
+        ("dq", &["quick"]),
+        ("dd", &["delayed"]),
+        ("final", &["dq", "dd", "slow"]),
+    ]);
+    h.lease_ready();
+    h.finish("setup", 0);
+    assert_eq!(h.lease_ready(), ["delayed", "slow", "quick"]);
+    h.finish("quick", 5);
+    assert_eq!(h.reason("quick").unwrap(),
+        "the task exited with a value not specified in continue_job - 5 (task expects one of the following return codes to continue [0])");
+    assert_eq!(h.state("final"), TaskState::Skipped);
+    h.finish("slow", 0);
+    assert!(h.run.ready().is_empty(), "final must not become ready");
+    let end = h.finish("delayed", 2);
+    assert_eq!(
+        h.reason("final").unwrap(),
+        "the task 'quick' failed, the task 'delayed' failed"
+    );
+    assert_eq!(h.reason("dd").unwrap(), "the task 'delayed' failed");
+    assert_eq!(finished_state(&end), Some(JobState::Failed));
+    let tr = h.transitions();
+    assert!(
+        tr.contains(
+            &"quick RUNNING->FAILED | dq WAITING->SKIPPED | final WAITING->SKIPPED".to_string()
+        ),
+        "{tr:?}"
+    );
+    assert!(
+        tr.contains(
+            &"delayed RUNNING->FAILED | dd WAITING->SKIPPED | final SKIPPED->SKIPPED".to_string()
+        ),
+        "{tr:?}"
+    );
+    assert_eq!(tr.last().unwrap(), "job RUNNING->FAILED");
+    assert_eq!(h.run.first_failed(), Some(h.id("quick")));
+}
+
+#[test]
+fn early_finish_is_branch_local() {
+    let mut h = Harness::new(&[
+        ("a", &[]),
+        ("stop", &["a"]),
+        ("after", &["stop"]),
+        ("other", &["a"]),
+        ("tail", &["other"]),
+    ]);
+    h.lease_ready();
+    h.finish("a", 0);
+    h.lease_ready();
+    h.finish("stop", 3);
+    assert_eq!(h.state("stop"), TaskState::SucceededNoOp);
+    assert_eq!(h.state("after"), TaskState::Skipped);
+    assert_eq!(
+        h.reason("after").unwrap(),
+        "the task 'stop' requested early termination"
+    );
+    h.finish("other", 0);
+    assert_eq!(h.lease_ready(), ["tail"]);
+    let end = h.finish("tail", 0);
+    assert_eq!(finished_state(&end), Some(JobState::Succeeded));
+}
+
+#[test]
+fn stale_and_unknown_results_are_ignored() {
+    let mut h = Harness::new(&[("a", &[])]);
+    h.lease_ready();
+    let stale = h.apply(Event::Finished {
+        task: 0,
+        attempt: 7,
+        result: TaskResult {
+            outcome: Outcome::Exited(1),
+            stdout: String::new(),
+            stderr: String::new(),
+            duration: Duration::ZERO,
+        },
+    });
+    assert!(stale.is_empty());
+    assert_eq!(h.state("a"), TaskState::Running);
+    let unknown = h.apply(Event::Finished {
+        task: 99,
+        attempt: 1,
+        result: TaskResult {
+            outcome: Outcome::Exited(0),
+            stdout: String::new(),
+            stderr: String::new(),
+            duration: Duration::ZERO,
+        },
+    });
+    assert!(unknown.is_empty());
+    assert!(
+        h.apply(Event::Lease { tasks: vec![0, 42] }).is_empty(),
+        "a running task is not leased twice"
+    );
+    h.finish("a", 0);
+    assert!(
+        h.finish("a", 0).is_empty(),
+        "a second result for the same attempt is ignored"
+    );
+}
+
+#[test]
+fn spawn_failure_is_minus_one() {
+    let mut h = Harness::new(&[("a", &[]), ("b", &["a"])]);
+    h.lease_ready();
+    h.apply(Event::Finished {
+        task: 0,
+        attempt: 1,
+        result: TaskResult {
+            outcome: Outcome::SpawnFailed("No such file or directory (os error 2)".into()),
+            stdout: String::new(),
+            stderr: String::new(),
+            duration: Duration::ZERO,
+        },
+    });
+    let rec = h.run.task(0).unwrap();
+    assert_eq!(rec.return_code, Some(-1));
+    assert_eq!(
+        rec.error_message.as_deref(),
+        Some("Error executing process - No such file or directory (os error 2)")
+    );
+    assert_eq!(h.state("b"), TaskState::Skipped);
+}
+
+#[test]
+fn cancel_kills_running_and_skips_the_rest() {
+    let mut h = Harness::new(&[
+        ("a", &[]),
+        ("b", &["a"]),
+        ("x", &[]),
+        ("y", &["x"]),
+        ("z", &[]),
+    ]);
+    h.apply(Event::Lease {
+        tasks: vec![h.id("a"), h.id("x")],
+    });
+    let actions = h.apply(Event::Cancel {
+        reason: "job cancelled".into(),
+    });
+    let kills: Vec<_> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Kill { .. }))
+        .collect();
+    assert_eq!(kills.len(), 2);
+    assert_eq!(h.state("z"), TaskState::Skipped);
+    assert_eq!(h.reason("z").unwrap(), "job cancelled");
+    assert_eq!(h.state("b"), TaskState::Waiting, "decided when a ends");
+    assert!(h
+        .apply(Event::Lease {
+            tasks: vec![h.id("z")]
+        })
+        .is_empty());
+    // x ignores TERM and succeeds anyway: its dependents are skipped, not started.
+    h.finish("x", 0);
+    assert_eq!(h.state("y"), TaskState::Skipped);
+    assert!(h.run.ready().is_empty());
+    let end = h.finish("a", 1);
+    assert_eq!(h.reason("b").unwrap(), "the task 'a' failed");
+    assert_eq!(finished_state(&end), Some(JobState::Failed));
+}
+
+#[test]
+fn heartbeat_reports_running_tasks_with_output_so_far() {
+    let mut h = Harness::new(&[("a", &[]), ("b", &[])]);
+    h.lease_ready();
+    h.apply(Event::Output {
+        task: 0,
+        attempt: 1,
+        stream: Stream::Stdout,
+        line: "line1".into(),
+    });
+    h.apply(Event::Output {
+        task: 0,
+        attempt: 2,
+        stream: Stream::Stdout,
+        line: "stale".into(),
+    });
+    h.finish("b", 0);
+    let beats = h.apply(Event::Heartbeat);
+    assert_eq!(beats.len(), 1);
+    let Action::Emit(u) = &beats[0] else { panic!() };
+    assert_eq!(
+        u.kind,
+        UpdateKind::Tasks(vec![TaskTransition {
+            task: 0,
+            previous: TaskState::Running,
+            current: TaskState::Running
+        }])
+    );
+    let snap = u.snapshot.as_ref().unwrap();
+    let a = snap.tasks.iter().find(|v| &*v.name == "a").unwrap();
+    assert_eq!(a.stdout.as_deref(), Some("line1"));
+}
+
+#[test]
+fn empty_job_succeeds_at_once() {
+    let h = Harness::new(&[]);
+    assert_eq!(h.run.job_state(), JobState::Succeeded);
+    assert_eq!(
+        h.transitions(),
+        [
+            "job null->WAITING",
+            "job WAITING->RUNNING",
+            "job RUNNING->SUCCEEDED"
+        ]
+    );
+}
+
+#[test]
+fn attempts_are_numbered_and_snapshots_optional() {
+    let plan = Arc::new(Plan::new(&ff(&[("a", &[])])));
+    let mut run = RunState::new(
+        plan,
+        t(0),
+        RunOptions {
+            max_output: 4,
+            snapshots: false,
+        },
+    );
+    run.apply(Event::Start, t(1));
+    let actions = run.apply(Event::Lease { tasks: vec![0] }, t(2));
+    assert!(actions.iter().all(|a| !matches!(
+        a,
+        Action::Emit(Update {
+            snapshot: Some(_),
+            ..
+        })
+    )));
+    assert!(actions.contains(&Action::Dispatch {
+        task: 0,
+        attempt: 1
+    }));
+    run.apply(
+        Event::Finished {
+            task: 0,
+            attempt: 1,
+            result: TaskResult {
+                outcome: Outcome::Exited(0),
+                stdout: "abcdefgh".into(),
+                stderr: String::new(),
+                duration: Duration::from_millis(3),
+            },
+        },
+        t(3),
+    );
+    assert_eq!(run.task(0).unwrap().stdout.as_str(), "efgh");
+    assert_eq!(run.snapshot(t(4)).run_duration, Duration::from_millis(4));
+}

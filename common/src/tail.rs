@@ -1,0 +1,94 @@
+//! A bounded tail of a task's output: the last N characters, lines joined by `\n`.
+
+/// Keeps at most a small multiple of `max` characters, and yields the last `max`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tail {
+    buf: String,
+    max: usize,
+}
+
+impl Tail {
+    pub fn new(max: usize) -> Self {
+        Tail {
+            buf: String::new(),
+            max,
+        }
+    }
+
+    /// Appends one line (without its terminator).
+    pub fn push_line(&mut self, line: &str) {
+        if self.max == 0 {
+            return;
+        }
+        if !self.buf.is_empty() {
+            self.buf.push('\n');
+        }
+        self.buf.push_str(line);
+        // Trim lazily: only when the buffer holds far more than needed, so appends stay O(line).
+        if self.buf.len() > 4 * self.max + 4096 {
+            let keep = last_chars(&self.buf, self.max).len();
+            let cut = self.buf.len() - keep;
+            self.buf.drain(..cut);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty() || self.max == 0
+    }
+
+    /// The last `max` characters of everything pushed.
+    pub fn as_str(&self) -> &str {
+        last_chars(&self.buf, self.max)
+    }
+
+    /// The tail as a payload field: `None` when nothing was written.
+    pub fn to_field(&self) -> Option<String> {
+        (!self.is_empty()).then(|| self.as_str().to_string())
+    }
+}
+
+/// The suffix of `s` holding its last `n` characters.
+pub fn last_chars(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    match s.char_indices().rev().nth(n.saturating_sub(1)) {
+        Some((i, _)) if n > 0 => &s[i..],
+        _ if n == 0 => "",
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_last_characters_across_lines() {
+        let mut t = Tail::new(8);
+        t.push_line("line1");
+        t.push_line("line2");
+        assert_eq!(t.as_str(), "e1\nline2");
+        let mut short = Tail::new(8);
+        short.push_line("0123456789abcdefghij");
+        assert_eq!(short.as_str(), "cdefghij");
+    }
+
+    #[test]
+    fn counts_characters_not_bytes() {
+        assert_eq!(last_chars("héllo", 4), "éllo");
+        assert_eq!(last_chars("héllo", 0), "");
+        let mut t = Tail::new(3);
+        for _ in 0..10_000 {
+            t.push_line("ééé");
+        }
+        assert_eq!(t.as_str(), "ééé");
+        assert!(t.buf.len() < 4 * 3 + 4096 + 16);
+    }
+
+    #[test]
+    fn empty_tail_is_no_field() {
+        assert_eq!(Tail::new(10).to_field(), None);
+        assert_eq!(Tail::new(0).to_field(), None);
+    }
+}

@@ -1,1 +1,54 @@
-fn main() {}
+//! `factotum`: run, validate and draw Factotum factfiles.
+//!
+//! Thin: argument parsing and exit codes live here; the engine, agent and rules live in the
+//! libraries. Exit codes are Factotum's: 0 success (or an early finish), 1 invalid factfile,
+//! 2 a task failed, 3 bad arguments.
+
+mod cli;
+mod console;
+mod host;
+mod load;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Process exit codes (Factotum's).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const INVALID_FACTFILE: u8 = 1;
+    pub const TASK_FAILED: u8 = 2;
+    pub const BAD_ARGUMENTS: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let args = match cli::Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    ExitCode::from(exit::OK)
+                }
+                _ => ExitCode::from(exit::BAD_ARGUMENTS),
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let code = match args.command {
+        cli::Command::Run(a) => run::run(a),
+        cli::Command::Validate(a) => run::validate(a),
+        cli::Command::Dot(a) => run::dot(a),
+    };
+    ExitCode::from(code)
+}

@@ -89,6 +89,8 @@ pub enum Outcome {
     Exited(i32),
     /// The process could not be started.
     SpawnFailed(String),
+    /// The attempt was given up without a result (its agent was lost); the text says why.
+    Lost(String),
 }
 
 /// What an executor reports when an attempt ends.
@@ -435,6 +437,13 @@ impl RunState {
             Outcome::SpawnFailed(err) => {
                 rec.return_code = Some(-1);
                 rec.error_message = Some(format!("Error executing process - {err}"));
+                (
+                    TaskState::Failed,
+                    Some(format!("the task '{}' failed", spec.name)),
+                )
+            }
+            Outcome::Lost(reason) => {
+                rec.error_message = Some(reason);
                 (
                     TaskState::Failed,
                     Some(format!("the task '{}' failed", spec.name)),

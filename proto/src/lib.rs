@@ -1,1 +1,15 @@
+//! The Factotum wire protocol, `factotum.v1`, generated from `proto/factotum/v1/*.proto`.
 
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/factotum.v1.rs"));
+}
+
+pub use v1::*;
+
+impl LeaseRef {
+    /// The key identifying this attempt: (run, task, attempt).
+    pub fn key(&self) -> (String, u32, u32) {
+        (self.run_id.clone(), self.task, self.attempt)
+    }
+}

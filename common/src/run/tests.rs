@@ -449,3 +449,24 @@ fn attempts_are_numbered_and_snapshots_optional() {
     assert_eq!(run.task(0).unwrap().stdout.as_str(), "efgh");
     assert_eq!(run.snapshot(t(4)).run_duration, Duration::from_millis(4));
 }
+
+#[test]
+fn lost_attempt_fails_with_its_reason() {
+    let mut h = Harness::new(&[("a", &[]), ("b", &["a"])]);
+    h.lease_ready();
+    h.apply(Event::Finished {
+        task: 0,
+        attempt: 1,
+        result: TaskResult {
+            outcome: Outcome::Lost("agent etl-3 lost".into()),
+            stdout: String::new(),
+            stderr: String::new(),
+            duration: Duration::from_secs(15),
+        },
+    });
+    let rec = h.run.task(0).unwrap();
+    assert_eq!(rec.state, TaskState::Failed);
+    assert_eq!(rec.return_code, None);
+    assert_eq!(rec.error_message.as_deref(), Some("agent etl-3 lost"));
+    assert_eq!(h.reason("b").unwrap(), "the task 'a' failed");
+}

@@ -1,0 +1,113 @@
+//! The command line, as Factotum 0.7 had it (plus a few flags of ours, marked as such).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "factotum",
+    version,
+    about = "Run Snowplow Factotum factfiles: DAGs of shell tasks.",
+    long_about = "Run Snowplow Factotum factfiles: DAGs of shell tasks.\n\n\
+Exit codes: 0 every task succeeded (or the job finished early on request), 1 the factfile \
+could not be read or is invalid, 2 a task failed, 3 bad arguments."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a factfile on this machine: each task starts as soon as its own dependencies succeed.
+    Run(RunArgs),
+    /// Check a factfile (schema, templating, dependencies) without running it.
+    Validate(ValidateArgs),
+    /// Print the factfile's task graph in Graphviz DOT.
+    Dot(DotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The factfile to run.
+    pub factfile: PathBuf,
+    /// Run only this task and its descendants (every descendant's dependencies must be inside
+    /// that sub-tree).
+    #[arg(long, value_name = "TASK")]
+    pub start: Option<String>,
+    /// Template variables as a JSON object, e.g. '{"message": "hi", "n": 3}'.
+    #[arg(long, value_name = "JSON", env = "FACTOTUM_ENV")]
+    pub env: Option<String>,
+    /// Print each task's command line and simulate every task with exit code 0.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No colours (also off with CLICOLOR=0, NO_COLOR, or when the output is not a terminal).
+    #[arg(long, env = "FACTOTUM_NO_COLOUR")]
+    pub no_colour: bool,
+    /// POST every job and task transition to this URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Vec<String>,
+    /// Tag the run "key,value" (repeatable); tags are also template variables `tag:<key>`.
+    #[arg(long, value_name = "KEY,VALUE")]
+    pub tag: Vec<String>,
+    /// Run only if this machine satisfies "host,<value>": `*`, its hostname, or a name or IP
+    /// resolving to one of its non-loopback addresses (repeatable).
+    #[arg(long, value_name = "KEY,VALUE")]
+    pub constraint: Vec<String>,
+    /// Characters of each task's stdout and stderr kept for webhooks.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        env = "FACTOTUM_MAX_STDOUTERR_SIZE"
+    )]
+    pub max_stdouterr_size: usize,
+    /// Send a RUNNING task update with the output so far every this many seconds (off by default).
+    #[arg(long, value_name = "SECONDS", env = "FACTOTUM_HEARTBEAT_INTERVAL", value_parser = positive_seconds)]
+    pub heartbeat_interval: Option<f64>,
+    /// (Ours) At the end, wait at most this many seconds for webhooks still being delivered.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, env = "FACTOTUM_WEBHOOK_TIMEOUT", value_parser = non_negative_seconds)]
+    pub webhook_timeout: f64,
+    /// (Ours) On cancel, seconds between TERM and KILL of a task's process group.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, env = "FACTOTUM_KILL_GRACE", value_parser = non_negative_seconds)]
+    pub kill_grace: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The factfile to check.
+    pub factfile: PathBuf,
+    /// Template variables as a JSON object.
+    #[arg(long, value_name = "JSON", env = "FACTOTUM_ENV")]
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DotArgs {
+    /// The factfile to draw.
+    pub factfile: PathBuf,
+    /// Draw only this task and its descendants.
+    #[arg(long, value_name = "TASK")]
+    pub start: Option<String>,
+    /// Write to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Replace the --output file if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
+}
+
+fn non_negative_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() && v < 1e9 => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds (0 or more)")),
+    }
+}

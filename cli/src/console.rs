@@ -1,0 +1,160 @@
+//! What `factotum run` prints, with Factotum 0.7's texts.
+
+use std::io::{IsTerminal, Write};
+
+use factotum_common::format::{console_time, human};
+use factotum_common::run::{Stream, TaskState};
+use factotum_coordinator::{RunSummary, TaskChange};
+
+/// Colour on or off for this process.
+#[derive(Debug, Clone, Copy)]
+pub struct Console {
+    colour: bool,
+}
+
+const RESET: &str = "\x1b[0m";
+pub const CYAN: &str = "\x1b[36m";
+pub const GREEN: &str = "\x1b[32m";
+pub const RED: &str = "\x1b[31m";
+pub const YELLOW: &str = "\x1b[33m";
+
+impl Console {
+    /// Colours only on a terminal, and not with `--no-colour`, `CLICOLOR=0` or `NO_COLOR`.
+    pub fn new(no_colour: bool) -> Console {
+        let env_off = std::env::var("CLICOLOR").is_ok_and(|v| v == "0")
+            || std::env::var_os("NO_COLOR").is_some();
+        Console {
+            colour: !no_colour
+                && !env_off
+                && std::io::stdout().is_terminal()
+                && std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn paint(&self, colour: &str, text: &str) -> String {
+        if self.colour {
+            format!("{colour}{text}{RESET}")
+        } else {
+            text.to_string()
+        }
+    }
+
+    pub fn task_changes(&self, changes: &[TaskChange]) {
+        let mut err = std::io::stderr().lock();
+        for c in changes {
+            let name = self.paint(CYAN, &c.name);
+            let line = match (c.previous, c.current) {
+                (TaskState::Waiting, TaskState::Running) => {
+                    let at = c.started.map(console_time).unwrap_or_default();
+                    format!("Task '{name}' was started at {at}")
+                }
+                (TaskState::Running, TaskState::Succeeded | TaskState::SucceededNoOp) => {
+                    let d = human(c.duration.unwrap_or_default());
+                    format!(
+                        "Task '{name}': {} after {d}",
+                        self.paint(GREEN, "succeeded")
+                    )
+                }
+                (TaskState::Running, TaskState::Failed) => {
+                    let d = human(c.duration.unwrap_or_default());
+                    let reason = c.error_message.as_deref().unwrap_or("unknown");
+                    format!(
+                        "Task '{name}': {} after {d}. Reason: {reason}",
+                        self.paint(RED, "failed")
+                    )
+                }
+                _ => continue,
+            };
+            let _ = writeln!(err, "{line}");
+        }
+    }
+
+    pub fn output(&self, task: &str, stream: Stream, line: &str) {
+        let text = format!("[{}] {line}\n", self.paint(CYAN, task));
+        let _ = match stream {
+            Stream::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
+            Stream::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
+        };
+    }
+
+    pub fn summary(&self, s: &RunSummary) {
+        let ran = s.tasks.iter().filter(|(_, st)| st.ran()).count();
+        let not_run: Vec<String> = s
+            .tasks
+            .iter()
+            .filter(|(_, st)| *st == TaskState::Skipped)
+            .map(|(n, _)| format!("'{n}'"))
+            .collect();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "{ran}/{} tasks run in {}",
+            s.tasks.len(),
+            human(s.duration)
+        );
+        if let Some(failed) = &s.first_failed {
+            let line = if not_run.is_empty() {
+                format!("Factotum job executed abnormally as a task ('{failed}') failed!")
+            } else {
+                format!(
+                    "Factotum job executed abnormally as a task ('{failed}') failed - the following tasks were not run: {}!",
+                    not_run.join(", ")
+                )
+            };
+            let _ = writeln!(out, "{}", self.paint(RED, &line));
+        } else if let Some(early) = &s.first_no_op {
+            let _ = writeln!(
+                out,
+                "{}",
+                self.paint(
+                    GREEN,
+                    &format!(
+                        "Factotum job finished early as a task ('{early}') requested an early finish. The following tasks were not run: {}.",
+                        not_run.join(", ")
+                    )
+                )
+            );
+        }
+        let _ = out.flush();
+    }
+
+    pub fn warn(&self, text: &str) {
+        eprintln!("{}", self.paint(YELLOW, &format!("Warn: {text}")));
+    }
+
+    pub fn error(&self, text: &str) {
+        eprintln!("{}", self.paint(RED, &format!("Error: {text}")));
+    }
+}
+
+/// The `--dry-run` table: TASK | COMMAND, one row per task.
+pub fn command_table(rows: &[(String, String)]) -> String {
+    let w1 = rows
+        .iter()
+        .map(|(t, _)| t.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let w2 = rows
+        .iter()
+        .map(|(_, c)| c.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let rule = format!("+{}+{}+\n", "-".repeat(w1 + 2), "-".repeat(w2 + 2));
+    let row = |a: &str, b: &str| {
+        format!(
+            "| {a}{} | {b}{} |\n",
+            " ".repeat(w1 - a.chars().count()),
+            " ".repeat(w2 - b.chars().count())
+        )
+    };
+    let mut out = rule.clone();
+    out.push_str(&row("TASK", "COMMAND"));
+    out.push_str(&rule);
+    for (t, c) in rows {
+        out.push_str(&row(t, c));
+    }
+    out.push_str(&rule);
+    out
+}

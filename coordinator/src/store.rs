@@ -1,0 +1,126 @@
+//! Where run state lives: a key-value store behind one trait.
+//!
+//! Keys are etcd-shaped (`runs/<run>/…`, `outbox/<run>/<seq>`), writes come in batches that
+//! commit together (an event's state change and its webhook outbox entries in one commit), so
+//! the etcd implementation can map a batch to one fenced transaction.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+/// The largest batch committed at once (etcd's default limit of operations per transaction).
+pub const MAX_OPS_PER_COMMIT: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Applies `ops` atomically, in order.
+    fn commit(&self, ops: Vec<StoreOp>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every key (and value) under `prefix`, in key order.
+    fn scan(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
+}
+
+/// The single-node store: a map in memory. Used by `factotum run` and a coordinator without etcd.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    map: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, Vec<u8>>) -> T) -> T {
+        // A poisoned lock only means another thread panicked mid-write of plain data: keep going.
+        let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+impl Store for MemoryStore {
+    async fn commit(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        self.with(|m| {
+            for op in ops {
+                match op {
+                    StoreOp::Put { key, value } => {
+                        m.insert(key, value);
+                    }
+                    StoreOp::Delete { key } => {
+                        m.remove(&key);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self.with(|m| {
+            m.range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }))
+    }
+}
+
+/// Key layout, in one place.
+pub mod keys {
+    pub fn run_spec(run: &str) -> String {
+        format!("runs/{run}/spec")
+    }
+    pub fn run_state(run: &str) -> String {
+        format!("runs/{run}/state")
+    }
+    pub fn task(run: &str, task: u32) -> String {
+        format!("runs/{run}/tasks/{task:08}")
+    }
+    pub fn outbox(run: &str, seq: u64) -> String {
+        format!("outbox/{run}/{seq:012}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_commits_and_scans() {
+        let s = MemoryStore::new();
+        s.commit(vec![
+            StoreOp::Put {
+                key: keys::task("r1", 2),
+                value: b"b".to_vec(),
+            },
+            StoreOp::Put {
+                key: keys::task("r1", 10),
+                value: b"c".to_vec(),
+            },
+            StoreOp::Put {
+                key: keys::task("r2", 1),
+                value: b"x".to_vec(),
+            },
+            StoreOp::Delete {
+                key: keys::task("r1", 2),
+            },
+        ])
+        .await
+        .unwrap();
+        let got = s.scan("runs/r1/").await.unwrap();
+        assert_eq!(got, vec![(keys::task("r1", 10), b"c".to_vec())]);
+    }
+}

@@ -14,6 +14,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// Loading a big factfile is allocation-bound; mimalloc roughly halves that cost.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Process exit codes (Factotum's).
 pub mod exit {
     pub const OK: u8 = 0;

@@ -30,7 +30,9 @@ pub fn validate(args: ValidateArgs) -> u8 {
         Err(f) => return fail(f),
     };
     match load::factfile(&args.factfile, &env, &BTreeMap::new()) {
-        Ok(_) => {
+        Ok(ff) => {
+            // Planning cannot fail on a valid factfile; doing it proves the graph is runnable.
+            let _plan = Plan::new(&ff);
             println!("'{}' is a valid Factfile!", args.factfile.display());
             exit::OK
         }

@@ -1,6 +1,6 @@
 //! The task graph (petgraph), Factotum's display order, and `--start` planning.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -11,31 +11,42 @@ use crate::template::command_line;
 /// Index of a task inside a [`Plan`].
 pub type TaskId = u32;
 
-/// Returns the tasks (factfile indices) of one cycle, if the dependencies have any.
-/// Assumes names are unique and every dependency exists (checked before).
-pub fn find_cycle(ff: &Factfile) -> Option<Vec<usize>> {
-    let tasks = &ff.data.tasks;
-    let index: HashMap<&str, usize> = tasks
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
-    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(tasks.len(), tasks.len());
-    for i in 0..tasks.len() {
-        g.add_node(i);
-    }
-    for (i, t) in tasks.iter().enumerate() {
-        for d in &t.depends_on {
-            let d = *index.get(d.as_str())?;
-            g.add_edge(NodeIndex::new(d), NodeIndex::new(i), ());
+/// Returns the tasks of one cycle, if the graph (`deps[t]` = the tasks `t` depends on) has any.
+/// A Kahn pass decides; petgraph's strongly connected components name the cycle.
+pub fn find_cycle(deps: &[Vec<u32>]) -> Option<Vec<usize>> {
+    let n = deps.len();
+    let mut children: Vec<Vec<u32>> = vec![vec![]; n];
+    for (t, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            children[d as usize].push(t as u32);
         }
     }
-    if petgraph::algo::toposort(&g, None).is_ok() {
+    let mut unmet: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut queue: Vec<u32> = (0..n as u32).filter(|&t| unmet[t as usize] == 0).collect();
+    let mut head = 0;
+    while head < queue.len() {
+        let t = queue[head] as usize;
+        head += 1;
+        for &c in &children[t] {
+            unmet[c as usize] -= 1;
+            if unmet[c as usize] == 0 {
+                queue.push(c);
+            }
+        }
+    }
+    if queue.len() == n {
         return None;
     }
-    let scc = petgraph::algo::tarjan_scc(&g)
-        .into_iter()
-        .find(|c| c.len() > 1)?;
+    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(n, n);
+    for i in 0..n {
+        g.add_node(i);
+    }
+    for (t, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            g.add_edge(NodeIndex::new(d as usize), NodeIndex::new(t), ());
+        }
+    }
+    let scc = petgraph::algo::tarjan_scc(&g).into_iter().find(|c| c.len() > 1)?;
     // Walk the component along dependency edges to print the cycle in order.
     let members: std::collections::HashSet<NodeIndex> = scc.iter().copied().collect();
     let start = *scc.iter().min()?;
@@ -125,11 +136,11 @@ impl Plan {
             .enumerate()
             .filter(|(i, _)| keep.is_none_or(|k| k[*i]))
             .collect();
-        let index: HashMap<&str, TaskId> = src
-            .iter()
-            .enumerate()
-            .map(|(new, (_, t))| (t.name.as_str(), new as TaskId))
-            .collect();
+        let mut index: FxHashMap<&str, TaskId> = FxHashMap::default();
+        index.reserve(src.len());
+        for (new, (_, t)) in src.iter().enumerate() {
+            index.insert(t.name.as_str(), new as TaskId);
+        }
         let mut tasks: Vec<PlanTask> = src
             .iter()
             .map(|(_, t)| PlanTask {
@@ -146,7 +157,8 @@ impl Plan {
             })
             .collect();
         for i in 0..tasks.len() {
-            for d in tasks[i].deps.clone() {
+            for j in 0..tasks[i].deps.len() {
+                let d = tasks[i].deps[j];
                 tasks[d as usize].children.push(i as TaskId);
             }
         }

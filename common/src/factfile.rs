@@ -5,9 +5,11 @@
 //! Unlike Factotum, duplicate names, self/unknown dependencies and cycles are ordinary errors,
 //! and dependencies may refer to tasks declared later in the file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use serde::Serialize;
+use rustc_hash::FxHashMap;
+
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::template::{TemplateError, Vars};
@@ -19,20 +21,22 @@ pub const MAX_CODE: i64 = 32767;
 
 /// A templated, validated factfile. Serializes (compactly, in this field order) to exactly the
 /// document Factotum hashes for `jobReference` and sends, base64-encoded, as `factfile`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Factfile {
     pub schema: String,
     pub data: Job,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Job {
     pub name: String,
     pub tasks: Vec<Task>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Task {
     pub name: String,
     pub executor: String,
@@ -42,8 +46,8 @@ pub struct Task {
     pub on_result: OnResult,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OnResult {
     pub terminate_job_with_success: Vec<i32>,
     pub continue_job: Vec<i32>,
@@ -80,15 +84,38 @@ pub enum FactfileError {
 impl Factfile {
     /// Parses, templates and validates a factfile's text.
     pub fn parse(text: &str, vars: &Vars) -> Result<Factfile, FactfileError> {
-        let doc: Value = serde_json::from_str(text).map_err(|e| FactfileError::Json {
-            message: json_message(&e),
-            line: e.line(),
-            column: e.column(),
-        })?;
-        let raw = check_schema(&doc)?;
+        let raw = Self::parse_schema(text)?;
         let ff = raw.template(vars)?;
         ff.check_rules()?;
         Ok(ff)
+    }
+
+    /// The document as the schema allows it. Fast path: typed deserialization, which accepts
+    /// exactly what the schema does except the code ranges and the schema URI, checked after.
+    /// Anything it refuses is re-read as a plain JSON value to say precisely what is wrong.
+    fn parse_schema(text: &str) -> Result<Factfile, FactfileError> {
+        let json_error = |e: serde_json::Error| FactfileError::Json {
+            message: json_message(&e),
+            line: e.line(),
+            column: e.column(),
+        };
+        match serde_json::from_str::<Factfile>(text) {
+            Ok(ff) if ff.schema == SNOWPLOW_SCHEMA && ff.codes_in_range() => return Ok(ff),
+            Err(e) if e.is_syntax() || e.is_eof() => return Err(json_error(e)),
+            _ => {}
+        }
+        let doc: Value = serde_json::from_str(text).map_err(json_error)?;
+        check_schema(&doc)
+    }
+
+    fn codes_in_range(&self) -> bool {
+        self.data.tasks.iter().all(|t| {
+            t.on_result
+                .terminate_job_with_success
+                .iter()
+                .chain(&t.on_result.continue_job)
+                .all(|&c| (0..=MAX_CODE as i32).contains(&c))
+        })
     }
 
     /// The compact JSON used for `jobReference` and the webhook `factfile` field.
@@ -109,8 +136,7 @@ impl Factfile {
         let name = render(&|| "the job name".to_string(), self.data.name)?;
         let mut tasks = Vec::with_capacity(self.data.tasks.len());
         for (i, t) in self.data.tasks.into_iter().enumerate() {
-            let label = t.name.clone();
-            let field = |f: &str| format!("the task '{label}' (task {}) field '{f}'", i + 1);
+            let field = |f: &str| format!("task {} field '{f}'", i + 1);
             tasks.push(Task {
                 name: render(&|| field("name"), t.name.clone())?,
                 executor: render(&|| field("executor"), t.executor)?,
@@ -147,30 +173,34 @@ impl Factfile {
                 return Err(FactfileError::ConflictingActions(t.name.clone()));
             }
         }
-        let mut index: HashMap<&str, usize> = HashMap::with_capacity(self.data.tasks.len());
+        let mut index: FxHashMap<&str, usize> = FxHashMap::default();
+        index.reserve(self.data.tasks.len());
         for (i, t) in self.data.tasks.iter().enumerate() {
             if index.insert(t.name.as_str(), i).is_some() {
                 return Err(FactfileError::DuplicateName(t.name.clone()));
             }
         }
+        let mut deps: Vec<Vec<u32>> = Vec::with_capacity(self.data.tasks.len());
         for t in &self.data.tasks {
+            let mut mine = Vec::with_capacity(t.depends_on.len());
             for d in &t.depends_on {
                 if d == &t.name {
                     return Err(FactfileError::SelfDependency(t.name.clone()));
                 }
-                if !index.contains_key(d.as_str()) {
-                    return Err(FactfileError::UnknownDependency {
-                        task: t.name.clone(),
-                        dependency: d.clone(),
-                    });
+                match index.get(d.as_str()) {
+                    Some(&i) => mine.push(i as u32),
+                    None => {
+                        return Err(FactfileError::UnknownDependency {
+                            task: t.name.clone(),
+                            dependency: d.clone(),
+                        })
+                    }
                 }
             }
+            deps.push(mine);
         }
-        if let Some(cycle) = crate::dag::find_cycle(self) {
-            let mut names: Vec<String> = cycle
-                .iter()
-                .map(|&i| format!("'{}'", self.data.tasks[i].name))
-                .collect();
+        if let Some(cycle) = crate::dag::find_cycle(&deps) {
+            let mut names: Vec<String> = cycle.iter().map(|&i| format!("'{}'", self.data.tasks[i].name)).collect();
             names.push(names[0].clone());
             return Err(FactfileError::Cycle(names.join(" -> ")));
         }

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Factotum benchmarks: `factotum run` against `make -j` on the same DAGs, and the cost of
+parsing + validating + planning a 100k-task factfile.
+
+Usage: python3 bench/bench.py [--runs N] [--factotum PATH] [--out DIR]
+Builds nothing: pass the release binary (default target/release/factotum). Every figure is a
+median of N runs (default 7), factotum and make interleaved in the same loop so both see the same
+machine load; the ratio is median(factotum) / median(make).
+"""
+import argparse, json, os, statistics, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def task(name, deps, command="true"):
+    return {"name": name, "executor": "shell", "command": command, "arguments": [], "dependsOn": deps,
+            "onResult": {"terminateJobWithSuccess": [], "continueJob": [0]}}
+
+
+def shapes():
+    """name -> list of (task, [deps])"""
+    chain = [(f"t{i}", [f"t{i-1}"] if i else []) for i in range(500)]
+    wide = [(f"t{i}", []) for i in range(500)]
+    lattice = []
+    for layer in range(20):
+        for j in range(25):
+            deps = [] if layer == 0 else [f"l{layer-1}_{(j + k) % 25}" for k in range(3)]
+            lattice.append((f"l{layer}_{j}", deps))
+    return {"chain-500": chain, "independent-500": wide, "lattice-20x25x3": lattice}
+
+
+def write_factfile(path, name, tasks):
+    doc = {"schema": "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0",
+           "data": {"name": name, "tasks": [task(n, d) for n, d in tasks]}}
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+def write_makefile(path, tasks):
+    names = [n for n, _ in tasks]
+    with open(path, "w") as f:
+        f.write(".PHONY: all " + " ".join(names) + "\n")
+        f.write("all: " + " ".join(names) + "\n")
+        for n, d in tasks:
+            f.write(f"{n}: {' '.join(d)}\n\t@true\n")
+
+
+def timed(cmd):
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}")
+    return dt
+
+
+def measure_rss(cmd):
+    """Wall time (s) and max RSS (MiB) of one child process."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}")
+    return dt, ru.ru_maxrss / 1024.0
+
+
+def big_factfile(path, n=100_000):
+    tasks = []
+    width = 100
+    for i in range(n):
+        layer, j = divmod(i, width)
+        deps = [] if layer == 0 else [f"task-{(layer - 1) * width + (j + k) % width}" for k in range(3)]
+        tasks.append((f"task-{i}", deps))
+    write_factfile(path, "100k tasks", tasks)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--factotum", default=os.path.join(ROOT, "target", "release", "factotum"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"))
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    results = []
+    for name, tasks in shapes().items():
+        ff = os.path.join(args.out, f"{name}.factfile")
+        mk = os.path.join(args.out, f"{name}.mk")
+        write_factfile(ff, name, tasks)
+        write_makefile(mk, tasks)
+        timed([args.factotum, "run", ff])  # warm the page cache
+        fac, mak = [], []
+        for _ in range(args.runs):
+            fac.append(timed([args.factotum, "run", ff]))
+            mak.append(timed(["make", "-s", "-j", "-f", mk, "all"]))
+        f, m = statistics.median(fac), statistics.median(mak)
+        results.append((name, f, m, f / m))
+        print(f"{name:18} factotum {f*1000:8.1f} ms   make -j {m*1000:8.1f} ms   ratio {f/m:5.2f}", flush=True)
+    big = os.path.join(args.out, "100k.factfile")
+    big_factfile(big)
+    samples = [measure_rss([args.factotum, "validate", big]) for _ in range(args.runs)]
+    t = statistics.median(s[0] for s in samples)
+    rss = max(s[1] for s in samples)
+    print(f"100k-task validate+plan: median {t*1000:.0f} ms, max RSS {rss:.1f} MiB "
+          f"({os.path.getsize(big) / 2**20:.1f} MiB factfile)")
+
+
+if __name__ == "__main__":
+    main()

@@ -50,7 +50,8 @@ pub async fn execute(
             duration: begun.elapsed(),
         };
     }
-    let mut cmd = Command::new("sh");
+    // An absolute path: no PATH search on every spawn.
+    let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&spec.command_line)
         .stdin(Stdio::null())
@@ -72,66 +73,63 @@ pub async fn execute(
     if let Some(pid) = pid {
         let _ = events.send(ExecEvent::Started { pid }).await;
     }
-    let (line_tx, mut line_rx) = mpsc::channel::<(Stream, String)>(256);
-    let readers = [
+    // Both pipes are read right here (no reader tasks): one less hop per line and per task.
+    let mut pipes = [
         child
             .stdout
             .take()
-            .map(|s| tokio::spawn(read_lines(s, Stream::Stdout, line_tx.clone()))),
+            .map(|p| Pipe::new(Box::new(p), Stream::Stdout)),
         child
             .stderr
             .take()
-            .map(|s| tokio::spawn(read_lines(s, Stream::Stderr, line_tx.clone()))),
+            .map(|p| Pipe::new(Box::new(p), Stream::Stderr)),
     ];
-    drop(line_tx);
     let mut stdout = Tail::new(spec.max_output);
     let mut stderr = Tail::new(spec.max_output);
-    let mut on_line = |stream: Stream, line: String| {
-        match stream {
-            Stream::Stdout => stdout.push_line(&line),
-            Stream::Stderr => stderr.push_line(&line),
-        }
-        ExecEvent::Line { stream, line }
-    };
     let mut status = None;
     let mut killing: Option<tokio::time::Instant> = None;
-    let mut lines_open = true;
-    // Phase 1: until the process exits, forward lines and honour cancellation.
-    while status.is_none() {
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Until the process has exited and its pipes are closed (or, after the exit, a short drain
+    // time has passed), forward lines and honour cancellation.
+    loop {
+        let open = pipes.iter().any(Option::is_some);
+        if status.is_some() && !open {
+            break;
+        }
         let kill_deadline = killing.map(|d| d + spec.kill_grace);
-        tokio::select! {
-            s = child.wait() => {
+        let [out, err] = &mut pipes;
+        let line = tokio::select! {
+            s = child.wait(), if status.is_none() => {
                 status = Some(s);
+                drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+                None
             }
-            l = line_rx.recv(), if lines_open => match l {
-                Some((stream, line)) => { let _ = events.send(on_line(stream, line)).await; }
-                None => lines_open = false,
-            },
-            _ = cancel.cancelled(), if killing.is_none() => {
+            l = next_line(out) => l,
+            l = next_line(err) => l,
+            _ = cancel.cancelled(), if killing.is_none() && status.is_none() => {
                 signal_group(pid, libc::SIGTERM);
                 killing = Some(tokio::time::Instant::now());
+                None
             }
-            _ = sleep_until(kill_deadline), if kill_deadline.is_some() => {
+            _ = sleep_until(kill_deadline), if kill_deadline.is_some() && status.is_none() => {
                 signal_group(pid, libc::SIGKILL);
                 killing = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+                None
+            }
+            _ = sleep_until(drain_deadline), if drain_deadline.is_some() => break,
+        };
+        if let Some((stream, line)) = line {
+            match stream {
+                Stream::Stdout => stdout.push_line(&line),
+                Stream::Stderr => stderr.push_line(&line),
+            }
+            let _ = events.send(ExecEvent::Line { stream, line }).await;
+        }
+        for p in pipes.iter_mut() {
+            if p.as_ref().is_some_and(|p| p.closed) {
+                *p = None;
             }
         }
-    }
-    // Phase 2: drain what is left in the pipes, for a bounded time.
-    if lines_open {
-        let deadline = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
-        loop {
-            tokio::select! {
-                l = line_rx.recv() => match l {
-                    Some((stream, line)) => { let _ = events.send(on_line(stream, line)).await; }
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-    }
-    for r in readers.into_iter().flatten() {
-        r.abort();
     }
     if killing.is_some() {
         // Leave nothing of the group behind once we were asked to stop.
@@ -162,31 +160,48 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn read_lines(
-    pipe: impl AsyncRead + Unpin,
+/// One output pipe, read line by line.
+struct Pipe {
+    reader: BufReader<Box<dyn AsyncRead + Unpin + Send>>,
     stream: Stream,
-    tx: mpsc::Sender<(Stream, String)>,
-) {
-    let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                    if buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                }
-                let line = String::from_utf8_lossy(&buf).into_owned();
-                if tx.send((stream, line)).await.is_err() {
-                    return;
-                }
-            }
+    /// Bytes of the line being read; kept across polls, so a read cut short by `select!` loses nothing.
+    buf: Vec<u8>,
+    closed: bool,
+}
+
+impl Pipe {
+    fn new(pipe: Box<dyn AsyncRead + Unpin + Send>, stream: Stream) -> Pipe {
+        Pipe {
+            reader: BufReader::new(pipe),
+            stream,
+            buf: Vec::new(),
+            closed: false,
         }
     }
+}
+
+/// The next line of a pipe (`None` for a pipe that is gone: never ready).
+async fn next_line(pipe: &mut Option<Pipe>) -> Option<(Stream, String)> {
+    let Some(p) = pipe.as_mut().filter(|p| !p.closed) else {
+        return std::future::pending().await;
+    };
+    let n = p.reader.read_until(b'\n', &mut p.buf).await.unwrap_or(0);
+    if n == 0 {
+        p.closed = true;
+        if p.buf.is_empty() {
+            return None;
+        }
+    }
+    let mut line = std::mem::take(&mut p.buf);
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    } else {
+        p.closed = true; // a last line without a newline: EOF follows
+    }
+    Some((p.stream, String::from_utf8_lossy(&line).into_owned()))
 }
 
 /// Signals the task's process group — never our own group, never pid 0 or 1.

@@ -85,7 +85,7 @@ pub fn run(args: RunArgs) -> u8 {
     let console = Console::new(args.no_colour);
     match prepare(&args, &console) {
         Ok(Some(job)) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
+            let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {

@@ -11,7 +11,11 @@ fn main() {
     let t1 = Instant::now();
     let ta = Instant::now();
     let raw: Factfile = serde_json::from_str(&text).expect("x");
-    println!("typed parse {:?} ({} tasks)", ta.elapsed(), raw.data.tasks.len());
+    println!(
+        "typed parse {:?} ({} tasks)",
+        ta.elapsed(),
+        raw.data.tasks.len()
+    );
     drop(raw);
     let t1 = Instant::now();
     let vars = Vars::new(&serde_json::Value::Null, &Default::default()).expect("vars");

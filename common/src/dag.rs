@@ -46,7 +46,9 @@ pub fn find_cycle(deps: &[Vec<u32>]) -> Option<Vec<usize>> {
             g.add_edge(NodeIndex::new(d as usize), NodeIndex::new(t), ());
         }
     }
-    let scc = petgraph::algo::tarjan_scc(&g).into_iter().find(|c| c.len() > 1)?;
+    let scc = petgraph::algo::tarjan_scc(&g)
+        .into_iter()
+        .find(|c| c.len() > 1)?;
     // Walk the component along dependency edges to print the cycle in order.
     let members: std::collections::HashSet<NodeIndex> = scc.iter().copied().collect();
     let start = *scc.iter().min()?;

@@ -200,7 +200,10 @@ impl Factfile {
             deps.push(mine);
         }
         if let Some(cycle) = crate::dag::find_cycle(&deps) {
-            let mut names: Vec<String> = cycle.iter().map(|&i| format!("'{}'", self.data.tasks[i].name)).collect();
+            let mut names: Vec<String> = cycle
+                .iter()
+                .map(|&i| format!("'{}'", self.data.tasks[i].name))
+                .collect();
             names.push(names[0].clone());
             return Err(FactfileError::Cycle(names.join(" -> ")));
         }

@@ -1,0 +1,244 @@
+//! Shared pieces of the integration tests: the real binary, factfiles in temp dirs, and a real
+//! HTTP webhook receiver.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const SCHEMA: &str = "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0";
+
+pub fn factotum() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_factotum"));
+    c.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    factotum()
+        .args(args)
+        .output()
+        .expect("the factotum binary runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `(name, command, arguments, dependsOn)` with continueJob [0] and terminateJobWithSuccess [3].
+pub fn task(name: &str, command: &str, args: &[&str], deps: &[&str]) -> Value {
+    json!({"name": name, "executor": "shell", "command": command, "arguments": args, "dependsOn": deps,
+           "onResult": {"terminateJobWithSuccess": [3], "continueJob": [0]}})
+}
+
+pub fn factfile(name: &str, tasks: Vec<Value>) -> String {
+    serde_json::to_string_pretty(&json!({"schema": SCHEMA, "data": {"name": name, "tasks": tasks}}))
+        .unwrap()
+}
+
+/// A temp dir holding files for one test.
+pub struct Dir(pub tempfile::TempDir);
+
+impl Dir {
+    pub fn new() -> Dir {
+        Dir(tempfile::tempdir().expect("temp dir"))
+    }
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let p = self.0.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+}
+
+/// The repository root and the shared reference data beside it (`../shared`).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn shared(rel: &str) -> String {
+    let p = repo().parent().unwrap().join("shared").join(rel);
+    assert!(
+        p.exists(),
+        "the shared reference data must be beside the repo: {} is missing",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("payload is JSON")
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP server on 127.0.0.1:0 that records POSTs. The first `fail_first` requests get a
+/// 500, the rest a 200.
+pub struct Receiver {
+    pub url: String,
+    got: Arc<Mutex<Vec<Received>>>,
+    attempts: Arc<Mutex<usize>>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        Self::failing_first(0)
+    }
+
+    pub fn failing_first(fail_first: usize) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let got = Arc::new(Mutex::new(vec![]));
+        let attempts = Arc::new(Mutex::new(0));
+        let (g, a) = (got.clone(), attempts.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (g, a) = (g.clone(), a.clone());
+                std::thread::spawn(move || serve(conn, g, a, fail_first));
+            }
+        });
+        Receiver { url, got, attempts }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    pub fn attempts(&self) -> usize {
+        *self.attempts.lock().unwrap()
+    }
+
+    /// Payload bodies parsed, in arrival order.
+    pub fn payloads(&self) -> Vec<Value> {
+        self.received().iter().map(Received::json).collect()
+    }
+}
+
+fn serve(
+    conn: TcpStream,
+    got: Arc<Mutex<Vec<Received>>>,
+    attempts: Arc<Mutex<usize>>,
+    fail_first: usize,
+) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut headers = vec![];
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let n = {
+            let mut a = attempts.lock().unwrap();
+            *a += 1;
+            *a
+        };
+        let status = if n <= fail_first {
+            "500 Internal Server Error"
+        } else {
+            got.lock().unwrap().push(Received {
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+            "200 OK"
+        };
+        let _ =
+            conn.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    }
+}
+
+/// Polls `f` until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// The transitions of a payload list as readable strings.
+pub fn transitions(payloads: &[Value]) -> Vec<String> {
+    payloads
+        .iter()
+        .map(|p| {
+            let d = &p["data"];
+            if let Some(j) = d.get("jobTransition") {
+                format!(
+                    "job {}->{}",
+                    j["previousState"].as_str().unwrap_or("null"),
+                    j["currentState"].as_str().unwrap()
+                )
+            } else {
+                d["taskTransitions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{} {}->{}",
+                            t["taskName"].as_str().unwrap(),
+                            t["previousState"].as_str().unwrap(),
+                            t["currentState"].as_str().unwrap()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            }
+        })
+        .collect()
+}

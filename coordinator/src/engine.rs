@@ -341,7 +341,7 @@ impl<S: Store> Core<S> {
                 );
                 self.dispatch_all().await;
             }
-            Command::FromAgent { conn, msg } => self.from_agent(conn, msg).await,
+            Command::FromAgent { conn, msg } => self.agent_message(conn, msg).await,
             Command::AgentGone { conn } => {
                 let Some(agent) = self.agents.remove(&conn) else {
                     return;
@@ -442,7 +442,7 @@ impl<S: Store> Core<S> {
         })
     }
 
-    async fn from_agent(&mut self, conn: u64, msg: agent_message::Msg) {
+    async fn agent_message(&mut self, conn: u64, msg: agent_message::Msg) {
         match msg {
             agent_message::Msg::Hello(_)
             | agent_message::Msg::Heartbeat(_)

@@ -39,6 +39,9 @@ pub struct Undelivered {
     pub last_error: Option<String>,
 }
 
+/// (URL, run): deliveries with the same key go out one at a time, in order.
+type QueueKey = (Arc<str>, Arc<str>);
+
 #[derive(Debug, Default)]
 struct Queue {
     pending: usize,
@@ -48,8 +51,8 @@ struct Queue {
 /// Handle to the delivery workers.
 #[derive(Clone)]
 pub struct Deliverer {
-    workers: Arc<Mutex<HashMap<(Arc<str>, Arc<str>), mpsc::UnboundedSender<Delivery>>>>,
-    queues: Arc<Mutex<HashMap<(Arc<str>, Arc<str>), Queue>>>,
+    workers: Arc<Mutex<HashMap<QueueKey, mpsc::UnboundedSender<Delivery>>>>,
+    queues: Arc<Mutex<HashMap<QueueKey, Queue>>>,
     pending_total: watch::Sender<usize>,
     client: reqwest::Client,
     shutdown: CancellationToken,
@@ -123,7 +126,7 @@ impl Deliverer {
         left
     }
 
-    async fn worker(self, key: (Arc<str>, Arc<str>), mut rx: mpsc::UnboundedReceiver<Delivery>) {
+    async fn worker(self, key: QueueKey, mut rx: mpsc::UnboundedReceiver<Delivery>) {
         while let Some(d) = rx.recv().await {
             let mut backoff = FIRST_BACKOFF;
             loop {

@@ -1,0 +1,21 @@
+# The one test command: `make test` (what CI runs too).
+.PHONY: test deps fmt-check lint unit bench
+
+test: deps fmt-check lint unit
+
+deps:
+	@scripts/install-deps.sh
+
+fmt-check:
+	cargo fmt --all -- --check
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+unit:
+	cargo test --workspace
+
+# Benchmarks (not part of the tests): figures go to docs/BENCHMARKS.md.
+bench:
+	cargo build --release --bin factotum
+	python3 bench/bench.py

@@ -187,7 +187,13 @@ fn heartbeats_carry_output_so_far_and_tails_are_bounded() {
         .filter(|x| transitions(std::slice::from_ref(x))[0] == "long RUNNING->RUNNING")
         .collect();
     assert!(beats.len() >= 2, "{:?}", transitions(&p));
-    assert!(beats[0]["data"]["taskStates"][0]["stdout"].as_str().unwrap().len() <= 8);
+    assert!(
+        beats[0]["data"]["taskStates"][0]["stdout"]
+            .as_str()
+            .unwrap()
+            .len()
+            <= 8
+    );
     let last = &p.last().unwrap()["data"]["taskStates"][0];
     assert_eq!(last["stdout"], "e2\nline3");
 }
@@ -239,9 +245,6 @@ fn undelivered_webhooks_are_named_not_silently_dropped() {
         "the job's outcome decides the exit code"
     );
     let err = stderr(&o);
-    assert!(
-        err.contains("Warn: 9 webhook payload(s) for run "),
-        "{err}"
-    );
+    assert!(err.contains("Warn: 9 webhook payload(s) for run "), "{err}");
     assert!(err.contains(&url), "{err}");
 }

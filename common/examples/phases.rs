@@ -19,7 +19,8 @@ fn main() {
         }
     };
     let t1 = Instant::now();
-    let vars = Vars::new(&serde_json::Value::Null, &Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    let vars =
+        Vars::new(&serde_json::Value::Null, &Default::default()).unwrap_or_else(|e| panic!("{e}"));
     let ff = match Factfile::parse(&text, &vars) {
         Ok(ff) => ff,
         Err(e) => {

@@ -78,7 +78,7 @@ def big_factfile(path, n=100_000):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--factotum", default=os.path.join(ROOT, "target", "release", "factotum"))
+    ap.add_argument("--factotum", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "factotum"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"))
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)

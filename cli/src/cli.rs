@@ -100,8 +100,8 @@ pub struct DotArgs {
 
 fn positive_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(v),
-        _ => Err(format!("'{s}' is not a positive number of seconds")),
+        Ok(v) if (0.01..1e9).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds from 0.01 up")),
     }
 }
 

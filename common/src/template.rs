@@ -160,7 +160,7 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
-fn render<'v>(nodes: &[Node<'_>], stack: &mut Vec<&'v Value>, out: &mut String) {
+fn render(nodes: &[Node<'_>], stack: &mut Vec<&Value>, out: &mut String) {
     for node in nodes {
         match node {
             Node::Text(t) => out.push_str(t),
@@ -193,11 +193,8 @@ fn render<'v>(nodes: &[Node<'_>], stack: &mut Vec<&'v Value>, out: &mut String) 
                 let value = lookup(stack, name);
                 let on = value.is_some_and(truthy);
                 match (inverted, value) {
-                    (true, _) => {
-                        if !on {
-                            render(children, stack, out);
-                        }
-                    }
+                    (true, _) if !on => render(children, stack, out),
+                    (true, _) => {}
                     (false, Some(Value::Array(items))) => {
                         for item in items {
                             stack.push(item);

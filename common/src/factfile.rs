@@ -123,39 +123,42 @@ impl Factfile {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// Renders every string field holding a `{{`. The tasks move into a vector of exactly the
+    /// right size: deserializing grew the old one by doubling, and its slack is given back here.
     fn template(self, vars: &Vars) -> Result<Factfile, FactfileError> {
-        let render = |what: &dyn Fn() -> String, s: String| -> Result<String, FactfileError> {
-            if !s.contains("{{") {
-                return Ok(s);
+        let render = |what: &dyn Fn() -> String, s: &mut String| -> Result<(), FactfileError> {
+            if s.contains("{{") {
+                *s = vars.render(s).map_err(|error| FactfileError::Template {
+                    what: what(),
+                    error,
+                })?;
             }
-            vars.render(&s).map_err(|error| FactfileError::Template {
-                what: what(),
-                error,
-            })
+            Ok(())
         };
-        let name = render(&|| "the job name".to_string(), self.data.name)?;
-        let mut tasks = Vec::with_capacity(self.data.tasks.len());
-        for (i, t) in self.data.tasks.into_iter().enumerate() {
+        let Factfile {
+            schema,
+            data: Job {
+                mut name,
+                tasks: raw,
+            },
+        } = self;
+        render(&|| "the job name".to_string(), &mut name)?;
+        let mut tasks = Vec::with_capacity(raw.len());
+        for (i, mut t) in raw.into_iter().enumerate() {
             let field = |f: &str| format!("task {} field '{f}'", i + 1);
-            tasks.push(Task {
-                name: render(&|| field("name"), t.name.clone())?,
-                executor: render(&|| field("executor"), t.executor)?,
-                command: render(&|| field("command"), t.command)?,
-                arguments: t
-                    .arguments
-                    .into_iter()
-                    .map(|a| render(&|| field("arguments"), a))
-                    .collect::<Result<_, _>>()?,
-                depends_on: t
-                    .depends_on
-                    .into_iter()
-                    .map(|d| render(&|| field("dependsOn"), d))
-                    .collect::<Result<_, _>>()?,
-                on_result: t.on_result,
-            });
+            render(&|| field("name"), &mut t.name)?;
+            render(&|| field("executor"), &mut t.executor)?;
+            render(&|| field("command"), &mut t.command)?;
+            for a in &mut t.arguments {
+                render(&|| field("arguments"), a)?;
+            }
+            for d in &mut t.depends_on {
+                render(&|| field("dependsOn"), d)?;
+            }
+            tasks.push(t);
         }
         Ok(Factfile {
-            schema: self.schema,
+            schema,
             data: Job { name, tasks },
         })
     }

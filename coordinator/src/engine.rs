@@ -691,6 +691,26 @@ impl<S: Store> Core<S> {
     }
 }
 
+/// A task's record in the store (`runs/<run>/tasks/<task>`).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredTask<'a> {
+    state: &'static str,
+    attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    return_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr: Option<&'a str>,
+}
+
 /// Store writes and webhook payloads for one update.
 fn record(run: &mut Run, update: &Update, ops: &mut Vec<StoreOp>, deliveries: &mut Vec<Delivery>) {
     match &update.kind {
@@ -704,16 +724,16 @@ fn record(run: &mut Run, update: &Update, ops: &mut Vec<StoreOp>, deliveries: &m
                     continue; // heartbeats change nothing worth storing
                 }
                 if let Some(rec) = run.state.task(t.task) {
-                    let doc = serde_json::json!({
-                        "state": rec.state.as_str(),
-                        "attempt": rec.attempt,
-                        "started": rec.started.map(timestamp),
-                        "duration": rec.duration.map(iso8601),
-                        "returnCode": rec.return_code,
-                        "errorMessage": rec.error_message,
-                        "stdout": rec.stdout.to_field(),
-                        "stderr": rec.stderr.to_field(),
-                    });
+                    let doc = StoredTask {
+                        state: rec.state.as_str(),
+                        attempt: rec.attempt,
+                        started: rec.started.map(timestamp),
+                        duration: rec.duration.map(iso8601),
+                        return_code: rec.return_code,
+                        error_message: rec.error_message.as_deref(),
+                        stdout: (!rec.stdout.is_empty()).then(|| rec.stdout.as_str()),
+                        stderr: (!rec.stderr.is_empty()).then(|| rec.stderr.as_str()),
+                    };
                     ops.push(StoreOp::Put {
                         key: keys::task(&run.id, t.task),
                         value: serde_json::to_vec(&doc).unwrap_or_default(),

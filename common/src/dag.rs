@@ -270,7 +270,7 @@ fn display_order(tasks: &[PlanTask]) -> Vec<TaskId> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::factfile::{Factfile, Job, OnResult, SNOWPLOW_SCHEMA};
 

@@ -330,11 +330,7 @@ fn strings(
     path: &str,
     field: &str,
 ) -> Vec<String> {
-    let p = format!("{path}/{field}");
-    let Some(items) = errs
-        .required(obj, path, field)
-        .and_then(|v| errs.array(v, &p))
-    else {
+    let Some((p, items)) = errs.required_array(obj, path, field) else {
         return vec![];
     };
     items
@@ -350,11 +346,7 @@ fn codes(
     path: &str,
     field: &str,
 ) -> Vec<i32> {
-    let p = format!("{path}/{field}");
-    let Some(items) = errs
-        .required(obj, path, field)
-        .and_then(|v| errs.array(v, &p))
-    else {
+    let Some((p, items)) = errs.required_array(obj, path, field) else {
         return vec![];
     };
     let mut out = Vec::with_capacity(items.len());
@@ -435,6 +427,20 @@ impl Errors {
             );
         }
         v
+    }
+
+    /// A required array field, with its path.
+    fn required_array<'a>(
+        &mut self,
+        obj: &'a serde_json::Map<String, Value>,
+        path: &str,
+        field: &str,
+    ) -> Option<(String, &'a Vec<Value>)> {
+        let p = format!("{path}/{field}");
+        let items = self
+            .required(obj, path, field)
+            .and_then(|v| self.array(v, &p))?;
+        Some((p, items))
     }
 
     fn only(&mut self, obj: &serde_json::Map<String, Value>, path: &str, allowed: &[&str]) {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::format::{iso8601, timestamp};
-use crate::run::{Snapshot, Update, UpdateKind};
+use crate::run::{Snapshot, TaskRecord, TaskView, Update, UpdateKind};
 
 pub const JOB_UPDATE: &str = "iglu:com.snowplowanalytics.factotum/job_update/jsonschema/1-0-0";
 pub const TASK_UPDATE: &str = "iglu:com.snowplowanalytics.factotum/task_update/jsonschema/1-0-0";
@@ -64,7 +64,7 @@ struct Data<'a> {
     job_transition: Option<JobTransition>,
     #[serde(skip_serializing_if = "Option::is_none")]
     task_transitions: Option<Vec<TaskTransitionOut<'a>>>,
-    task_states: Vec<TaskStateOut<'a>>,
+    task_states: Vec<TaskStateJson<'a>>,
     tags: &'a BTreeMap<String, String>,
 }
 
@@ -89,9 +89,10 @@ struct TaskTransitionOut<'a> {
     current_state: &'static str,
 }
 
-#[derive(Serialize)]
+/// One `taskStates` entry as JSON; the store keeps tasks in this shape too.
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct TaskStateOut<'a> {
+pub struct TaskStateJson<'a> {
     task_name: &'a str,
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,6 +107,34 @@ struct TaskStateOut<'a> {
     return_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_message: Option<&'a str>,
+}
+
+impl<'a> TaskStateJson<'a> {
+    pub fn from_view(v: &'a TaskView) -> Self {
+        TaskStateJson {
+            task_name: &v.name,
+            state: v.state.as_str(),
+            started: v.started.map(timestamp),
+            duration: v.duration.map(iso8601),
+            stdout: v.stdout.as_deref(),
+            stderr: v.stderr.as_deref(),
+            return_code: v.return_code,
+            error_message: v.error_message.as_deref(),
+        }
+    }
+
+    pub fn from_record(name: &'a str, r: &'a TaskRecord) -> Self {
+        TaskStateJson {
+            task_name: name,
+            state: r.state.as_str(),
+            started: r.started.map(timestamp),
+            duration: r.duration.map(iso8601),
+            stdout: (!r.stdout.is_empty()).then(|| r.stdout.as_str()),
+            stderr: (!r.stderr.is_empty()).then(|| r.stderr.as_str()),
+            return_code: r.return_code,
+            error_message: r.error_message.as_deref(),
+        }
+    }
 }
 
 /// The JSON body for one update, or `None` when the update carries no snapshot.
@@ -151,20 +180,7 @@ pub fn payload(meta: &RunMeta, update: &Update, names: &dyn Fn(u32) -> String) -
                     })
                     .collect()
             }),
-            task_states: snap
-                .tasks
-                .iter()
-                .map(|v| TaskStateOut {
-                    task_name: &v.name,
-                    state: v.state.as_str(),
-                    started: v.started.map(timestamp),
-                    duration: v.duration.map(iso8601),
-                    stdout: v.stdout.as_deref(),
-                    stderr: v.stderr.as_deref(),
-                    return_code: v.return_code,
-                    error_message: v.error_message.as_deref(),
-                })
-                .collect(),
+            task_states: snap.tasks.iter().map(TaskStateJson::from_view).collect(),
             tags: &meta.tags,
         },
     };
@@ -174,7 +190,7 @@ pub fn payload(meta: &RunMeta, update: &Update, names: &dyn Fn(u32) -> String) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::{JobState, TaskState, TaskTransition, TaskView};
+    use crate::run::{JobState, TaskState, TaskTransition};
     use chrono::TimeZone;
     use serde_json::Value;
     use std::sync::Arc;

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use factotum_common::dag::{Plan, TaskId};
-use factotum_common::format::{iso8601, timestamp};
+use factotum_common::format::timestamp;
 use factotum_common::run::{
     Action, Event, JobState, Outcome, RunOptions, RunState, Stream, TaskResult, TaskState, Update,
     UpdateKind,
 };
-use factotum_common::webhook::{payload, RunMeta};
+use factotum_common::webhook::{payload, RunMeta, TaskStateJson};
 use factotum_proto::{
     agent_message, coordinator_message, finished, AgentMessage, CoordinatorMessage, Hello, LeaseRef,
 };
@@ -691,24 +691,12 @@ impl<S: Store> Core<S> {
     }
 }
 
-/// A task's record in the store (`runs/<run>/tasks/<task>`).
+/// A task's record in the store (`runs/<run>/tasks/<task>`): its `taskStates` entry and attempt.
 #[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
 struct StoredTask<'a> {
-    state: &'static str,
     attempt: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    started: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duration: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    return_code: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_message: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stdout: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stderr: Option<&'a str>,
+    #[serde(flatten)]
+    state: TaskStateJson<'a>,
 }
 
 /// Store writes and webhook payloads for one update.
@@ -723,16 +711,12 @@ fn record(run: &mut Run, update: &Update, ops: &mut Vec<StoreOp>, deliveries: &m
                 if t.previous == t.current && t.current == TaskState::Running {
                     continue; // heartbeats change nothing worth storing
                 }
-                if let Some(rec) = run.state.task(t.task) {
+                if let (Some(rec), Some(spec)) =
+                    (run.state.task(t.task), run.state.plan().task(t.task))
+                {
                     let doc = StoredTask {
-                        state: rec.state.as_str(),
                         attempt: rec.attempt,
-                        started: rec.started.map(timestamp),
-                        duration: rec.duration.map(iso8601),
-                        return_code: rec.return_code,
-                        error_message: rec.error_message.as_deref(),
-                        stdout: (!rec.stdout.is_empty()).then(|| rec.stdout.as_str()),
-                        stderr: (!rec.stderr.is_empty()).then(|| rec.stderr.as_str()),
+                        state: TaskStateJson::from_record(&spec.name, rec),
                     };
                     ops.push(StoreOp::Put {
                         key: keys::task(&run.id, t.task),

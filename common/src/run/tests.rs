@@ -1,27 +1,13 @@
 use super::*;
-use crate::factfile::{Factfile, Job, OnResult, Task, SNOWPLOW_SCHEMA};
+use crate::dag::tests::ff;
 use chrono::TimeZone;
 
-fn ff(spec: &[(&str, &[&str])]) -> Factfile {
-    Factfile {
-        schema: SNOWPLOW_SCHEMA.into(),
-        data: Job {
-            name: "job".into(),
-            tasks: spec
-                .iter()
-                .map(|(n, deps)| Task {
-                    name: n.to_string(),
-                    executor: "shell".into(),
-                    command: "true".into(),
-                    arguments: vec![],
-                    depends_on: deps.iter().map(|d| d.to_string()).collect(),
-                    on_result: OnResult {
-                        terminate_job_with_success: vec![3],
-                        continue_job: vec![0],
-                    },
-                })
-                .collect(),
-        },
+fn result(outcome: Outcome, stdout: &str, duration: Duration) -> TaskResult {
+    TaskResult {
+        outcome,
+        stdout: stdout.to_string(),
+        stderr: String::new(),
+        duration,
     }
 }
 
@@ -87,12 +73,11 @@ impl Harness {
         self.apply(Event::Finished {
             task: id,
             attempt,
-            result: TaskResult {
-                outcome: Outcome::Exited(code),
-                stdout: format!("{name} out"),
-                stderr: String::new(),
-                duration: Duration::from_millis(5),
-            },
+            result: result(
+                Outcome::Exited(code),
+                &format!("{name} out"),
+                Duration::from_millis(5),
+            ),
         })
     }
 
@@ -271,24 +256,14 @@ fn stale_and_unknown_results_are_ignored() {
     let stale = h.apply(Event::Finished {
         task: 0,
         attempt: 7,
-        result: TaskResult {
-            outcome: Outcome::Exited(1),
-            stdout: String::new(),
-            stderr: String::new(),
-            duration: Duration::ZERO,
-        },
+        result: result(Outcome::Exited(1), "", Duration::ZERO),
     });
     assert!(stale.is_empty());
     assert_eq!(h.state("a"), TaskState::Running);
     let unknown = h.apply(Event::Finished {
         task: 99,
         attempt: 1,
-        result: TaskResult {
-            outcome: Outcome::Exited(0),
-            stdout: String::new(),
-            stderr: String::new(),
-            duration: Duration::ZERO,
-        },
+        result: result(Outcome::Exited(0), "", Duration::ZERO),
     });
     assert!(unknown.is_empty());
     assert!(
@@ -309,12 +284,11 @@ fn spawn_failure_is_minus_one() {
     h.apply(Event::Finished {
         task: 0,
         attempt: 1,
-        result: TaskResult {
-            outcome: Outcome::SpawnFailed("No such file or directory (os error 2)".into()),
-            stdout: String::new(),
-            stderr: String::new(),
-            duration: Duration::ZERO,
-        },
+        result: result(
+            Outcome::SpawnFailed("No such file or directory (os error 2)".into()),
+            "",
+            Duration::ZERO,
+        ),
     });
     let rec = h.run.task(0).unwrap();
     assert_eq!(rec.return_code, Some(-1));
@@ -437,12 +411,7 @@ fn attempts_are_numbered_and_snapshots_optional() {
         Event::Finished {
             task: 0,
             attempt: 1,
-            result: TaskResult {
-                outcome: Outcome::Exited(0),
-                stdout: "abcdefgh".into(),
-                stderr: String::new(),
-                duration: Duration::from_millis(3),
-            },
+            result: result(Outcome::Exited(0), "abcdefgh", Duration::from_millis(3)),
         },
         t(3),
     );
@@ -457,12 +426,11 @@ fn lost_attempt_fails_with_its_reason() {
     h.apply(Event::Finished {
         task: 0,
         attempt: 1,
-        result: TaskResult {
-            outcome: Outcome::Lost("agent etl-3 lost".into()),
-            stdout: String::new(),
-            stderr: String::new(),
-            duration: Duration::from_secs(15),
-        },
+        result: result(
+            Outcome::Lost("agent etl-3 lost".into()),
+            "",
+            Duration::from_secs(15),
+        ),
     });
     let rec = h.run.task(0).unwrap();
     assert_eq!(rec.state, TaskState::Failed);

@@ -25,7 +25,7 @@ impl Tail {
         }
         self.buf.push_str(line);
         // Trim lazily: only when the buffer holds far more than needed, so appends stay O(line).
-        if self.buf.len() > 4 * self.max + 4096 {
+        if self.buf.len() > self.max.saturating_mul(4).saturating_add(4096) {
             let keep = last_chars(&self.buf, self.max).len();
             let cut = self.buf.len() - keep;
             self.buf.drain(..cut);

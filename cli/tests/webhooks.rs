@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::Value;
 use support::*;
 
@@ -229,7 +227,6 @@ fn undelivered_webhooks_are_named_not_silently_dropped() {
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}/down");
-    let started = std::time::Instant::now();
     let o = run(&[
         "run",
         &shared("factotum-samples/echo.factfile"),
@@ -238,7 +235,6 @@ fn undelivered_webhooks_are_named_not_silently_dropped() {
         "--webhook-timeout",
         "1",
     ]);
-    assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(
         o.status.code(),
         Some(0),

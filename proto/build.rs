@@ -1,8 +1,14 @@
-//! Generates the factotum.v1 messages with protox (pure Rust): no system protoc needed.
+//! Generates factotum.v1 (messages and tonic services) with protox (pure Rust): no system protoc.
+//! Also writes the encoded descriptor set for gRPC reflection.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=factotum");
-    let fds = protox::compile(["factotum/v1/agent.proto"], ["."])?;
-    prost_build::Config::new().compile_fds(fds)?;
+    let fds = protox::compile(["factotum/v1/agent.proto", "factotum/v1/jobs.proto"], ["."])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("factotum_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! for `factotum run`, a gRPC stream in the fleet.
 
 pub mod executor;
+pub mod identity;
 pub mod session;
 
 pub use executor::{execute, ExecSpec};

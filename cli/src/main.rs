@@ -6,7 +6,6 @@
 
 mod cli;
 mod console;
-mod host;
 mod load;
 mod run;
 

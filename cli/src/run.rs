@@ -2,14 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 use factotum_agent::{run_session, AgentConfig, Link};
+use factotum_common::constraint::{self, Constraint};
 use factotum_common::dag::Plan;
 use factotum_common::run::JobState;
 use factotum_common::tags::parse_tags;
-use factotum_coordinator::{Engine, EngineConfig, MemoryStore, RunSpec, WatchEvent};
+use factotum_coordinator::spec;
+use factotum_coordinator::{
+    Engine, EngineConfig, MemoryStore, Placement, RunSpec, Submission, WatchEvent,
+};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -25,11 +28,7 @@ fn fail(f: Failure) -> u8 {
 }
 
 pub fn validate(args: ValidateArgs) -> u8 {
-    let env = match load::parse_env(args.env.as_deref()) {
-        Ok(e) => e,
-        Err(f) => return fail(f),
-    };
-    match load::factfile(&args.factfile, &env, &BTreeMap::new()) {
+    match load::factfile(&args.factfile, args.env.as_deref(), &BTreeMap::new()) {
         Ok(ff) => {
             // Planning cannot fail on a valid factfile; doing it proves the graph is runnable.
             let _plan = Plan::new(&ff);
@@ -42,7 +41,7 @@ pub fn validate(args: ValidateArgs) -> u8 {
 
 pub fn dot(args: DotArgs) -> u8 {
     // Every `dot` failure is exit 3, as Factotum's.
-    let ff = match load::factfile(&args.factfile, &serde_json::Value::Null, &BTreeMap::new()) {
+    let ff = match load::factfile(&args.factfile, None, &BTreeMap::new()) {
         Ok(ff) => ff,
         Err(f) => return fail(Failure::args(f.message)),
     };
@@ -104,39 +103,49 @@ pub fn run(args: RunArgs) -> u8 {
 
 /// Everything checked before anything runs. `None`: nothing to run (a host constraint did not match).
 fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure> {
-    let env = load::parse_env(args.env.as_deref())?;
-    for url in &args.webhook {
-        check_url(url)?;
-    }
-    if args.dry_run && !args.webhook.is_empty() {
-        return Err(Failure::args(
-            "Error: --webhook cannot be used with the --dry-run option",
-        ));
-    }
-    let tags = parse_tags(args.tag.iter().map(String::as_str));
-    let ff = load::factfile(&args.factfile, &env, &tags)?;
-    let plan = match &args.start {
-        Some(start) => Plan::from_start(&ff, start).map_err(|e| Failure::args(e.to_string()))?,
-        None => Plan::new(&ff),
-    };
-    let mut me = None;
-    for c in &args.constraint {
-        let (key, value) = c.split_once(',').unwrap_or((c.as_str(), ""));
-        let (key, value) = (key.trim(), value.trim());
-        if key != "host" {
-            return Err(Failure::args(format!(
-                "Error: unknown constraint \"{key}\": a local run accepts only host,<value>"
-            )));
+    let mut constraints = vec![];
+    for raw in &args.constraint {
+        match constraint::parse(raw) {
+            Ok(c @ Constraint::Host { .. }) => constraints.push(c),
+            Ok(_) => {
+                return Err(Failure::args(format!(
+                    "Error: a local run accepts only host,<value> constraints, not \"{raw}\""
+                )))
+            }
+            Err(e) => return Err(Failure::args(format!("Error: {e}"))),
         }
-        let me = me.get_or_insert_with(crate::host::identity);
-        if let Err(why) = crate::host::check_host(value, me) {
+    }
+    let text = spec::read_factfile(&args.factfile)?;
+    let run = factotum_coordinator::prepare(Submission {
+        factfile: text,
+        factfile_name: args.factfile.display().to_string(),
+        env: args.env.clone(),
+        tags: parse_tags(args.tag.iter().map(String::as_str)),
+        start: args.start.clone(),
+        webhooks: args.webhook.clone(),
+        constraints,
+        placement: Placement::Sticky,
+        max_output: args.max_stdouterr_size,
+        dry_run: args.dry_run,
+    })?;
+    // Factotum's local constraint check: this machine must satisfy every host constraint.
+    if !run.constraints.is_empty() {
+        let me = factotum_agent::identity::local(Default::default());
+        if let Some(c) = run.constraints.iter().find(|c| !c.matches(&me)) {
+            let value = match c {
+                Constraint::Host { value, .. } => value.clone(),
+                other => other.to_string(),
+            };
             console.warn(&format!(
-                "the specifed host constraint \"{value}\" did not match, no tasks have been executed. Reason: {why}"
+                "the specifed host constraint \"{value}\" did not match, no tasks have been executed. Reason: this host is '{}' with addresses [{}], and '{value}' is neither '*', that hostname, nor a name or address of one of those addresses",
+                me.hostname,
+                me.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
             ));
             return Ok(None);
         }
     }
     if args.dry_run {
+        let plan = &run.plan;
         let rows: Vec<(String, String)> = plan
             .order
             .iter()
@@ -147,37 +156,7 @@ fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure
             .collect();
         print!("{}", command_table(&rows));
     }
-    Ok(Some(RunSpec {
-        compact_factfile: ff.compact_json(),
-        plan: Arc::new(plan),
-        tags,
-        webhooks: args.webhook.clone(),
-        max_output: args.max_stdouterr_size,
-        dry_run: args.dry_run,
-        uuid: uuid_v4(),
-    }))
-}
-
-fn check_url(url: &str) -> Result<(), Failure> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
-    let reason = match rest {
-        None => Some("the URL must start with http:// or https://"),
-        Some(r) if r.is_empty() || r.starts_with('/') => Some("the URL has no host"),
-        Some(r) if r.chars().any(char::is_whitespace) => Some("the URL contains whitespace"),
-        Some(_) => None,
-    };
-    match reason {
-        Some(why) => Err(Failure::args(format!(
-            "Error: the specifed webhook URL \"{url}\" is invalid. Reason: {why}"
-        ))),
-        None => Ok(()),
-    }
-}
-
-fn uuid_v4() -> String {
-    factotum_coordinator::new_uuid()
+    Ok(Some(run))
 }
 
 /// Runs the job on the embedded engine with one in-process agent; returns the exit code.
@@ -194,7 +173,7 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console) -> u8 {
     let (agent_tx, agent_rx) = tokio::sync::mpsc::channel(4096);
     let (coord_tx, coord_rx) = tokio::sync::mpsc::channel(4096);
     engine.attach_agent(agent_rx, coord_tx);
-    let me = crate::host::identity();
+    let me = factotum_agent::identity::local(Default::default());
     let agent_cfg = AgentConfig {
         agent_id: "local".into(),
         hostname: me.hostname.clone(),

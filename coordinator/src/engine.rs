@@ -6,11 +6,12 @@
 //! outbox committed to the store in one batch, leases sent to agents, payloads queued for
 //! delivery, watchers told.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use factotum_common::constraint::{Constraint, Identity};
 use factotum_common::dag::{Plan, TaskId};
 use factotum_common::format::timestamp;
 use factotum_common::run::{
@@ -38,6 +39,12 @@ pub struct EngineConfig {
     pub kill_grace: Duration,
     /// Fencing epoch stamped on leases (0 for a single node).
     pub epoch: u64,
+    /// An agent silent for this long is lost and its attempts fail (`None`: never).
+    pub lost_after: Option<Duration>,
+    /// How often agents are asked to send a heartbeat.
+    pub agent_heartbeat: Duration,
+    /// Finished runs kept for `status` and `runs`.
+    pub keep_finished: usize,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +54,9 @@ impl Default for EngineConfig {
             heartbeat_interval: None,
             kill_grace: Duration::from_secs(10),
             epoch: 0,
+            lost_after: None,
+            agent_heartbeat: Duration::from_secs(2),
+            keep_finished: 1000,
         }
     }
 }
@@ -64,8 +74,62 @@ pub struct RunSpec {
     pub max_output: usize,
     /// Simulate every task with exit code 0.
     pub dry_run: bool,
+    /// Every one must hold for an agent to take the run's tasks.
+    pub constraints: Vec<Constraint>,
+    pub placement: Placement,
     /// A fresh UUIDv4 string; the run's reference is its SHA-256.
     pub uuid: String,
+}
+
+/// How a run's tasks are spread over agents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// Every task goes to the agent that took the run's first task, while it is connected.
+    #[default]
+    Sticky,
+    /// Each task goes to any eligible agent with a free slot.
+    Spread,
+}
+
+/// A run as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub job_name: String,
+    pub job_reference: String,
+    pub state: JobState,
+    pub start_time: DateTime<Utc>,
+    pub duration: Duration,
+    /// Why ready tasks are not running.
+    pub waiting_reason: Option<String>,
+    pub tasks: Vec<TaskInfo>,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskInfo {
+    pub name: Arc<str>,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub agent: Option<String>,
+    pub started: Option<DateTime<Utc>>,
+    pub duration: Option<Duration>,
+    pub return_code: Option<i32>,
+    pub error_message: Option<String>,
+}
+
+/// An agent as `agents` shows it.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub agent_id: String,
+    pub hostname: String,
+    pub ips: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub slots: u32,
+    pub in_use: u32,
+    pub last_heard: Duration,
+    pub version: String,
+    pub connected: bool,
 }
 
 /// What a watcher of a run sees, in order.
@@ -112,7 +176,7 @@ pub struct RunSummary {
 pub enum EngineError {
     #[error("the engine has stopped")]
     Stopped,
-    #[error("no active run '{0}'")]
+    #[error("no run '{0}'")]
     NoSuchRun(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -129,18 +193,35 @@ pub struct Engine {
 #[derive(Debug)]
 pub struct Submitted {
     pub run_id: String,
+    pub job_reference: String,
     pub watch: mpsc::UnboundedReceiver<WatchEvent>,
 }
+
+type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
 enum Command {
     Submit {
         spec: Box<RunSpec>,
-        reply: oneshot::Sender<Result<Submitted, EngineError>>,
+        reply: Reply<Submitted>,
     },
     Cancel {
         run_id: String,
         reason: String,
-        reply: oneshot::Sender<Result<(), EngineError>>,
+        reply: Reply<()>,
+    },
+    Watch {
+        run_id: String,
+        reply: Reply<mpsc::UnboundedReceiver<WatchEvent>>,
+    },
+    GetRun {
+        run_id: String,
+        reply: Reply<RunInfo>,
+    },
+    ListRuns {
+        reply: Reply<Vec<RunInfo>>,
+    },
+    ListAgents {
+        reply: Reply<Vec<AgentInfo>>,
     },
     AgentHello {
         conn: u64,
@@ -166,40 +247,75 @@ impl Engine {
             store,
             deliverer: deliverer.clone(),
             runs: HashMap::new(),
+            finished: HashMap::new(),
+            finished_order: VecDeque::new(),
             agents: HashMap::new(),
+            conns: HashMap::new(),
             leases: HashMap::new(),
         };
         tokio::spawn(core.run(rx, shutdown));
         Engine { tx, deliverer }
     }
 
-    /// Starts a run; returns once it is committed.
-    pub async fn submit(&self, spec: RunSpec) -> Result<Submitted, EngineError> {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Submit {
-                spec: Box::new(spec),
-                reply,
-            })
+            .send(make(reply))
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Starts a run; returns once it is committed.
+    pub async fn submit(&self, spec: RunSpec) -> Result<Submitted, EngineError> {
+        self.ask(|reply| Command::Submit {
+            spec: Box::new(spec),
+            reply,
+        })
+        .await
     }
 
     /// Cancels a run: nothing more starts, running attempts are killed, the rest is skipped.
     pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<(), EngineError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Cancel {
-                run_id: run_id.to_string(),
-                reason: reason.to_string(),
-                reply,
-            })
-            .map_err(|_| EngineError::Stopped)?;
-        rx.await.map_err(|_| EngineError::Stopped)?
+        self.ask(|reply| Command::Cancel {
+            run_id: run_id.to_string(),
+            reason: reason.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// What happens to a run from now on; a finished run's stream holds only its end.
+    pub async fn watch(
+        &self,
+        run_id: &str,
+    ) -> Result<mpsc::UnboundedReceiver<WatchEvent>, EngineError> {
+        self.ask(|reply| Command::Watch {
+            run_id: run_id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn get_run(&self, run_id: &str) -> Result<RunInfo, EngineError> {
+        self.ask(|reply| Command::GetRun {
+            run_id: run_id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Active runs, then finished ones, newest first.
+    pub async fn list_runs(&self) -> Result<Vec<RunInfo>, EngineError> {
+        self.ask(|reply| Command::ListRuns { reply }).await
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentInfo>, EngineError> {
+        self.ask(|reply| Command::ListAgents { reply }).await
     }
 
     /// Connects an agent session: `from_agent` carries its messages in (the first must be
-    /// `Hello`), `to_agent` takes the engine's messages out.
+    /// `Hello`), `to_agent` takes the engine's messages out. The engine holds the only sender
+    /// of `to_agent`: when it forgets the agent, the outgoing stream ends.
     pub fn attach_agent(
         &self,
         mut from_agent: mpsc::Receiver<AgentMessage>,
@@ -209,23 +325,18 @@ impl Engine {
         let conn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let mut hello_seen = false;
+            let mut to_agent = Some(to_agent);
             while let Some(msg) = from_agent.recv().await {
                 let Some(msg) = msg.msg else { continue };
-                let cmd = match msg {
-                    agent_message::Msg::Hello(hello) if !hello_seen => {
-                        hello_seen = true;
-                        Command::AgentHello {
-                            conn,
-                            hello,
-                            tx: to_agent.clone(),
-                        }
+                let cmd = match (msg, to_agent.take()) {
+                    (agent_message::Msg::Hello(hello), Some(tx)) => {
+                        Command::AgentHello { conn, hello, tx }
                     }
-                    _ if !hello_seen => {
+                    (_, Some(_)) => {
                         tracing::warn!(conn, "agent spoke before Hello; closing its session");
                         break;
                     }
-                    msg => Command::FromAgent { conn, msg },
+                    (msg, None) => Command::FromAgent { conn, msg },
                 };
                 if tx.send(cmd).is_err() {
                     return;
@@ -248,21 +359,37 @@ struct Run {
     webhooks: Vec<Arc<str>>,
     max_output: u32,
     dry_run: bool,
+    constraints: Vec<Constraint>,
+    placement: Placement,
     watchers: Vec<mpsc::UnboundedSender<WatchEvent>>,
     /// The agent that took the run's first task (sticky placement).
-    sticky: Option<u64>,
+    sticky: Option<Arc<str>>,
+    /// The agent of each task's current attempt.
+    task_agent: HashMap<TaskId, Arc<str>>,
+    waiting_reason: Option<String>,
     outbox_seq: u64,
 }
 
+/// A finished run, kept for `status`, `runs` and late watchers.
+struct Finished {
+    info: RunInfo,
+    summary: RunSummary,
+}
+
 struct Agent {
+    id: Arc<str>,
     hello: Hello,
-    tx: mpsc::Sender<CoordinatorMessage>,
+    identity: Identity,
+    /// `None` while disconnected (its attempts may still be re-attached).
+    tx: Option<mpsc::Sender<CoordinatorMessage>>,
+    conn: Option<u64>,
     in_use: u32,
+    last_heard: Instant,
 }
 
 impl Agent {
     fn has_slot(&self) -> bool {
-        self.hello.slots == 0 || self.in_use < self.hello.slots
+        self.tx.is_some() && (self.hello.slots == 0 || self.in_use < self.hello.slots)
     }
 }
 
@@ -273,18 +400,22 @@ struct Core<S: Store> {
     store: S,
     deliverer: Deliverer,
     runs: HashMap<Arc<str>, Run>,
-    agents: HashMap<u64, Agent>,
+    finished: HashMap<Arc<str>, Finished>,
+    finished_order: VecDeque<Arc<str>>,
+    agents: HashMap<Arc<str>, Agent>,
+    /// Which agent each live connection speaks for.
+    conns: HashMap<u64, Arc<str>>,
     /// Which agent holds each live attempt.
-    leases: HashMap<AttemptKey, u64>,
+    leases: HashMap<AttemptKey, Arc<str>>,
 }
 
 impl<S: Store> Core<S> {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, shutdown: CancellationToken) {
-        let mut beat = self.cfg.heartbeat_interval.map(|d| {
-            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
-            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            i
-        });
+        let mut beat = self.cfg.heartbeat_interval.map(every);
+        let mut liveness = self
+            .cfg
+            .lost_after
+            .map(|d| every((d / 4).max(Duration::from_millis(50))));
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -297,6 +428,7 @@ impl<S: Store> Core<S> {
                         self.apply(&id, Event::Heartbeat).await;
                     }
                 }
+                _ = tick(&mut liveness) => self.check_liveness().await,
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -315,72 +447,259 @@ impl<S: Store> Core<S> {
             } => {
                 let id: Arc<str> = Arc::from(run_id.as_str());
                 if !self.runs.contains_key(&id) {
-                    let _ = reply.send(Err(EngineError::NoSuchRun(run_id)));
+                    let err = if self.finished.contains_key(&id) {
+                        Ok(())
+                    } else {
+                        Err(EngineError::NoSuchRun(run_id))
+                    };
+                    let _ = reply.send(err);
                     return;
                 }
                 self.apply(&id, Event::Cancel { reason }).await;
                 let _ = reply.send(Ok(()));
             }
-            Command::AgentHello { conn, hello, tx } => {
-                tracing::info!(agent = %hello.agent_id, host = %hello.hostname, slots = hello.slots, "agent connected");
-                let welcome = CoordinatorMessage {
-                    msg: Some(coordinator_message::Msg::Welcome(factotum_proto::Welcome {
-                        epoch: self.cfg.epoch,
-                        heartbeat_ms: 0,
-                        lost_after_ms: 0,
-                    })),
+            Command::Watch { run_id, reply } => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let id: Arc<str> = Arc::from(run_id.as_str());
+                let r = if let Some(run) = self.runs.get_mut(&id) {
+                    run.watchers.push(tx);
+                    Ok(rx)
+                } else if let Some(f) = self.finished.get(&id) {
+                    let _ = tx.send(WatchEvent::Done(f.summary.clone()));
+                    Ok(rx)
+                } else {
+                    Err(EngineError::NoSuchRun(run_id))
                 };
-                let _ = tx.send(welcome).await;
-                self.agents.insert(
-                    conn,
-                    Agent {
-                        hello,
-                        tx,
-                        in_use: 0,
-                    },
-                );
-                self.dispatch_all().await;
+                let _ = reply.send(r);
             }
-            Command::FromAgent { conn, msg } => self.agent_message(conn, msg).await,
-            Command::AgentGone { conn } => {
-                let Some(agent) = self.agents.remove(&conn) else {
+            Command::GetRun { run_id, reply } => {
+                let id: Arc<str> = Arc::from(run_id.as_str());
+                let r = match (self.runs.get(&id), self.finished.get(&id)) {
+                    (Some(run), _) => Ok(info(run)),
+                    (None, Some(f)) => Ok(f.info.clone()),
+                    _ => Err(EngineError::NoSuchRun(run_id)),
+                };
+                let _ = reply.send(r);
+            }
+            Command::ListRuns { reply } => {
+                let mut active: Vec<RunInfo> = self.runs.values().map(info).collect();
+                active.sort_by_key(|r| std::cmp::Reverse(r.start_time));
+                active.extend(
+                    self.finished_order
+                        .iter()
+                        .rev()
+                        .filter_map(|id| self.finished.get(id))
+                        .map(|f| f.info.clone()),
+                );
+                let _ = reply.send(Ok(active));
+            }
+            Command::ListAgents { reply } => {
+                let mut list: Vec<AgentInfo> = self
+                    .agents
+                    .values()
+                    .map(|a| AgentInfo {
+                        agent_id: a.id.to_string(),
+                        hostname: a.hello.hostname.clone(),
+                        ips: a.hello.ips.clone(),
+                        labels: a.hello.labels.clone(),
+                        slots: a.hello.slots,
+                        in_use: a.in_use,
+                        last_heard: a.last_heard.elapsed(),
+                        version: a.hello.version.clone(),
+                        connected: a.tx.is_some(),
+                    })
+                    .collect();
+                list.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+                let _ = reply.send(Ok(list));
+            }
+            Command::AgentHello { conn, hello, tx } => self.hello(conn, hello, tx).await,
+            Command::FromAgent { conn, msg } => {
+                let Some(agent_id) = self.conns.get(&conn).cloned() else {
                     return;
                 };
-                let lost: Vec<AttemptKey> = self
-                    .leases
-                    .iter()
-                    .filter(|(_, &c)| c == conn)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                if lost.is_empty() {
-                    tracing::info!(agent = %agent.hello.agent_id, "agent disconnected");
+                if let Some(agent) = self.agents.get_mut(&agent_id) {
+                    agent.last_heard = Instant::now();
+                }
+                self.agent_message(&agent_id, msg).await;
+            }
+            Command::AgentGone { conn } => {
+                let Some(agent_id) = self.conns.remove(&conn) else {
+                    return;
+                };
+                let Some(agent) = self.agents.get_mut(&agent_id) else {
+                    return;
+                };
+                if agent.conn != Some(conn) {
+                    return; // an older connection of an agent that has reconnected since
+                }
+                agent.tx = None;
+                agent.conn = None;
+                let running = self.leases.values().filter(|a| **a == agent_id).count();
+                if running == 0 {
+                    tracing::info!(agent = %agent_id, "agent disconnected");
+                    self.agents.remove(&agent_id);
+                } else if self.cfg.lost_after.is_none() {
+                    self.lose_agent(&agent_id).await;
                 } else {
-                    tracing::warn!(agent = %agent.hello.agent_id, attempts = lost.len(), "agent lost with attempts running");
+                    tracing::warn!(agent = %agent_id, attempts = running, "agent disconnected with attempts running; waiting for it to come back");
                 }
-                for (run, task, attempt) in lost {
-                    self.leases.remove(&(run.clone(), task, attempt));
-                    let result = TaskResult {
-                        outcome: Outcome::Lost(format!("agent {} lost", agent.hello.agent_id)),
-                        stdout: String::new(),
-                        stderr: String::new(),
-                        duration: Duration::ZERO,
-                    };
-                    self.apply(
-                        &run,
-                        Event::Finished {
-                            task,
-                            attempt,
-                            result,
-                        },
-                    )
-                    .await;
-                }
-                for run in self.runs.values_mut() {
-                    if run.sticky == Some(conn) {
-                        run.sticky = None;
-                    }
-                }
+                self.forget_sticky(&agent_id);
                 self.dispatch_all().await;
+            }
+        }
+    }
+
+    async fn hello(&mut self, conn: u64, hello: Hello, tx: mpsc::Sender<CoordinatorMessage>) {
+        let agent_id: Arc<str> = Arc::from(hello.agent_id.as_str());
+        tracing::info!(agent = %agent_id, host = %hello.hostname, slots = hello.slots, "agent connected");
+        let welcome = CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::Welcome(factotum_proto::Welcome {
+                epoch: self.cfg.epoch,
+                heartbeat_ms: u32::try_from(self.cfg.agent_heartbeat.as_millis())
+                    .unwrap_or(u32::MAX),
+                lost_after_ms: self
+                    .cfg
+                    .lost_after
+                    .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+            })),
+        };
+        let _ = tx.send(welcome).await;
+        if let Some(old) = self.agents.get(&agent_id).and_then(|a| a.conn) {
+            self.conns.remove(&old); // the same agent on a new connection replaces the old one
+        }
+        let identity = Identity {
+            hostname: hello.hostname.clone(),
+            ips: hello.ips.iter().filter_map(|i| i.parse().ok()).collect(),
+            labels: hello.labels.clone(),
+        };
+        // Re-attach what the agent still runs; tell it to stop what is no longer wanted.
+        let mut stale = vec![];
+        let mut in_use = 0;
+        for r in &hello.running {
+            let run_id: Arc<str> = Arc::from(r.run_id.as_str());
+            let current = self
+                .runs
+                .get(&run_id)
+                .and_then(|run| run.state.task(r.task))
+                .is_some_and(|t| t.attempt == r.attempt && t.state == TaskState::Running);
+            if current {
+                self.leases.insert(
+                    (Arc::clone(&run_id), r.task, r.attempt),
+                    Arc::clone(&agent_id),
+                );
+                if let Some(run) = self.runs.get_mut(&run_id) {
+                    run.task_agent.insert(r.task, Arc::clone(&agent_id));
+                }
+                in_use += 1;
+            } else {
+                stale.push(r.clone());
+            }
+        }
+        // Attempts of this agent that it no longer reports are gone.
+        let mut vanished = vec![];
+        for (key, holder) in &self.leases {
+            if **holder == *agent_id
+                && !hello
+                    .running
+                    .iter()
+                    .any(|r| *r.run_id == *key.0 && r.task == key.1 && r.attempt == key.2)
+            {
+                vanished.push(key.clone());
+            }
+        }
+        for r in stale {
+            let cancel = factotum_proto::Cancel {
+                lease: Some(r),
+                grace_ms: u32::try_from(self.cfg.kill_grace.as_millis()).unwrap_or(u32::MAX),
+            };
+            let _ = tx
+                .send(CoordinatorMessage {
+                    msg: Some(coordinator_message::Msg::Cancel(cancel)),
+                })
+                .await;
+        }
+        self.conns.insert(conn, Arc::clone(&agent_id));
+        self.agents.insert(
+            Arc::clone(&agent_id),
+            Agent {
+                id: Arc::clone(&agent_id),
+                hello,
+                identity,
+                tx: Some(tx),
+                conn: Some(conn),
+                in_use,
+                last_heard: Instant::now(),
+            },
+        );
+        for (run, task, attempt) in vanished {
+            self.leases.remove(&(Arc::clone(&run), task, attempt));
+            let reason = format!("agent {agent_id} restarted without the task");
+            self.apply(
+                &run,
+                Event::Finished {
+                    task,
+                    attempt,
+                    result: lost(reason),
+                },
+            )
+            .await;
+        }
+        self.dispatch_all().await;
+    }
+
+    /// Fails the attempts of agents silent for longer than `lost_after`.
+    async fn check_liveness(&mut self) {
+        let Some(limit) = self.cfg.lost_after else {
+            return;
+        };
+        let silent: Vec<Arc<str>> = self
+            .agents
+            .values()
+            .filter(|a| a.last_heard.elapsed() > limit)
+            .map(|a| Arc::clone(&a.id))
+            .collect();
+        for id in silent {
+            self.lose_agent(&id).await;
+        }
+    }
+
+    async fn lose_agent(&mut self, agent_id: &Arc<str>) {
+        let Some(agent) = self.agents.remove(agent_id) else {
+            return;
+        };
+        if let Some(conn) = agent.conn {
+            self.conns.remove(&conn);
+        }
+        tracing::warn!(agent = %agent_id, "agent lost");
+        let lost_attempts: Vec<AttemptKey> = self
+            .leases
+            .iter()
+            .filter(|(_, a)| *a == agent_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (run, task, attempt) in lost_attempts {
+            self.leases.remove(&(Arc::clone(&run), task, attempt));
+            let reason = format!("agent {agent_id} lost");
+            self.apply(
+                &run,
+                Event::Finished {
+                    task,
+                    attempt,
+                    result: lost(reason),
+                },
+            )
+            .await;
+        }
+        self.forget_sticky(agent_id);
+        self.dispatch_all().await;
+    }
+
+    fn forget_sticky(&mut self, agent_id: &Arc<str>) {
+        for run in self.runs.values_mut() {
+            if run.sticky.as_ref() == Some(agent_id)
+                && !run.task_agent.values().any(|a| a == agent_id)
+            {
+                run.sticky = None;
             }
         }
     }
@@ -422,6 +741,7 @@ impl<S: Store> Core<S> {
             }])
             .await?;
         let (wtx, wrx) = mpsc::unbounded_channel();
+        let job_reference = meta.job_reference.clone();
         let run = Run {
             id: Arc::clone(&id),
             state: RunState::new(Arc::clone(&spec.plan), now, opts),
@@ -429,8 +749,12 @@ impl<S: Store> Core<S> {
             webhooks,
             max_output: u32::try_from(spec.max_output).unwrap_or(u32::MAX),
             dry_run: spec.dry_run,
+            constraints: spec.constraints,
+            placement: spec.placement,
             watchers: vec![wtx],
             sticky: None,
+            task_agent: HashMap::new(),
+            waiting_reason: None,
             outbox_seq: 0,
         };
         self.runs.insert(Arc::clone(&id), run);
@@ -438,11 +762,12 @@ impl<S: Store> Core<S> {
         self.dispatch(&id).await;
         Ok(Submitted {
             run_id: run_ref,
+            job_reference,
             watch: wrx,
         })
     }
 
-    async fn agent_message(&mut self, conn: u64, msg: agent_message::Msg) {
+    async fn agent_message(&mut self, agent_id: &Arc<str>, msg: agent_message::Msg) {
         match msg {
             agent_message::Msg::Hello(_)
             | agent_message::Msg::Heartbeat(_)
@@ -466,14 +791,13 @@ impl<S: Store> Core<S> {
                 }
                 let name = Arc::clone(&task.name);
                 if self.cfg.heartbeat_interval.is_some() {
-                    let now = Utc::now();
                     let ev = Event::Output {
                         task: r.task,
                         attempt: r.attempt,
                         stream,
                         line: o.line.clone(),
                     };
-                    run.state.apply(ev, now);
+                    run.state.apply(ev, Utc::now());
                 }
                 tell(
                     &mut run.watchers,
@@ -487,22 +811,20 @@ impl<S: Store> Core<S> {
             agent_message::Msg::Finished(f) => {
                 let Some(r) = f.lease else { return };
                 let id: Arc<str> = Arc::from(r.run_id.as_str());
-                if self
-                    .leases
-                    .remove(&(Arc::clone(&id), r.task, r.attempt))
-                    .is_some()
-                {
-                    if let Some(agent) = self.agents.get_mut(&conn) {
+                let key = (Arc::clone(&id), r.task, r.attempt);
+                if self.leases.get(&key) == Some(agent_id) {
+                    self.leases.remove(&key);
+                    if let Some(agent) = self.agents.get_mut(agent_id) {
                         agent.in_use = agent.in_use.saturating_sub(1);
                     }
                 }
-                if let Some(agent) = self.agents.get(&conn) {
+                if let Some(tx) = self.agents.get(agent_id).and_then(|a| a.tx.clone()) {
                     let ack = CoordinatorMessage {
                         msg: Some(coordinator_message::Msg::Ack(factotum_proto::Ack {
                             lease: Some(r.clone()),
                         })),
                     };
-                    let _ = agent.tx.send(ack).await;
+                    let _ = tx.send(ack).await;
                 }
                 let outcome = match f.outcome {
                     Some(finished::Outcome::ExitCode(c)) => Outcome::Exited(c),
@@ -543,14 +865,14 @@ impl<S: Store> Core<S> {
         &mut self,
         id: &Arc<str>,
         actions: Vec<Action>,
-        placed: Option<&HashMap<TaskId, u64>>,
+        placed: Option<&HashMap<TaskId, Arc<str>>>,
     ) {
         let Some(run) = self.runs.get_mut(id) else {
             return;
         };
         let mut ops: Vec<StoreOp> = vec![];
         let mut deliveries: Vec<Delivery> = vec![];
-        let mut sends: Vec<(u64, CoordinatorMessage)> = vec![];
+        let mut sends: Vec<(Arc<str>, CoordinatorMessage)> = vec![];
         let mut finished: Option<JobState> = None;
         for action in actions {
             match action {
@@ -560,7 +882,7 @@ impl<S: Store> Core<S> {
                     tell(&mut run.watchers, ev);
                 }
                 Action::Dispatch { task, attempt } => {
-                    let Some(&conn) = placed.and_then(|p| p.get(&task)) else {
+                    let Some(agent) = placed.and_then(|p| p.get(&task)) else {
                         continue;
                     };
                     let Some(spec) = run.state.plan().task(task) else {
@@ -578,16 +900,18 @@ impl<S: Store> Core<S> {
                         max_output: run.max_output,
                         dry_run: run.dry_run,
                     };
-                    self.leases.insert((Arc::clone(id), task, attempt), conn);
+                    self.leases
+                        .insert((Arc::clone(id), task, attempt), Arc::clone(agent));
+                    run.task_agent.insert(task, Arc::clone(agent));
                     sends.push((
-                        conn,
+                        Arc::clone(agent),
                         CoordinatorMessage {
                             msg: Some(coordinator_message::Msg::Lease(lease)),
                         },
                     ));
                 }
                 Action::Kill { task, attempt } => {
-                    if let Some(&conn) = self.leases.get(&(Arc::clone(id), task, attempt)) {
+                    if let Some(agent) = self.leases.get(&(Arc::clone(id), task, attempt)) {
                         let cancel = factotum_proto::Cancel {
                             lease: Some(LeaseRef {
                                 run_id: id.to_string(),
@@ -599,7 +923,7 @@ impl<S: Store> Core<S> {
                                 .unwrap_or(u32::MAX),
                         };
                         sends.push((
-                            conn,
+                            Arc::clone(agent),
                             CoordinatorMessage {
                                 msg: Some(coordinator_message::Msg::Cancel(cancel)),
                             },
@@ -623,16 +947,29 @@ impl<S: Store> Core<S> {
         for d in deliveries {
             self.deliverer.send(d);
         }
-        for (conn, msg) in sends {
-            if let Some(agent) = self.agents.get(&conn) {
-                let _ = agent.tx.send(msg).await;
+        for (agent, msg) in sends {
+            if let Some(tx) = self.agents.get(&agent).and_then(|a| a.tx.as_ref()) {
+                let _ = tx.send(msg).await;
             }
         }
         if let Some(state) = finished {
             if let Some(mut run) = self.runs.remove(id) {
                 let summary = summarize(&run, state);
-                tell(&mut run.watchers, WatchEvent::Done(summary));
+                tell(&mut run.watchers, WatchEvent::Done(summary.clone()));
                 self.deliverer.close_run(id);
+                self.finished.insert(
+                    Arc::clone(id),
+                    Finished {
+                        info: info(&run),
+                        summary,
+                    },
+                );
+                self.finished_order.push_back(Arc::clone(id));
+                while self.finished_order.len() > self.cfg.keep_finished {
+                    if let Some(old) = self.finished_order.pop_front() {
+                        self.finished.remove(&old);
+                    }
+                }
             }
         }
     }
@@ -649,39 +986,48 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Leases the run's ready tasks to agents with free slots. Sticky: once a run has an agent,
-    /// its tasks wait for that agent's slots while it is connected.
+    /// Leases the run's ready tasks to eligible agents with free slots. Sticky placement keeps
+    /// a run on the agent that took its first task while that agent is connected.
     async fn dispatch(&mut self, id: &Arc<str>) {
         let Some(run) = self.runs.get_mut(id) else {
             return;
         };
-        if run.state.ready().is_empty() || self.agents.is_empty() {
+        if run.state.ready().is_empty() {
             return;
         }
-        let mut placed: HashMap<TaskId, u64> = HashMap::new();
+        let mut placed: HashMap<TaskId, Arc<str>> = HashMap::new();
+        let eligible = |a: &Agent| run.constraints.iter().all(|c| c.matches(&a.identity));
+        let sticky = run.sticky.clone().filter(|s| {
+            run.placement == Placement::Sticky && self.agents.get(s).is_some_and(|a| a.tx.is_some())
+        });
         for &task in run.state.ready() {
-            let conn = match run.sticky.filter(|c| self.agents.contains_key(c)) {
-                Some(c) => c,
-                None => match self
+            let choice = match &sticky {
+                Some(s) => self
                     .agents
-                    .iter()
-                    .filter(|(_, a)| a.has_slot())
-                    .min_by_key(|(c, a)| (a.in_use, **c))
-                {
-                    Some((&c, _)) => c,
-                    None => break,
-                },
+                    .get(s)
+                    .filter(|a| a.has_slot())
+                    .map(|a| Arc::clone(&a.id)),
+                None => self
+                    .agents
+                    .values()
+                    .filter(|a| a.has_slot() && eligible(a))
+                    .min_by(|a, b| (a.in_use, &a.id).cmp(&(b.in_use, &b.id)))
+                    .map(|a| Arc::clone(&a.id)),
             };
-            let Some(agent) = self.agents.get_mut(&conn) else {
-                break;
-            };
-            if !agent.has_slot() {
-                break;
+            let Some(agent_id) = choice else { break };
+            if let Some(agent) = self.agents.get_mut(&agent_id) {
+                agent.in_use += 1;
             }
-            agent.in_use += 1;
-            run.sticky = Some(conn);
-            placed.insert(task, conn);
+            if run.placement == Placement::Sticky && run.sticky.is_none() {
+                run.sticky = Some(Arc::clone(&agent_id));
+            }
+            placed.insert(task, agent_id);
         }
+        run.waiting_reason = if placed.len() < run.state.ready().len() {
+            Some(waiting_reason(run, sticky.as_deref(), &self.agents))
+        } else {
+            None
+        };
         if placed.is_empty() {
             return;
         }
@@ -689,6 +1035,82 @@ impl<S: Store> Core<S> {
         let actions = run.state.apply(Event::Lease { tasks }, Utc::now());
         self.perform(id, actions, Some(&placed)).await;
     }
+}
+
+/// Why a run's ready tasks wait, in words an operator can act on.
+fn waiting_reason(run: &Run, sticky: Option<&str>, agents: &HashMap<Arc<str>, Agent>) -> String {
+    if let Some(s) = sticky {
+        return format!("waiting for a free slot on agent {s} (sticky placement)");
+    }
+    let connected: Vec<&Agent> = agents.values().filter(|a| a.tx.is_some()).collect();
+    if connected.is_empty() {
+        return "no agent is connected".into();
+    }
+    let failing: Vec<String> = run
+        .constraints
+        .iter()
+        .filter(|c| !connected.iter().any(|a| c.matches(&a.identity)))
+        .map(|c| c.to_string())
+        .collect();
+    if !failing.is_empty() {
+        return format!("no connected agent has {}", failing.join(", "));
+    }
+    if !connected
+        .iter()
+        .any(|a| run.constraints.iter().all(|c| c.matches(&a.identity)))
+    {
+        let all: Vec<String> = run.constraints.iter().map(|c| c.to_string()).collect();
+        return format!("no connected agent has {} together", all.join(" and "));
+    }
+    "every eligible agent is busy".into()
+}
+
+fn lost(reason: String) -> TaskResult {
+    TaskResult {
+        outcome: Outcome::Lost(reason),
+        stdout: String::new(),
+        stderr: String::new(),
+        duration: Duration::ZERO,
+    }
+}
+
+fn info(run: &Run) -> RunInfo {
+    let plan = run.state.plan();
+    RunInfo {
+        run_id: run.id.to_string(),
+        job_name: plan.job_name.clone(),
+        job_reference: run.meta.job_reference.clone(),
+        state: run.state.job_state(),
+        start_time: run.state.started_at(),
+        duration: (Utc::now() - run.state.started_at())
+            .to_std()
+            .unwrap_or_default(),
+        waiting_reason: run.waiting_reason.clone(),
+        tasks: plan
+            .order
+            .iter()
+            .filter_map(|&t| {
+                let rec = run.state.task(t)?;
+                Some(TaskInfo {
+                    name: Arc::clone(&plan.task(t)?.name),
+                    state: rec.state,
+                    attempt: rec.attempt,
+                    agent: run.task_agent.get(&t).map(|a| a.to_string()),
+                    started: rec.started,
+                    duration: rec.duration,
+                    return_code: rec.return_code,
+                    error_message: rec.error_message.clone(),
+                })
+            })
+            .collect(),
+        tags: run.meta.tags.clone(),
+    }
+}
+
+fn every(d: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
 }
 
 /// A task's record in the store (`runs/<run>/tasks/<task>`): its `taskStates` entry and attempt.
@@ -829,9 +1251,4 @@ async fn tick(beat: &mut Option<tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
-}
-
-/// A fresh UUIDv4 string (a run's reference is its SHA-256).
-pub fn new_uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
 }

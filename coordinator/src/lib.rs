@@ -2,11 +2,14 @@
 //! webhook delivery. `factotum run` embeds it with the memory store and one in-process agent.
 
 pub mod engine;
+pub mod spec;
 pub mod store;
 pub mod webhook;
 
 pub use engine::{
-    new_uuid, Engine, EngineConfig, EngineError, RunSpec, RunSummary, TaskChange, WatchEvent,
+    AgentInfo, Engine, EngineConfig, EngineError, Placement, RunInfo, RunSpec, RunSummary,
+    Submitted, TaskChange, TaskInfo, WatchEvent,
 };
+pub use spec::{prepare, SpecError, Submission};
 pub use store::{MemoryStore, Store, StoreError, StoreOp};
 pub use webhook::{Deliverer, Undelivered};

@@ -7,6 +7,10 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The encoded file descriptor set, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/factotum_descriptor.bin"));
+
 impl LeaseRef {
     /// The key identifying this attempt: (run, task, attempt).
     pub fn key(&self) -> (String, u32, u32) {

@@ -1,0 +1,156 @@
+//! Turning a submission (factfile text, variables, tags, options) into a [`RunSpec`]: shared by
+//! `factotum run` and the coordinator's `SubmitRun`, so both accept and refuse the same things
+//! with the same words.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use factotum_common::constraint::Constraint;
+use factotum_common::dag::Plan;
+use factotum_common::template::Vars;
+use factotum_common::Factfile;
+use serde_json::Value;
+
+use crate::engine::{Placement, RunSpec};
+
+/// What to run and how.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    pub factfile: String,
+    /// The factfile's name in messages (its path).
+    pub factfile_name: String,
+    /// `--env` text: a JSON object, or `None`.
+    pub env: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub start: Option<String>,
+    pub webhooks: Vec<String>,
+    pub constraints: Vec<Constraint>,
+    pub placement: Placement,
+    pub max_output: usize,
+    pub dry_run: bool,
+}
+
+/// Why a submission was refused; the exit code `factotum` gives each kind is Factotum's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The factfile is invalid (exit 1). The text includes Factotum's prefix naming the file.
+    #[error("{0}")]
+    InvalidFactfile(String),
+    /// A bad argument: `--env`, `--start`, a webhook URL, a constraint (exit 3).
+    #[error("{0}")]
+    BadArgument(String),
+}
+
+/// Parses `--env`: a JSON object (nested values and numbers allowed).
+pub fn parse_env(env: Option<&str>) -> Result<Value, SpecError> {
+    let Some(text) = env.filter(|t| !t.trim().is_empty()) else {
+        return Ok(Value::Null);
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(SpecError::BadArgument(format!(
+            "Error: the --env value must be a JSON object, like '{{\"name\": \"value\"}}', not {text}"
+        ))),
+        Err(e) => Err(SpecError::BadArgument(format!("Error: the --env value is not valid JSON: {e}"))),
+    }
+}
+
+/// Factotum's webhook URL check, with its message (typo included).
+pub fn check_webhook_url(url: &str) -> Result<(), SpecError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let reason = match rest {
+        None => Some("the URL must start with http:// or https://"),
+        Some(r) if r.is_empty() || r.starts_with('/') => Some("the URL has no host"),
+        Some(r) if r.chars().any(char::is_whitespace) => Some("the URL contains whitespace"),
+        Some(_) => None,
+    };
+    match reason {
+        Some(why) => Err(SpecError::BadArgument(format!(
+            "Error: the specifed webhook URL \"{url}\" is invalid. Reason: {why}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Resolves a host constraint's value to addresses (an IP is itself; a name is looked up).
+pub fn resolve(value: &str) -> Vec<IpAddr> {
+    match value.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) if value == "*" => vec![],
+        Err(_) => (value, 0)
+            .to_socket_addrs()
+            .map(|a| a.map(|s| s.ip()).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// Fills in the addresses of host constraints.
+pub fn resolve_constraints(constraints: Vec<Constraint>) -> Vec<Constraint> {
+    constraints
+        .into_iter()
+        .map(|c| match c {
+            Constraint::Host { value, .. } => {
+                let resolved = resolve(&value);
+                Constraint::Host { value, resolved }
+            }
+            other => other,
+        })
+        .collect()
+}
+
+/// Parses, templates and validates a factfile's text; errors carry Factotum's prefix naming it.
+pub fn parse_factfile(
+    text: &str,
+    name: &str,
+    env: &Value,
+    tags: &BTreeMap<String, String>,
+) -> Result<Factfile, SpecError> {
+    let vars = Vars::new(env, tags).map_err(|e| SpecError::BadArgument(format!("Error: {e}")))?;
+    Factfile::parse(text, &vars).map_err(|e| {
+        SpecError::InvalidFactfile(format!("'{name}' is not a valid factotum factfile: {e}"))
+    })
+}
+
+/// The factfile's text, or why it can't be read (an invalid-factfile error naming it).
+pub fn read_factfile(path: &std::path::Path) -> Result<String, SpecError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        SpecError::InvalidFactfile(format!(
+            "'{}' is not a valid factotum factfile: couldn't read the file ({e})",
+            path.display()
+        ))
+    })
+}
+
+/// Parses, templates, validates and plans a submission.
+pub fn prepare(sub: Submission) -> Result<RunSpec, SpecError> {
+    let env = parse_env(sub.env.as_deref())?;
+    for url in &sub.webhooks {
+        check_webhook_url(url)?;
+    }
+    if sub.dry_run && !sub.webhooks.is_empty() {
+        return Err(SpecError::BadArgument(
+            "Error: --webhook cannot be used with the --dry-run option".into(),
+        ));
+    }
+    let ff = parse_factfile(&sub.factfile, &sub.factfile_name, &env, &sub.tags)?;
+    let plan = match &sub.start {
+        Some(start) => {
+            Plan::from_start(&ff, start).map_err(|e| SpecError::BadArgument(e.to_string()))?
+        }
+        None => Plan::new(&ff),
+    };
+    Ok(RunSpec {
+        compact_factfile: ff.compact_json(),
+        plan: Arc::new(plan),
+        tags: sub.tags,
+        webhooks: sub.webhooks,
+        max_output: sub.max_output,
+        dry_run: sub.dry_run,
+        constraints: resolve_constraints(sub.constraints),
+        placement: sub.placement,
+        uuid: uuid::Uuid::new_v4().to_string(),
+    })
+}

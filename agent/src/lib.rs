@@ -10,4 +10,4 @@ pub mod identity;
 pub mod session;
 
 pub use executor::{execute, ExecSpec};
-pub use session::{run_session, AgentConfig, Link};
+pub use session::{run_session, Agent, AgentConfig, Link, SessionEnd};

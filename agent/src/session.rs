@@ -1,7 +1,9 @@
-//! The agent side of a session: take leases, run them, report, honour cancels.
+//! The agent side of the session protocol: take leases, run them, report, honour cancels.
 //!
 //! Transport-agnostic: a [`Link`] is a pair of channels. The embedded runner connects them
-//! straight to the engine; the fleet's gRPC client pumps them to and from a stream.
+//! straight to the engine; `factotum-agent` pumps them to and from a gRPC stream, and reconnects.
+//! Attempts belong to the [`Agent`], not to a session: they keep running while the agent
+//! reconnects, are re-attached in the next `Hello`, and results not yet acknowledged are sent again.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use factotum_common::run::{Outcome, Stream};
 use factotum_proto::{
     agent_message, coordinator_message, finished, AgentMessage, CoordinatorMessage, Finished,
-    Hello, Lease, LeaseRef, Output, Started,
+    Heartbeat, Hello, Lease, LeaseRef, Output, Started,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -37,78 +39,236 @@ pub struct Link {
     pub rx: mpsc::Receiver<CoordinatorMessage>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("the coordinator closed the session")]
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The coordinator closed the stream (or it broke).
     Closed,
+    /// Our `stop` token fired.
+    Stopped,
 }
 
 type Key = (String, u32, u32);
 
-/// Runs one session until the coordinator closes it or `shutdown` fires. Either way every
-/// running attempt is stopped (TERM, grace, KILL) and reported before this returns.
-pub async fn run_session(
-    cfg: &AgentConfig,
-    link: Link,
-    shutdown: CancellationToken,
-) -> Result<(), SessionError> {
-    let Link { tx, mut rx } = link;
-    let hello = Hello {
-        agent_id: cfg.agent_id.clone(),
-        hostname: cfg.hostname.clone(),
-        ips: cfg.ips.clone(),
-        labels: cfg.labels.clone(),
-        slots: cfg.slots,
-        version: factotum_common::VERSION.to_string(),
-        running: vec![],
-    };
-    send(&tx, agent_message::Msg::Hello(hello)).await?;
-    let mut epoch = 0u64;
-    let mut running: HashMap<Key, CancellationToken> = HashMap::new();
-    let mut attempts: JoinSet<Key> = JoinSet::new();
-    let result = loop {
-        tokio::select! {
-            msg = rx.recv() => match msg.and_then(|m| m.msg) {
-                Some(coordinator_message::Msg::Welcome(w)) => epoch = epoch.max(w.epoch),
-                Some(coordinator_message::Msg::Lease(lease)) => {
-                    let Some(r) = lease.lease.clone() else { continue };
-                    if r.epoch < epoch || running.contains_key(&r.key()) {
-                        continue; // a lease from a deposed leader, or a duplicate
-                    }
-                    let cancel = CancellationToken::new();
-                    running.insert(r.key(), cancel.clone());
-                    attempts.spawn(run_attempt(lease, r, cfg.kill_grace, tx.clone(), cancel));
-                }
-                Some(coordinator_message::Msg::Cancel(c)) => {
-                    if let Some(token) = c.lease.and_then(|r| running.get(&r.key()).cloned()) {
-                        token.cancel();
-                    }
-                }
-                Some(coordinator_message::Msg::Ack(_)) => {}
-                None => break Err(SessionError::Closed),
-            },
-            Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                if let Ok(key) = done {
-                    running.remove(&key);
-                }
-            }
-            _ = shutdown.cancelled() => break Ok(()),
-        }
-    };
-    for token in running.values() {
-        token.cancel();
+/// What an attempt's task reports to the agent.
+enum AttemptEvent {
+    Message(agent_message::Msg),
+    Done(Key, Finished),
+}
+
+/// The agent: its running attempts and its unacknowledged results, across sessions.
+pub struct Agent {
+    cfg: AgentConfig,
+    epoch: u64,
+    running: HashMap<Key, (LeaseRef, CancellationToken)>,
+    unacked: HashMap<Key, Finished>,
+    attempts: JoinSet<()>,
+    events_tx: mpsc::Sender<AttemptEvent>,
+    events_rx: mpsc::Receiver<AttemptEvent>,
+    draining: bool,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("agent_id", &self.cfg.agent_id)
+            .field("running", &self.running.len())
+            .field("unacked", &self.unacked.len())
+            .finish()
     }
-    while attempts.join_next().await.is_some() {}
-    result
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig) -> Agent {
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        Agent {
+            cfg,
+            epoch: 0,
+            running: HashMap::new(),
+            unacked: HashMap::new(),
+            attempts: JoinSet::new(),
+            events_tx,
+            events_rx,
+            draining: false,
+        }
+    }
+
+    /// Attempts still running.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Results not yet acknowledged by a coordinator.
+    pub fn unacked(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Takes no new leases from now on; tells the coordinator at the next chance.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    /// Runs one session until the link closes or `stop` fires. Attempts keep running.
+    pub async fn session(&mut self, link: Link, stop: &CancellationToken) -> SessionEnd {
+        let Link { tx, mut rx } = link;
+        let hello = Hello {
+            agent_id: self.cfg.agent_id.clone(),
+            hostname: self.cfg.hostname.clone(),
+            ips: self.cfg.ips.clone(),
+            labels: self.cfg.labels.clone(),
+            slots: self.cfg.slots,
+            version: factotum_common::VERSION.to_string(),
+            running: self.running.values().map(|(r, _)| r.clone()).collect(),
+        };
+        if send(&tx, agent_message::Msg::Hello(hello)).await.is_err() {
+            return SessionEnd::Closed;
+        }
+        for f in self.unacked.values() {
+            if send(&tx, agent_message::Msg::Finished(f.clone()))
+                .await
+                .is_err()
+            {
+                return SessionEnd::Closed;
+            }
+        }
+        let mut beat: Option<tokio::time::Interval> = None;
+        let mut told_draining = false;
+        loop {
+            if self.draining && !told_draining {
+                told_draining = send(
+                    &tx,
+                    agent_message::Msg::Heartbeat(Heartbeat { draining: true }),
+                )
+                .await
+                .is_ok();
+            }
+            tokio::select! {
+                msg = rx.recv() => match msg.and_then(|m| m.msg) {
+                    Some(coordinator_message::Msg::Welcome(w)) => {
+                        self.epoch = self.epoch.max(w.epoch);
+                        if w.heartbeat_ms > 0 {
+                            let d = Duration::from_millis(u64::from(w.heartbeat_ms));
+                            beat = Some(tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+                        }
+                    }
+                    Some(coordinator_message::Msg::Lease(lease)) => self.lease(lease),
+                    Some(coordinator_message::Msg::Cancel(c)) => {
+                        if let Some((_, token)) = c.lease.and_then(|r| self.running.get(&r.key())) {
+                            token.cancel();
+                        }
+                    }
+                    Some(coordinator_message::Msg::Ack(a)) => {
+                        if let Some(r) = a.lease {
+                            self.unacked.remove(&r.key());
+                        }
+                    }
+                    None => return SessionEnd::Closed,
+                },
+                Some(ev) = self.events_rx.recv() => {
+                    let msg = match ev {
+                        AttemptEvent::Message(m) => m,
+                        AttemptEvent::Done(key, f) => {
+                            self.running.remove(&key);
+                            self.unacked.insert(key, f.clone());
+                            agent_message::Msg::Finished(f)
+                        }
+                    };
+                    if send(&tx, msg).await.is_err() {
+                        return SessionEnd::Closed;
+                    }
+                }
+                Some(_) = self.attempts.join_next(), if !self.attempts.is_empty() => {}
+                _ = tick(&mut beat) => {
+                    let hb = Heartbeat { draining: self.draining };
+                    if send(&tx, agent_message::Msg::Heartbeat(hb)).await.is_err() {
+                        return SessionEnd::Closed;
+                    }
+                }
+                _ = stop.cancelled() => return SessionEnd::Stopped,
+            }
+        }
+    }
+
+    /// Waits, without a coordinator, until every attempt has ended or `limit` has passed;
+    /// results are kept for the next session. Returns whether all ended.
+    pub async fn wait_for_attempts(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.running.is_empty() {
+            tokio::select! {
+                Some(ev) = self.events_rx.recv() => self.keep(ev),
+                Some(_) = self.attempts.join_next(), if !self.attempts.is_empty() => {}
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+        true
+    }
+
+    /// Stops every attempt (TERM, grace, KILL) and waits for their results, kept for the
+    /// next session.
+    pub async fn stop_all(&mut self) {
+        for (_, token) in self.running.values() {
+            token.cancel();
+        }
+        while !self.running.is_empty() {
+            tokio::select! {
+                Some(ev) = self.events_rx.recv() => self.keep(ev),
+                done = self.attempts.join_next() => if done.is_none() { break },
+            }
+        }
+        while let Ok(ev) = self.events_rx.try_recv() {
+            self.keep(ev);
+        }
+    }
+
+    fn keep(&mut self, ev: AttemptEvent) {
+        if let AttemptEvent::Done(key, f) = ev {
+            self.running.remove(&key);
+            self.unacked.insert(key, f);
+        }
+    }
+
+    fn lease(&mut self, lease: Lease) {
+        let Some(r) = lease.lease.clone() else { return };
+        let key = r.key();
+        if r.epoch < self.epoch
+            || self.running.contains_key(&key)
+            || self.unacked.contains_key(&key)
+        {
+            return; // a lease from a deposed leader, or one we already have
+        }
+        let cancel = CancellationToken::new();
+        self.running.insert(key, (r.clone(), cancel.clone()));
+        self.attempts.spawn(run_attempt(
+            lease,
+            r,
+            self.cfg.kill_grace,
+            self.events_tx.clone(),
+            cancel,
+        ));
+    }
+}
+
+/// Runs one session with a fresh [`Agent`] until the coordinator closes it or `shutdown` fires;
+/// then every running attempt is stopped (TERM, grace, KILL) and reported if the link still
+/// takes it. The embedded runner uses this.
+pub async fn run_session(cfg: &AgentConfig, link: Link, shutdown: CancellationToken) -> SessionEnd {
+    let mut agent = Agent::new(cfg.clone());
+    let tx = link.tx.clone();
+    let end = agent.session(link, &shutdown).await;
+    agent.stop_all().await;
+    for f in agent.unacked.into_values() {
+        let _ = send(&tx, agent_message::Msg::Finished(f)).await;
+    }
+    end
 }
 
 async fn run_attempt(
     lease: Lease,
     r: LeaseRef,
     kill_grace: Duration,
-    tx: mpsc::Sender<AgentMessage>,
+    events: mpsc::Sender<AttemptEvent>,
     cancel: CancellationToken,
-) -> Key {
+) {
     let spec = ExecSpec {
         command_line: lease.command_line,
         max_output: lease.max_output as usize,
@@ -117,7 +277,7 @@ async fn run_attempt(
     };
     let (ev_tx, mut ev_rx) = mpsc::channel::<ExecEvent>(256);
     let forward = {
-        let tx = tx.clone();
+        let events = events.clone();
         let r = r.clone();
         async move {
             while let Some(ev) = ev_rx.recv().await {
@@ -135,7 +295,7 @@ async fn run_attempt(
                         line,
                     }),
                 };
-                if tx.send(AgentMessage { msg: Some(msg) }).await.is_err() {
+                if events.send(AttemptEvent::Message(msg)).await.is_err() {
                     return;
                 }
             }
@@ -153,15 +313,20 @@ async fn run_attempt(
         stderr_tail: result.stderr,
         duration_nanos: u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX),
     };
-    let _ = send(&tx, agent_message::Msg::Finished(done)).await;
-    r.key()
+    let _ = events.send(AttemptEvent::Done(r.key(), done)).await;
 }
 
-async fn send(
-    tx: &mpsc::Sender<AgentMessage>,
-    msg: agent_message::Msg,
-) -> Result<(), SessionError> {
+async fn send(tx: &mpsc::Sender<AgentMessage>, msg: agent_message::Msg) -> Result<(), ()> {
     tx.send(AgentMessage { msg: Some(msg) })
         .await
-        .map_err(|_| SessionError::Closed)
+        .map_err(|_| ())
+}
+
+async fn tick(beat: &mut Option<tokio::time::Interval>) {
+    match beat {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }

@@ -385,11 +385,15 @@ struct Agent {
     conn: Option<u64>,
     in_use: u32,
     last_heard: Instant,
+    /// Shutting down: takes no new leases.
+    draining: bool,
 }
 
 impl Agent {
     fn has_slot(&self) -> bool {
-        self.tx.is_some() && (self.hello.slots == 0 || self.in_use < self.hello.slots)
+        self.tx.is_some()
+            && !self.draining
+            && (self.hello.slots == 0 || self.in_use < self.hello.slots)
     }
 }
 
@@ -629,6 +633,7 @@ impl<S: Store> Core<S> {
                 conn: Some(conn),
                 in_use,
                 last_heard: Instant::now(),
+                draining: false,
             },
         );
         for (run, task, attempt) in vanished {

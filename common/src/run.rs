@@ -43,6 +43,20 @@ impl TaskState {
         !matches!(self, TaskState::Waiting | TaskState::Running)
     }
 
+    /// The state with this webhook name.
+    pub fn parse(name: &str) -> Option<TaskState> {
+        [
+            TaskState::Waiting,
+            TaskState::Running,
+            TaskState::Succeeded,
+            TaskState::SucceededNoOp,
+            TaskState::Failed,
+            TaskState::Skipped,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
     /// Whether the task's process ran to an end (what the console's `N/M tasks run` counts).
     pub fn ran(self) -> bool {
         matches!(
@@ -72,6 +86,18 @@ impl JobState {
 
     pub fn is_terminal(self) -> bool {
         matches!(self, JobState::Succeeded | JobState::Failed)
+    }
+
+    /// The state with this webhook name.
+    pub fn parse(name: &str) -> Option<JobState> {
+        [
+            JobState::Waiting,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
     }
 }
 

@@ -368,12 +368,31 @@ struct Run {
     task_agent: HashMap<TaskId, Arc<str>>,
     waiting_reason: Option<String>,
     outbox_seq: u64,
+    /// What watchers have been told, replayed to a watcher that comes late (bounded).
+    history: VecDeque<WatchEvent>,
+}
+
+/// Events of a run replayed to late watchers, at most.
+const HISTORY: usize = 10_000;
+/// Finished runs whose history is kept for late watchers.
+const FINISHED_WITH_HISTORY: usize = 50;
+
+impl Run {
+    /// Tells every watcher, and remembers it for the ones to come.
+    fn tell(&mut self, ev: WatchEvent) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(ev.clone());
+        tell(&mut self.watchers, ev);
+    }
 }
 
 /// A finished run, kept for `status`, `runs` and late watchers.
 struct Finished {
     info: RunInfo,
     summary: RunSummary,
+    history: Option<VecDeque<WatchEvent>>,
 }
 
 struct Agent {
@@ -466,9 +485,15 @@ impl<S: Store> Core<S> {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let id: Arc<str> = Arc::from(run_id.as_str());
                 let r = if let Some(run) = self.runs.get_mut(&id) {
+                    for ev in &run.history {
+                        let _ = tx.send(ev.clone());
+                    }
                     run.watchers.push(tx);
                     Ok(rx)
                 } else if let Some(f) = self.finished.get(&id) {
+                    for ev in f.history.iter().flatten() {
+                        let _ = tx.send(ev.clone());
+                    }
                     let _ = tx.send(WatchEvent::Done(f.summary.clone()));
                     Ok(rx)
                 } else {
@@ -761,6 +786,7 @@ impl<S: Store> Core<S> {
             task_agent: HashMap::new(),
             waiting_reason: None,
             outbox_seq: 0,
+            history: VecDeque::new(),
         };
         self.runs.insert(Arc::clone(&id), run);
         self.apply(&id, Event::Start).await;
@@ -774,9 +800,15 @@ impl<S: Store> Core<S> {
 
     async fn agent_message(&mut self, agent_id: &Arc<str>, msg: agent_message::Msg) {
         match msg {
-            agent_message::Msg::Hello(_)
-            | agent_message::Msg::Heartbeat(_)
-            | agent_message::Msg::Started(_) => {}
+            agent_message::Msg::Heartbeat(hb) => {
+                if let Some(agent) = self.agents.get_mut(agent_id) {
+                    if hb.draining && !agent.draining {
+                        tracing::info!(agent = %agent_id, "agent draining: no new leases");
+                    }
+                    agent.draining = hb.draining;
+                }
+            }
+            agent_message::Msg::Hello(_) | agent_message::Msg::Started(_) => {}
             agent_message::Msg::Output(o) => {
                 let Some(r) = o.lease else { return };
                 let stream = if o.stream == factotum_proto::Stream::Stderr as i32 {
@@ -804,14 +836,11 @@ impl<S: Store> Core<S> {
                     };
                     run.state.apply(ev, Utc::now());
                 }
-                tell(
-                    &mut run.watchers,
-                    WatchEvent::Output {
-                        task: name,
-                        stream,
-                        line: o.line,
-                    },
-                );
+                run.tell(WatchEvent::Output {
+                    task: name,
+                    stream,
+                    line: o.line,
+                });
             }
             agent_message::Msg::Finished(f) => {
                 let Some(r) = f.lease else { return };
@@ -884,7 +913,7 @@ impl<S: Store> Core<S> {
                 Action::Emit(update) => {
                     record(run, &update, &mut ops, &mut deliveries);
                     let ev = watch_event(run, &update);
-                    tell(&mut run.watchers, ev);
+                    run.tell(ev);
                 }
                 Action::Dispatch { task, attempt } => {
                     let Some(agent) = placed.and_then(|p| p.get(&task)) else {
@@ -962,17 +991,26 @@ impl<S: Store> Core<S> {
                 let summary = summarize(&run, state);
                 tell(&mut run.watchers, WatchEvent::Done(summary.clone()));
                 self.deliverer.close_run(id);
+                let history = Some(std::mem::take(&mut run.history));
                 self.finished.insert(
                     Arc::clone(id),
                     Finished {
                         info: info(&run),
                         summary,
+                        history,
                     },
                 );
                 self.finished_order.push_back(Arc::clone(id));
                 while self.finished_order.len() > self.cfg.keep_finished {
                     if let Some(old) = self.finished_order.pop_front() {
                         self.finished.remove(&old);
+                    }
+                }
+                let n = self.finished_order.len();
+                if n > FINISHED_WITH_HISTORY {
+                    let old = &self.finished_order[n - FINISHED_WITH_HISTORY - 1];
+                    if let Some(f) = self.finished.get_mut(old) {
+                        f.history = None;
                     }
                 }
             }

@@ -1,6 +1,8 @@
 //! The Factotum coordinator: the engine that owns every run, its store, dispatch to agents, and
 //! webhook delivery. `factotum run` embeds it with the memory store and one in-process agent.
 
+pub mod api;
+pub mod convert;
 pub mod engine;
 pub mod spec;
 pub mod store;

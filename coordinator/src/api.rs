@@ -1,0 +1,255 @@
+//! The gRPC face of a coordinator: `Jobs` for clients, `Agents` for agents, plus standard
+//! health and reflection. Every call is a message to the engine; nothing here decides anything.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use factotum_common::constraint::Constraint;
+use factotum_proto as pb;
+use factotum_proto::agents_server::{Agents, AgentsServer};
+use factotum_proto::jobs_server::{Jobs, JobsServer};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::engine::{Engine, EngineError, Placement};
+use crate::spec::{prepare, SpecError, Submission};
+
+impl From<EngineError> for Status {
+    fn from(e: EngineError) -> Status {
+        match e {
+            EngineError::Stopped => {
+                Status::unavailable("the coordinator is shutting down; retry on another replica")
+            }
+            EngineError::NoSuchRun(id) => Status::not_found(format!(
+                "no run '{id}' (see `factotum runs` for the runs this coordinator knows)"
+            )),
+            EngineError::Store(e) => Status::unavailable(format!("the store is unavailable: {e}")),
+        }
+    }
+}
+
+impl From<SpecError> for Status {
+    fn from(e: SpecError) -> Status {
+        let kind = match e {
+            SpecError::InvalidFactfile(_) => "factfile",
+            SpecError::BadArgument(_) => "argument",
+        };
+        Status::with_details(
+            tonic::Code::InvalidArgument,
+            e.to_string(),
+            kind.as_bytes().to_vec().into(),
+        )
+    }
+}
+
+/// The `Jobs` service.
+#[derive(Debug, Clone)]
+pub struct JobsApi {
+    engine: Engine,
+}
+
+fn constraint_from_pb(c: pb::Constraint) -> Result<Constraint, Status> {
+    match c.kind {
+        Some(pb::constraint::Kind::Host(value)) if !value.is_empty() => Ok(Constraint::Host {
+            value,
+            resolved: vec![],
+        }),
+        Some(pb::constraint::Kind::Label(l)) if !l.key.is_empty() => Ok(Constraint::Label {
+            key: l.key,
+            value: l.value,
+        }),
+        _ => Err(Status::invalid_argument(
+            "a constraint needs a host value or a label key",
+        )),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
+type CoordinatorStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Jobs for JobsApi {
+    async fn submit_run(
+        &self,
+        request: Request<pb::SubmitRunRequest>,
+    ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        let r = request.into_inner();
+        let constraints = r
+            .constraints
+            .into_iter()
+            .map(constraint_from_pb)
+            .collect::<Result<Vec<_>, _>>()?;
+        let sub = Submission {
+            factfile: r.factfile,
+            factfile_name: if r.factfile_name.is_empty() {
+                "factfile".into()
+            } else {
+                r.factfile_name
+            },
+            env: Some(r.env_json).filter(|e| !e.is_empty()),
+            tags: r.tags.into_iter().collect(),
+            start: Some(r.start).filter(|s| !s.is_empty()),
+            webhooks: r.webhooks,
+            constraints,
+            placement: if r.placement == pb::Placement::Spread as i32 {
+                Placement::Spread
+            } else {
+                Placement::Sticky
+            },
+            max_output: if r.max_output == 0 {
+                10_000
+            } else {
+                r.max_output as usize
+            },
+            dry_run: r.dry_run,
+        };
+        // Preparing resolves host names: keep that off the async workers.
+        let spec = tokio::task::spawn_blocking(move || prepare(sub))
+            .await
+            .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??;
+        let submitted = self.engine.submit(spec).await?;
+        Ok(Response::new(pb::SubmitRunResponse {
+            run_id: submitted.run_id,
+            job_reference: submitted.job_reference,
+        }))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::RunStatus>, Status> {
+        let info = self.engine.get_run(&request.into_inner().run_id).await?;
+        Ok(Response::new(convert::run_status(&info)))
+    }
+
+    async fn list_runs(
+        &self,
+        _: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let runs = self.engine.list_runs().await?;
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: runs.iter().map(convert::run_status).collect(),
+        }))
+    }
+
+    type WatchRunStream = EventStream;
+
+    async fn watch_run(
+        &self,
+        request: Request<pb::WatchRunRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let rx = self.engine.watch(&request.into_inner().run_id).await?;
+        let stream = UnboundedReceiverStream::new(rx).map(|ev| Ok(convert::event_to_pb(ev)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        self.engine
+            .cancel(&request.into_inner().run_id, "job cancelled")
+            .await?;
+        Ok(Response::new(pb::CancelRunResponse {}))
+    }
+
+    async fn list_agents(
+        &self,
+        _: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let agents = self.engine.list_agents().await?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.iter().map(convert::agent_status).collect(),
+        }))
+    }
+}
+
+/// The `Agents` service: each session's stream is pumped into the engine.
+#[derive(Debug, Clone)]
+pub struct AgentsApi {
+    engine: Engine,
+    shutdown: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl Agents for AgentsApi {
+    type AgentSessionStream = CoordinatorStream;
+
+    async fn agent_session(
+        &self,
+        request: Request<tonic::Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<CoordinatorStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (in_tx, in_rx) = mpsc::channel(1024);
+        let (out_tx, out_rx) = mpsc::channel(1024);
+        self.engine.attach_agent(in_rx, out_tx);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(m)) => if in_tx.send(m).await.is_err() { return },
+                        _ => return,
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+        // The engine holds the only sender: the stream ends when the engine forgets the agent or stops.
+        let outbound = ReceiverStream::new(out_rx).map(Ok);
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// Serves the coordinator's gRPC API on `listener` until `shutdown` fires.
+pub async fn serve(
+    engine: Engine,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JobsServer<JobsApi>>().await;
+    health.set_serving::<AgentsServer<AgentsApi>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let jobs = JobsServer::new(JobsApi {
+        engine: engine.clone(),
+    });
+    let agents = AgentsServer::new(AgentsApi {
+        engine,
+        shutdown: shutdown.clone(),
+    });
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    let router = builder
+        .add_service(health_service)
+        .add_service(jobs)
+        .add_service(agents);
+    let router = match reflection {
+        Ok(r) => router.add_service(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "gRPC reflection is unavailable");
+            router
+        }
+    };
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await
+}
+
+/// Whether an address is loopback (the only kind served without `--insecure`).
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}

@@ -108,8 +108,14 @@ impl Agent {
         self.draining = true;
     }
 
-    /// Runs one session until the link closes or `stop` fires. Attempts keep running.
-    pub async fn session(&mut self, link: Link, stop: &CancellationToken) -> SessionEnd {
+    /// Runs one session until the link closes or `stop` fires, or, once `drain` has fired,
+    /// until every attempt has ended and been reported. Attempts keep running when it returns.
+    pub async fn session(
+        &mut self,
+        link: Link,
+        stop: &CancellationToken,
+        drain: &CancellationToken,
+    ) -> SessionEnd {
         let Link { tx, mut rx } = link;
         let hello = Hello {
             agent_id: self.cfg.agent_id.clone(),
@@ -119,6 +125,11 @@ impl Agent {
             slots: self.cfg.slots,
             version: factotum_common::VERSION.to_string(),
             running: self.running.values().map(|(r, _)| r.clone()).collect(),
+            finished: self
+                .unacked
+                .values()
+                .filter_map(|f| f.lease.clone())
+                .collect(),
         };
         if send(&tx, agent_message::Msg::Hello(hello)).await.is_err() {
             return SessionEnd::Closed;
@@ -130,6 +141,14 @@ impl Agent {
             {
                 return SessionEnd::Closed;
             }
+        }
+        if self.draining && self.running.is_empty() && self.unacked.is_empty() {
+            let _ = send(
+                &tx,
+                agent_message::Msg::Heartbeat(Heartbeat { draining: true }),
+            )
+            .await;
+            return SessionEnd::Stopped;
         }
         let mut beat: Option<tokio::time::Interval> = None;
         let mut told_draining = false;
@@ -161,6 +180,9 @@ impl Agent {
                         if let Some(r) = a.lease {
                             self.unacked.remove(&r.key());
                         }
+                        if self.draining && self.running.is_empty() && self.unacked.is_empty() {
+                            return SessionEnd::Stopped; // drained: everything reported
+                        }
                     }
                     None => return SessionEnd::Closed,
                 },
@@ -185,6 +207,14 @@ impl Agent {
                     }
                 }
                 _ = stop.cancelled() => return SessionEnd::Stopped,
+                _ = drain.cancelled(), if !self.draining => {
+                    self.draining = true;
+                    told_draining = false;
+                    if self.running.is_empty() && self.unacked.is_empty() {
+                        let _ = send(&tx, agent_message::Msg::Heartbeat(Heartbeat { draining: true })).await;
+                        return SessionEnd::Stopped;
+                    }
+                }
             }
         }
     }
@@ -254,7 +284,9 @@ impl Agent {
 pub async fn run_session(cfg: &AgentConfig, link: Link, shutdown: CancellationToken) -> SessionEnd {
     let mut agent = Agent::new(cfg.clone());
     let tx = link.tx.clone();
-    let end = agent.session(link, &shutdown).await;
+    let end = agent
+        .session(link, &shutdown, &CancellationToken::new())
+        .await;
     agent.stop_all().await;
     for f in agent.unacked.into_values() {
         let _ = send(&tx, agent_message::Msg::Finished(f)).await;

@@ -631,6 +631,7 @@ impl<S: Store> Core<S> {
                 && !hello
                     .running
                     .iter()
+                    .chain(&hello.finished)
                     .any(|r| *r.run_id == *key.0 && r.task == key.1 && r.attempt == key.2)
             {
                 vanished.push(key.clone());
@@ -673,6 +674,11 @@ impl<S: Store> Core<S> {
                 },
             )
             .await;
+        }
+        // Slots in use: every attempt it holds, running or with a result on its way.
+        let held = self.leases.values().filter(|a| **a == agent_id).count();
+        if let Some(agent) = self.agents.get_mut(&agent_id) {
+            agent.in_use = u32::try_from(held).unwrap_or(u32::MAX);
         }
         self.dispatch_all().await;
     }

@@ -1,0 +1,288 @@
+//! `factotum-agent`: runs the tasks a coordinator leases to this machine.
+//! Thin: flags, logging, signals, systemd notifications and the reconnect loop live here; the
+//! session and the executor are the library's.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use factotum_agent::{identity, Agent, AgentConfig, Link, SessionEnd};
+use factotum_proto::agents_client::AgentsClient;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The Factotum agent: takes task leases from a coordinator and runs them with `sh -c`, each in
+/// its own process group.
+///
+/// It reconnects with jittered exponential backoff and keeps its tasks running meanwhile; after
+/// `--disconnect-limit` without a coordinator it stops them (TERM, then KILL) and reports them
+/// once it is back. SIGTERM drains: no new leases, running tasks get `--drain-grace` to finish,
+/// then they are stopped and reported.
+#[derive(Debug, Parser)]
+#[command(name = "factotum-agent", version)]
+struct Args {
+    /// The coordinator's gRPC address.
+    #[arg(
+        long,
+        env = "FACTOTUM_COORDINATOR",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    coordinator: String,
+    /// This agent's name (default: the hostname).
+    #[arg(long, env = "FACTOTUM_NAME")]
+    name: Option<String>,
+    /// A label `key=value` for label constraints (repeatable; comma-separated in the env var).
+    #[arg(
+        long = "label",
+        env = "FACTOTUM_LABELS",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    labels: Vec<String>,
+    /// Tasks run at once (default: the number of CPUs).
+    #[arg(long, env = "FACTOTUM_SLOTS")]
+    slots: Option<u32>,
+    /// On SIGTERM, seconds running tasks get to finish before they are stopped.
+    #[arg(long, env = "FACTOTUM_DRAIN_GRACE", default_value_t = 60.0)]
+    drain_grace: f64,
+    /// Seconds without a coordinator after which running tasks are stopped.
+    #[arg(long, env = "FACTOTUM_DISCONNECT_LIMIT", default_value_t = 60.0)]
+    disconnect_limit: f64,
+    /// Seconds between TERM and KILL when a task is stopped.
+    #[arg(long, env = "FACTOTUM_KILL_GRACE", default_value_t = 10.0)]
+    kill_grace: f64,
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(
+        long,
+        env = "FACTOTUM_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    log_format: LogFormat,
+}
+
+fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(0.0..1e9).contains(&v) {
+        bail!("--{name} must be a number of seconds, not {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    let _ = sd_notify::notify(false, state);
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match args.log_format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Pretty => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    let mut labels = HashMap::new();
+    for l in &args.labels {
+        match l.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                labels.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            _ => bail!("--label must be key=value, not '{l}'"),
+        }
+    }
+    let me = identity::local(labels.clone());
+    let cfg = AgentConfig {
+        agent_id: args.name.clone().unwrap_or_else(|| me.hostname.clone()),
+        hostname: me.hostname.clone(),
+        ips: me.ips.iter().map(|i| i.to_string()).collect(),
+        labels,
+        slots: args
+            .slots
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
+        kill_grace: seconds("kill-grace", args.kill_grace)?,
+    };
+    let drain_grace = seconds("drain-grace", args.drain_grace)?;
+    let disconnect_limit = seconds("disconnect-limit", args.disconnect_limit)?;
+    let endpoint = tonic::transport::Endpoint::from_shared(args.coordinator.clone())
+        .with_context(|| {
+            format!(
+                "'{}' is not a coordinator URL (like http://127.0.0.1:7400)",
+                args.coordinator
+            )
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20));
+    tracing::info!(agent = %cfg.agent_id, host = %cfg.hostname, slots = cfg.slots, coordinator = %args.coordinator, "agent starting");
+
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            stop.cancel();
+        });
+    }
+    spawn_watchdog(watchdog_interval());
+    let mut agent = Agent::new(cfg);
+    let mut backoff = Duration::from_millis(100);
+    let mut disconnected_since: Option<Instant> = None;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut ready_sent = false;
+    loop {
+        if let Some(deadline) = drain_deadline {
+            if agent.running() > 0 && Instant::now() >= deadline {
+                tracing::warn!(
+                    running = agent.running(),
+                    "drain grace over: stopping the running tasks"
+                );
+                agent.stop_all().await;
+            }
+            if agent.running() == 0 && agent.unacked() == 0 {
+                break;
+            }
+            if Instant::now() >= deadline + REPORT_GRACE {
+                tracing::warn!(
+                    unreported = agent.unacked(),
+                    "could not report every result before exiting"
+                );
+                break;
+            }
+        }
+        match connect(&endpoint).await {
+            Ok(link) => {
+                if !ready_sent {
+                    notify(&[sd_notify::NotifyState::Ready]);
+                    ready_sent = true;
+                }
+                notify(&[sd_notify::NotifyState::Status(&format!(
+                    "connected to {}",
+                    args.coordinator
+                ))]);
+                tracing::info!(coordinator = %args.coordinator, running = agent.running(), "connected");
+                disconnected_since = None;
+                backoff = Duration::from_millis(100);
+                // `stop` (SIGTERM) drains inside the session: no new leases, results still reported.
+                let never = CancellationToken::new();
+                let end = tokio::select! {
+                    end = agent.session(link, &never, &stop) => end,
+                    _ = sleep_until(drain_deadline.or_else(|| stop.is_cancelled().then(|| Instant::now() + drain_grace))),
+                        if stop.is_cancelled() => SessionEnd::Stopped,
+                };
+                if end == SessionEnd::Closed {
+                    tracing::warn!("the coordinator closed the session");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the coordinator");
+                notify(&[sd_notify::NotifyState::Status(&format!(
+                    "cannot reach {}: {e}",
+                    args.coordinator
+                ))]);
+            }
+        }
+        if stop.is_cancelled() && drain_deadline.is_none() {
+            tracing::info!(running = agent.running(), "draining: no new leases");
+            notify(&[sd_notify::NotifyState::Stopping]);
+            agent.start_draining();
+            drain_deadline = Some(Instant::now() + drain_grace);
+            continue;
+        }
+        let since = *disconnected_since.get_or_insert_with(Instant::now);
+        if agent.running() > 0 && since.elapsed() >= disconnect_limit {
+            tracing::warn!(
+                running = agent.running(),
+                "no coordinator for too long: stopping the running tasks"
+            );
+            agent.stop_all().await;
+        }
+        let pause = jitter(backoff);
+        tokio::select! {
+            _ = agent.wait_for_attempts(pause), if agent.running() > 0 => {}
+            _ = tokio::time::sleep(pause), if agent.running() == 0 => {}
+            _ = stop.cancelled(), if drain_deadline.is_none() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+    tracing::info!(unreported = agent.unacked(), "agent stopped");
+    Ok(())
+}
+
+/// After the drain grace, time allowed to report the stopped tasks' results.
+const REPORT_GRACE: Duration = Duration::from_secs(10);
+
+async fn connect(endpoint: &tonic::transport::Endpoint) -> anyhow::Result<Link> {
+    let channel = endpoint.connect().await?;
+    let mut client = AgentsClient::new(channel);
+    let (out_tx, out_rx) = mpsc::channel(1024);
+    let (in_tx, in_rx) = mpsc::channel(1024);
+    let response = client.agent_session(ReceiverStream::new(out_rx)).await?;
+    let mut inbound = response.into_inner();
+    tokio::spawn(async move {
+        while let Ok(Some(msg)) = inbound.message().await {
+            if in_tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Link {
+        tx: out_tx,
+        rx: in_rx,
+    })
+}
+
+/// Resolves once `until` passes (never for `None`).
+async fn sleep_until(until: Option<Instant>) {
+    match until {
+        Some(u) => tokio::time::sleep_until(tokio::time::Instant::from_std(u)).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+/// Half the systemd watchdog period, when the unit asks for one.
+fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        Some(Duration::from_micros(usec / 2))
+    } else {
+        None
+    }
+}
+
+/// Pings the systemd watchdog for the life of the process, when the unit asks for it.
+fn spawn_watchdog(every: Option<Duration>) {
+    let Some(every) = every else { return };
+    tokio::spawn(async move {
+        loop {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+            tokio::time::sleep(every).await;
+        }
+    });
+}

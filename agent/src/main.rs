@@ -126,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
             )
         })?
         .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20));
     tracing::info!(agent = %cfg.agent_id, host = %cfg.hostname, slots = cfg.slots, coordinator = %args.coordinator, "agent starting");

@@ -9,9 +9,10 @@ use clap::{Args, Parser, Subcommand};
     name = "factotum",
     version,
     about = "Run Snowplow Factotum factfiles: DAGs of shell tasks.",
-    long_about = "Run Snowplow Factotum factfiles: DAGs of shell tasks.\n\n\
+    long_about = "Run Snowplow Factotum factfiles: DAGs of shell tasks, here or on a fleet of agents.\n\n\
 Exit codes: 0 every task succeeded (or the job finished early on request), 1 the factfile \
-could not be read or is invalid, 2 a task failed, 3 bad arguments."
+could not be read or is invalid, 2 a task failed, 3 bad arguments, 4 the coordinator could not \
+be reached or refused the request."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -26,6 +27,93 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the factfile's task graph in Graphviz DOT.
     Dot(DotArgs),
+    /// Submit a factfile to a coordinator; prints the run's reference (with --wait: runs it to
+    /// the end with `run`'s output and exit codes).
+    Submit(SubmitArgs),
+    /// Show a run's state, its tasks, and why it waits if it does.
+    Status(RunRef),
+    /// Follow a run's transitions and output until it ends.
+    Watch(RunRef),
+    /// Cancel a run: nothing more starts, running tasks are stopped, the rest is skipped.
+    Cancel(RunRef),
+    /// List the runs a coordinator knows, newest first.
+    Runs(Remote),
+    /// List the agents connected to a coordinator.
+    Agents(Remote),
+}
+
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// The coordinator's gRPC address.
+    #[arg(
+        long,
+        env = "FACTOTUM_COORDINATOR",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    pub coordinator: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunRef {
+    /// The run's reference (as printed by `submit`).
+    pub run: String,
+    #[command(flatten)]
+    pub remote: Remote,
+    /// No colours.
+    #[arg(long, env = "FACTOTUM_NO_COLOUR")]
+    pub no_colour: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlacementArg {
+    /// All tasks of the run go to the agent that took its first task.
+    Sticky,
+    /// Each task goes to any eligible agent.
+    Spread,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The factfile to run.
+    pub factfile: PathBuf,
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Run only this task and its descendants.
+    #[arg(long, value_name = "TASK")]
+    pub start: Option<String>,
+    /// Template variables as a JSON object.
+    #[arg(long, value_name = "JSON", env = "FACTOTUM_ENV")]
+    pub env: Option<String>,
+    /// Simulate every task with exit code 0.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No colours.
+    #[arg(long, env = "FACTOTUM_NO_COLOUR")]
+    pub no_colour: bool,
+    /// POST every transition of this run to this URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Vec<String>,
+    /// Tag the run "key,value" (repeatable).
+    #[arg(long, value_name = "KEY,VALUE")]
+    pub tag: Vec<String>,
+    /// Run only on agents with "host,<value>" (`*`, hostname, or a name/IP of one of its
+    /// addresses) or "label,<key>=<value>" (repeatable; all must hold).
+    #[arg(long, value_name = "KIND,VALUE")]
+    pub constraint: Vec<String>,
+    /// Keep the run on one agent (sticky, the default) or place each task anywhere eligible.
+    #[arg(long, value_enum, default_value = "sticky")]
+    pub placement: PlacementArg,
+    /// Characters of each task's stdout and stderr kept for webhooks.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        env = "FACTOTUM_MAX_STDOUTERR_SIZE"
+    )]
+    pub max_stdouterr_size: usize,
+    /// Stream the run's output like `factotum run` and exit with its exit code.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 //! 2 a task failed, 3 bad arguments.
 
 mod cli;
+mod client;
 mod console;
 mod load;
 mod run;
@@ -23,6 +24,7 @@ pub mod exit {
     pub const INVALID_FACTFILE: u8 = 1;
     pub const TASK_FAILED: u8 = 2;
     pub const BAD_ARGUMENTS: u8 = 3;
+    pub const COORDINATOR: u8 = 4;
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,12 @@ fn main() -> ExitCode {
         cli::Command::Run(a) => run::run(a),
         cli::Command::Validate(a) => run::validate(a),
         cli::Command::Dot(a) => run::dot(a),
+        cli::Command::Submit(a) => client::submit(a),
+        cli::Command::Status(a) => client::status(a),
+        cli::Command::Watch(a) => client::watch(a),
+        cli::Command::Cancel(a) => client::cancel(a),
+        cli::Command::Runs(a) => client::runs(a),
+        cli::Command::Agents(a) => client::agents(a),
     };
     ExitCode::from(code)
 }

@@ -231,6 +231,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     });
     let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     let router = builder

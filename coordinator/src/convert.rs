@@ -94,7 +94,10 @@ pub fn event_to_pb(ev: WatchEvent) -> pb::RunEvent {
                     name: c.name.to_string(),
                     previous: c.previous.as_str().into(),
                     current: c.current.as_str().into(),
-                    started: time(c.started),
+                    started: c
+                        .started
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+                        .unwrap_or_default(),
                     duration_nanos: c.duration.map(nanos).unwrap_or_default(),
                     return_code: c.return_code,
                     error_message: c.error_message.unwrap_or_default(),

@@ -1,0 +1,385 @@
+//! The gRPC client commands: submit, status, watch, cancel, runs, agents.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use factotum_common::constraint::{self, Constraint};
+use factotum_common::format::human;
+use factotum_common::run::JobState;
+use factotum_common::tags::parse_tags;
+use factotum_coordinator::{convert, spec, WatchEvent};
+use factotum_proto as pb;
+use factotum_proto::jobs_client::JobsClient;
+use tonic::transport::Channel;
+
+use crate::cli::{PlacementArg, Remote, RunRef, SubmitArgs};
+use crate::console::Console;
+use crate::exit;
+use crate::load::Failure;
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: exit::COORDINATOR,
+            message: format!("Error: cannot start the runtime: {e}"),
+        })
+}
+
+/// Runs one client command, printing its failure and returning the exit code.
+fn with_client<F>(remote: &Remote, f: impl FnOnce(JobsClient<Channel>) -> F) -> u8
+where
+    F: std::future::Future<Output = Result<u8, Failure>>,
+{
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let client = connect(&remote.coordinator).await?;
+            f(client).await
+        })
+    });
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("{}", f.message);
+            f.code
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<JobsClient<Channel>, Failure> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        Failure {
+        code: exit::COORDINATOR,
+        message: format!("Error: cannot reach the coordinator at {url}: {e} (set --coordinator or FACTOTUM_COORDINATOR)"),
+    }
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| {
+            Failure::args(format!(
+                "Error: '{url}' is not a coordinator URL like http://127.0.0.1:7400 ({e})"
+            ))
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| unreachable(&error_chain(&e)))?;
+    Ok(JobsClient::new(channel))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// A refused request, with the exit code `factotum run` would give the same problem.
+fn refused(status: tonic::Status) -> Failure {
+    let code = match (status.code(), status.details()) {
+        (tonic::Code::InvalidArgument, b"factfile") => exit::INVALID_FACTFILE,
+        (tonic::Code::InvalidArgument, _) => exit::BAD_ARGUMENTS,
+        _ => exit::COORDINATOR,
+    };
+    let message = match status.code() {
+        tonic::Code::InvalidArgument => status.message().to_string(),
+        tonic::Code::NotFound => format!("Error: {}", status.message()),
+        _ => format!(
+            "Error: the coordinator refused the request: {}",
+            status.message()
+        ),
+    };
+    Failure { code, message }
+}
+
+pub fn submit(args: SubmitArgs) -> u8 {
+    let console = Console::new(args.no_colour);
+    let request = match request(&args) {
+        Ok(r) => r,
+        Err(f) => {
+            eprintln!("{}", f.message);
+            return f.code;
+        }
+    };
+    let wait = args.wait;
+    with_client(&args.remote, |mut client| async move {
+        let submitted = client
+            .submit_run(request)
+            .await
+            .map_err(refused)?
+            .into_inner();
+        if !wait {
+            println!("{}", submitted.run_id);
+            return Ok(exit::OK);
+        }
+        follow(&mut client, &submitted.run_id, console, true).await
+    })
+}
+
+fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
+    let text = spec::read_factfile(&args.factfile)?;
+    let mut constraints = vec![];
+    for raw in &args.constraint {
+        let kind = match constraint::parse(raw).map_err(|e| Failure::args(format!("Error: {e}")))? {
+            Constraint::Host { value, .. } => pb::constraint::Kind::Host(value),
+            Constraint::Label { key, value } => {
+                pb::constraint::Kind::Label(pb::Label { key, value })
+            }
+        };
+        constraints.push(pb::Constraint { kind: Some(kind) });
+    }
+    let tags: BTreeMap<String, String> = parse_tags(args.tag.iter().map(String::as_str));
+    Ok(pb::SubmitRunRequest {
+        factfile: text,
+        factfile_name: args.factfile.display().to_string(),
+        env_json: args.env.clone().unwrap_or_default(),
+        tags: tags.into_iter().collect(),
+        start: args.start.clone().unwrap_or_default(),
+        webhooks: args.webhook.clone(),
+        constraints,
+        placement: match args.placement {
+            PlacementArg::Sticky => pb::Placement::Sticky as i32,
+            PlacementArg::Spread => pb::Placement::Spread as i32,
+        },
+        max_output: u32::try_from(args.max_stdouterr_size).unwrap_or(u32::MAX),
+        dry_run: args.dry_run,
+    })
+}
+
+/// Prints a run's events like `factotum run` until it ends; SIGINT/SIGTERM cancel it (when
+/// `cancel_on_signal`). Returns `run`'s exit code for the run's outcome.
+async fn follow(
+    client: &mut JobsClient<Channel>,
+    run_id: &str,
+    console: Console,
+    cancel_on_signal: bool,
+) -> Result<u8, Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut stream = client
+        .watch_run(pb::WatchRunRequest {
+            run_id: run_id.to_string(),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let (mut sigint, mut sigterm) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (i, t),
+        _ => {
+            return Err(Failure {
+                code: exit::COORDINATOR,
+                message: "Error: cannot install signal handlers".into(),
+            })
+        }
+    };
+    let mut cancelled = false;
+    loop {
+        let name = tokio::select! {
+            msg = stream.message() => match msg {
+                Ok(Some(ev)) => {
+                    match convert::event_from_pb(ev, run_id) {
+                        Some(WatchEvent::Tasks(changes)) => console.task_changes(&changes),
+                        Some(WatchEvent::Output { task, stream, line }) => console.output(&task, stream, &line),
+                        Some(WatchEvent::Done(summary)) => {
+                            console.summary(&summary);
+                            return Ok(if summary.state == JobState::Succeeded { exit::OK } else { exit::TASK_FAILED });
+                        }
+                        Some(WatchEvent::Job { .. }) | None => {}
+                    }
+                    continue;
+                }
+                Ok(None) => return Err(Failure {
+                    code: exit::COORDINATOR,
+                    message: format!("Error: the coordinator ended the watch of run {run_id} before the run ended"),
+                }),
+                Err(status) => return Err(refused(status)),
+            },
+            _ = sigint.recv() => "SIGINT",
+            _ = sigterm.recv() => "SIGTERM",
+        };
+        if !cancel_on_signal {
+            return Ok(exit::OK); // watching only: stop watching, leave the run alone
+        }
+        if !cancelled {
+            cancelled = true;
+            console.warn(&format!("received {name}: cancelling run {run_id}"));
+            client
+                .cancel_run(pb::CancelRunRequest {
+                    run_id: run_id.to_string(),
+                })
+                .await
+                .map_err(refused)?;
+        }
+    }
+}
+
+pub fn watch(args: RunRef) -> u8 {
+    let console = Console::new(args.no_colour);
+    let run = args.run.clone();
+    with_client(&args.remote, |mut client| async move {
+        follow(&mut client, &run, console, false).await
+    })
+}
+
+pub fn cancel(args: RunRef) -> u8 {
+    let run = args.run.clone();
+    with_client(&args.remote, |mut client| async move {
+        client
+            .cancel_run(pb::CancelRunRequest {
+                run_id: run.clone(),
+            })
+            .await
+            .map_err(refused)?;
+        println!("run {run} cancelled");
+        Ok(exit::OK)
+    })
+}
+
+pub fn status(args: RunRef) -> u8 {
+    let run = args.run.clone();
+    with_client(&args.remote, |mut client| async move {
+        let s = client
+            .get_run(pb::GetRunRequest { run_id: run })
+            .await
+            .map_err(refused)?
+            .into_inner();
+        println!("run       {}", s.run_id);
+        println!("job       {} ({})", s.job_name, s.job_reference);
+        println!("state     {}", s.state);
+        println!("started   {}", s.start_time);
+        println!("duration  {}", s.duration);
+        if !s.tags.is_empty() {
+            let mut tags: Vec<String> = s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            tags.sort();
+            println!("tags      {}", tags.join(", "));
+        }
+        if !s.waiting_reason.is_empty() {
+            println!("waiting   {}", s.waiting_reason);
+        }
+        println!();
+        let rows: Vec<[String; 5]> = s
+            .tasks
+            .iter()
+            .map(|t| {
+                [
+                    t.name.clone(),
+                    t.state.clone(),
+                    t.agent.clone(),
+                    t.return_code.map(|c| c.to_string()).unwrap_or_default(),
+                    t.error_message.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(["TASK", "STATE", "AGENT", "CODE", "REASON"], &rows)
+        );
+        Ok(exit::OK)
+    })
+}
+
+pub fn runs(args: Remote) -> u8 {
+    with_client(&args, |mut client| async move {
+        let list = client
+            .list_runs(pb::ListRunsRequest {})
+            .await
+            .map_err(refused)?
+            .into_inner();
+        let rows: Vec<[String; 5]> = list
+            .runs
+            .iter()
+            .map(|r| {
+                let done = r
+                    .tasks
+                    .iter()
+                    .filter(|t| t.state != "WAITING" && t.state != "RUNNING")
+                    .count();
+                [
+                    r.run_id.clone(),
+                    r.job_name.clone(),
+                    r.state.clone(),
+                    format!("{done}/{}", r.tasks.len()),
+                    r.start_time.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(["RUN", "JOB", "STATE", "TASKS DONE", "STARTED"], &rows)
+        );
+        Ok(exit::OK)
+    })
+}
+
+pub fn agents(args: Remote) -> u8 {
+    with_client(&args, |mut client| async move {
+        let list = client
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .map_err(refused)?
+            .into_inner();
+        let rows: Vec<[String; 6]> = list
+            .agents
+            .iter()
+            .map(|a| {
+                let mut labels: Vec<String> =
+                    a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                labels.sort();
+                let slots = if a.slots == 0 {
+                    format!("{}/-", a.in_use)
+                } else {
+                    format!("{}/{}", a.in_use, a.slots)
+                };
+                [
+                    a.agent_id.clone(),
+                    a.hostname.clone(),
+                    a.ips.join(" "),
+                    labels.join(","),
+                    slots,
+                    format!("{} ago", human(Duration::from_millis(a.last_heard_ms))),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                ["NAME", "HOST", "IPS", "LABELS", "SLOTS", "LAST HEARTBEAT"],
+                &rows
+            )
+        );
+        Ok(exit::OK)
+    })
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut width = header.map(|h| h.chars().count());
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            s.push_str(c);
+            if i + 1 < N {
+                s.push_str(&" ".repeat(width[i] - c.chars().count() + 2));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}

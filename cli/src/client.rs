@@ -326,7 +326,7 @@ pub fn agents(args: Remote) -> u8 {
             .await
             .map_err(refused)?
             .into_inner();
-        let rows: Vec<[String; 6]> = list
+        let rows: Vec<[String; 7]> = list
             .agents
             .iter()
             .map(|a| {
@@ -345,13 +345,27 @@ pub fn agents(args: Remote) -> u8 {
                     labels.join(","),
                     slots,
                     format!("{} ago", human(Duration::from_millis(a.last_heard_ms))),
+                    if a.connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    }
+                    .to_string(),
                 ]
             })
             .collect();
         print!(
             "{}",
             table(
-                ["NAME", "HOST", "IPS", "LABELS", "SLOTS", "LAST HEARTBEAT"],
+                [
+                    "NAME",
+                    "HOST",
+                    "IPS",
+                    "LABELS",
+                    "SLOTS",
+                    "LAST HEARTBEAT",
+                    "SESSION"
+                ],
                 &rows
             )
         );

@@ -77,6 +77,7 @@ pub fn agent_status(a: &AgentInfo) -> pb::AgentStatus {
         in_use: a.in_use,
         last_heard_ms: u64::try_from(a.last_heard.as_millis()).unwrap_or(u64::MAX),
         version: a.version.clone(),
+        connected: a.connected,
     }
 }
 

@@ -1046,8 +1046,13 @@ impl<S: Store> Core<S> {
         }
         let mut placed: HashMap<TaskId, Arc<str>> = HashMap::new();
         let eligible = |a: &Agent| run.constraints.iter().all(|c| c.matches(&a.identity));
-        let sticky = run.sticky.clone().filter(|s| {
-            run.placement == Placement::Sticky && self.agents.get(s).is_some_and(|a| a.tx.is_some())
+        // A sticky run follows its agent while that agent is connected and not draining.
+        let mut sticky = run.sticky.clone().filter(|s| {
+            run.placement == Placement::Sticky
+                && self
+                    .agents
+                    .get(s)
+                    .is_some_and(|a| a.tx.is_some() && !a.draining)
         });
         for &task in run.state.ready() {
             let choice = match &sticky {
@@ -1067,7 +1072,8 @@ impl<S: Store> Core<S> {
             if let Some(agent) = self.agents.get_mut(&agent_id) {
                 agent.in_use += 1;
             }
-            if run.placement == Placement::Sticky && run.sticky.is_none() {
+            if run.placement == Placement::Sticky && sticky.is_none() {
+                sticky = Some(Arc::clone(&agent_id));
                 run.sticky = Some(Arc::clone(&agent_id));
             }
             placed.insert(task, agent_id);

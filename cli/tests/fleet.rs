@@ -1,0 +1,368 @@
+//! The fleet end to end: a real coordinator, real agents (several hostnames through UTS
+//! namespaces), the real CLI, real child processes.
+
+mod support;
+
+use std::time::Duration;
+
+use support::fleet::{agent, wait_for_agents, Coordinator};
+use support::*;
+
+fn submit(url: &str, ff: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["submit", ff, "--coordinator", url];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn submit_wait_streams_like_run_and_exits_with_its_codes() {
+    let c = Coordinator::start(&[]);
+    let _a = agent(&c.url, "solo", None, &[]);
+    wait_for_agents(&c.url, 1);
+    let echo = repo()
+        .join("samples/echo.factfile")
+        .to_string_lossy()
+        .into_owned();
+    let o = submit(&c.url, &echo, &["--wait"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(
+            "[say hello] hello\n[say world] world\n[say done] all done!\n3/3 tasks run in "
+        ),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("Task 'say done': succeeded after "),
+        "{}",
+        stderr(&o)
+    );
+
+    let failing = repo()
+        .join("samples/failure-cascade.factfile")
+        .to_string_lossy()
+        .into_owned();
+    let o = submit(&c.url, &failing, &["--wait"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stdout(&o).contains("Factotum job executed abnormally as a task ('flaky') failed"),
+        "{}",
+        stdout(&o)
+    );
+
+    let d = Dir::new();
+    let bad = d.write("bad.factfile", "{");
+    let o = submit(&c.url, &bad, &["--wait"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is not a valid factotum factfile: invalid JSON"),
+        "{}",
+        stderr(&o)
+    );
+    let o = submit(&c.url, &echo, &["--start", "nope"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("because the task specified could not be found"));
+    let o = submit(&c.url, &echo, &["--env", "[1]"]);
+    assert_eq!(o.status.code(), Some(3));
+
+    // Without --wait: the run reference, then status shows it done.
+    let o = submit(&c.url, &echo, &[]);
+    let id = stdout(&o).trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    assert!(eventually(Duration::from_secs(10), || stdout(&run(&[
+        "status",
+        &id,
+        "--coordinator",
+        &c.url
+    ]))
+    .contains("state     SUCCEEDED")));
+    assert!(stdout(&run(&["runs", "--coordinator", &c.url])).contains(&id));
+    assert_eq!(
+        run(&["status", "no-such-run", "--coordinator", &c.url])
+            .status
+            .code(),
+        Some(4)
+    );
+
+    let o = run(&["submit", &echo, "--coordinator", "http://127.0.0.1:1"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(
+        stderr(&o).contains("cannot reach the coordinator at http://127.0.0.1:1"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn host_and_label_constraints_route_tasks() {
+    let c = Coordinator::start(&[]);
+    let _a1 = agent(&c.url, "a1", Some("etl-1"), &["--label", "zone=eu"]);
+    let _a2 = agent(&c.url, "a2", Some("etl-2"), &["--label", "zone=us"]);
+    let _a3 = agent(
+        &c.url,
+        "a3",
+        Some("etl-3"),
+        &["--label", "zone=us", "--label", "gpu=yes"],
+    );
+    wait_for_agents(&c.url, 3);
+    let d = Dir::new();
+    let ff = d.write(
+        "where.factfile",
+        &factfile("where", vec![task("where", "hostname", &[], &[])]),
+    );
+    for (constraint, host) in [
+        ("host,etl-2", "etl-2"),
+        ("host,etl-3", "etl-3"),
+        ("label,zone=eu", "etl-1"),
+        ("label,gpu=yes", "etl-3"),
+    ] {
+        let o = submit(&c.url, &ff, &["--wait", "--constraint", constraint]);
+        assert_eq!(o.status.code(), Some(0), "{constraint}: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains(&format!("[where] {host}\n")),
+            "{constraint}: {}",
+            stdout(&o)
+        );
+    }
+    let o = submit(
+        &c.url,
+        &ff,
+        &[
+            "--wait",
+            "--constraint",
+            "label,zone=us",
+            "--constraint",
+            "host,etl-2",
+        ],
+    );
+    assert!(stdout(&o).contains("[where] etl-2\n"), "{}", stdout(&o));
+    let agents = stdout(&run(&["agents", "--coordinator", &c.url]));
+    assert!(
+        agents.contains("a3") && agents.contains("etl-3") && agents.contains("gpu=yes,zone=us"),
+        "{agents}"
+    );
+}
+
+#[test]
+fn a_run_nobody_can_take_waits_with_its_reason_then_runs() {
+    let c = Coordinator::start(&[]);
+    let _a1 = agent(&c.url, "a1", Some("etl-1"), &[]);
+    wait_for_agents(&c.url, 1);
+    let d = Dir::new();
+    let ff = d.write(
+        "where.factfile",
+        &factfile("where", vec![task("where", "hostname", &[], &[])]),
+    );
+    let id = stdout(&submit(&c.url, &ff, &["--constraint", "host,etl-9"]))
+        .trim()
+        .to_string();
+    let status = stdout(&run(&["status", &id, "--coordinator", &c.url]));
+    assert!(status.contains("state     WAITING"), "{status}");
+    assert!(
+        status.contains("waiting   no connected agent has host=etl-9"),
+        "{status}"
+    );
+    let _a9 = agent(&c.url, "a9", Some("etl-9"), &[]);
+    let o = run(&["watch", &id, "--coordinator", &c.url]);
+    assert!(stdout(&o).contains("[where] etl-9"), "{}", stdout(&o));
+    assert!(stdout(&run(&["status", &id, "--coordinator", &c.url])).contains("state     SUCCEEDED"));
+}
+
+#[test]
+fn sticky_keeps_a_run_on_one_agent_and_spread_uses_several() {
+    let c = Coordinator::start(&[]);
+    let _a1 = agent(&c.url, "a1", Some("etl-1"), &["--slots", "2"]);
+    let _a2 = agent(&c.url, "a2", Some("etl-2"), &["--slots", "2"]);
+    wait_for_agents(&c.url, 2);
+    let d = Dir::new();
+    let tasks = (0..6)
+        .map(|i| task(&format!("t{i}"), "sleep 0.3; hostname", &[], &[]))
+        .collect();
+    let ff = d.write("many.factfile", &factfile("many", tasks));
+    let hosts = |o: &std::process::Output| {
+        let mut h: Vec<String> = stdout(o)
+            .lines()
+            .filter(|l| l.starts_with("[t"))
+            .map(|l| l.split(' ').nth(1).unwrap().to_string())
+            .collect();
+        h.sort();
+        h.dedup();
+        h
+    };
+    let o = submit(&c.url, &ff, &["--wait"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(hosts(&o).len(), 1, "sticky: {}", stdout(&o));
+    let o = submit(&c.url, &ff, &["--wait", "--placement", "spread"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(hosts(&o), ["etl-1", "etl-2"], "spread: {}", stdout(&o));
+}
+
+#[test]
+fn a_killed_agent_fails_its_tasks_after_lost_after() {
+    let c = Coordinator::start(&["--lost-after", "2", "--heartbeat-interval", "0.5"]);
+    let mut a = agent(&c.url, "doomed", None, &[]);
+    wait_for_agents(&c.url, 1);
+    let d = Dir::new();
+    let ff = d.write(
+        "slow.factfile",
+        &factfile(
+            "slow",
+            vec![
+                task("slow", "sleep 30", &[], &[]),
+                task("after", "echo", &["no"], &["slow"]),
+            ],
+        ),
+    );
+    let id = stdout(&submit(&c.url, &ff, &[])).trim().to_string();
+    assert!(eventually(Duration::from_secs(10), || stdout(&run(&[
+        "status",
+        &id,
+        "--coordinator",
+        &c.url
+    ]))
+    .contains("RUNNING")));
+    a.0.kill().unwrap(); // SIGKILL
+    let o = run(&["watch", &id, "--coordinator", &c.url]);
+    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("Task 'slow': failed after 0.0s. Reason: agent doomed lost"),
+        "{}",
+        stderr(&o)
+    );
+    let status = stdout(&run(&["status", &id, "--coordinator", &c.url]));
+    assert!(status.contains("state     FAILED"), "{status}");
+    assert!(status.contains("the task 'slow' failed"), "{status}");
+}
+
+#[test]
+fn cancel_kills_the_remote_process_group() {
+    let c = Coordinator::start(&["--kill-grace", "0.5"]);
+    let _a = agent(&c.url, "a1", None, &["--kill-grace", "0.5"]);
+    wait_for_agents(&c.url, 1);
+    let d = Dir::new();
+    let pidfile = d.file("pid");
+    let ff = d.write(
+        "c.factfile",
+        &factfile(
+            "cancel me",
+            vec![task(
+                "sleeper",
+                &format!("sleep 60 & echo $! > '{}'; wait", pidfile.display()),
+                &[],
+                &[],
+            )],
+        ),
+    );
+    let id = stdout(&submit(&c.url, &ff, &[])).trim().to_string();
+    assert!(eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    }));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let o = run(&["cancel", &id, "--coordinator", &c.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(&["watch", &id, "--coordinator", &c.url]);
+    assert_eq!(o.status.code(), Some(2));
+    let gone = eventually(Duration::from_secs(5), || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    });
+    assert!(gone, "the task's child {pid} survived the cancel");
+}
+
+#[test]
+fn webhooks_from_the_coordinator_and_the_run() {
+    let global = Receiver::start();
+    let own = Receiver::start();
+    let c = Coordinator::start(&["--webhook", &global.url]);
+    let _a = agent(&c.url, "a1", None, &[]);
+    wait_for_agents(&c.url, 1);
+    let o = submit(
+        &c.url,
+        &shared("factotum-samples/echo.factfile"),
+        &[
+            "--wait",
+            "--webhook",
+            &own.url,
+            "--tag",
+            "env,prod",
+            "--tag",
+            "client,acme",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    for rx in [&global, &own] {
+        assert!(eventually(Duration::from_secs(10), || rx.payloads().len() == 9));
+        let p = rx.payloads();
+        assert_eq!(transitions(&p)[0], "job null->WAITING");
+        assert_eq!(transitions(&p)[8], "job RUNNING->SUCCEEDED");
+        assert_eq!(
+            p[0]["data"]["jobReference"],
+            "a5cdf01736c054d8ad5f38d750b4a529c5fb03e7ba34a5394314e50bbdd0e3ee"
+        );
+    }
+}
+
+#[test]
+fn an_agent_cut_off_mid_task_reattaches_without_running_it_twice() {
+    let c = Coordinator::start(&["--lost-after", "10", "--heartbeat-interval", "0.5"]);
+    let proxy = support::fleet::Proxy::start(c.url.trim_start_matches("http://"));
+    let _a = agent(&proxy.url(), "flaky-net", None, &[]);
+    wait_for_agents(&c.url, 1);
+    let d = Dir::new();
+    let audit = d.file("audit");
+    let a = audit.display();
+    // `long` outlives the outage; `short` ends during it, so its result waits for the reconnect.
+    let ff = d.write(
+        "cut.factfile",
+        &factfile(
+            "cut",
+            vec![
+                task("long", &format!("echo long >> '{a}'; sleep 2.5"), &[], &[]),
+                task(
+                    "short",
+                    &format!("echo short >> '{a}'; sleep 0.5"),
+                    &[],
+                    &[],
+                ),
+                task(
+                    "after",
+                    &format!("echo after >> '{a}'"),
+                    &[],
+                    &["long", "short"],
+                ),
+            ],
+        ),
+    );
+    let id = stdout(&submit(&c.url, &ff, &[])).trim().to_string();
+    assert!(eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&audit).is_ok_and(|s| s.lines().count() == 2)
+    }));
+    proxy.cut();
+    let agents = || stdout(&run(&["agents", "--coordinator", &c.url]));
+    assert!(
+        eventually(Duration::from_secs(5), || agents().contains("disconnected")),
+        "{}",
+        agents()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    proxy.restore();
+    let o = run(&["watch", &id, "--coordinator", &c.url]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let mut lines: Vec<String> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["after", "long", "short"],
+        "every task ran exactly once"
+    );
+}

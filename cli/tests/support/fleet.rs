@@ -1,0 +1,197 @@
+//! Real coordinators and agents as child processes, for the fleet tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A binary of this workspace, next to `factotum` in the target dir.
+pub fn sibling(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_factotum")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the whole workspace (`cargo test --workspace` does)",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+pub struct Coordinator {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl Coordinator {
+    /// Starts `factotum-coordinator --listen 127.0.0.1:0 <extra>` and reads its port.
+    pub fn start(extra: &[&str]) -> Coordinator {
+        let mut child = Command::new(sibling("factotum-coordinator"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the coordinator starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Coordinator {
+            url: format!("http://{addr}"),
+            proc: Proc(child),
+        }
+    }
+}
+
+/// Starts an agent named `name`; with `hostname`, inside its own UTS namespace with that hostname.
+pub fn agent(coordinator: &str, name: &str, hostname: Option<&str>, extra: &[&str]) -> Proc {
+    let bin = sibling("factotum-agent");
+    let mut cmd = match hostname {
+        Some(h) => {
+            let mut c = Command::new("unshare");
+            c.args([
+                "--uts",
+                "sh",
+                "-c",
+                &format!("hostname '{h}' && exec \"$0\" \"$@\""),
+            ])
+            .arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    cmd.args([
+        "--coordinator",
+        coordinator,
+        "--name",
+        name,
+        "--drain-grace",
+        "5",
+    ])
+    .args(extra)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    Proc(cmd.spawn().expect("the agent starts"))
+}
+
+/// Waits until `factotum agents` lists `n` agents.
+pub fn wait_for_agents(url: &str, n: usize) {
+    let ok = super::eventually(Duration::from_secs(20), || {
+        let o = super::run(&["agents", "--coordinator", url]);
+        super::stdout(&o).lines().count() == n + 1
+    });
+    assert!(
+        ok,
+        "{n} agents never connected: {}",
+        super::stdout(&super::run(&["agents", "--coordinator", url]))
+    );
+}
+
+/// A TCP proxy on 127.0.0.1 that can cut every connection and come back on the same port: a
+/// network outage between an agent and its coordinator.
+pub struct Proxy {
+    pub port: u16,
+    upstream: String,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    generation: u64,
+    sockets: Vec<std::net::TcpStream>,
+}
+
+impl Proxy {
+    /// Proxies to `upstream` (`host:port`).
+    pub fn start(upstream: &str) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let p = Proxy {
+            port,
+            upstream: upstream.to_string(),
+            state: Default::default(),
+        };
+        p.serve(listener, 0);
+        p
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn serve(&self, listener: std::net::TcpListener, generation: u64) {
+        let (state, upstream) = (self.state.clone(), self.upstream.clone());
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || loop {
+            if state.lock().unwrap().generation != generation {
+                return; // cut: stop accepting (the listener closes)
+            }
+            match listener.accept() {
+                Ok((down, _)) => {
+                    down.set_nonblocking(false).unwrap();
+                    let Ok(up) = std::net::TcpStream::connect(&upstream) else {
+                        continue;
+                    };
+                    let _ = down.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    let mut st = state.lock().unwrap();
+                    st.sockets.push(down.try_clone().unwrap());
+                    st.sockets.push(up.try_clone().unwrap());
+                    drop(st);
+                    for (mut from, mut to) in [
+                        (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                        (up, down),
+                    ] {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        });
+    }
+
+    /// Closes every connection and stops listening.
+    pub fn cut(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.generation += 1;
+        for s in st.sockets.drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Listens again on the same port.
+    pub fn restore(&self) {
+        let generation = self.state.lock().unwrap().generation;
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => break l,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        self.serve(listener, generation);
+    }
+}

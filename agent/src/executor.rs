@@ -70,6 +70,8 @@ pub async fn execute(
         }
     };
     let pid = child.id();
+    // Timing points for the hop-latency benchmark (RUST_LOG=factotum_agent::executor=debug).
+    tracing::debug!(pid, "process spawned");
     if let Some(pid) = pid {
         let _ = events.send(ExecEvent::Started { pid }).await;
     }
@@ -100,6 +102,7 @@ pub async fn execute(
         let [out, err] = &mut pipes;
         let line = tokio::select! {
             s = child.wait(), if status.is_none() => {
+                tracing::debug!(pid, "process exited");
                 status = Some(s);
                 drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
                 None

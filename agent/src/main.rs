@@ -48,7 +48,7 @@ struct Args {
         value_name = "KEY=VALUE"
     )]
     labels: Vec<String>,
-    /// Tasks run at once (default: the number of CPUs).
+    /// Tasks run at once (default: the number of CPUs; 0: no limit).
     #[arg(long, env = "FACTOTUM_SLOTS")]
     slots: Option<u32>,
     /// On SIGTERM, seconds running tasks get to finish before they are stopped.
@@ -90,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
+            .with_writer(std::io::stderr)
             .init(),
         LogFormat::Pretty => tracing_subscriber::fmt()
             .with_env_filter(filter)

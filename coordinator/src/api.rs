@@ -11,7 +11,7 @@ use factotum_proto::agents_server::{Agents, AgentsServer};
 use factotum_proto::jobs_server::{Jobs, JobsServer};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -231,7 +231,6 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     });
     let mut builder = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     let router = builder
@@ -245,8 +244,10 @@ pub async fn serve(
             router
         }
     };
+    // No Nagle: leases and results are small messages that must not wait for a delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }
 

@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
+            .with_writer(std::io::stderr)
             .init(),
         LogFormat::Pretty => tracing_subscriber::fmt()
             .with_env_filter(filter)

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Fleet benchmarks (issue 3): hop latency and throughput through a coordinator and agents on
+loopback, and the coordinator's cost with thousands of connected (simulated) agents.
+
+Usage: python3 bench/fleet.py [--runs N] [--bin DIR] [--scale 1000,5000]
+Needs the release binaries: cargo build --release --workspace
+"""
+import argparse, json, os, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+
+
+def factfile(path, name, tasks):
+    doc = {"schema": "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0",
+           "data": {"name": name, "tasks": [
+               {"name": n, "executor": "shell", "command": "true", "arguments": [], "dependsOn": d,
+                "onResult": {"terminateJobWithSuccess": [], "continueJob": [0]}} for n, d in tasks]}}
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+class Fleet:
+    def __init__(self, bin_dir, work, agents=1, agent_args=(), agent_env=None):
+        self.bin, self.work, self.procs = bin_dir, work, []
+        out = open(os.path.join(work, "coordinator.out"), "w+")
+        self.coordinator = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0"],
+                                            stdout=out, stderr=subprocess.DEVNULL)
+        self.procs.append(self.coordinator)
+        for _ in range(200):
+            out.seek(0)
+            line = out.readline()
+            if line.startswith("listening on "):
+                self.url = "http://" + line.split()[-1]
+                break
+            time.sleep(0.05)
+        else:
+            sys.exit("the coordinator did not start")
+        self.agent_logs = []
+        for i in range(agents):
+            log = os.path.join(work, f"agent{i}.log")
+            self.agent_logs.append(log)
+            env = dict(os.environ, **(agent_env or {}))
+            self.procs.append(subprocess.Popen(
+                [os.path.join(bin_dir, "factotum-agent"), "--coordinator", self.url, "--name", f"bench-{i}", *agent_args],
+                stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env))
+        for _ in range(200):
+            out_ = subprocess.run([self.cli(), "agents", "--coordinator", self.url], capture_output=True, text=True).stdout
+            if len(out_.strip().splitlines()) == agents + 1:
+                break
+            time.sleep(0.05)
+
+    def cli(self):
+        return os.path.join(self.bin, "factotum")
+
+    def submit_wait(self, ff, *extra):
+        t0 = time.perf_counter()
+        p = subprocess.run([self.cli(), "submit", ff, "--coordinator", self.url, "--wait", *extra],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if p.returncode != 0:
+            sys.exit(f"submit --wait failed: {p.returncode}")
+        return time.perf_counter() - t0
+
+    def stop(self):
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def parse_time(ts):
+    # 2026-11-23T17:30:00.123456Z -> seconds
+    from datetime import datetime
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def hop_latency(bin_dir, runs):
+    hops = []
+    with tempfile.TemporaryDirectory() as work:
+        ff = os.path.join(work, "chain.factfile")
+        factfile(ff, "chain-200", [(f"t{i}", [f"t{i-1}"] if i else []) for i in range(200)])
+        for r in range(runs):
+            fleet = Fleet(bin_dir, work, agents=1, agent_args=("--log-format", "json"),
+                          agent_env={"RUST_LOG": "factotum_agent::executor=debug"})
+            fleet.submit_wait(ff)
+            fleet.stop()
+            events = []
+            for line in open(fleet.agent_logs[0]):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                msg = rec.get("fields", {}).get("message")
+                if msg in ("process spawned", "process exited"):
+                    events.append((parse_time(rec["timestamp"]), msg))
+            events.sort()
+            exits = [t for t, m in events if m == "process exited"]
+            spawns = [t for t, m in events if m == "process spawned"]
+            if len(spawns) != 200 or len(exits) != 200:
+                sys.exit(f"expected 200 spawns and exits in the agent's log, got {len(spawns)} and {len(exits)}")
+            hops += [(spawns[i + 1] - exits[i]) * 1000 for i in range(199)]
+    hops.sort()
+    p50 = hops[len(hops) // 2]
+    p99 = hops[int(len(hops) * 0.99)]
+    print(f"hop latency (chain of 200 true, {runs} runs, {len(hops)} hops): p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+          f"max {hops[-1]:.2f} ms", flush=True)
+
+
+def throughput(bin_dir, runs):
+    with tempfile.TemporaryDirectory() as work:
+        ff = os.path.join(work, "wide.factfile")
+        factfile(ff, "independent-2000", [(f"t{i}", []) for i in range(2000)])
+        fleet = Fleet(bin_dir, work, agents=4, agent_args=("--slots", "0"))
+        fleet_times, local_times = [], []
+        for _ in range(runs):
+            fleet_times.append(fleet.submit_wait(ff, "--placement", "spread"))
+            t0 = time.perf_counter()
+            subprocess.run([fleet.cli(), "run", ff], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            local_times.append(time.perf_counter() - t0)
+        fleet.stop()
+    f, l = statistics.median(fleet_times), statistics.median(local_times)
+    print(f"throughput (2000 independent true over 4 agents, spread, median of {runs}): "
+          f"{2000 / f:.0f} tasks/s (run took {f * 1000:.0f} ms); local runner {2000 / l:.0f} tasks/s "
+          f"({l * 1000:.0f} ms); fleet/local ratio {l / f:.2f}", flush=True)
+
+
+def proc_stats(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    ticks = int(parts[11]) + int(parts[12])  # utime + stime
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+    return ticks / os.sysconf("SC_CLK_TCK"), rss
+
+
+def scale(bin_dir, counts):
+    for n in counts:
+        with tempfile.TemporaryDirectory() as work:
+            fleet = Fleet(bin_dir, work, agents=0)
+            pid = fleet.coordinator.pid
+            _, base_rss = proc_stats(pid)
+            sim = subprocess.Popen([os.path.join(bin_dir, "sim-agents"), "--coordinator", fleet.url,
+                                    "--agents", str(n), "--seconds", "25"], stdout=subprocess.PIPE, text=True)
+            line = sim.stdout.readline().strip()
+            if not line.startswith("connected"):
+                sys.exit(f"sim-agents: {line}")
+            time.sleep(3)
+            cpu0, _ = proc_stats(pid)
+            t0 = time.perf_counter()
+            peak = 0.0
+            while time.perf_counter() - t0 < 15:
+                peak = max(peak, proc_stats(pid)[1])
+                time.sleep(0.5)
+            cpu1, rss = proc_stats(pid)
+            cores = (cpu1 - cpu0) / (time.perf_counter() - t0)
+            listed = subprocess.run([fleet.cli(), "agents", "--coordinator", fleet.url], capture_output=True, text=True).stdout
+            sim.terminate()
+            sim.wait()
+            fleet.stop()
+            print(f"scale: {n} agents heartbeating every 2 s ({line}): coordinator RSS {peak:.0f} MiB "
+                  f"(idle {base_rss:.0f} MiB), CPU {cores * 100:.1f}% of one core; `agents` lists "
+                  f"{len(listed.strip().splitlines()) - 1}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--bin", default=os.path.join(TARGET, "release"))
+    ap.add_argument("--scale", default="1000,5000")
+    ap.add_argument("--only", choices=["hop", "throughput", "scale"])
+    args = ap.parse_args()
+    if args.only in (None, "hop"):
+        hop_latency(args.bin, args.runs)
+    if args.only in (None, "throughput"):
+        throughput(args.bin, args.runs)
+    if args.only in (None, "scale"):
+        scale(args.bin, [int(n) for n in args.scale.split(",")])
+
+
+if __name__ == "__main__":
+    main()

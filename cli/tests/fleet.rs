@@ -366,3 +366,138 @@ fn an_agent_cut_off_mid_task_reattaches_without_running_it_twice() {
         "every task ran exactly once"
     );
 }
+
+#[test]
+fn the_coordinator_refuses_a_public_address_without_insecure() {
+    let o = std::process::Command::new(support::fleet::sibling("factotum-coordinator"))
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without authentication"),
+        "{err}"
+    );
+    assert!(err.contains("--insecure"), "{err}");
+    let help = std::process::Command::new(support::fleet::sibling("factotum-coordinator"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&help).contains("--insecure") && stdout(&help).contains("FACTOTUM_LISTEN"),
+        "{}",
+        stdout(&help)
+    );
+}
+
+#[test]
+fn sigterm_drains_an_agent_its_running_task_finishes_and_nothing_new_starts() {
+    let c = Coordinator::start(&[]);
+    let mut a = agent(&c.url, "leaving", None, &[]);
+    wait_for_agents(&c.url, 1);
+    let d = Dir::new();
+    let ff = d.write(
+        "drain.factfile",
+        &factfile(
+            "drain",
+            vec![
+                task("running", "sleep 1.5; echo finished", &[], &[]),
+                task("next", "echo", &["next"], &["running"]),
+            ],
+        ),
+    );
+    let id = stdout(&submit(&c.url, &ff, &[])).trim().to_string();
+    assert!(eventually(Duration::from_secs(10), || stdout(&run(&[
+        "status",
+        &id,
+        "--coordinator",
+        &c.url
+    ]))
+    .contains("RUNNING")));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exited = eventually(Duration::from_secs(10), || {
+        matches!(a.0.try_wait(), Ok(Some(_)))
+    });
+    assert!(exited, "the draining agent did not exit");
+    let status = stdout(&run(&["status", &id, "--coordinator", &c.url]));
+    let row = |task: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(&format!("{task} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        row("running").contains("SUCCEEDED"),
+        "the running task finished and was reported: {status}"
+    );
+    assert!(
+        row("next").contains("WAITING"),
+        "nothing new went to the draining agent: {status}"
+    );
+    assert!(
+        status.contains("waiting   no agent is connected"),
+        "{status}"
+    );
+    // Another agent picks the run up.
+    let _b = agent(&c.url, "arriving", None, &[]);
+    let o = run(&["watch", &id, "--coordinator", &c.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn an_agent_cut_off_too_long_stops_its_tasks_and_reports_them_when_back() {
+    let c = Coordinator::start(&["--lost-after", "30", "--heartbeat-interval", "0.5"]);
+    let proxy = support::fleet::Proxy::start(c.url.trim_start_matches("http://"));
+    let _a = agent(
+        &proxy.url(),
+        "isolated",
+        None,
+        &["--disconnect-limit", "0.5", "--kill-grace", "0.2"],
+    );
+    wait_for_agents(&c.url, 1);
+    let d = Dir::new();
+    let pidfile = d.file("pid");
+    let ff = d.write(
+        "long.factfile",
+        &factfile(
+            "long",
+            vec![task(
+                "long",
+                &format!("echo $$ > '{}'; sleep 30", pidfile.display()),
+                &[],
+                &[],
+            )],
+        ),
+    );
+    let id = stdout(&submit(&c.url, &ff, &[])).trim().to_string();
+    assert!(eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    }));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    proxy.cut();
+    let killed = eventually(Duration::from_secs(10), || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    });
+    assert!(killed, "the agent did not stop its task while cut off");
+    proxy.restore();
+    let o = run(&["watch", &id, "--coordinator", &c.url]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("Task 'long': failed after"),
+        "{}",
+        stderr(&o)
+    );
+}

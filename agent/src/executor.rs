@@ -25,6 +25,9 @@ pub struct ExecSpec {
     pub dry_run: bool,
     /// Time between TERM and KILL when cancelled.
     pub kill_grace: Duration,
+    /// Run through a shim (`<exe> --shim <attempt dir>`) that records the task in that
+    /// directory, so it outlives the agent (see [`crate::shim`]).
+    pub shim: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Events an attempt reports while it runs.
@@ -51,10 +54,21 @@ pub async fn execute(
         };
     }
     // An absolute path: no PATH search on every spawn.
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&spec.command_line)
-        .stdin(Stdio::null())
+    let mut cmd = match &spec.shim {
+        Some((exe, dir)) => {
+            let mut c = Command::new(exe);
+            c.arg("--shim").arg(dir);
+            c
+        }
+        None => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(&spec.command_line);
+            c
+        }
+    };
+    let framed = spec.shim.is_some();
+    let mut shim_code: Option<i32> = None;
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -121,6 +135,19 @@ pub async fn execute(
             }
             _ = sleep_until(drain_deadline), if drain_deadline.is_some() => break,
         };
+        // Through a shim, stdout carries framed events (see crate::shim).
+        let line = match line {
+            Some((Stream::Stdout, l)) if framed => match l.split_at_checked(1) {
+                Some(("1", rest)) => Some((Stream::Stdout, rest.to_string())),
+                Some(("2", rest)) => Some((Stream::Stderr, rest.to_string())),
+                Some(("X", rest)) => {
+                    shim_code = rest.split_whitespace().next().and_then(|c| c.parse().ok());
+                    None
+                }
+                _ => None,
+            },
+            other => other,
+        };
         if let Some((stream, line)) = line {
             match stream {
                 Stream::Stdout => stdout.push_line(&line),
@@ -138,7 +165,21 @@ pub async fn execute(
         // Leave nothing of the group behind once we were asked to stop.
         signal_group(pid, libc::SIGKILL);
     }
-    let outcome = match status {
+    let outcome = match shim_code {
+        Some(code) => Outcome::Exited(code),
+        None => from_status(status),
+    };
+    TaskResult {
+        outcome,
+        stdout: stdout.as_str().to_string(),
+        stderr: stderr.as_str().to_string(),
+        duration: begun.elapsed(),
+    }
+}
+
+/// A process's end as Factotum counts it: a signal is exit code 1.
+fn from_status(status: Option<std::io::Result<std::process::ExitStatus>>) -> Outcome {
+    match status {
         Some(Ok(s)) => {
             Outcome::Exited(
                 s.code()
@@ -147,12 +188,6 @@ pub async fn execute(
         }
         Some(Err(e)) => Outcome::SpawnFailed(format!("waiting for the process failed: {e}")),
         None => Outcome::SpawnFailed("the process vanished".into()),
-    };
-    TaskResult {
-        outcome,
-        stdout: stdout.as_str().to_string(),
-        stderr: stderr.as_str().to_string(),
-        duration: begun.elapsed(),
     }
 }
 
@@ -208,7 +243,7 @@ async fn next_line(pipe: &mut Option<Pipe>) -> Option<(Stream, String)> {
 }
 
 /// Signals the task's process group — never our own group, never pid 0 or 1.
-fn signal_group(pid: Option<u32>, signal: i32) {
+pub(crate) fn signal_group(pid: Option<u32>, signal: i32) {
     let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
         return;
     };
@@ -232,6 +267,7 @@ mod tests {
             max_output: 10_000,
             dry_run: false,
             kill_grace: Duration::from_millis(300),
+            shim: None,
         }
     }
 

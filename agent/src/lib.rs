@@ -8,6 +8,7 @@
 pub mod executor;
 pub mod identity;
 pub mod session;
+pub mod shim;
 
 pub use executor::{execute, ExecSpec};
 pub use session::{run_session, Agent, AgentConfig, Link, SessionEnd};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use factotum_agent::{identity, Agent, AgentConfig, Link, SessionEnd};
+use factotum_agent::{identity, shim, Agent, AgentConfig, Link, SessionEnd};
 use factotum_proto::agents_client::AgentsClient;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -60,6 +60,11 @@ struct Args {
     /// Seconds between TERM and KILL when a task is stopped.
     #[arg(long, env = "FACTOTUM_KILL_GRACE", default_value_t = 10.0)]
     kill_grace: f64,
+    /// Record running tasks here (one directory each) and run them under a small supervisor,
+    /// so they outlive the agent: a restarted agent reports what ended meanwhile and re-attaches
+    /// what still runs. Without it, tasks are the agent's children and die with it.
+    #[arg(long, env = "FACTOTUM_STATE_DIR")]
+    state_dir: Option<std::path::PathBuf>,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(
         long,
@@ -81,8 +86,26 @@ fn notify(state: &[sd_notify::NotifyState]) {
     let _ = sd_notify::notify(false, state);
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // `factotum-agent --shim <attempt dir>`: the per-task supervisor (see factotum_agent::shim).
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|a| a == "--shim") {
+        let Some(dir) = argv.next().map(std::path::PathBuf::from) else {
+            bail!("--shim needs a directory")
+        };
+        let lease = std::fs::read(dir.join(shim::LEASE))
+            .with_context(|| format!("no lease in {}", dir.display()))?;
+        let lease = <factotum_proto::Lease as prost::Message>::decode(lease.as_slice())
+            .context("unreadable lease")?;
+        std::process::exit(shim::run(&dir, &lease.command_line));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(agent())
+}
+
+async fn agent() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -116,6 +139,14 @@ async fn main() -> anyhow::Result<()> {
             .slots
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
         kill_grace: seconds("kill-grace", args.kill_grace)?,
+        shim_exe: match &args.state_dir {
+            Some(_) => Some(
+                std::env::current_exe()
+                    .context("cannot find my own executable for the task supervisor")?,
+            ),
+            None => None,
+        },
+        state_dir: args.state_dir.clone(),
     };
     let drain_grace = seconds("drain-grace", args.drain_grace)?;
     let disconnect_limit = seconds("disconnect-limit", args.disconnect_limit)?;
@@ -148,7 +179,12 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     spawn_watchdog(watchdog_interval());
+    if let Some(dir) = &args.state_dir {
+        std::fs::create_dir_all(dir.join("attempts"))
+            .with_context(|| format!("cannot use --state-dir {}", dir.display()))?;
+    }
     let mut agent = Agent::new(cfg);
+    agent.recover();
     let mut backoff = Duration::from_millis(100);
     let mut disconnected_since: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;

@@ -6,6 +6,7 @@
 //! reconnects, are re-attached in the next `Hello`, and results not yet acknowledged are sent again.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use factotum_common::run::{Outcome, Stream};
@@ -17,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{execute, ExecEvent, ExecSpec};
+use crate::executor::{execute, signal_group, ExecEvent, ExecSpec};
+use crate::shim;
 
 /// Who this agent is and how it runs tasks.
 #[derive(Debug, Clone)]
@@ -30,6 +32,11 @@ pub struct AgentConfig {
     pub slots: u32,
     /// Time between TERM and KILL when an attempt is cancelled or the agent stops.
     pub kill_grace: Duration,
+    /// Where attempts are recorded so they survive an agent restart (with `shim_exe`);
+    /// `None`: tasks run as the agent's own children and die with it.
+    pub state_dir: Option<PathBuf>,
+    /// The executable that runs as the shim (`<exe> --shim <dir>`): `factotum-agent` itself.
+    pub shim_exe: Option<PathBuf>,
 }
 
 /// The two directions of a session.
@@ -176,9 +183,12 @@ impl Agent {
                             token.cancel();
                         }
                     }
-                    Some(coordinator_message::Msg::Ack(a)) => {
+                                        Some(coordinator_message::Msg::Ack(a)) => {
                         if let Some(r) = a.lease {
                             self.unacked.remove(&r.key());
+                            if let Some(state) = &self.cfg.state_dir {
+                                let _ = std::fs::remove_dir_all(shim::attempt_dir(state, &r.run_id, r.task, r.attempt));
+                            }
                         }
                         if self.draining && self.running.is_empty() && self.unacked.is_empty() {
                             return SessionEnd::Stopped; // drained: everything reported
@@ -268,13 +278,95 @@ impl Agent {
         }
         let cancel = CancellationToken::new();
         self.running.insert(key, (r.clone(), cancel.clone()));
+        let shim = self.prepare_shim(&lease, &r);
         self.attempts.spawn(run_attempt(
             lease,
             r,
             self.cfg.kill_grace,
+            shim,
             self.events_tx.clone(),
             cancel,
         ));
+    }
+
+    /// Records the lease in its attempt directory; `None` (run without a shim) when there is no
+    /// state dir or it cannot be written.
+    fn prepare_shim(&self, lease: &Lease, r: &LeaseRef) -> Option<(PathBuf, PathBuf)> {
+        let (state, exe) = (self.cfg.state_dir.as_ref()?, self.cfg.shim_exe.as_ref()?);
+        let dir = shim::attempt_dir(state, &r.run_id, r.task, r.attempt);
+        let written = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::write(dir.join(shim::LEASE), prost::Message::encode_to_vec(lease))
+        });
+        match written {
+            Ok(()) => Some((exe.clone(), dir)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot record the attempt; it will not survive an agent restart");
+                None
+            }
+        }
+    }
+
+    /// After a restart: reports what ended while the agent was away and adopts the tasks still
+    /// running under their shims. Call before the first session.
+    pub fn recover(&mut self) {
+        let Some(state) = self.cfg.state_dir.clone() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(state.join("attempts")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let lease = std::fs::read(dir.join(shim::LEASE))
+                .ok()
+                .and_then(|b| <Lease as prost::Message>::decode(b.as_slice()).ok());
+            let Some((lease, r)) = lease.and_then(|l| l.lease.clone().map(|r| (l, r))) else {
+                let _ = std::fs::remove_dir_all(&dir);
+                continue;
+            };
+            let max = lease.max_output as usize;
+            let pid = std::fs::read_to_string(dir.join(shim::PID))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            if let Some(done) = shim::read_exit(&dir) {
+                let (stdout_tail, stderr_tail) = shim::read_tails(&dir, max);
+                tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, code = done.code, "found a result recorded while away");
+                let f = finished_msg(
+                    &r,
+                    finished::Outcome::ExitCode(done.code),
+                    stdout_tail,
+                    stderr_tail,
+                    done.duration,
+                );
+                self.unacked.insert(r.key(), f);
+            } else if let Some(pid) = pid.filter(|p| shim::shim_alive(*p)) {
+                tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, pid, "adopting a task still running");
+                let cancel = CancellationToken::new();
+                self.running.insert(r.key(), (r.clone(), cancel.clone()));
+                self.attempts.spawn(adopt(
+                    dir,
+                    r,
+                    max,
+                    pid,
+                    self.cfg.kill_grace,
+                    self.events_tx.clone(),
+                    cancel,
+                ));
+            } else {
+                let (stdout_tail, stderr_tail) = shim::read_tails(&dir, max);
+                let why =
+                    "the task's supervisor ended without recording an exit code (was it killed?)"
+                        .to_string();
+                let f = finished_msg(
+                    &r,
+                    finished::Outcome::SpawnError(why),
+                    stdout_tail,
+                    stderr_tail,
+                    Duration::ZERO,
+                );
+                self.unacked.insert(r.key(), f);
+            }
+        }
     }
 }
 
@@ -298,14 +390,17 @@ async fn run_attempt(
     lease: Lease,
     r: LeaseRef,
     kill_grace: Duration,
+    shim: Option<(PathBuf, PathBuf)>,
     events: mpsc::Sender<AttemptEvent>,
     cancel: CancellationToken,
 ) {
+    let pid_file = shim.as_ref().map(|(_, dir)| dir.join(shim::PID));
     let spec = ExecSpec {
         command_line: lease.command_line,
         max_output: lease.max_output as usize,
         dry_run: lease.dry_run,
         kill_grace,
+        shim,
     };
     let (ev_tx, mut ev_rx) = mpsc::channel::<ExecEvent>(256);
     let forward = {
@@ -314,10 +409,15 @@ async fn run_attempt(
         async move {
             while let Some(ev) = ev_rx.recv().await {
                 let msg = match ev {
-                    ExecEvent::Started { pid } => agent_message::Msg::Started(Started {
-                        lease: Some(r.clone()),
-                        pid,
-                    }),
+                    ExecEvent::Started { pid } => {
+                        if let Some(f) = &pid_file {
+                            let _ = std::fs::write(f, pid.to_string());
+                        }
+                        agent_message::Msg::Started(Started {
+                            lease: Some(r.clone()),
+                            pid,
+                        })
+                    }
                     ExecEvent::Line { stream, line } => agent_message::Msg::Output(Output {
                         lease: Some(r.clone()),
                         stream: match stream {
@@ -338,14 +438,107 @@ async fn run_attempt(
         Outcome::Exited(code) => finished::Outcome::ExitCode(code),
         Outcome::SpawnFailed(err) | Outcome::Lost(err) => finished::Outcome::SpawnError(err),
     };
-    let done = Finished {
+    let done = finished_msg(&r, outcome, result.stdout, result.stderr, result.duration);
+    let _ = events.send(AttemptEvent::Done(r.key(), done)).await;
+}
+
+fn finished_msg(
+    r: &LeaseRef,
+    outcome: finished::Outcome,
+    stdout: String,
+    stderr: String,
+    d: Duration,
+) -> Finished {
+    Finished {
         lease: Some(r.clone()),
         outcome: Some(outcome),
-        stdout_tail: result.stdout,
-        stderr_tail: result.stderr,
-        duration_nanos: u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX),
-    };
-    let _ = events.send(AttemptEvent::Done(r.key(), done)).await;
+        stdout_tail: stdout,
+        stderr_tail: stderr,
+        duration_nanos: u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+    }
+}
+
+/// Follows a task that a previous agent process started under a shim: new output lines from
+/// its output file, its end from its exit file; a cancel signals its process group.
+async fn adopt(
+    dir: PathBuf,
+    r: LeaseRef,
+    max_output: usize,
+    pid: i32,
+    kill_grace: Duration,
+    events: mpsc::Sender<AttemptEvent>,
+    cancel: CancellationToken,
+) {
+    use std::io::{BufRead, Seek};
+    const POLL: Duration = Duration::from_millis(50);
+    let output = dir.join(shim::OUTPUT);
+    // Lines already written were seen (or lost) with the previous agent: follow from the end.
+    let mut offset = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    let mut killing: Option<tokio::time::Instant> = None;
+    let group = u32::try_from(pid).ok();
+    loop {
+        if let Ok(mut f) = std::fs::File::open(&output) {
+            if f.seek(std::io::SeekFrom::Start(offset)).is_ok() {
+                let mut reader = std::io::BufReader::new(f);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line.ends_with('\n') {
+                    offset += line.len() as u64;
+                    let text = line.trim_end_matches('\n');
+                    let (stream, body) = match text.split_at_checked(1) {
+                        Some(("2", rest)) => (factotum_proto::Stream::Stderr, rest),
+                        Some((_, rest)) => (factotum_proto::Stream::Stdout, rest),
+                        None => (factotum_proto::Stream::Stdout, ""),
+                    };
+                    let msg = agent_message::Msg::Output(Output {
+                        lease: Some(r.clone()),
+                        stream: stream as i32,
+                        line: body.to_string(),
+                    });
+                    if events.send(AttemptEvent::Message(msg)).await.is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            }
+        }
+        if let Some(done) = shim::read_exit(&dir) {
+            let (out, err) = shim::read_tails(&dir, max_output);
+            let f = finished_msg(
+                &r,
+                finished::Outcome::ExitCode(done.code),
+                out,
+                err,
+                done.duration,
+            );
+            let _ = events.send(AttemptEvent::Done(r.key(), f)).await;
+            return;
+        }
+        if !shim::shim_alive(pid) {
+            let (out, err) = shim::read_tails(&dir, max_output);
+            let outcome = if killing.is_some() {
+                finished::Outcome::ExitCode(1) // we killed it: a signal counts as 1
+            } else {
+                let why =
+                    "the task's supervisor ended without recording an exit code (was it killed?)";
+                finished::Outcome::SpawnError(why.to_string())
+            };
+            let f = finished_msg(&r, outcome, out, err, Duration::ZERO);
+            let _ = events.send(AttemptEvent::Done(r.key(), f)).await;
+            return;
+        }
+        match killing {
+            None if cancel.is_cancelled() => {
+                signal_group(group, libc::SIGTERM);
+                killing = Some(tokio::time::Instant::now());
+            }
+            Some(at) if at.elapsed() >= kill_grace => {
+                signal_group(group, libc::SIGKILL);
+                killing = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 async fn send(tx: &mpsc::Sender<AgentMessage>, msg: agent_message::Msg) -> Result<(), ()> {

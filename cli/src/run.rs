@@ -181,6 +181,8 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console) -> u8 {
         labels: Default::default(),
         slots: 0,
         kill_grace: Duration::from_secs_f64(args.kill_grace),
+        state_dir: None,
+        shim_exe: None,
     };
     let agent_stop = CancellationToken::new();
     let agent = {

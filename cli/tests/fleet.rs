@@ -501,3 +501,86 @@ fn an_agent_cut_off_too_long_stops_its_tasks_and_reports_them_when_back() {
         stderr(&o)
     );
 }
+
+#[test]
+fn an_agent_restarted_mid_task_adopts_its_tasks_without_running_them_twice() {
+    let c = Coordinator::start(&["--lost-after", "20", "--heartbeat-interval", "0.5"]);
+    let d = Dir::new();
+    let state = d.file("state");
+    let state_arg = state.to_string_lossy().into_owned();
+    let mut first = agent(&c.url, "phoenix", None, &["--state-dir", &state_arg]);
+    wait_for_agents(&c.url, 1);
+    let audit = d.file("audit");
+    let a = audit.display();
+    // `long` still runs when the agent comes back; `short` ends while it is away.
+    let ff = d.write(
+        "restart.factfile",
+        &factfile(
+            "restart",
+            vec![
+                task(
+                    "long",
+                    &format!(
+                        "echo long >> '{a}'; sleep 2.5; echo long-out; echo long-end >> '{a}'"
+                    ),
+                    &[],
+                    &[],
+                ),
+                task(
+                    "short",
+                    &format!("echo short >> '{a}'; sleep 0.3; echo short-end >> '{a}'; exit 3"),
+                    &[],
+                    &[],
+                ),
+                task("after", &format!("echo after >> '{a}'"), &[], &["long"]),
+            ],
+        ),
+    );
+    let id = stdout(&submit(&c.url, &ff, &["--placement", "spread"]))
+        .trim()
+        .to_string();
+    assert!(eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&audit).is_ok_and(|s| s.lines().count() == 2)
+    }));
+    first.0.kill().unwrap(); // SIGKILL: no drain, no goodbye
+    let _ = first.0.wait();
+    std::thread::sleep(Duration::from_millis(800));
+    let _second = agent(&c.url, "phoenix", None, &["--state-dir", &state_arg]);
+    let o = run(&["watch", &id, "--coordinator", &c.url]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("[long] long-out"),
+        "output of the adopted task reaches watchers: {}",
+        stdout(&o)
+    );
+    let mut lines: Vec<String> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["after", "long", "long-end", "short", "short-end"],
+        "every task ran exactly once"
+    );
+    let status = stdout(&run(&["status", &id, "--coordinator", &c.url]));
+    let short = status
+        .lines()
+        .find(|l| l.starts_with("short "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        short.contains("SUCCEEDED_NO_OP") && short.contains(" 3"),
+        "the result recorded while away counts: {status}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_dir(
+            state.join("attempts")
+        )
+        .map(|d| d.count())
+        .unwrap_or(1)
+            == 0),
+        "acknowledged attempts are cleaned up"
+    );
+}

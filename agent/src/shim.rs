@@ -1,0 +1,179 @@
+//! The task supervisor ("shim") that lets a task outlive its agent.
+//!
+//! With `--state-dir`, the agent does not run `sh -c` itself: it starts `factotum-agent --shim
+//! <attempt dir>`, which runs the command, appends every output line to `<dir>/output` and
+//! writes the exit code to `<dir>/exit` when the task ends — whether or not the agent is still
+//! there. A restarted agent finds the attempt directories, reports the recorded results and
+//! adopts the tasks still running (re-attaching them to the coordinator), so a restart neither
+//! loses nor duplicates a task.
+//!
+//! Framing, on the shim's stdout and in `<dir>/output`: one line per event, `1<line>` for the
+//! task's stdout, `2<line>` for its stderr; stdout also ends with `X<code> <nanos>`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use std::time::{Duration, Instant};
+
+use factotum_common::tail::Tail;
+
+/// Files of one attempt directory.
+pub const LEASE: &str = "lease";
+pub const OUTPUT: &str = "output";
+pub const EXIT: &str = "exit";
+pub const PID: &str = "pid";
+
+/// What the shim recorded when the task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub code: i32,
+    pub duration: Duration,
+}
+
+/// Reads `<dir>/exit`, if the task has ended.
+pub fn read_exit(dir: &Path) -> Option<Recorded> {
+    let text = fs::read_to_string(dir.join(EXIT)).ok()?;
+    let mut parts = text.split_whitespace();
+    let code = parts.next()?.parse().ok()?;
+    let nanos: u64 = parts.next()?.parse().ok()?;
+    Some(Recorded {
+        code,
+        duration: Duration::from_nanos(nanos),
+    })
+}
+
+/// The last `max` characters of each stream in `<dir>/output`.
+pub fn read_tails(dir: &Path, max: usize) -> (String, String) {
+    let (mut out, mut err) = (Tail::new(max), Tail::new(max));
+    if let Ok(f) = File::open(dir.join(OUTPUT)) {
+        for line in BufReader::new(f).lines().map_while(Result::ok) {
+            match line.split_at_checked(1) {
+                Some(("1", rest)) => out.push_line(rest),
+                Some(("2", rest)) => err.push_line(rest),
+                _ => {}
+            }
+        }
+    }
+    (out.as_str().to_string(), err.as_str().to_string())
+}
+
+/// Whether `pid` is a live shim (not a zombie, not a recycled pid of something else).
+pub fn shim_alive(pid: i32) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    !zombie && cmdline.split(|b| *b == 0).any(|arg| arg == b"--shim")
+}
+
+/// The shim's main: runs `command_line` with `sh -c` in this process group and records it in
+/// `dir`. Returns the process exit code for the shim itself.
+pub fn run(dir: &Path, command_line: &str) -> i32 {
+    // A TERM or INT sent to the task's process group must not stop the shim before it has
+    // recorded the exit code: handle them (handlers, unlike an ignored disposition, are reset
+    // for the task by exec).
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let _ =
+            signal_hook::flag::register(sig, Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    }
+    let begun = Instant::now();
+    let record = |line: &str| {
+        let _ = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(OUTPUT))
+            .and_then(|mut f| writeln!(f, "{line}"));
+    };
+    let stdout = Mutex::new(std::io::stdout());
+    let emit = |line: &str| {
+        record(line);
+        // The agent may be gone: its pipe then fails, and the file is what counts.
+        let mut out = stdout.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    let child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command_line)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let (code, ok) = match child {
+        Ok(mut child) => {
+            let pipes = [
+                child
+                    .stdout
+                    .take()
+                    .map(|p| (Box::new(p) as Box<dyn Read + Send>, '1')),
+                child
+                    .stderr
+                    .take()
+                    .map(|p| (Box::new(p) as Box<dyn Read + Send>, '2')),
+            ];
+            std::thread::scope(|scope| {
+                for (pipe, tag) in pipes.into_iter().flatten() {
+                    let emit = &emit;
+                    scope.spawn(move || {
+                        let mut reader = BufReader::new(pipe);
+                        let mut buf = Vec::new();
+                        while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
+                            if buf.last() == Some(&b'\n') {
+                                buf.pop();
+                                if buf.last() == Some(&b'\r') {
+                                    buf.pop();
+                                }
+                            }
+                            emit(&format!("{tag}{}", String::from_utf8_lossy(&buf)));
+                            buf.clear();
+                        }
+                    });
+                }
+            });
+            match child.wait() {
+                Ok(s) => (
+                    s.code()
+                        .unwrap_or(if s.signal().is_some() { 1 } else { -1 }),
+                    true,
+                ),
+                Err(_) => (-1, false),
+            }
+        }
+        Err(e) => {
+            emit(&format!("2Error executing process - {e}"));
+            (-1, false)
+        }
+    };
+    let nanos = u64::try_from(begun.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let tmp = dir.join(format!("{EXIT}.tmp"));
+    let _ = fs::write(&tmp, format!("{code} {nanos}\n"))
+        .and_then(|()| fs::rename(&tmp, dir.join(EXIT)));
+    emit(&format!("X{code} {nanos}"));
+    i32::from(!ok)
+}
+
+/// Prepares an attempt directory and returns the command that starts its shim.
+pub fn command(exe: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--shim").arg(dir).process_group(0);
+    cmd
+}
+
+/// `<state dir>/attempts/<run>-<task>-<attempt>`.
+pub fn attempt_dir(state_dir: &Path, run: &str, task: u32, attempt: u32) -> PathBuf {
+    state_dir
+        .join("attempts")
+        .join(format!("{run}-{task}-{attempt}"))
+}

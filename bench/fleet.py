@@ -77,13 +77,17 @@ def parse_time(ts):
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
+# Extra agent flags: `--state-dir` when the benchmark runs with task supervisors.
+STATE = lambda work: ()
+
+
 def hop_latency(bin_dir, runs):
     hops = []
     with tempfile.TemporaryDirectory() as work:
         ff = os.path.join(work, "chain.factfile")
         factfile(ff, "chain-200", [(f"t{i}", [f"t{i-1}"] if i else []) for i in range(200)])
         for r in range(runs):
-            fleet = Fleet(bin_dir, work, agents=1, agent_args=("--log-format", "json"),
+            fleet = Fleet(bin_dir, work, agents=1, agent_args=("--log-format", "json", *STATE(work)),
                           agent_env={"RUST_LOG": "factotum_agent::executor=debug"})
             fleet.submit_wait(ff)
             fleet.stop()
@@ -105,7 +109,7 @@ def hop_latency(bin_dir, runs):
     hops.sort()
     p50 = hops[len(hops) // 2]
     p99 = hops[int(len(hops) * 0.99)]
-    print(f"hop latency (chain of 200 true, {runs} runs, {len(hops)} hops): p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+    print(f"hop latency (chain of 200 true, {runs} runs, {len(hops)} hops{', --state-dir' if STATE('') else ''}): p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
           f"max {hops[-1]:.2f} ms", flush=True)
 
 
@@ -113,7 +117,7 @@ def throughput(bin_dir, runs):
     with tempfile.TemporaryDirectory() as work:
         ff = os.path.join(work, "wide.factfile")
         factfile(ff, "independent-2000", [(f"t{i}", []) for i in range(2000)])
-        fleet = Fleet(bin_dir, work, agents=4, agent_args=("--slots", "0"))
+        fleet = Fleet(bin_dir, work, agents=4, agent_args=("--slots", "0", *STATE(work)))
         fleet_times, local_times = [], []
         for _ in range(runs):
             fleet_times.append(fleet.submit_wait(ff, "--placement", "spread"))
@@ -122,7 +126,8 @@ def throughput(bin_dir, runs):
             local_times.append(time.perf_counter() - t0)
         fleet.stop()
     f, l = statistics.median(fleet_times), statistics.median(local_times)
-    print(f"throughput (2000 independent true over 4 agents, spread, median of {runs}): "
+    print(f"throughput (2000 independent true over 4 agents, spread, median of {runs}"
+          f"{', --state-dir' if STATE('') else ''}): "
           f"{2000 / f:.0f} tasks/s (run took {f * 1000:.0f} ms); local runner {2000 / l:.0f} tasks/s "
           f"({l * 1000:.0f} ms); fleet/local ratio {l / f:.2f}", flush=True)
 
@@ -174,7 +179,11 @@ def main():
     ap.add_argument("--bin", default=os.path.join(TARGET, "release"))
     ap.add_argument("--scale", default="1000,5000")
     ap.add_argument("--only", choices=["hop", "throughput", "scale"])
+    ap.add_argument("--state-dir", action="store_true", help="agents run tasks under their supervisor (--state-dir)")
     args = ap.parse_args()
+    if args.state_dir:
+        global STATE
+        STATE = lambda work: ("--state-dir", os.path.join(work, f"state-{time.monotonic_ns()}"))
     if args.only in (None, "hop"):
         hop_latency(args.bin, args.runs)
     if args.only in (None, "throughput"):

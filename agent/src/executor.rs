@@ -57,7 +57,10 @@ pub async fn execute(
     let mut cmd = match &spec.shim {
         Some((exe, dir)) => {
             let mut c = Command::new(exe);
-            c.arg("--shim").arg(dir);
+            if !exe.ends_with("factotum-shim") {
+                c.arg("--shim");
+            }
+            c.arg(dir);
             c
         }
         None => {

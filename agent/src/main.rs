@@ -87,17 +87,14 @@ fn notify(state: &[sd_notify::NotifyState]) {
 }
 
 fn main() -> anyhow::Result<()> {
-    // `factotum-agent --shim <attempt dir>`: the per-task supervisor (see factotum_agent::shim).
+    // `factotum-agent --shim <attempt dir>`: the per-task supervisor, when the separate
+    // `factotum-shim` binary is not installed beside the agent (see factotum_agent::shim).
     let mut argv = std::env::args_os().skip(1);
     if argv.next().is_some_and(|a| a == "--shim") {
         let Some(dir) = argv.next().map(std::path::PathBuf::from) else {
             bail!("--shim needs a directory")
         };
-        let lease = std::fs::read(dir.join(shim::LEASE))
-            .with_context(|| format!("no lease in {}", dir.display()))?;
-        let lease = <factotum_proto::Lease as prost::Message>::decode(lease.as_slice())
-            .context("unreadable lease")?;
-        std::process::exit(shim::run(&dir, &lease.command_line));
+        std::process::exit(shim::main(&dir));
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,10 +137,7 @@ async fn agent() -> anyhow::Result<()> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
         kill_grace: seconds("kill-grace", args.kill_grace)?,
         shim_exe: match &args.state_dir {
-            Some(_) => Some(
-                std::env::current_exe()
-                    .context("cannot find my own executable for the task supervisor")?,
-            ),
+            Some(_) => Some(shim_exe()?),
             None => None,
         },
         state_dir: args.state_dir.clone(),
@@ -266,6 +260,14 @@ async fn agent() -> anyhow::Result<()> {
     }
     tracing::info!(unreported = agent.unacked(), "agent stopped");
     Ok(())
+}
+
+/// The task supervisor: `factotum-shim` beside this binary, else this binary itself (`--shim`).
+fn shim_exe() -> anyhow::Result<std::path::PathBuf> {
+    let me =
+        std::env::current_exe().context("cannot find my own executable for the task supervisor")?;
+    let small = me.with_file_name("factotum-shim");
+    Ok(if small.exists() { small } else { me })
 }
 
 /// After the drain grace, time allowed to report the stopped tasks' results.

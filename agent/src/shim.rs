@@ -12,7 +12,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -164,11 +164,18 @@ pub fn run(dir: &Path, command_line: &str) -> i32 {
     i32::from(!ok)
 }
 
-/// Prepares an attempt directory and returns the command that starts its shim.
-pub fn command(exe: &Path, dir: &Path) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.arg("--shim").arg(dir).process_group(0);
-    cmd
+/// The shim's entry point: reads the lease in `dir` and runs it (see [`run`]).
+pub fn main(dir: &Path) -> i32 {
+    let lease = fs::read(dir.join(LEASE))
+        .ok()
+        .and_then(|b| <factotum_proto::Lease as prost::Message>::decode(b.as_slice()).ok());
+    match lease {
+        Some(lease) => run(dir, &lease.command_line),
+        None => {
+            eprintln!("factotum-shim: no readable lease in {}", dir.display());
+            3
+        }
+    }
 }
 
 /// `<state dir>/attempts/<run>-<task>-<attempt>`.

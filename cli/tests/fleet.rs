@@ -222,6 +222,15 @@ fn a_killed_agent_fails_its_tasks_after_lost_after() {
     ]))
     .contains("RUNNING")));
     a.0.kill().unwrap(); // SIGKILL
+                         // Failed within --lost-after (2 s) plus a few seconds.
+    let failed = eventually(Duration::from_secs(6), || {
+        stdout(&run(&["status", &id, "--coordinator", &c.url])).contains("state     FAILED")
+    });
+    assert!(
+        failed,
+        "{}",
+        stdout(&run(&["status", &id, "--coordinator", &c.url]))
+    );
     let o = run(&["watch", &id, "--coordinator", &c.url]);
     assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
     assert!(

@@ -21,11 +21,41 @@ pub fn factotum() -> Command {
     c
 }
 
+/// Runs `factotum` to its end; a run that hangs for two minutes is killed and fails the test.
 pub fn run(args: &[&str]) -> Output {
-    factotum()
+    use std::process::Stdio;
+    let mut child = factotum()
         .args(args)
-        .output()
-        .expect("the factotum binary runs")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the factotum binary runs");
+    let pipe = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = vec![];
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = pipe(Box::new(child.stdout.take().unwrap()));
+    let err = pipe(Box::new(child.stderr.take().unwrap()));
+    let limit = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > limit {
+            let _ = child.kill();
+            panic!("factotum {args:?} did not finish within 2 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
 }
 
 pub fn stdout(o: &Output) -> String {

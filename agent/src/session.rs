@@ -339,7 +339,7 @@ impl Agent {
                     done.duration,
                 );
                 self.unacked.insert(r.key(), f);
-            } else if let Some(pid) = pid.filter(|p| shim::shim_alive(*p)) {
+            } else if let Some(pid) = pid.filter(|p| shim::shim_alive(*p, &dir)) {
                 tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, pid, "adopting a task still running");
                 let cancel = CancellationToken::new();
                 self.running.insert(r.key(), (r.clone(), cancel.clone()));
@@ -513,7 +513,7 @@ async fn adopt(
             let _ = events.send(AttemptEvent::Done(r.key(), f)).await;
             return;
         }
-        if !shim::shim_alive(pid) {
+        if !shim::shim_alive(pid, &dir) {
             let (out, err) = shim::read_tails(&dir, max_output);
             let outcome = if killing.is_some() {
                 finished::Outcome::ExitCode(1) // we killed it: a signal counts as 1

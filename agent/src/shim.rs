@@ -61,8 +61,9 @@ pub fn read_tails(dir: &Path, max: usize) -> (String, String) {
     (out.as_str().to_string(), err.as_str().to_string())
 }
 
-/// Whether `pid` is a live shim (not a zombie, not a recycled pid of something else).
-pub fn shim_alive(pid: i32) -> bool {
+/// Whether `pid` is a live shim for `dir` (not a zombie, not a recycled pid of something else:
+/// its command line names the attempt directory).
+pub fn shim_alive(pid: i32, dir: &Path) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
@@ -71,7 +72,8 @@ pub fn shim_alive(pid: i32) -> bool {
         .rsplit(')')
         .next()
         .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-    !zombie && cmdline.split(|b| *b == 0).any(|arg| arg == b"--shim")
+    let dir = dir.as_os_str().as_encoded_bytes();
+    !zombie && cmdline.split(|b| *b == 0).any(|arg| arg == dir)
 }
 
 /// The shim's main: runs `command_line` with `sh -c` in this process group and records it in

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use factotum_common::constraint::{self, Constraint};
-use factotum_common::format::human;
+use factotum_common::format::{error_chain, human};
 use factotum_common::run::JobState;
 use factotum_common::tags::parse_tags;
 use factotum_coordinator::{convert, spec, WatchEvent};
@@ -67,17 +67,6 @@ async fn connect(url: &str) -> Result<JobsClient<Channel>, Failure> {
         .await
         .map_err(|e| unreachable(&error_chain(&e)))?;
     Ok(JobsClient::new(channel))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// A refused request, with the exit code `factotum run` would give the same problem.

@@ -263,25 +263,13 @@ fn cancel_kills_the_remote_process_group() {
         ),
     );
     let id = stdout(&submit(&c.url, &ff, &[])).trim().to_string();
-    assert!(eventually(Duration::from_secs(10), || {
-        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
-    }));
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(&pidfile);
     let o = run(&["cancel", &id, "--coordinator", &c.url]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = run(&["watch", &id, "--coordinator", &c.url]);
     assert_eq!(o.status.code(), Some(2));
-    let gone = eventually(Duration::from_secs(5), || {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z ")
-    });
-    assert!(gone, "the task's child {pid} survived the cancel");
+    let ended = eventually(Duration::from_secs(5), || gone(pid));
+    assert!(ended, "the task's child {pid} survived the cancel");
 }
 
 #[test]
@@ -485,21 +473,9 @@ fn an_agent_cut_off_too_long_stops_its_tasks_and_reports_them_when_back() {
         ),
     );
     let id = stdout(&submit(&c.url, &ff, &[])).trim().to_string();
-    assert!(eventually(Duration::from_secs(10), || {
-        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
-    }));
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(&pidfile);
     proxy.cut();
-    let killed = eventually(Duration::from_secs(10), || {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z ")
-    });
+    let killed = eventually(Duration::from_secs(10), || gone(pid));
     assert!(killed, "the agent did not stop its task while cut off");
     proxy.restore();
     let o = run(&["watch", &id, "--coordinator", &c.url]);

@@ -9,13 +9,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::*;
 
-fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
 fn run_and_signal(sig: Signal, command: &str, extra: &[&str]) -> (std::process::Output, Dir, i32) {
     let d = Dir::new();
     let pidfile = d.file("task.pid");
@@ -43,15 +36,8 @@ fn run_and_signal(sig: Signal, command: &str, extra: &[&str]) -> (std::process::
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(eventually(Duration::from_secs(10), || {
-        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
-    }));
+    let task_pid = read_pid(&pidfile);
     std::thread::sleep(Duration::from_millis(200));
-    let task_pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     kill(Pid::from_raw(child.id() as i32), sig).unwrap();
     let o = child.wait_with_output().unwrap();
     let t = transitions(&rx.payloads());
@@ -71,7 +57,7 @@ fn run_and_signal(sig: Signal, command: &str, extra: &[&str]) -> (std::process::
 fn sigterm_stops_the_running_task_and_skips_the_rest() {
     let (o, _d, pid) = run_and_signal(Signal::SIGTERM, "sleep 30", &[]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(!alive(pid), "the task's process survived");
+    assert!(gone(pid), "the task's process survived");
     assert!(!stdout(&o).contains("must not run"));
     assert!(stderr(&o).contains("received SIGTERM"), "{}", stderr(&o));
 }
@@ -84,5 +70,5 @@ fn sigint_kills_a_task_that_ignores_term_after_the_grace() {
         &["--kill-grace", "0.5"],
     );
     assert_eq!(o.status.code(), Some(2));
-    assert!(!alive(pid), "the TERM-ignoring task survived the KILL");
+    assert!(gone(pid), "the TERM-ignoring task survived the KILL");
 }

@@ -51,6 +51,18 @@ pub fn console_time(t: DateTime<Utc>) -> String {
     t.to_string()
 }
 
+/// An error with its sources, `outer: inner: innermost`, for messages a person reads.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -662,19 +662,11 @@ impl<S: Store> Core<S> {
                 draining: false,
             },
         );
-        for (run, task, attempt) in vanished {
-            self.leases.remove(&(Arc::clone(&run), task, attempt));
-            let reason = format!("agent {agent_id} restarted without the task");
-            self.apply(
-                &run,
-                Event::Finished {
-                    task,
-                    attempt,
-                    result: lost(reason),
-                },
-            )
-            .await;
-        }
+        self.fail_attempts(
+            vanished,
+            &format!("agent {agent_id} restarted without the task"),
+        )
+        .await;
         // Slots in use: every attempt it holds, running or with a result on its way.
         let held = self.leases.values().filter(|a| **a == agent_id).count();
         if let Some(agent) = self.agents.get_mut(&agent_id) {
@@ -713,21 +705,27 @@ impl<S: Store> Core<S> {
             .filter(|(_, a)| *a == agent_id)
             .map(|(k, _)| k.clone())
             .collect();
-        for (run, task, attempt) in lost_attempts {
+        self.fail_attempts(lost_attempts, &format!("agent {agent_id} lost"))
+            .await;
+        self.forget_sticky(agent_id);
+        self.dispatch_all().await;
+    }
+
+    /// Ends these attempts without a result: FAILED with `reason`, and the usual cascade.
+    async fn fail_attempts(&mut self, attempts: Vec<AttemptKey>, reason: &str) {
+        for (run, task, attempt) in attempts {
             self.leases.remove(&(Arc::clone(&run), task, attempt));
-            let reason = format!("agent {agent_id} lost");
+            let result = lost(reason.to_string());
             self.apply(
                 &run,
                 Event::Finished {
                     task,
                     attempt,
-                    result: lost(reason),
+                    result,
                 },
             )
             .await;
         }
-        self.forget_sticky(agent_id);
-        self.dispatch_all().await;
     }
 
     fn forget_sticky(&mut self, agent_id: &Arc<str>) {

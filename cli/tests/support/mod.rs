@@ -231,6 +231,30 @@ fn serve(
     }
 }
 
+/// Waits (up to 10 s) for a task to write its pid, newline-terminated, into `file`.
+pub fn read_pid(file: &Path) -> i32 {
+    let written = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    assert!(written, "no pid in {}", file.display());
+    std::fs::read_to_string(file)
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// Whether process `pid` is gone (a zombie counts as gone).
+pub fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
 /// Polls `f` until it holds or `limit` passes.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;

@@ -180,15 +180,27 @@ pub async fn execute(
     }
 }
 
-/// A process's end as Factotum counts it: a signal is exit code 1.
+/// A process's exit code as Factotum counts it: killed by a signal is 1.
+pub(crate) fn exit_code(s: std::process::ExitStatus) -> i32 {
+    s.code()
+        .unwrap_or(if s.signal().is_some() { 1 } else { -1 })
+}
+
+/// Drops a line's terminator (`\n` or `\r\n`); returns whether there was one.
+pub(crate) fn strip_newline(line: &mut Vec<u8>) -> bool {
+    if line.last() != Some(&b'\n') {
+        return false;
+    }
+    line.pop();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    true
+}
+
 fn from_status(status: Option<std::io::Result<std::process::ExitStatus>>) -> Outcome {
     match status {
-        Some(Ok(s)) => {
-            Outcome::Exited(
-                s.code()
-                    .unwrap_or(if s.signal().is_some() { 1 } else { -1 }),
-            )
-        }
+        Some(Ok(s)) => Outcome::Exited(exit_code(s)),
         Some(Err(e)) => Outcome::SpawnFailed(format!("waiting for the process failed: {e}")),
         None => Outcome::SpawnFailed("the process vanished".into()),
     }
@@ -234,12 +246,7 @@ async fn next_line(pipe: &mut Option<Pipe>) -> Option<(Stream, String)> {
         }
     }
     let mut line = std::mem::take(&mut p.buf);
-    if line.last() == Some(&b'\n') {
-        line.pop();
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-    } else {
+    if !strip_newline(&mut line) {
         p.closed = true; // a last line without a newline: EOF follows
     }
     Some((p.stream, String::from_utf8_lossy(&line).into_owned()))

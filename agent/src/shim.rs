@@ -12,7 +12,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use factotum_common::tail::Tail;
+
+use crate::executor::{exit_code, strip_newline};
 
 /// Files of one attempt directory.
 pub const LEASE: &str = "lease";
@@ -132,12 +133,7 @@ pub fn run(dir: &Path, command_line: &str) -> i32 {
                         let mut reader = BufReader::new(pipe);
                         let mut buf = Vec::new();
                         while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
-                            if buf.last() == Some(&b'\n') {
-                                buf.pop();
-                                if buf.last() == Some(&b'\r') {
-                                    buf.pop();
-                                }
-                            }
+                            strip_newline(&mut buf);
                             emit(&format!("{tag}{}", String::from_utf8_lossy(&buf)));
                             buf.clear();
                         }
@@ -145,11 +141,7 @@ pub fn run(dir: &Path, command_line: &str) -> i32 {
                 }
             });
             match child.wait() {
-                Ok(s) => (
-                    s.code()
-                        .unwrap_or(if s.signal().is_some() { 1 } else { -1 }),
-                    true,
-                ),
+                Ok(s) => (exit_code(s), true),
                 Err(_) => (-1, false),
             }
         }

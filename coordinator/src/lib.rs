@@ -4,6 +4,8 @@
 pub mod api;
 pub mod convert;
 pub mod engine;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod spec;
 pub mod store;
 pub mod webhook;

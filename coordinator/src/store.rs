@@ -21,6 +21,9 @@ pub enum StoreOp {
 pub enum StoreError {
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// A fenced write failed its compare: this coordinator is no longer the leader.
+    #[error("this coordinator is no longer the leader")]
+    Fenced,
 }
 
 pub trait Store: Clone + Send + Sync + 'static {

@@ -1,0 +1,150 @@
+//! The etcd store: the same key layout as the memory store under a prefix, every batch one etcd
+//! transaction, fenced on the leader key when the coordinator holds leadership.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+
+use crate::store::{Store, StoreError, StoreOp, MAX_OPS_PER_COMMIT};
+
+/// How to reach etcd.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Every key lives under this prefix (default `/factotum`).
+    pub prefix: String,
+    pub user: Option<(String, String)>,
+    /// PEM files: the CA to trust, and a client certificate and key for mutual TLS.
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// The leader key and its create revision: every write of a leader is conditional on it.
+pub type Fence = Arc<RwLock<Option<(Vec<u8>, i64)>>>;
+
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    fence: Fence,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl EtcdStore {
+    pub async fn connect(cfg: &EtcdConfig) -> Result<EtcdStore, StoreError> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        if let Some((user, password)) = &cfg.user {
+            opts = opts.with_user(user, password);
+        }
+        if cfg.ca.is_some() || cfg.cert.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &cfg.ca {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| unavailable(format!("cannot read {}: {e}", ca.display())))?;
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
+            }
+            if let Some((cert, key)) = &cfg.cert {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p)
+                        .map_err(|e| unavailable(format!("cannot read {}: {e}", p.display())))
+                };
+                tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            opts = opts.with_tls(tls);
+        }
+        let client = Client::connect(&cfg.endpoints, Some(opts))
+            .await
+            .map_err(unavailable)?;
+        let prefix = if cfg.prefix.is_empty() {
+            "/factotum".to_string()
+        } else {
+            cfg.prefix.trim_end_matches('/').to_string()
+        };
+        Ok(EtcdStore {
+            client,
+            prefix,
+            fence: Fence::default(),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The key prefix, without a trailing slash.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The fence shared with the leader election.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}/{key}", self.prefix)
+    }
+}
+
+impl Store for EtcdStore {
+    async fn commit(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        let fence = self.fence.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut kv = self.client.kv_client();
+        for chunk in ops.chunks(MAX_OPS_PER_COMMIT) {
+            let txn_ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|op| match op {
+                    StoreOp::Put { key, value } => TxnOp::put(self.key(key), value.clone(), None),
+                    StoreOp::Delete { key } => TxnOp::delete(self.key(key), None),
+                })
+                .collect();
+            let txn = match &fence {
+                Some((key, rev)) => Txn::new().when(vec![Compare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    *rev,
+                )]),
+                None => Txn::new(),
+            }
+            .and_then(txn_ops);
+            let resp = kv.txn(txn).await.map_err(unavailable)?;
+            if !resp.succeeded() {
+                return Err(StoreError::Fenced);
+            }
+        }
+        Ok(())
+    }
+
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut kv = self.client.kv_client();
+        let resp = kv
+            .get(self.key(prefix), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        let strip = self.prefix.len() + 1;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = std::str::from_utf8(kv.key()).ok()?;
+                Some((key.get(strip..)?.to_string(), kv.value().to_vec()))
+            })
+            .collect())
+    }
+}

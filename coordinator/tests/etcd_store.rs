@@ -1,0 +1,94 @@
+#![cfg(feature = "etcd")]
+//! The etcd store against a real etcd.
+
+mod support;
+
+use factotum_coordinator::etcd::{EtcdConfig, EtcdStore};
+use factotum_coordinator::{Store, StoreError, StoreOp};
+
+fn put(k: &str, v: &str) -> StoreOp {
+    StoreOp::Put {
+        key: k.into(),
+        value: v.as_bytes().to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn commits_scan_and_prefixes() {
+    let etcd = support::Etcd::start().await;
+    let cfg = |prefix: &str| EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: prefix.into(),
+        ..Default::default()
+    };
+    let a = EtcdStore::connect(&cfg("/a")).await.unwrap();
+    let b = EtcdStore::connect(&cfg("/b")).await.unwrap();
+    // More ops than one etcd transaction takes: committed in several.
+    let many: Vec<StoreOp> = (0..300)
+        .map(|i| put(&format!("runs/r1/tasks/{i:08}"), "x"))
+        .collect();
+    a.commit(many).await.unwrap();
+    a.commit(vec![
+        put("runs/r1/state", "RUNNING"),
+        StoreOp::Delete {
+            key: "runs/r1/tasks/00000000".into(),
+        },
+    ])
+    .await
+    .unwrap();
+    let got = a.scan("runs/r1/").await.unwrap();
+    assert_eq!(got.len(), 300, "299 tasks and the state");
+    assert!(got
+        .iter()
+        .any(|(k, v)| k == "runs/r1/state" && v == b"RUNNING"));
+    assert!(
+        b.scan("runs/").await.unwrap().is_empty(),
+        "prefixes keep coordinators apart"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_fence_refuses_the_write() {
+    let etcd = support::Etcd::start().await;
+    let cfg = EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        ..Default::default()
+    };
+    let store = EtcdStore::connect(&cfg).await.unwrap();
+    let mut kv = store.client().kv_client();
+    let leader = kv.put("/factotum/leader", "me", None).await.unwrap();
+    let rev = leader.header().unwrap().revision();
+    *store.fence().write().unwrap() = Some((b"/factotum/leader".to_vec(), rev));
+    store.commit(vec![put("k", "1")]).await.unwrap();
+    // Someone else becomes leader: the key is re-created with a newer revision.
+    kv.delete("/factotum/leader", None).await.unwrap();
+    kv.put("/factotum/leader", "other", None).await.unwrap();
+    let err = store.commit(vec![put("k", "2")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced), "{err}");
+    assert_eq!(store.scan("k").await.unwrap()[0].1, b"1");
+}
+
+#[tokio::test]
+async fn an_unreachable_etcd_is_unavailable_then_recovers() {
+    let mut etcd = support::Etcd::start().await;
+    let cfg = EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        ..Default::default()
+    };
+    let store = EtcdStore::connect(&cfg).await.unwrap();
+    store.commit(vec![put("k", "1")]).await.unwrap();
+    etcd.kill();
+    let err = store.commit(vec![put("k", "2")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    etcd.restart().await;
+    let mut ok = false;
+    for _ in 0..50 {
+        if store.commit(vec![put("k", "3")]).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the store did not recover once etcd was back");
+    assert_eq!(store.scan("k").await.unwrap()[0].1, b"3");
+}

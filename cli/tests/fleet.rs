@@ -569,3 +569,89 @@ fn an_agent_restarted_mid_task_adopts_its_tasks_without_running_them_twice() {
         "acknowledged attempts are cleaned up"
     );
 }
+
+#[test]
+fn a_coordinator_killed_mid_run_is_replaced_from_etcd_and_nothing_runs_twice() {
+    let etcd = support::fleet::Etcd::start();
+    let hooks = Receiver::start();
+    let first = Coordinator::start(&[
+        "--etcd",
+        &etcd.endpoint,
+        "--webhook",
+        &hooks.url,
+        "--failover-grace",
+        "20",
+    ]);
+    let port = first.port();
+    let _a = agent(&first.url, "steady", None, &[]);
+    wait_for_agents(&first.url, 1);
+    let d = Dir::new();
+    let audit = d.file("audit");
+    let a = audit.display();
+    let ff = d.write(
+        "durable.factfile",
+        &factfile(
+            "durable",
+            vec![
+                task("one", &format!("echo one >> '{a}'; sleep 2"), &[], &[]),
+                task("two", &format!("echo two >> '{a}'"), &[], &["one"]),
+            ],
+        ),
+    );
+    let id = stdout(&submit(&first.url, &ff, &[])).trim().to_string();
+    assert!(eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&audit).is_ok_and(|s| s.contains("one"))
+    }));
+    drop(first); // SIGKILL, mid-task
+    let second = Coordinator::start(&[
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--etcd",
+        &etcd.endpoint,
+        "--webhook",
+        &hooks.url,
+    ]);
+    let o = run(&["watch", &id, "--coordinator", &second.url]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let lines: Vec<String> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines,
+        ["one", "two"],
+        "the running task was adopted, not restarted"
+    );
+    let status = stdout(&run(&["status", &id, "--coordinator", &second.url]));
+    assert!(status.contains("state     SUCCEEDED"), "{status}");
+    // Every transition reached the webhook at least once; in order once deduplicated by event id.
+    assert!(eventually(Duration::from_secs(10), || transitions(
+        &rx_dedup(&hooks)
+    )
+    .last()
+    .is_some_and(|t| t == "job RUNNING->SUCCEEDED")));
+    let t = transitions(&rx_dedup(&hooks));
+    assert_eq!(
+        t,
+        [
+            "job null->WAITING",
+            "job WAITING->RUNNING",
+            "one WAITING->RUNNING",
+            "one RUNNING->SUCCEEDED",
+            "two WAITING->RUNNING",
+            "two RUNNING->SUCCEEDED",
+            "job RUNNING->SUCCEEDED"
+        ]
+    );
+}
+
+/// Payloads deduplicated by their `webhook-id`, in arrival order.
+fn rx_dedup(rx: &Receiver) -> Vec<serde_json::Value> {
+    let mut seen = std::collections::HashSet::new();
+    rx.received()
+        .into_iter()
+        .filter(|r| seen.insert(r.header("webhook-id").unwrap_or_default().to_string()))
+        .map(|r| r.json())
+        .collect()
+}

@@ -130,6 +130,18 @@ impl Plan {
         Ok(Self::build(ff, Some(&keep)))
     }
 
+    /// Plans exactly these tasks of the factfile (a recorded plan, rebuilt after a failover).
+    pub fn subset(ff: &Factfile, names: &[String]) -> Plan {
+        let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+        let keep: Vec<bool> = ff
+            .data
+            .tasks
+            .iter()
+            .map(|t| wanted.contains(t.name.as_str()))
+            .collect();
+        Self::build(ff, Some(&keep))
+    }
+
     fn build(ff: &Factfile, keep: Option<&[bool]>) -> Plan {
         let src: Vec<(usize, &Task)> = ff
             .data

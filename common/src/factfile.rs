@@ -118,6 +118,14 @@ impl Factfile {
         })
     }
 
+    /// Reads back a factfile this program produced with [`Factfile::compact_json`]: validated
+    /// again, but not templated a second time.
+    pub fn parse_compact(text: &str) -> Result<Factfile, FactfileError> {
+        let ff = Self::parse_schema(text)?;
+        ff.check_rules()?;
+        Ok(ff)
+    }
+
     /// The compact JSON used for `jobReference` and the webhook `factfile` field.
     pub fn compact_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

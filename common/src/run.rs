@@ -16,8 +16,9 @@ use chrono::{DateTime, Utc};
 use crate::dag::{Plan, TaskId};
 use crate::tail::Tail;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum TaskState {
+    #[default]
     Waiting,
     Running,
     Succeeded,
@@ -228,6 +229,19 @@ pub struct TaskRecord {
     unmet: u32,
 }
 
+/// A task as recorded, for [`RunState::restore`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoredTask {
+    pub state: TaskState,
+    pub attempt: u32,
+    pub started: Option<DateTime<Utc>>,
+    pub duration: Option<Duration>,
+    pub stdout: String,
+    pub stderr: String,
+    pub return_code: Option<i32>,
+    pub error_message: Option<String>,
+}
+
 /// Options fixed for a run.
 #[derive(Debug, Clone, Copy)]
 pub struct RunOptions {
@@ -293,8 +307,65 @@ impl RunState {
         }
     }
 
+    /// Rebuilds a run from what was recorded of it (by a coordinator that has since gone).
+    /// Tasks without a record are waiting. Readiness and counts are derived, not stored.
+    pub fn restore(
+        plan: Arc<Plan>,
+        started_at: DateTime<Utc>,
+        opts: RunOptions,
+        job: JobState,
+        cancelled: Option<String>,
+        records: Vec<Option<RestoredTask>>,
+    ) -> RunState {
+        let mut run = RunState::new(plan, started_at, opts);
+        run.job = job;
+        run.cancelled = cancelled;
+        for (rec, saved) in run.tasks.iter_mut().zip(records) {
+            let Some(t) = saved else { continue };
+            rec.state = t.state;
+            rec.attempt = t.attempt;
+            rec.started = t.started;
+            rec.duration = t.duration;
+            rec.stdout = tail_of(&t.stdout, opts.max_output);
+            rec.stderr = tail_of(&t.stderr, opts.max_output);
+            rec.return_code = t.return_code;
+            rec.error_message = t.error_message;
+        }
+        let plan = Arc::clone(&run.plan);
+        for (i, spec) in plan.tasks.iter().enumerate() {
+            run.tasks[i].unmet = spec
+                .deps
+                .iter()
+                .filter(|&&d| run.tasks[d as usize].state != TaskState::Succeeded)
+                .count() as u32;
+        }
+        run.remaining = run.tasks.iter().filter(|t| !t.state.is_terminal()).count();
+        for &t in &plan.order {
+            match run.tasks[t as usize].state {
+                TaskState::Failed => {
+                    run.first_failed.get_or_insert(t);
+                }
+                TaskState::SucceededNoOp => {
+                    run.first_no_op.get_or_insert(t);
+                }
+                TaskState::Waiting
+                    if run.tasks[t as usize].unmet == 0 && run.cancelled.is_none() =>
+                {
+                    run.ready.push(t)
+                }
+                _ => {}
+            }
+        }
+        run
+    }
+
     pub fn plan(&self) -> &Arc<Plan> {
         &self.plan
+    }
+
+    /// Why the run was cancelled, if it was.
+    pub fn cancelled(&self) -> Option<&str> {
+        self.cancelled.as_deref()
     }
 
     pub fn job_state(&self) -> JobState {

@@ -13,18 +13,18 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use factotum_common::constraint::{Constraint, Identity};
 use factotum_common::dag::{Plan, TaskId};
-use factotum_common::format::timestamp;
 use factotum_common::run::{
     Action, Event, JobState, Outcome, RunOptions, RunState, Stream, TaskResult, TaskState, Update,
     UpdateKind,
 };
-use factotum_common::webhook::{payload, RunMeta, TaskStateJson};
+use factotum_common::webhook::{payload, RunMeta};
 use factotum_proto::{
     agent_message, coordinator_message, finished, AgentMessage, CoordinatorMessage, Hello, LeaseRef,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::persist;
 use crate::store::{keys, Store, StoreOp, MAX_OPS_PER_COMMIT};
 use crate::webhook::{Deliverer, Delivery, Undelivered};
 
@@ -45,6 +45,9 @@ pub struct EngineConfig {
     pub agent_heartbeat: Duration,
     /// Finished runs kept for `status` and `runs`.
     pub keep_finished: usize,
+    /// After loading runs from the store, how long agents have to re-attach the attempts
+    /// recorded as running before those count as lost.
+    pub failover_grace: Duration,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             lost_after: None,
             agent_heartbeat: Duration::from_secs(2),
             keep_finished: 1000,
+            failover_grace: Duration::from_secs(30),
         }
     }
 }
@@ -223,6 +227,9 @@ enum Command {
     ListAgents {
         reply: Reply<Vec<AgentInfo>>,
     },
+    Recover {
+        reply: Reply<usize>,
+    },
     AgentHello {
         conn: u64,
         hello: Hello,
@@ -252,6 +259,7 @@ impl Engine {
             agents: HashMap::new(),
             conns: HashMap::new(),
             leases: HashMap::new(),
+            unclaimed: HashMap::new(),
         };
         tokio::spawn(core.run(rx, shutdown));
         Engine { tx, deliverer }
@@ -307,6 +315,12 @@ impl Engine {
     /// Active runs, then finished ones, newest first.
     pub async fn list_runs(&self) -> Result<Vec<RunInfo>, EngineError> {
         self.ask(|reply| Command::ListRuns { reply }).await
+    }
+
+    /// Loads the store's active runs (after a restart or a failover) and queues their pending
+    /// webhooks; returns how many runs it took over.
+    pub async fn recover(&self) -> Result<usize, EngineError> {
+        self.ask(|reply| Command::Recover { reply }).await
     }
 
     pub async fn list_agents(&self) -> Result<Vec<AgentInfo>, EngineError> {
@@ -430,6 +444,8 @@ struct Core<S: Store> {
     conns: HashMap<u64, Arc<str>>,
     /// Which agent holds each live attempt.
     leases: HashMap<AttemptKey, Arc<str>>,
+    /// Attempts recorded as running that no agent has re-attached yet, and until when it may.
+    unclaimed: HashMap<AttemptKey, Instant>,
 }
 
 impl<S: Store> Core<S> {
@@ -541,6 +557,10 @@ impl<S: Store> Core<S> {
                 list.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
                 let _ = reply.send(Ok(list));
             }
+            Command::Recover { reply } => {
+                let r = self.recover().await;
+                let _ = reply.send(r);
+            }
             Command::AgentHello { conn, hello, tx } => self.hello(conn, hello, tx).await,
             Command::FromAgent { conn, msg } => {
                 let Some(agent_id) = self.conns.get(&conn).cloned() else {
@@ -612,6 +632,8 @@ impl<S: Store> Core<S> {
                 .and_then(|run| run.state.task(r.task))
                 .is_some_and(|t| t.attempt == r.attempt && t.state == TaskState::Running);
             if current {
+                self.unclaimed
+                    .remove(&(Arc::clone(&run_id), r.task, r.attempt));
                 self.leases.insert(
                     (Arc::clone(&run_id), r.task, r.attempt),
                     Arc::clone(&agent_id),
@@ -677,6 +699,23 @@ impl<S: Store> Core<S> {
 
     /// Fails the attempts of agents silent for longer than `lost_after`.
     async fn check_liveness(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<AttemptKey> = self
+            .unclaimed
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            self.unclaimed.remove(k);
+        }
+        if !expired.is_empty() {
+            self.fail_attempts(
+                expired,
+                "agent lost: no agent re-attached the task after a coordinator failover",
+            )
+            .await;
+        }
         let Some(limit) = self.cfg.lost_after else {
             return;
         };
@@ -738,6 +777,155 @@ impl<S: Store> Core<S> {
         }
     }
 
+    /// Takes over the active runs recorded in the store.
+    async fn recover(&mut self) -> Result<usize, EngineError> {
+        let mut by_run: BTreeMap<String, HashMap<String, Vec<u8>>> = BTreeMap::new();
+        for (key, value) in self.store.scan("runs/").await? {
+            let Some((id, rest)) = key.strip_prefix("runs/").and_then(|k| k.split_once('/')) else {
+                continue;
+            };
+            by_run
+                .entry(id.to_string())
+                .or_default()
+                .insert(rest.to_string(), value);
+        }
+        let mut taken = 0;
+        let grace = Instant::now() + self.cfg.failover_grace;
+        for (id, keys) in by_run {
+            let id: Arc<str> = Arc::from(id.as_str());
+            if self.runs.contains_key(&id) {
+                continue;
+            }
+            match self.restore_run(&id, &keys).await {
+                Ok(Some(run)) => {
+                    for (t, rec) in run.state.tasks().iter().enumerate() {
+                        if rec.state == TaskState::Running {
+                            self.unclaimed
+                                .insert((Arc::clone(&id), t as TaskId, rec.attempt), grace);
+                        }
+                    }
+                    self.runs.insert(Arc::clone(&id), run);
+                    taken += 1;
+                }
+                Ok(None) => {}
+                Err(why) => tracing::error!(run = %id, "cannot take over the run: {why}"),
+            }
+        }
+        // Webhooks not yet delivered, in order per run, with their original event ids.
+        let mut closed = std::collections::HashSet::new();
+        for (key, value) in self.store.scan("outbox/").await? {
+            let parts: Vec<&str> = key.splitn(4, '/').collect();
+            let [_, run, seq, _] = parts.as_slice() else {
+                continue;
+            };
+            let Some((url, body)) = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.split_once('\n'))
+            else {
+                continue;
+            };
+            let run_id: Arc<str> = Arc::from(*run);
+            self.deliverer.send(Delivery {
+                url: Arc::from(url),
+                run_id: Arc::clone(&run_id),
+                event_id: format!(
+                    "{run}-{}",
+                    seq.trim_start_matches('0').parse::<u64>().unwrap_or(0)
+                ),
+                body: Arc::from(body),
+                outbox_key: key.clone(),
+            });
+            if !self.runs.contains_key(&run_id) {
+                closed.insert(run_id);
+            }
+        }
+        for run in closed {
+            self.deliverer.close_run(&run);
+        }
+        self.dispatch_all().await;
+        Ok(taken)
+    }
+
+    /// One recorded run, rebuilt; `None` for a finished one.
+    async fn restore_run(
+        &self,
+        id: &Arc<str>,
+        keys: &HashMap<String, Vec<u8>>,
+    ) -> Result<Option<Run>, String> {
+        let state: persist::StateRecord =
+            serde_json::from_slice(keys.get("state").ok_or("no state record")?)
+                .map_err(|e| e.to_string())?;
+        let job = state.job_state().ok_or("unknown job state")?;
+        if job.is_terminal() {
+            return Ok(None);
+        }
+        let spec: persist::SpecRecord =
+            serde_json::from_slice(keys.get("spec").ok_or("no spec record")?)
+                .map_err(|e| e.to_string())?;
+        let compact = keys
+            .get("factfile")
+            .and_then(|b| persist::unpack_factfile(b))
+            .ok_or("no readable factfile")?;
+        let ff = factotum_common::Factfile::parse_compact(&compact).map_err(|e| e.to_string())?;
+        let plan = Arc::new(Plan::subset(&ff, &spec.tasks));
+        let records = (0..plan.len())
+            .map(|t| {
+                keys.get(&format!("tasks/{t:08}"))
+                    .and_then(|b| persist::read_task(b))
+            })
+            .collect();
+        let webhooks: Vec<Arc<str>> = self
+            .cfg
+            .webhooks
+            .iter()
+            .chain(&spec.webhooks)
+            .map(|u| Arc::from(u.as_str()))
+            .collect();
+        let opts = RunOptions {
+            max_output: spec.max_output,
+            snapshots: !webhooks.is_empty(),
+        };
+        let constraints: Vec<Constraint> = spec
+            .constraints
+            .iter()
+            .map(persist::ConstraintRecord::to_constraint)
+            .collect();
+        let constraints =
+            tokio::task::spawn_blocking(move || crate::spec::resolve_constraints(constraints))
+                .await
+                .map_err(|e| e.to_string())?;
+        let meta = RunMeta::new(
+            &compact,
+            &spec.job_name,
+            spec.tags.clone(),
+            id.to_string(),
+            spec.start_time,
+        );
+        Ok(Some(Run {
+            id: Arc::clone(id),
+            state: RunState::restore(
+                plan,
+                spec.start_time,
+                opts,
+                job,
+                state.cancelled.clone(),
+                records,
+            ),
+            meta,
+            webhooks,
+            max_output: u32::try_from(spec.max_output).unwrap_or(u32::MAX),
+            dry_run: spec.dry_run,
+            constraints,
+            placement: persist::placement_of(spec.spread),
+            watchers: vec![],
+            sticky: None,
+            task_agent: HashMap::new(),
+            waiting_reason: None,
+            outbox_seq: state.outbox_seq,
+            history: VecDeque::new(),
+        }))
+    }
+
     async fn submit(&mut self, spec: RunSpec) -> Result<Submitted, EngineError> {
         let now = Utc::now();
         let run_ref = factotum_common::reference::run_reference(&spec.uuid);
@@ -760,19 +948,43 @@ impl<S: Store> Core<S> {
             snapshots: !webhooks.is_empty(),
         };
         let id: Arc<str> = Arc::from(run_ref.as_str());
-        let spec_doc = serde_json::json!({
-            "jobName": spec.plan.job_name,
-            "jobReference": meta.job_reference,
-            "factfile": meta.factfile_base64,
-            "tags": spec.tags,
-            "startTime": timestamp(now),
-            "tasks": spec.plan.tasks.iter().map(|t| t.name.as_ref()).collect::<Vec<_>>(),
-        });
+        // Acknowledged only once recorded: what was asked, the factfile, the initial state.
+        let record = persist::SpecRecord {
+            job_name: spec.plan.job_name.clone(),
+            job_reference: meta.job_reference.clone(),
+            start_time: now,
+            tags: spec.tags.clone(),
+            webhooks: spec.webhooks.clone(),
+            constraints: spec
+                .constraints
+                .iter()
+                .map(persist::ConstraintRecord::from_constraint)
+                .collect(),
+            spread: spec.placement == Placement::Spread,
+            max_output: spec.max_output,
+            dry_run: spec.dry_run,
+            tasks: spec.plan.tasks.iter().map(|t| t.name.to_string()).collect(),
+        };
+        let initial = persist::StateRecord {
+            state: JobState::Waiting.as_str().into(),
+            outbox_seq: 0,
+            cancelled: None,
+        };
         self.store
-            .commit(vec![StoreOp::Put {
-                key: keys::run_spec(&id),
-                value: serde_json::to_vec(&spec_doc).unwrap_or_default(),
-            }])
+            .commit(vec![
+                StoreOp::Put {
+                    key: keys::run_spec(&id),
+                    value: serde_json::to_vec(&record).unwrap_or_default(),
+                },
+                StoreOp::Put {
+                    key: keys::run_factfile(&id),
+                    value: persist::pack_factfile(&spec.compact_factfile),
+                },
+                StoreOp::Put {
+                    key: keys::run_state(&id),
+                    value: serde_json::to_vec(&initial).unwrap_or_default(),
+                },
+            ])
             .await?;
         let (wtx, wrx) = mpsc::unbounded_channel();
         let job_reference = meta.job_reference.clone();
@@ -971,12 +1183,16 @@ impl<S: Store> Core<S> {
                 Action::Finished(state) => finished = Some(state),
             }
         }
-        if let Some(state) = finished {
-            ops.push(StoreOp::Put {
-                key: keys::run_state(id),
-                value: state.as_str().as_bytes().to_vec(),
-            });
-        }
+        // The run's state record goes with every batch (job state, outbox sequence, cancel).
+        let state = persist::StateRecord {
+            state: run.state.job_state().as_str().into(),
+            outbox_seq: run.outbox_seq,
+            cancelled: run.state.cancelled().map(str::to_string),
+        };
+        ops.push(StoreOp::Put {
+            key: keys::run_state(id),
+            value: serde_json::to_vec(&state).unwrap_or_default(),
+        });
         for chunk in chunks(ops) {
             if let Err(e) = self.store.commit(chunk).await {
                 tracing::error!(run = %id, error = %e, "could not record the run's state");
@@ -1166,21 +1382,10 @@ fn every(d: Duration) -> tokio::time::Interval {
     i
 }
 
-/// A task's record in the store (`runs/<run>/tasks/<task>`): its `taskStates` entry and attempt.
-#[derive(serde::Serialize)]
-struct StoredTask<'a> {
-    attempt: u32,
-    #[serde(flatten)]
-    state: TaskStateJson<'a>,
-}
-
 /// Store writes and webhook payloads for one update.
 fn record(run: &mut Run, update: &Update, ops: &mut Vec<StoreOp>, deliveries: &mut Vec<Delivery>) {
     match &update.kind {
-        UpdateKind::Job { current, .. } => ops.push(StoreOp::Put {
-            key: keys::run_state(&run.id),
-            value: current.as_str().as_bytes().to_vec(),
-        }),
+        UpdateKind::Job { .. } => {} // the state record is written with every batch
         UpdateKind::Tasks(ts) => {
             for t in ts {
                 if t.previous == t.current && t.current == TaskState::Running {
@@ -1189,10 +1394,7 @@ fn record(run: &mut Run, update: &Update, ops: &mut Vec<StoreOp>, deliveries: &m
                 if let (Some(rec), Some(spec)) =
                     (run.state.task(t.task), run.state.plan().task(t.task))
                 {
-                    let doc = StoredTask {
-                        attempt: rec.attempt,
-                        state: TaskStateJson::from_record(&spec.name, rec),
-                    };
+                    let doc = persist::TaskOut::new(&spec.name, rec);
                     ops.push(StoreOp::Put {
                         key: keys::task(&run.id, t.task),
                         value: serde_json::to_vec(&doc).unwrap_or_default(),

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod engine;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod persist;
 pub mod spec;
 pub mod store;
 pub mod webhook;

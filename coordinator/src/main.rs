@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use factotum_coordinator::etcd::{EtcdConfig, EtcdStore};
 use factotum_coordinator::{api, Engine, EngineConfig, MemoryStore};
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +45,30 @@ struct Args {
     /// On cancel, seconds between TERM and KILL of a task's process group.
     #[arg(long, env = "FACTOTUM_KILL_GRACE", default_value_t = 10.0)]
     kill_grace: f64,
+    /// etcd client URLs (comma-separated): runs are recorded there and survive restarts.
+    /// Without it, runs live in this process's memory only.
+    #[arg(long, env = "FACTOTUM_ETCD", value_delimiter = ',', value_name = "URL")]
+    etcd: Vec<String>,
+    /// Key prefix in etcd (coordinators sharing it share their runs).
+    #[arg(long, env = "FACTOTUM_ETCD_PREFIX", default_value = "/factotum")]
+    etcd_prefix: String,
+    /// etcd user (with --etcd-password).
+    #[arg(long, env = "FACTOTUM_ETCD_USER")]
+    etcd_user: Option<String>,
+    #[arg(long, env = "FACTOTUM_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
+    /// CA certificate (PEM) to trust for https:// etcd URLs.
+    #[arg(long, env = "FACTOTUM_ETCD_CA")]
+    etcd_ca: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM) for etcd mutual TLS.
+    #[arg(long, env = "FACTOTUM_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<std::path::PathBuf>,
+    #[arg(long, env = "FACTOTUM_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<std::path::PathBuf>,
+    /// After taking over runs from etcd, seconds agents have to re-attach running tasks before
+    /// those count as lost.
+    #[arg(long, env = "FACTOTUM_FAILOVER_GRACE", default_value_t = 30.0)]
+    failover_grace: f64,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(
         long,
@@ -92,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         lost_after: Some(seconds("lost-after", args.lost_after)?),
         agent_heartbeat: seconds("heartbeat-interval", args.heartbeat_interval)?,
         kill_grace: seconds("kill-grace", args.kill_grace)?,
+        failover_grace: seconds("failover-grace", args.failover_grace)?,
         ..EngineConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -99,10 +125,33 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let engine = Engine::start(config, MemoryStore::new(), shutdown.clone());
-    tracing::warn!(
-        "no --etcd: runs are kept in memory on this single node and are lost on restart"
-    );
+    let engine = if args.etcd.is_empty() {
+        tracing::warn!(
+            "no --etcd: runs are kept in memory on this single node and are lost on restart"
+        );
+        Engine::start(config, MemoryStore::new(), shutdown.clone())
+    } else {
+        let etcd = EtcdConfig {
+            endpoints: args.etcd.clone(),
+            prefix: args.etcd_prefix.clone(),
+            user: args
+                .etcd_user
+                .clone()
+                .map(|u| (u, args.etcd_password.clone().unwrap_or_default())),
+            ca: args.etcd_ca.clone(),
+            cert: args.etcd_cert.clone().zip(args.etcd_key.clone()),
+        };
+        let store = EtcdStore::connect(&etcd)
+            .await
+            .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
+        let engine = Engine::start(config, store, shutdown.clone());
+        let taken = engine
+            .recover()
+            .await
+            .context("cannot load the runs recorded in etcd")?;
+        tracing::info!(runs = taken, prefix = %args.etcd_prefix, "runs taken over from etcd");
+        engine
+    };
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("listening on {addr}");
     tracing::info!(%addr, advertise = args.advertise.as_deref().unwrap_or(""), "coordinator ready");

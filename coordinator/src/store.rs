@@ -86,6 +86,9 @@ pub mod keys {
     pub fn run_spec(run: &str) -> String {
         format!("runs/{run}/spec")
     }
+    pub fn run_factfile(run: &str) -> String {
+        format!("runs/{run}/factfile")
+    }
     pub fn run_state(run: &str) -> String {
         format!("runs/{run}/state")
     }

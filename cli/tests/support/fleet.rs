@@ -41,8 +41,13 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts `factotum-coordinator --listen 127.0.0.1:0 <extra>` and reads its port.
     pub fn start(extra: &[&str]) -> Coordinator {
+        let default_listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(sibling("factotum-coordinator"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(default_listen)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -193,5 +198,67 @@ impl Proxy {
             }
         };
         self.serve(listener, generation);
+    }
+}
+
+/// A real etcd: its own process, ephemeral client and peer ports, a temp data dir.
+pub struct Etcd {
+    pub proc: Proc,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it is healthy. Fails loudly when etcd is not installed.
+    pub fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (client, peer) = (port(), port());
+        let c = format!("http://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("test={p}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd must be installed (apt-get install etcd-server; `make test` does it)");
+        let healthy = super::eventually(Duration::from_secs(20), || {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", client)) else {
+                return false;
+            };
+            let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            body.contains("\"health\":\"true\"")
+        });
+        assert!(healthy, "etcd did not become healthy");
+        Etcd {
+            proc: Proc(child),
+            endpoint: c,
+            _dir: dir,
+        }
+    }
+}
+
+impl Coordinator {
+    /// The port this coordinator listens on.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
     }
 }

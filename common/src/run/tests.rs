@@ -438,3 +438,85 @@ fn lost_attempt_fails_with_its_reason() {
     assert_eq!(rec.error_message.as_deref(), Some("agent etl-3 lost"));
     assert_eq!(h.reason("b").unwrap(), "the task 'a' failed");
 }
+
+#[test]
+fn a_restored_run_continues_where_it_was() {
+    let mut h = Harness::new(&[
+        ("a", &[]),
+        ("b", &["a"]),
+        ("c", &["a"]),
+        ("d", &["b", "c"]),
+        ("x", &[]),
+    ]);
+    h.lease_ready();
+    h.finish("a", 0);
+    h.lease_ready();
+    h.finish("x", 7); // failed
+                      // Record every task as a coordinator would, then rebuild on a "new leader".
+    let records: Vec<Option<RestoredTask>> = h
+        .run
+        .tasks()
+        .iter()
+        .map(|r| {
+            Some(RestoredTask {
+                state: r.state,
+                attempt: r.attempt,
+                started: r.started,
+                duration: r.duration,
+                stdout: r.stdout.as_str().to_string(),
+                stderr: r.stderr.as_str().to_string(),
+                return_code: r.return_code,
+                error_message: r.error_message.clone(),
+            })
+        })
+        .collect();
+    let plan = Arc::clone(h.run.plan());
+    let mut restored = RunState::restore(
+        plan,
+        t(0),
+        RunOptions::default(),
+        JobState::Running,
+        None,
+        records,
+    );
+    assert_eq!(restored.task(h.id("b")).unwrap().state, TaskState::Running);
+    assert_eq!(restored.first_failed(), Some(h.id("x")));
+    assert!(restored.ready().is_empty(), "b and c run; d waits for them");
+    // The running attempts' results are accepted as before; d becomes ready.
+    for name in ["b", "c"] {
+        let id = h.id(name);
+        let attempt = restored.task(id).unwrap().attempt;
+        restored.apply(
+            Event::Finished {
+                task: id,
+                attempt,
+                result: result(Outcome::Exited(0), "", Duration::ZERO),
+            },
+            t(500),
+        );
+    }
+    assert_eq!(restored.ready(), [h.id("d")]);
+    let lease = restored.apply(
+        Event::Lease {
+            tasks: vec![h.id("d")],
+        },
+        t(600),
+    );
+    assert!(lease.contains(&Action::Dispatch {
+        task: h.id("d"),
+        attempt: 1
+    }));
+    let end = restored.apply(
+        Event::Finished {
+            task: h.id("d"),
+            attempt: 1,
+            result: result(Outcome::Exited(0), "", Duration::ZERO),
+        },
+        t(700),
+    );
+    assert_eq!(
+        finished_state(&end),
+        Some(JobState::Failed),
+        "x failed before the failover"
+    );
+}

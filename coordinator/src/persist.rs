@@ -1,0 +1,190 @@
+//! What the engine writes to the store about a run, and how a coordinator reads it back.
+//!
+//! Per run: `runs/<id>/spec` (what was asked, JSON), `runs/<id>/factfile` (the templated compact
+//! factfile; gzip when large: a 10,000-task factfile must fit etcd's 1.5 MiB request limit),
+//! `runs/<id>/state` (job state, outbox sequence, cancel reason), `runs/<id>/tasks/<n>` (one small
+//! record per task) and `outbox/<id>/<seq>/<i>` (webhook payloads not yet delivered).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use factotum_common::constraint::Constraint;
+use factotum_common::run::{JobState, RestoredTask, TaskRecord, TaskState};
+use factotum_common::webhook::TaskStateJson;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Placement;
+
+/// Factfiles larger than this are stored compressed.
+const COMPRESS_ABOVE: usize = 64 * 1024;
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpecRecord {
+    pub job_name: String,
+    pub job_reference: String,
+    pub start_time: DateTime<Utc>,
+    pub tags: BTreeMap<String, String>,
+    /// The run's own webhooks (the coordinator's are added again at load).
+    pub webhooks: Vec<String>,
+    pub constraints: Vec<ConstraintRecord>,
+    pub spread: bool,
+    pub max_output: usize,
+    pub dry_run: bool,
+    /// The planned tasks (all, or the sub-tree of `--start`).
+    pub tasks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ConstraintRecord {
+    Host(String),
+    Label { key: String, value: String },
+}
+
+impl ConstraintRecord {
+    pub fn from_constraint(c: &Constraint) -> ConstraintRecord {
+        match c {
+            Constraint::Host { value, .. } => ConstraintRecord::Host(value.clone()),
+            Constraint::Label { key, value } => ConstraintRecord::Label {
+                key: key.clone(),
+                value: value.clone(),
+            },
+        }
+    }
+
+    /// Host names are resolved again by the caller.
+    pub fn to_constraint(&self) -> Constraint {
+        match self {
+            ConstraintRecord::Host(value) => Constraint::Host {
+                value: value.clone(),
+                resolved: vec![],
+            },
+            ConstraintRecord::Label { key, value } => Constraint::Label {
+                key: key.clone(),
+                value: value.clone(),
+            },
+        }
+    }
+}
+
+pub fn placement_of(spread: bool) -> Placement {
+    if spread {
+        Placement::Spread
+    } else {
+        Placement::Sticky
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateRecord {
+    pub state: String,
+    /// The next webhook event's sequence number (event ids stay unique across failovers).
+    pub outbox_seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cancelled: Option<String>,
+}
+
+impl StateRecord {
+    pub fn job_state(&self) -> Option<JobState> {
+        JobState::parse(&self.state)
+    }
+}
+
+/// A task's record: its `taskStates` entry (readable with etcdctl) plus exact times.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOut<'a> {
+    attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_unix_nanos: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_nanos: Option<u64>,
+    #[serde(flatten)]
+    state: TaskStateJson<'a>,
+}
+
+impl<'a> TaskOut<'a> {
+    pub fn new(name: &'a str, r: &'a TaskRecord) -> TaskOut<'a> {
+        TaskOut {
+            attempt: r.attempt,
+            started_unix_nanos: r.started.and_then(|t| t.timestamp_nanos_opt()),
+            duration_nanos: r
+                .duration
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            state: TaskStateJson::from_record(name, r),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TaskIn {
+    state: String,
+    attempt: u32,
+    started_unix_nanos: Option<i64>,
+    duration_nanos: Option<u64>,
+    stdout: Option<String>,
+    stderr: Option<String>,
+    return_code: Option<i32>,
+    error_message: Option<String>,
+}
+
+/// A stored task record, or `None` if it is not one.
+pub fn read_task(bytes: &[u8]) -> Option<RestoredTask> {
+    let t: TaskIn = serde_json::from_slice(bytes).ok()?;
+    Some(RestoredTask {
+        state: TaskState::parse(&t.state)?,
+        attempt: t.attempt,
+        started: t.started_unix_nanos.map(DateTime::from_timestamp_nanos),
+        duration: t.duration_nanos.map(Duration::from_nanos),
+        stdout: t.stdout.unwrap_or_default(),
+        stderr: t.stderr.unwrap_or_default(),
+        return_code: t.return_code,
+        error_message: t.error_message,
+    })
+}
+
+/// The factfile as stored: as is, or gzip when large.
+pub fn pack_factfile(compact: &str) -> Vec<u8> {
+    if compact.len() <= COMPRESS_ABOVE {
+        return compact.as_bytes().to_vec();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    match gz.write_all(compact.as_bytes()).and_then(|()| gz.finish()) {
+        Ok(bytes) => bytes,
+        Err(_) => compact.as_bytes().to_vec(),
+    }
+}
+
+pub fn unpack_factfile(bytes: &[u8]) -> Option<String> {
+    if bytes.starts_with(&GZIP_MAGIC) {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_string(&mut text)
+            .ok()?;
+        Some(text)
+    } else {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_factfiles_are_compressed_and_come_back() {
+        let small = "{\"x\":1}";
+        assert_eq!(pack_factfile(small), small.as_bytes());
+        let big = format!("{{\"x\":\"{}\"}}", "task ".repeat(100_000));
+        let packed = pack_factfile(&big);
+        assert!(packed.len() < big.len() / 10, "{}", packed.len());
+        assert_eq!(unpack_factfile(&packed).unwrap(), big);
+        assert_eq!(unpack_factfile(small.as_bytes()).unwrap(), small);
+    }
+}

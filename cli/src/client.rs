@@ -24,18 +24,39 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure {
             code: exit::COORDINATOR,
             message: format!("Error: cannot start the runtime: {e}"),
+            unavailable: None,
         })
 }
 
-/// Runs one client command, printing its failure and returning the exit code.
-fn with_client<F>(remote: &Remote, f: impl FnOnce(JobsClient<Channel>) -> F) -> u8
+/// Runs one client command, printing its failure and returning the exit code. A coordinator
+/// that cannot serve it (a follower, or one between leaders) is retried for up to 30 s: at the
+/// leader it names, or later.
+fn with_client<F>(remote: &Remote, f: impl Fn(JobsClient<Channel>) -> F) -> u8
 where
     F: std::future::Future<Output = Result<u8, Failure>>,
 {
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
-            let client = connect(&remote.coordinator).await?;
-            f(client).await
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let mut url = remote.coordinator.clone();
+            loop {
+                let attempt = match connect(&url).await {
+                    Ok(client) => f(client).await,
+                    Err(e) => Err(e),
+                };
+                match attempt {
+                    Err(Failure {
+                        unavailable: Some(leader),
+                        ..
+                    }) if tokio::time::Instant::now() < deadline => {
+                        match leader.filter(|l| *l != url) {
+                            Some(l) => url = l,
+                            None => tokio::time::sleep(Duration::from_millis(300)).await,
+                        }
+                    }
+                    other => return other,
+                }
+            }
         })
     });
     match result {
@@ -52,6 +73,7 @@ async fn connect(url: &str) -> Result<JobsClient<Channel>, Failure> {
         Failure {
         code: exit::COORDINATOR,
         message: format!("Error: cannot reach the coordinator at {url}: {e} (set --coordinator or FACTOTUM_COORDINATOR)"),
+        unavailable: None,
     }
     };
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
@@ -84,7 +106,18 @@ fn refused(status: tonic::Status) -> Failure {
             status.message()
         ),
     };
-    Failure { code, message }
+    let unavailable = (status.code() == tonic::Code::Unavailable).then(|| {
+        status
+            .metadata()
+            .get(factotum_coordinator::api::LEADER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    Failure {
+        code,
+        message,
+        unavailable,
+    }
 }
 
 pub fn submit(args: SubmitArgs) -> u8 {
@@ -97,17 +130,20 @@ pub fn submit(args: SubmitArgs) -> u8 {
         }
     };
     let wait = args.wait;
-    with_client(&args.remote, |mut client| async move {
-        let submitted = client
-            .submit_run(request)
-            .await
-            .map_err(refused)?
-            .into_inner();
-        if !wait {
-            println!("{}", submitted.run_id);
-            return Ok(exit::OK);
+    with_client(&args.remote, |mut client| {
+        let request = request.clone();
+        async move {
+            let submitted = client
+                .submit_run(request)
+                .await
+                .map_err(refused)?
+                .into_inner();
+            if !wait {
+                println!("{}", submitted.run_id);
+                return Ok(exit::OK);
+            }
+            follow(&mut client, &submitted.run_id, console, true).await
         }
-        follow(&mut client, &submitted.run_id, console, true).await
     })
 }
 
@@ -166,6 +202,7 @@ async fn follow(
             return Err(Failure {
                 code: exit::COORDINATOR,
                 message: "Error: cannot install signal handlers".into(),
+                unavailable: None,
             })
         }
     };
@@ -188,6 +225,7 @@ async fn follow(
                 Ok(None) => return Err(Failure {
                     code: exit::COORDINATOR,
                     message: format!("Error: the coordinator ended the watch of run {run_id} before the run ended"),
+                    unavailable: None,
                 }),
                 Err(status) => return Err(refused(status)),
             },
@@ -213,65 +251,73 @@ async fn follow(
 pub fn watch(args: RunRef) -> u8 {
     let console = Console::new(args.no_colour);
     let run = args.run.clone();
-    with_client(&args.remote, |mut client| async move {
-        follow(&mut client, &run, console, false).await
+    with_client(&args.remote, |mut client| {
+        let run = run.clone();
+        async move { follow(&mut client, &run, console, false).await }
     })
 }
 
 pub fn cancel(args: RunRef) -> u8 {
     let run = args.run.clone();
-    with_client(&args.remote, |mut client| async move {
-        client
-            .cancel_run(pb::CancelRunRequest {
-                run_id: run.clone(),
-            })
-            .await
-            .map_err(refused)?;
-        println!("run {run} cancelled");
-        Ok(exit::OK)
+    with_client(&args.remote, |mut client| {
+        let run = run.clone();
+        async move {
+            client
+                .cancel_run(pb::CancelRunRequest {
+                    run_id: run.clone(),
+                })
+                .await
+                .map_err(refused)?;
+            println!("run {run} cancelled");
+            Ok(exit::OK)
+        }
     })
 }
 
 pub fn status(args: RunRef) -> u8 {
     let run = args.run.clone();
-    with_client(&args.remote, |mut client| async move {
-        let s = client
-            .get_run(pb::GetRunRequest { run_id: run })
-            .await
-            .map_err(refused)?
-            .into_inner();
-        println!("run       {}", s.run_id);
-        println!("job       {} ({})", s.job_name, s.job_reference);
-        println!("state     {}", s.state);
-        println!("started   {}", s.start_time);
-        println!("duration  {}", s.duration);
-        if !s.tags.is_empty() {
-            let mut tags: Vec<String> = s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            tags.sort();
-            println!("tags      {}", tags.join(", "));
+    with_client(&args.remote, |mut client| {
+        let run = run.clone();
+        async move {
+            let s = client
+                .get_run(pb::GetRunRequest { run_id: run })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            println!("run       {}", s.run_id);
+            println!("job       {} ({})", s.job_name, s.job_reference);
+            println!("state     {}", s.state);
+            println!("started   {}", s.start_time);
+            println!("duration  {}", s.duration);
+            if !s.tags.is_empty() {
+                let mut tags: Vec<String> =
+                    s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                tags.sort();
+                println!("tags      {}", tags.join(", "));
+            }
+            if !s.waiting_reason.is_empty() {
+                println!("waiting   {}", s.waiting_reason);
+            }
+            println!();
+            let rows: Vec<[String; 5]> = s
+                .tasks
+                .iter()
+                .map(|t| {
+                    [
+                        t.name.clone(),
+                        t.state.clone(),
+                        t.agent.clone(),
+                        t.return_code.map(|c| c.to_string()).unwrap_or_default(),
+                        t.error_message.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(["TASK", "STATE", "AGENT", "CODE", "REASON"], &rows)
+            );
+            Ok(exit::OK)
         }
-        if !s.waiting_reason.is_empty() {
-            println!("waiting   {}", s.waiting_reason);
-        }
-        println!();
-        let rows: Vec<[String; 5]> = s
-            .tasks
-            .iter()
-            .map(|t| {
-                [
-                    t.name.clone(),
-                    t.state.clone(),
-                    t.agent.clone(),
-                    t.return_code.map(|c| c.to_string()).unwrap_or_default(),
-                    t.error_message.clone(),
-                ]
-            })
-            .collect();
-        print!(
-            "{}",
-            table(["TASK", "STATE", "AGENT", "CODE", "REASON"], &rows)
-        );
-        Ok(exit::OK)
     })
 }
 

@@ -15,6 +15,9 @@ use crate::exit;
 pub struct Failure {
     pub code: u8,
     pub message: String,
+    /// A coordinator that could not serve the request now (a follower, or one shutting down),
+    /// with the leader's address when it said: worth retrying, there or later.
+    pub unavailable: Option<Option<String>>,
 }
 
 impl Failure {
@@ -22,6 +25,7 @@ impl Failure {
         Failure {
             code: exit::BAD_ARGUMENTS,
             message: message.into(),
+            unavailable: None,
         }
     }
 }
@@ -32,6 +36,7 @@ impl From<SpecError> for Failure {
             SpecError::InvalidFactfile(message) => Failure {
                 code: exit::INVALID_FACTFILE,
                 message,
+                unavailable: None,
             },
             SpecError::BadArgument(message) => Failure::args(message),
         }

@@ -10,7 +10,7 @@ use factotum_proto as pb;
 use factotum_proto::agents_server::{Agents, AgentsServer};
 use factotum_proto::jobs_server::{Jobs, JobsServer};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -48,10 +48,49 @@ impl From<SpecError> for Status {
     }
 }
 
+/// Metadata key of the leader's address in a follower's UNAVAILABLE answers.
+pub const LEADER_METADATA: &str = "factotum-leader";
+/// The gRPC health service name that is SERVING only on the leader.
+pub const LEADER_HEALTH: &str = "factotum.v1.Leader";
+
+/// Leader or follower: the engine while this coordinator leads, and where the leader is.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub engine: watch::Receiver<Option<Engine>>,
+    pub leader: watch::Receiver<Option<String>>,
+}
+
+impl Role {
+    /// A coordinator that leads from the start (no election: the memory store).
+    pub fn leading(engine: Engine) -> Role {
+        Role {
+            engine: watch::channel(Some(engine)).1,
+            leader: watch::channel(None).1,
+        }
+    }
+
+    /// The engine, or UNAVAILABLE naming the leader for clients and agents to follow.
+    fn engine(&self) -> Result<Engine, Status> {
+        if let Some(e) = self.engine.borrow().as_ref() {
+            return Ok(e.clone());
+        }
+        let leader = self.leader.borrow().clone();
+        let mut status = Status::unavailable(match &leader {
+            Some(addr) => format!("this coordinator is a follower; the leader is {addr}"),
+            None => "this coordinator is a follower and no leader is elected yet; retry shortly"
+                .to_string(),
+        });
+        if let Some(value) = leader.and_then(|a| a.parse().ok()) {
+            status.metadata_mut().insert(LEADER_METADATA, value);
+        }
+        Err(status)
+    }
+}
+
 /// The `Jobs` service.
 #[derive(Debug, Clone)]
 pub struct JobsApi {
-    engine: Engine,
+    role: Role,
 }
 
 fn constraint_from_pb(c: pb::Constraint) -> Result<Constraint, Status> {
@@ -113,7 +152,7 @@ impl Jobs for JobsApi {
         let spec = tokio::task::spawn_blocking(move || prepare(sub))
             .await
             .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??;
-        let submitted = self.engine.submit(spec).await?;
+        let submitted = self.role.engine()?.submit(spec).await?;
         Ok(Response::new(pb::SubmitRunResponse {
             run_id: submitted.run_id,
             job_reference: submitted.job_reference,
@@ -124,7 +163,11 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::RunStatus>, Status> {
-        let info = self.engine.get_run(&request.into_inner().run_id).await?;
+        let info = self
+            .role
+            .engine()?
+            .get_run(&request.into_inner().run_id)
+            .await?;
         Ok(Response::new(convert::run_status(&info)))
     }
 
@@ -132,7 +175,7 @@ impl Jobs for JobsApi {
         &self,
         _: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let runs = self.engine.list_runs().await?;
+        let runs = self.role.engine()?.list_runs().await?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: runs.iter().map(convert::run_status).collect(),
         }))
@@ -144,7 +187,11 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let rx = self.engine.watch(&request.into_inner().run_id).await?;
+        let rx = self
+            .role
+            .engine()?
+            .watch(&request.into_inner().run_id)
+            .await?;
         let stream = UnboundedReceiverStream::new(rx).map(|ev| Ok(convert::event_to_pb(ev)));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -153,7 +200,8 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        self.engine
+        self.role
+            .engine()?
             .cancel(&request.into_inner().run_id, "job cancelled")
             .await?;
         Ok(Response::new(pb::CancelRunResponse {}))
@@ -163,7 +211,7 @@ impl Jobs for JobsApi {
         &self,
         _: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let agents = self.engine.list_agents().await?;
+        let agents = self.role.engine()?.list_agents().await?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: agents.iter().map(convert::agent_status).collect(),
         }))
@@ -173,7 +221,7 @@ impl Jobs for JobsApi {
 /// The `Agents` service: each session's stream is pumped into the engine.
 #[derive(Debug, Clone)]
 pub struct AgentsApi {
-    engine: Engine,
+    role: Role,
     shutdown: CancellationToken,
 }
 
@@ -188,7 +236,7 @@ impl Agents for AgentsApi {
         let mut inbound = request.into_inner();
         let (in_tx, in_rx) = mpsc::channel(1024);
         let (out_tx, out_rx) = mpsc::channel(1024);
-        self.engine.attach_agent(in_rx, out_tx);
+        self.role.engine()?.attach_agent(in_rx, out_tx);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -209,7 +257,7 @@ impl Agents for AgentsApi {
 
 /// Serves the coordinator's gRPC API on `listener` until `shutdown` fires.
 pub async fn serve(
-    engine: Engine,
+    role: Role,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -219,15 +267,30 @@ pub async fn serve(
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    // `factotum.v1.Leader` is SERVING only while this replica leads (for VIPs routing by health).
+    {
+        let (health, mut engine) = (health.clone(), role.engine.clone());
+        tokio::spawn(async move {
+            loop {
+                let status = if engine.borrow_and_update().is_some() {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                health.set_service_status(LEADER_HEALTH, status).await;
+                if engine.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1();
-    let jobs = JobsServer::new(JobsApi {
-        engine: engine.clone(),
-    });
+    let jobs = JobsServer::new(JobsApi { role: role.clone() });
     let agents = AgentsServer::new(AgentsApi {
-        engine,
+        role,
         shutdown: shutdown.clone(),
     });
     let mut builder = tonic::transport::Server::builder()

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::persist;
-use crate::store::{keys, Store, StoreOp, MAX_OPS_PER_COMMIT};
+use crate::store::{keys, Store, StoreError, StoreOp, MAX_OPS_PER_COMMIT};
 use crate::webhook::{Deliverer, Delivery, Undelivered};
 
 /// Engine-wide settings.
@@ -48,6 +48,8 @@ pub struct EngineConfig {
     /// After loading runs from the store, how long agents have to re-attach the attempts
     /// recorded as running before those count as lost.
     pub failover_grace: Duration,
+    /// Cancelled by the engine when a fenced write fails: it is no longer the leader and stops.
+    pub fenced: CancellationToken,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +63,7 @@ impl Default for EngineConfig {
             agent_heartbeat: Duration::from_secs(2),
             keep_finished: 1000,
             failover_grace: Duration::from_secs(30),
+            fenced: CancellationToken::new(),
         }
     }
 }
@@ -451,6 +454,7 @@ struct Core<S: Store> {
 impl<S: Store> Core<S> {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, shutdown: CancellationToken) {
         let mut beat = self.cfg.heartbeat_interval.map(every);
+        let fenced = self.cfg.fenced.clone();
         let mut liveness = self
             .cfg
             .lost_after
@@ -468,7 +472,8 @@ impl<S: Store> Core<S> {
                     }
                 }
                 _ = tick(&mut liveness) => self.check_liveness().await,
-                _ = shutdown.cancelled() => break,
+                                _ = shutdown.cancelled() => break,
+                _ = fenced.cancelled() => break,
             }
         }
     }
@@ -1194,8 +1199,17 @@ impl<S: Store> Core<S> {
             value: serde_json::to_vec(&state).unwrap_or_default(),
         });
         for chunk in chunks(ops) {
-            if let Err(e) = self.store.commit(chunk).await {
-                tracing::error!(run = %id, error = %e, "could not record the run's state");
+            match self.store.commit(chunk).await {
+                Ok(()) => {}
+                Err(StoreError::Fenced) => {
+                    // Another coordinator leads now: act on nothing more, step down at once.
+                    tracing::error!(run = %id, "a fenced write failed: this coordinator is no longer the leader");
+                    self.cfg.fenced.cancel();
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(run = %id, error = %e, "could not record the run's state")
+                }
             }
         }
         for d in deliveries {

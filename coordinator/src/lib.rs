@@ -6,6 +6,8 @@ pub mod convert;
 pub mod engine;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "etcd")]
+pub mod leader;
 pub mod persist;
 pub mod spec;
 pub mod store;

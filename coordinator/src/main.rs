@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use factotum_coordinator::etcd::{EtcdConfig, EtcdStore};
-use factotum_coordinator::{api, Engine, EngineConfig, MemoryStore};
+use factotum_coordinator::{api, leader, Engine, EngineConfig, MemoryStore};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -65,6 +66,10 @@ struct Args {
     etcd_cert: Option<std::path::PathBuf>,
     #[arg(long, env = "FACTOTUM_ETCD_KEY", requires = "etcd_cert")]
     etcd_key: Option<std::path::PathBuf>,
+    /// Seconds of the leader's etcd lease: a leader that stops renewing it loses leadership
+    /// after this long, and a standby takes over.
+    #[arg(long, env = "FACTOTUM_LEASE_TTL", default_value_t = 5.0)]
+    lease_ttl: f64,
     /// After taking over runs from etcd, seconds agents have to re-attach running tasks before
     /// those count as lost.
     #[arg(long, env = "FACTOTUM_FAILOVER_GRACE", default_value_t = 30.0)]
@@ -125,47 +130,140 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let engine = if args.etcd.is_empty() {
-        tracing::warn!(
-            "no --etcd: runs are kept in memory on this single node and are lost on restart"
-        );
-        Engine::start(config, MemoryStore::new(), shutdown.clone())
-    } else {
-        let etcd = EtcdConfig {
-            endpoints: args.etcd.clone(),
-            prefix: args.etcd_prefix.clone(),
-            user: args
-                .etcd_user
-                .clone()
-                .map(|u| (u, args.etcd_password.clone().unwrap_or_default())),
-            ca: args.etcd_ca.clone(),
-            cert: args.etcd_cert.clone().zip(args.etcd_key.clone()),
-        };
-        let store = EtcdStore::connect(&etcd)
-            .await
-            .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
-        let engine = Engine::start(config, store, shutdown.clone());
-        let taken = engine
-            .recover()
-            .await
-            .context("cannot load the runs recorded in etcd")?;
-        tracing::info!(runs = taken, prefix = %args.etcd_prefix, "runs taken over from etcd");
-        engine
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let (engine_tx, engine_rx) = watch::channel(None);
+    let (leader_tx, leader_rx) = watch::channel(None);
+    let role = api::Role {
+        engine: engine_rx,
+        leader: leader_rx,
     };
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("listening on {addr}");
-    tracing::info!(%addr, advertise = args.advertise.as_deref().unwrap_or(""), "coordinator ready");
-    let server = tokio::spawn(api::serve(engine, listener, shutdown.clone()));
-    wait_for_signal().await?;
+    tracing::info!(%addr, %advertise, "coordinator listening");
+    let server = tokio::spawn(api::serve(role, listener, shutdown.clone()));
+    let signal = CancellationToken::new();
+    {
+        let signal = signal.clone();
+        tokio::spawn(async move {
+            if wait_for_signal().await.is_ok() {
+                signal.cancel();
+            }
+        });
+    }
+    let outcome = if args.etcd.is_empty() {
+        tracing::warn!(
+            "no --etcd: runs are kept in memory on this single node and are lost on restart"
+        );
+        let _ = engine_tx.send(Some(Engine::start(
+            config,
+            MemoryStore::new(),
+            shutdown.clone(),
+        )));
+        signal.cancelled().await;
+        Ok(())
+    } else {
+        lead(
+            &args, config, &advertise, &engine_tx, &leader_tx, &shutdown, &signal,
+        )
+        .await
+    };
     tracing::info!("shutting down");
     shutdown.cancel();
+    let _ = engine_tx.send(None);
     match tokio::time::timeout(Duration::from_secs(10), server).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e).context("the gRPC server failed"),
-        Ok(Err(e)) => Err(e).context("the gRPC server task failed"),
-        Err(_) => {
-            tracing::warn!("open streams did not close within 10 s; exiting anyway");
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "the gRPC server failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "the gRPC server task failed"),
+        Err(_) => tracing::warn!("open streams did not close within 10 s; exiting anyway"),
+        Ok(Ok(Ok(()))) => {}
+    }
+    outcome
+}
+
+/// With etcd: follow until elected, then lead until a signal (resign: a standby takes over at
+/// once) or until leadership is lost (step down: exit with an error, to be restarted as a
+/// follower).
+async fn lead(
+    args: &Args,
+    mut config: EngineConfig,
+    advertise: &str,
+    engine_tx: &watch::Sender<Option<Engine>>,
+    leader_tx: &watch::Sender<Option<String>>,
+    shutdown: &CancellationToken,
+    signal: &CancellationToken,
+) -> anyhow::Result<()> {
+    let etcd = EtcdConfig {
+        endpoints: args.etcd.clone(),
+        prefix: args.etcd_prefix.clone(),
+        user: args
+            .etcd_user
+            .clone()
+            .map(|u| (u, args.etcd_password.clone().unwrap_or_default())),
+        ca: args.etcd_ca.clone(),
+        cert: args.etcd_cert.clone().zip(args.etcd_key.clone()),
+    };
+    let store = EtcdStore::connect(&etcd)
+        .await
+        .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
+    let client = store.client().clone();
+    let name = leader::election_name(store.prefix());
+    // While following, keep the leader's address at hand for the UNAVAILABLE answers.
+    let following = CancellationToken::new();
+    {
+        let (client, name, leader_tx, following) = (
+            client.clone(),
+            name.clone(),
+            leader_tx.clone(),
+            following.clone(),
+        );
+        tokio::spawn(async move {
+            while !following.is_cancelled() {
+                let _ = leader_tx.send(leader::current(&client, &name).await);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                    _ = following.cancelled() => {}
+                }
+            }
+        });
+    }
+    let ttl = seconds("lease-ttl", args.lease_ttl)?;
+    tracing::info!(election = %name, "campaigning for leadership");
+    let leadership = match leader::campaign(&client, &name, advertise, ttl, signal).await {
+        Ok(l) => l,
+        Err(leader::LeaderError::Stopped) => return Ok(()),
+        Err(e) => return Err(e).context("the campaign for leadership failed"),
+    };
+    following.cancel();
+    let _ = leader_tx.send(Some(advertise.to_string()));
+    *store.fence().write().unwrap_or_else(|p| p.into_inner()) =
+        Some((leadership.key.clone(), leadership.rev));
+    config.epoch = u64::try_from(leadership.rev).unwrap_or(0);
+    let fenced = config.fenced.clone();
+    let engine = Engine::start(config, store, shutdown.clone());
+    let taken = engine
+        .recover()
+        .await
+        .context("cannot load the runs recorded in etcd")?;
+    tracing::info!(runs = taken, epoch = leadership.rev, "leading");
+    let _ = engine_tx.send(Some(engine));
+    tokio::select! {
+        _ = signal.cancelled() => {
+            let _ = engine_tx.send(None);
+            match leader::resign(&client, &leadership).await {
+                Ok(()) => tracing::info!("resigned leadership"),
+                Err(e) => tracing::warn!(error = %e, "could not resign; a standby takes over when the lease expires"),
+            }
             Ok(())
+        }
+        _ = leadership.lost.cancelled() => {
+            let _ = engine_tx.send(None);
+            bail!("lost leadership (the leader lease expired): stepping down")
+        }
+        _ = fenced.cancelled() => {
+            let _ = engine_tx.send(None);
+            bail!("another coordinator leads now (a fenced write failed): stepping down")
         }
     }
 }

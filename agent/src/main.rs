@@ -115,6 +115,7 @@ async fn agent() -> anyhow::Result<()> {
         LogFormat::Pretty => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
     let mut labels = HashMap::new();
@@ -144,17 +145,10 @@ async fn agent() -> anyhow::Result<()> {
     };
     let drain_grace = seconds("drain-grace", args.drain_grace)?;
     let disconnect_limit = seconds("disconnect-limit", args.disconnect_limit)?;
-    let endpoint = tonic::transport::Endpoint::from_shared(args.coordinator.clone())
-        .with_context(|| {
-            format!(
-                "'{}' is not a coordinator URL (like http://127.0.0.1:7400)",
-                args.coordinator
-            )
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20));
+    // Fail early on a malformed URL; the endpoint itself is rebuilt for whichever coordinator
+    // is the target (a follower names the leader, and the agent goes there).
+    endpoint(&args.coordinator)?;
+    let mut target = args.coordinator.clone();
     tracing::info!(agent = %cfg.agent_id, host = %cfg.hostname, slots = cfg.slots, coordinator = %args.coordinator, "agent starting");
 
     let stop = CancellationToken::new();
@@ -203,7 +197,7 @@ async fn agent() -> anyhow::Result<()> {
                 break;
             }
         }
-        match connect(&endpoint).await {
+        match connect(&endpoint(&target)?).await {
             Ok(link) => {
                 if !ready_sent {
                     notify(&[sd_notify::NotifyState::Ready]);
@@ -228,6 +222,20 @@ async fn agent() -> anyhow::Result<()> {
                 }
             }
             Err(e) => {
+                // A follower names the leader: go there at once. Otherwise back to the configured
+                // address (a VIP, or the one we were sent to may have gone).
+                let leader = e.downcast_ref::<tonic::Status>().and_then(|s| {
+                    s.metadata()
+                        .get(factotum_proto::LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                });
+                if let Some(leader) = leader.filter(|l| *l != target) {
+                    tracing::info!(%leader, "following the leader");
+                    target = leader;
+                    continue;
+                }
+                target = args.coordinator.clone();
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the coordinator");
                 notify(&[sd_notify::NotifyState::Status(&format!(
                     "cannot reach {}: {e}",
@@ -272,6 +280,15 @@ fn shim_exe() -> anyhow::Result<std::path::PathBuf> {
 
 /// After the drain grace, time allowed to report the stopped tasks' results.
 const REPORT_GRACE: Duration = Duration::from_secs(10);
+
+fn endpoint(url: &str) -> anyhow::Result<tonic::transport::Endpoint> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("'{url}' is not a coordinator URL (like http://127.0.0.1:7400)"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20)))
+}
 
 async fn connect(endpoint: &tonic::transport::Endpoint) -> anyhow::Result<Link> {
     let channel = endpoint.connect().await?;

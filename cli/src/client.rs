@@ -42,6 +42,11 @@ where
             loop {
                 let attempt = match connect(&url).await {
                     Ok(client) => f(client).await,
+                    // A leader we were sent to may have just died: back to the given address.
+                    Err(e) if url != remote.coordinator => Err(Failure {
+                        unavailable: Some(None),
+                        ..e
+                    }),
                     Err(e) => Err(e),
                 };
                 match attempt {
@@ -51,7 +56,10 @@ where
                     }) if tokio::time::Instant::now() < deadline => {
                         match leader.filter(|l| *l != url) {
                             Some(l) => url = l,
-                            None => tokio::time::sleep(Duration::from_millis(300)).await,
+                            None => {
+                                url = remote.coordinator.clone();
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
                         }
                     }
                     other => return other,

@@ -655,3 +655,163 @@ fn rx_dedup(rx: &Receiver) -> Vec<serde_json::Value> {
         .map(|r| r.json())
         .collect()
 }
+
+/// Three coordinators on one etcd: which one leads.
+fn the_leader(cs: &[Coordinator]) -> usize {
+    let mut found = None;
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            found = cs.iter().position(Coordinator::leads);
+            found.is_some()
+        }),
+        "no coordinator became the leader"
+    );
+    found.unwrap()
+}
+
+fn three_coordinators(etcd: &support::fleet::Etcd, extra: &[&str]) -> Vec<Coordinator> {
+    let mut args = vec![
+        "--etcd",
+        etcd.endpoint.as_str(),
+        "--lease-ttl",
+        "2",
+        "--failover-grace",
+        "15",
+    ];
+    args.extend_from_slice(extra);
+    let first = Coordinator::start(&args);
+    assert!(
+        eventually(Duration::from_secs(10), || first.leads()),
+        "the first coordinator did not lead"
+    );
+    vec![first, Coordinator::start(&args), Coordinator::start(&args)]
+}
+
+#[test]
+fn killing_the_leader_of_three_mid_run_loses_and_duplicates_nothing() {
+    let etcd = support::fleet::Etcd::start();
+    let hooks = Receiver::start();
+    let mut cs = three_coordinators(&etcd, &["--webhook", &hooks.url]);
+    let leader = the_leader(&cs);
+    let follower = (leader + 1) % 3;
+    // The agent and the client both start at a follower: they are sent to the leader.
+    let _a = agent(&cs[follower].url, "loyal", None, &[]);
+    wait_for_agents(&cs[follower].url, 1);
+    let d = Dir::new();
+    let audit = d.file("audit");
+    let a = audit.display();
+    let ff = d.write(
+        "chain.factfile",
+        &factfile(
+            "chain of sleeps",
+            vec![
+                task("s1", &format!("echo s1 >> '{a}'; sleep 1.5"), &[], &[]),
+                task("s2", &format!("echo s2 >> '{a}'; sleep 1.5"), &[], &["s1"]),
+                task("s3", &format!("echo s3 >> '{a}'"), &[], &["s2"]),
+            ],
+        ),
+    );
+    let id = stdout(&submit(&cs[follower].url, &ff, &[]))
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    assert!(eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&audit).is_ok_and(|s| s.contains("s1"))
+    }));
+    let dead = cs.remove(leader); // kill -9 of the leader, mid-task
+    drop(dead);
+    let o = run(&["watch", &id, "--coordinator", &cs[0].url]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(cs.iter().any(Coordinator::leads), "a standby took over");
+    let lines: Vec<String> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines,
+        ["s1", "s2", "s3"],
+        "each task's process started exactly once"
+    );
+    assert!(eventually(Duration::from_secs(15), || {
+        transitions(&rx_dedup(&hooks))
+            .last()
+            .is_some_and(|t| t == "job RUNNING->SUCCEEDED")
+    }));
+    assert_eq!(
+        transitions(&rx_dedup(&hooks)),
+        [
+            "job null->WAITING",
+            "job WAITING->RUNNING",
+            "s1 WAITING->RUNNING",
+            "s1 RUNNING->SUCCEEDED",
+            "s2 WAITING->RUNNING",
+            "s2 RUNNING->SUCCEEDED",
+            "s3 WAITING->RUNNING",
+            "s3 RUNNING->SUCCEEDED",
+            "job RUNNING->SUCCEEDED"
+        ],
+        "every transition, in order once deduplicated by event id"
+    );
+}
+
+#[test]
+fn sigterm_on_the_leader_hands_over_to_a_standby_at_once() {
+    let etcd = support::fleet::Etcd::start();
+    let mut cs = three_coordinators(&etcd, &[]);
+    let leader = the_leader(&cs);
+    let pid = nix::unistd::Pid::from_raw(cs[leader].proc.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let old = cs.remove(leader);
+    // Well under the 2 s lease: the leader resigned instead of letting its lease expire.
+    assert!(
+        eventually(Duration::from_millis(1500), || cs
+            .iter()
+            .any(Coordinator::leads)),
+        "no quick handover"
+    );
+    let mut old = old;
+    let exited = eventually(Duration::from_secs(10), || {
+        matches!(old.proc.0.try_wait(), Ok(Some(_)))
+    });
+    assert!(exited, "the old leader did not exit");
+    assert_eq!(
+        old.proc.0.try_wait().unwrap().and_then(|s| s.code()),
+        Some(0)
+    );
+    let o = run(&[
+        "runs",
+        "--coordinator",
+        &old.url
+            .replace(&old.port().to_string(), &cs[0].port().to_string()),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn a_paused_leader_steps_down_when_it_wakes_up() {
+    let etcd = support::fleet::Etcd::start();
+    let mut cs = three_coordinators(&etcd, &[]);
+    let leader = the_leader(&cs);
+    let pid = nix::unistd::Pid::from_raw(cs[leader].proc.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut paused = cs.remove(leader);
+    assert!(
+        eventually(Duration::from_secs(10), || cs
+            .iter()
+            .any(Coordinator::leads)),
+        "no standby took over"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let exited = eventually(Duration::from_secs(10), || {
+        matches!(paused.proc.0.try_wait(), Ok(Some(_)))
+    });
+    assert!(exited, "the deposed leader kept running");
+    assert_ne!(
+        paused.proc.0.try_wait().unwrap().and_then(|s| s.code()),
+        Some(0),
+        "it stepped down with an error"
+    );
+    let log = std::fs::read_to_string(&paused.log).unwrap();
+    assert!(log.contains("stepping down"), "{log}");
+}

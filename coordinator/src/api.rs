@@ -48,8 +48,7 @@ impl From<SpecError> for Status {
     }
 }
 
-/// Metadata key of the leader's address in a follower's UNAVAILABLE answers.
-pub const LEADER_METADATA: &str = "factotum-leader";
+pub use factotum_proto::LEADER_METADATA;
 /// The gRPC health service name that is SERVING only on the leader.
 pub const LEADER_HEALTH: &str = "factotum.v1.Leader";
 

@@ -105,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Pretty => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
     if !api::is_loopback(&args.listen) && !args.insecure {

@@ -7,6 +7,10 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// gRPC metadata key in which a follower coordinator names the leader's address, in its
+/// UNAVAILABLE answers to clients and agents.
+pub const LEADER_METADATA: &str = "factotum-leader";
+
 /// The encoded file descriptor set, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/factotum_descriptor.bin"));

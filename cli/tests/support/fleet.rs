@@ -36,11 +36,16 @@ impl Proc {
 pub struct Coordinator {
     pub proc: Proc,
     pub url: String,
+    /// Its log (stderr).
+    pub log: PathBuf,
+    _log_dir: tempfile::TempDir,
 }
 
 impl Coordinator {
     /// Starts `factotum-coordinator --listen 127.0.0.1:0 <extra>` and reads its port.
     pub fn start(extra: &[&str]) -> Coordinator {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("coordinator.log");
         let default_listen: &[&str] = if extra.contains(&"--listen") {
             &[]
         } else {
@@ -51,7 +56,7 @@ impl Coordinator {
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("the coordinator starts");
         let mut line = String::new();
@@ -65,6 +70,8 @@ impl Coordinator {
         Coordinator {
             url: format!("http://{addr}"),
             proc: Proc(child),
+            log,
+            _log_dir: log_dir,
         }
     }
 }
@@ -257,6 +264,11 @@ impl Etcd {
 }
 
 impl Coordinator {
+    /// Whether this coordinator has become the leader (it logs `leading`).
+    pub fn leads(&self) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(" leading"))
+    }
+
     /// The port this coordinator listens on.
     pub fn port(&self) -> u16 {
         self.url.rsplit(':').next().unwrap().parse().unwrap()

@@ -86,7 +86,18 @@ fn notify(state: &[sd_notify::NotifyState]) {
     let _ = sd_notify::notify(false, state);
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match agent_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line a person can act on, never a backtrace.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn agent_main() -> anyhow::Result<()> {
     // `factotum-agent --shim <attempt dir>`: the per-task supervisor, when the separate
     // `factotum-shim` binary is not installed beside the agent (see factotum_agent::shim).
     let mut argv = std::env::args_os().skip(1);

@@ -612,7 +612,14 @@ fn a_coordinator_killed_mid_run_is_replaced_from_etcd_and_nothing_runs_twice() {
         &hooks.url,
     ]);
     let o = run(&["watch", &id, "--coordinator", &second.url]);
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let log = std::fs::read_to_string(&second.log).unwrap_or_default();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}\nthe new coordinator's log:\n{log}",
+        stdout(&o),
+        stderr(&o)
+    );
     let lines: Vec<String> = std::fs::read_to_string(&audit)
         .unwrap()
         .lines()

@@ -27,6 +27,7 @@ pub type Fence = Arc<RwLock<Option<(Vec<u8>, i64)>>>;
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    election_client: Client,
     prefix: String,
     fence: Fence,
 }
@@ -68,6 +69,11 @@ impl EtcdStore {
             }
             opts = opts.with_tls(tls);
         }
+        // Campaigning blocks until elected: the election gets a client without a short timeout.
+        let long = opts.clone().with_timeout(Duration::from_secs(365 * 86_400));
+        let election_client = Client::connect(&cfg.endpoints, Some(long))
+            .await
+            .map_err(unavailable)?;
         let client = Client::connect(&cfg.endpoints, Some(opts))
             .await
             .map_err(unavailable)?;
@@ -78,6 +84,7 @@ impl EtcdStore {
         };
         Ok(EtcdStore {
             client,
+            election_client,
             prefix,
             fence: Fence::default(),
         })
@@ -85,6 +92,11 @@ impl EtcdStore {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// A client whose requests may block as long as they need (for campaigning).
+    pub fn election_client(&self) -> &Client {
+        &self.election_client
     }
 
     /// The key prefix, without a trailing slash.

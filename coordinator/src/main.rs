@@ -91,9 +91,24 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(coordinator(args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line a person can act on, never a backtrace.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn coordinator(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     match args.log_format {
@@ -208,7 +223,7 @@ async fn lead(
     let store = EtcdStore::connect(&etcd)
         .await
         .with_context(|| format!("cannot reach etcd at {}", args.etcd.join(",")))?;
-    let client = store.client().clone();
+    let client = store.election_client().clone();
     let name = leader::election_name(store.prefix());
     // While following, keep the leader's address at hand for the UNAVAILABLE answers.
     let following = CancellationToken::new();

@@ -114,6 +114,12 @@ pub struct SubmitArgs {
     /// Stream the run's output like `factotum run` and exit with its exit code.
     #[arg(long)]
     pub wait: bool,
+    /// Start even if a run of the same job (same factfile and tags) is still active.
+    #[arg(long)]
+    pub allow_concurrent: bool,
+    /// Submit at most once: a repeated submission with this key gets the first one's run.
+    #[arg(long, value_name = "KEY", env = "FACTOTUM_IDEMPOTENCY_KEY")]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Args)]

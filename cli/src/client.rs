@@ -182,6 +182,8 @@ fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
         },
         max_output: u32::try_from(args.max_stdouterr_size).unwrap_or(u32::MAX),
         dry_run: args.dry_run,
+        allow_concurrent: args.allow_concurrent,
+        idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
     })
 }
 

@@ -127,6 +127,8 @@ fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure
         placement: Placement::Sticky,
         max_output: args.max_stdouterr_size,
         dry_run: args.dry_run,
+        allow_concurrent: true,
+        idempotency_key: None,
     })?;
     // Factotum's local constraint check: this machine must satisfy every host constraint.
     if !run.constraints.is_empty() {

@@ -822,3 +822,66 @@ fn a_paused_leader_steps_down_when_it_wakes_up() {
     let log = std::fs::read_to_string(&paused.log).unwrap();
     assert!(log.contains("stepping down"), "{log}");
 }
+
+#[test]
+fn a_second_run_of_an_active_job_is_refused_and_idempotency_keys_return_the_first() {
+    let c = Coordinator::start(&[]);
+    let _a = agent(&c.url, "a1", None, &[]);
+    wait_for_agents(&c.url, 1);
+    let d = Dir::new();
+    let ff = d.write(
+        "slow.factfile",
+        &factfile("slow", vec![task("slow", "sleep 3", &[], &[])]),
+    );
+    let first = stdout(&submit(&c.url, &ff, &["--tag", "env,prod"]))
+        .trim()
+        .to_string();
+    let o = submit(&c.url, &ff, &["--tag", "env,prod"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(
+        stderr(&o).contains(&format!("still active: {first}")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("--allow-concurrent"), "{}", stderr(&o));
+    // Other tags make another job; --allow-concurrent starts a second run anyway.
+    let other = stdout(&submit(&c.url, &ff, &["--tag", "env,dev"]))
+        .trim()
+        .to_string();
+    assert_eq!(other.len(), 64);
+    let second = stdout(&submit(
+        &c.url,
+        &ff,
+        &["--tag", "env,prod", "--allow-concurrent"],
+    ))
+    .trim()
+    .to_string();
+    assert!(second.len() == 64 && second != first);
+    // The same idempotency key twice: one run.
+    let ff2 = d.write(
+        "once.factfile",
+        &factfile("once", vec![task("once", "sleep 1", &[], &[])]),
+    );
+    let k1 = stdout(&submit(
+        &c.url,
+        &ff2,
+        &["--idempotency-key", "nightly-2026-11-23"],
+    ))
+    .trim()
+    .to_string();
+    let k2 = stdout(&submit(
+        &c.url,
+        &ff2,
+        &["--idempotency-key", "nightly-2026-11-23"],
+    ))
+    .trim()
+    .to_string();
+    assert_eq!(k1.len(), 64);
+    assert_eq!(k1, k2, "a repeated key returns the first run");
+    let runs = stdout(&run(&["runs", "--coordinator", &c.url]));
+    assert_eq!(
+        runs.lines().filter(|l| l.contains(" once ")).count(),
+        1,
+        "{runs}"
+    );
+}

@@ -29,6 +29,10 @@ impl From<EngineError> for Status {
             EngineError::NoSuchRun(id) => Status::not_found(format!(
                 "no run '{id}' (see `factotum runs` for the runs this coordinator knows)"
             )),
+            EngineError::AlreadyActive(run) => Status::already_exists(format!(
+                "a run of this job (same factfile and tags) is still active: {run}; \
+                 pass --allow-concurrent to start another anyway"
+            )),
             EngineError::Store(e) => Status::unavailable(format!("the store is unavailable: {e}")),
         }
     }
@@ -140,6 +144,8 @@ impl Jobs for JobsApi {
             } else {
                 Placement::Sticky
             },
+            allow_concurrent: r.allow_concurrent,
+            idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
             max_output: if r.max_output == 0 {
                 10_000
             } else {
@@ -155,6 +161,7 @@ impl Jobs for JobsApi {
         Ok(Response::new(pb::SubmitRunResponse {
             run_id: submitted.run_id,
             job_reference: submitted.job_reference,
+            existing: submitted.existing,
         }))
     }
 

@@ -84,6 +84,10 @@ pub struct RunSpec {
     /// Every one must hold for an agent to take the run's tasks.
     pub constraints: Vec<Constraint>,
     pub placement: Placement,
+    /// Start even if a run of the same job (same `jobReference`) is still active.
+    pub allow_concurrent: bool,
+    /// A repeated submission with this key gets the run the first one started.
+    pub idempotency_key: Option<String>,
     /// A fresh UUIDv4 string; the run's reference is its SHA-256.
     pub uuid: String,
 }
@@ -185,6 +189,8 @@ pub enum EngineError {
     Stopped,
     #[error("no run '{0}'")]
     NoSuchRun(String),
+    #[error("a run of this job (same factfile and tags) is still active: {0}")]
+    AlreadyActive(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -201,6 +207,8 @@ pub struct Engine {
 pub struct Submitted {
     pub run_id: String,
     pub job_reference: String,
+    /// The run an idempotency key pointed at, rather than a new one.
+    pub existing: bool,
     pub watch: mpsc::UnboundedReceiver<WatchEvent>,
 }
 
@@ -263,6 +271,7 @@ impl Engine {
             conns: HashMap::new(),
             leases: HashMap::new(),
             unclaimed: HashMap::new(),
+            idempotency: HashMap::new(),
         };
         tokio::spawn(core.run(rx, shutdown));
         Engine { tx, deliverer }
@@ -449,6 +458,8 @@ struct Core<S: Store> {
     leases: HashMap<AttemptKey, Arc<str>>,
     /// Attempts recorded as running that no agent has re-attached yet, and until when it may.
     unclaimed: HashMap<AttemptKey, Instant>,
+    /// Idempotency keys of submissions, and the runs they started.
+    idempotency: HashMap<String, String>,
 }
 
 impl<S: Store> Core<S> {
@@ -816,6 +827,14 @@ impl<S: Store> Core<S> {
                 Err(why) => tracing::error!(run = %id, "cannot take over the run: {why}"),
             }
         }
+        for (key, value) in self.store.scan("idempotency/").await? {
+            if let (Some(k), Ok(run)) = (
+                key.strip_prefix("idempotency/").and_then(keys::unhex),
+                String::from_utf8(value),
+            ) {
+                self.idempotency.insert(k, run);
+            }
+        }
         // Webhooks not yet delivered, in order per run, with their original event ids.
         let mut closed = std::collections::HashSet::new();
         for (key, value) in self.store.scan("outbox/").await? {
@@ -932,6 +951,39 @@ impl<S: Store> Core<S> {
     }
 
     async fn submit(&mut self, spec: RunSpec) -> Result<Submitted, EngineError> {
+        if let Some(run_id) = spec
+            .idempotency_key
+            .as_ref()
+            .and_then(|k| self.idempotency.get(k))
+        {
+            let id: Arc<str> = Arc::from(run_id.as_str());
+            let (tx, rx) = mpsc::unbounded_channel();
+            let job_reference = match (self.runs.get_mut(&id), self.finished.get(&id)) {
+                (Some(run), _) => {
+                    run.watchers.push(tx);
+                    run.meta.job_reference.clone()
+                }
+                (None, Some(f)) => f.info.job_reference.clone(),
+                _ => String::new(),
+            };
+            return Ok(Submitted {
+                run_id: run_id.clone(),
+                job_reference,
+                existing: true,
+                watch: rx,
+            });
+        }
+        let job_reference =
+            factotum_common::reference::job_reference(&spec.compact_factfile, &spec.tags);
+        if !spec.allow_concurrent {
+            if let Some(active) = self
+                .runs
+                .values()
+                .find(|r| r.meta.job_reference == job_reference)
+            {
+                return Err(EngineError::AlreadyActive(active.id.to_string()));
+            }
+        }
         let now = Utc::now();
         let run_ref = factotum_common::reference::run_reference(&spec.uuid);
         let meta = RunMeta::new(
@@ -970,27 +1022,34 @@ impl<S: Store> Core<S> {
             dry_run: spec.dry_run,
             tasks: spec.plan.tasks.iter().map(|t| t.name.to_string()).collect(),
         };
+        let idem_op = spec.idempotency_key.as_ref().map(|k| StoreOp::Put {
+            key: keys::idempotency(k),
+            value: id.as_bytes().to_vec(),
+        });
         let initial = persist::StateRecord {
             state: JobState::Waiting.as_str().into(),
             outbox_seq: 0,
             cancelled: None,
         };
-        self.store
-            .commit(vec![
-                StoreOp::Put {
-                    key: keys::run_spec(&id),
-                    value: serde_json::to_vec(&record).unwrap_or_default(),
-                },
-                StoreOp::Put {
-                    key: keys::run_factfile(&id),
-                    value: persist::pack_factfile(&spec.compact_factfile),
-                },
-                StoreOp::Put {
-                    key: keys::run_state(&id),
-                    value: serde_json::to_vec(&initial).unwrap_or_default(),
-                },
-            ])
-            .await?;
+        let mut ops = vec![
+            StoreOp::Put {
+                key: keys::run_spec(&id),
+                value: serde_json::to_vec(&record).unwrap_or_default(),
+            },
+            StoreOp::Put {
+                key: keys::run_factfile(&id),
+                value: persist::pack_factfile(&spec.compact_factfile),
+            },
+            StoreOp::Put {
+                key: keys::run_state(&id),
+                value: serde_json::to_vec(&initial).unwrap_or_default(),
+            },
+        ];
+        ops.extend(idem_op);
+        self.store.commit(ops).await?;
+        if let Some(key) = &spec.idempotency_key {
+            self.idempotency.insert(key.clone(), id.to_string());
+        }
         let (wtx, wrx) = mpsc::unbounded_channel();
         let job_reference = meta.job_reference.clone();
         let run = Run {
@@ -1015,6 +1074,7 @@ impl<S: Store> Core<S> {
         Ok(Submitted {
             run_id: run_ref,
             job_reference,
+            existing: false,
             watch: wrx,
         })
     }

@@ -29,6 +29,8 @@ pub struct Submission {
     pub placement: Placement,
     pub max_output: usize,
     pub dry_run: bool,
+    pub allow_concurrent: bool,
+    pub idempotency_key: Option<String>,
 }
 
 /// Why a submission was refused; the exit code `factotum` gives each kind is Factotum's.
@@ -151,6 +153,8 @@ pub fn prepare(sub: Submission) -> Result<RunSpec, SpecError> {
         dry_run: sub.dry_run,
         constraints: resolve_constraints(sub.constraints),
         placement: sub.placement,
+        allow_concurrent: sub.allow_concurrent,
+        idempotency_key: sub.idempotency_key,
         uuid: uuid::Uuid::new_v4().to_string(),
     })
 }

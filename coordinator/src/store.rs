@@ -95,6 +95,22 @@ pub mod keys {
     pub fn task(run: &str, task: u32) -> String {
         format!("runs/{run}/tasks/{task:08}")
     }
+    /// The run a submission's idempotency key started (the key is hex-encoded: any text is safe).
+    pub fn idempotency(key: &str) -> String {
+        let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("idempotency/{hex}")
+    }
+    /// The key text back from its hex form.
+    pub fn unhex(hex: &str) -> Option<String> {
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect();
+        String::from_utf8(bytes?).ok()
+    }
     pub fn outbox(run: &str, seq: u64) -> String {
         format!("outbox/{run}/{seq:012}")
     }

@@ -208,7 +208,15 @@ async fn agent() -> anyhow::Result<()> {
                 break;
             }
         }
-        match connect(&endpoint(&target)?).await {
+        // A bad address from a follower must not stop the agent: fall back to the configured one.
+        let conn = match endpoint(&target) {
+            Ok(ep) => connect(&ep).await,
+            Err(e) => {
+                target = args.coordinator.clone();
+                Err(e)
+            }
+        };
+        match conn {
             Ok(link) => {
                 if !ready_sent {
                     notify(&[sd_notify::NotifyState::Ready]);
@@ -241,7 +249,7 @@ async fn agent() -> anyhow::Result<()> {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string)
                 });
-                if let Some(leader) = leader.filter(|l| *l != target) {
+                if let Some(leader) = leader.filter(|l| !l.is_empty() && *l != target) {
                     tracing::info!(%leader, "following the leader");
                     target = leader;
                     continue;

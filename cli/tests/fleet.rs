@@ -885,3 +885,60 @@ fn a_second_run_of_an_active_job_is_refused_and_idempotency_keys_return_the_firs
         "{runs}"
     );
 }
+
+#[test]
+fn an_etcd_outage_refuses_submissions_pauses_dispatch_and_loses_nothing() {
+    let mut etcd = support::fleet::Etcd::start();
+    let c = Coordinator::start(&["--etcd", &etcd.endpoint, "--lease-ttl", "20"]);
+    assert!(eventually(Duration::from_secs(10), || c.leads()));
+    let _a = agent(&c.url, "a1", None, &[]);
+    wait_for_agents(&c.url, 1);
+    let d = Dir::new();
+    let audit = d.file("audit");
+    let a = audit.display();
+    let ff = d.write(
+        "pair.factfile",
+        &factfile(
+            "pair",
+            vec![
+                task("first", &format!("echo first >> '{a}'; sleep 1"), &[], &[]),
+                task("second", &format!("echo second >> '{a}'"), &[], &["first"]),
+            ],
+        ),
+    );
+    let id = stdout(&submit(&c.url, &ff, &[])).trim().to_string();
+    assert!(eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&audit).is_ok_and(|s| s.contains("first"))
+    }));
+    etcd.kill();
+    let other = d.write(
+        "other.factfile",
+        &factfile("other", vec![task("x", "true", &[], &[])]),
+    );
+    let o = submit(&c.url, &other, &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", stdout(&o));
+    assert!(stderr(&o).contains("unavailable"), "{}", stderr(&o));
+    std::thread::sleep(Duration::from_millis(2000)); // `first` ends meanwhile
+    let lines = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(
+        lines.trim(),
+        "first",
+        "nothing is dispatched while its lease cannot be recorded"
+    );
+    etcd.restart();
+    let o = run(&["watch", &id, "--coordinator", &c.url]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let lines: Vec<String> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines, ["first", "second"]);
+    let o = submit(&c.url, &other, &["--wait"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "submissions are accepted again: {}",
+        stderr(&o)
+    );
+}

@@ -83,7 +83,9 @@ impl Role {
             None => "this coordinator is a follower and no leader is elected yet; retry shortly"
                 .to_string(),
         });
-        if let Some(value) = leader.and_then(|a| a.parse().ok()) {
+        // Always present on a follower's answer (empty while no leader is known): clients and
+        // agents retry such answers, and only those.
+        if let Ok(value) = leader.unwrap_or_default().parse() {
             status.metadata_mut().insert(LEADER_METADATA, value);
         }
         Err(status)

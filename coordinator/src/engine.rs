@@ -272,6 +272,8 @@ impl Engine {
             leases: HashMap::new(),
             unclaimed: HashMap::new(),
             idempotency: HashMap::new(),
+            stalled: VecDeque::new(),
+            pending_acks: Vec::new(),
         };
         tokio::spawn(core.run(rx, shutdown));
         Engine { tx, deliverer }
@@ -444,6 +446,15 @@ impl Agent {
 
 type AttemptKey = (Arc<str>, TaskId, u32);
 
+/// One event's worth of store writes and of what to do once they are recorded.
+struct Batch {
+    run: Arc<str>,
+    ops: Vec<StoreOp>,
+    deliveries: Vec<Delivery>,
+    sends: Vec<(Arc<str>, CoordinatorMessage)>,
+    finished: Option<JobState>,
+}
+
 struct Core<S: Store> {
     cfg: EngineConfig,
     store: S,
@@ -460,6 +471,10 @@ struct Core<S: Store> {
     unclaimed: HashMap<AttemptKey, Instant>,
     /// Idempotency keys of submissions, and the runs they started.
     idempotency: HashMap<String, String>,
+    /// Batches not yet recorded because the store is down, in order.
+    stalled: VecDeque<Batch>,
+    /// Acknowledgements of results, sent once the results are recorded.
+    pending_acks: Vec<(Arc<str>, CoordinatorMessage)>,
 }
 
 impl<S: Store> Core<S> {
@@ -482,7 +497,10 @@ impl<S: Store> Core<S> {
                         self.apply(&id, Event::Heartbeat).await;
                     }
                 }
-                _ = tick(&mut liveness) => self.check_liveness().await,
+                                _ = tick(&mut liveness) => self.check_liveness().await,
+                _ = tokio::time::sleep(Duration::from_millis(500)), if !self.stalled.is_empty() => {
+                    self.retry_stalled().await;
+                }
                                 _ = shutdown.cancelled() => break,
                 _ = fenced.cancelled() => break,
             }
@@ -1133,12 +1151,16 @@ impl<S: Store> Core<S> {
                         agent.in_use = agent.in_use.saturating_sub(1);
                     }
                 }
-                if let Some(tx) = self.agents.get(agent_id).and_then(|a| a.tx.clone()) {
-                    let ack = CoordinatorMessage {
-                        msg: Some(coordinator_message::Msg::Ack(factotum_proto::Ack {
-                            lease: Some(r.clone()),
-                        })),
-                    };
+                // The agent may forget the result once it is recorded: acknowledge with the
+                // batch that records it (at once for a run this coordinator does not know).
+                let ack = CoordinatorMessage {
+                    msg: Some(coordinator_message::Msg::Ack(factotum_proto::Ack {
+                        lease: Some(r.clone()),
+                    })),
+                };
+                if self.runs.contains_key(&id) {
+                    self.pending_acks.push((Arc::clone(agent_id), ack));
+                } else if let Some(tx) = self.agents.get(agent_id).and_then(|a| a.tx.clone()) {
                     let _ = tx.send(ack).await;
                 }
                 let outcome = match f.outcome {
@@ -1258,20 +1280,79 @@ impl<S: Store> Core<S> {
             key: keys::run_state(id),
             value: serde_json::to_vec(&state).unwrap_or_default(),
         });
-        for chunk in chunks(ops) {
-            match self.store.commit(chunk).await {
-                Ok(()) => {}
-                Err(StoreError::Fenced) => {
-                    // Another coordinator leads now: act on nothing more, step down at once.
-                    tracing::error!(run = %id, "a fenced write failed: this coordinator is no longer the leader");
-                    self.cfg.fenced.cancel();
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(run = %id, error = %e, "could not record the run's state")
-                }
+        sends.splice(0..0, std::mem::take(&mut self.pending_acks));
+        let batch = Batch {
+            run: Arc::clone(id),
+            ops,
+            deliveries,
+            sends,
+            finished,
+        };
+        self.commit(batch).await;
+    }
+
+    /// Records a batch, then carries it out. While the store is down, batches queue in order
+    /// (nothing is sent for them, and dispatch pauses) until it is back.
+    async fn commit(&mut self, batch: Batch) {
+        if !self.stalled.is_empty() {
+            self.stalled.push_back(batch);
+            return;
+        }
+        match self.write(&batch).await {
+            Ok(()) => self.act(batch).await,
+            Err(StoreError::Fenced) => self.step_down(&batch.run),
+            Err(e) => {
+                tracing::error!(run = %batch.run, error = %e, "the store is unavailable: dispatch pauses until it is back");
+                self.stalled.push_back(batch);
             }
         }
+    }
+
+    async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+        for chunk in batch.ops.chunks(MAX_OPS_PER_COMMIT) {
+            self.store.commit(chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// Retries the queued batches, in order; when all are recorded, dispatch resumes.
+    async fn retry_stalled(&mut self) {
+        while let Some(batch) = self.stalled.front() {
+            match self.write(batch).await {
+                Ok(()) => {
+                    if let Some(batch) = self.stalled.pop_front() {
+                        self.act(batch).await;
+                    }
+                }
+                Err(StoreError::Fenced) => {
+                    let run = Arc::clone(&batch.run);
+                    self.step_down(&run);
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        tracing::info!("the store is back: dispatch resumes");
+        self.dispatch_all().await;
+    }
+
+    fn step_down(&mut self, run: &Arc<str>) {
+        // Another coordinator leads now: act on nothing more.
+        tracing::error!(run = %run, "a fenced write failed: this coordinator is no longer the leader");
+        self.stalled.clear();
+        self.cfg.fenced.cancel();
+    }
+
+    /// What a recorded batch says to do: webhooks, messages to agents, a run's end.
+    async fn act(&mut self, batch: Batch) {
+        let Batch {
+            run: id,
+            deliveries,
+            sends,
+            finished,
+            ..
+        } = batch;
+        let id = &id;
         for d in deliveries {
             self.deliverer.send(d);
         }
@@ -1326,6 +1407,9 @@ impl<S: Store> Core<S> {
     /// Leases the run's ready tasks to eligible agents with free slots. Sticky placement keeps
     /// a run on the agent that took its first task while that agent is connected.
     async fn dispatch(&mut self, id: &Arc<str>) {
+        if !self.stalled.is_empty() {
+            return; // no new leases while the store cannot record them
+        }
         let Some(run) = self.runs.get_mut(id) else {
             return;
         };
@@ -1559,18 +1643,6 @@ fn tell(watchers: &mut Vec<mpsc::UnboundedSender<WatchEvent>>, ev: WatchEvent) {
         }
         _ => watchers.retain(|w| w.send(ev.clone()).is_ok()),
     }
-}
-
-fn chunks(mut ops: Vec<StoreOp>) -> Vec<Vec<StoreOp>> {
-    let mut out = vec![];
-    while ops.len() > MAX_OPS_PER_COMMIT {
-        let rest = ops.split_off(MAX_OPS_PER_COMMIT);
-        out.push(std::mem::replace(&mut ops, rest));
-    }
-    if !ops.is_empty() {
-        out.push(ops);
-    }
-    out
 }
 
 async fn tick(beat: &mut Option<tokio::time::Interval>) {

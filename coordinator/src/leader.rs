@@ -104,25 +104,34 @@ async fn keep_alive(
     stop: CancellationToken,
 ) {
     let every = (ttl / 3).max(Duration::from_millis(200));
-    let Ok((mut keeper, mut responses)) = client.lease_client().keep_alive(lease).await else {
-        lost.cancel();
-        return;
-    };
     // The lease lives until `ttl` after the last successful renewal; past that, it is gone.
     let mut renewed = tokio::time::Instant::now();
+    // The keep-alive stream breaks when etcd restarts: it is opened again as needed.
+    let mut stream = None;
     loop {
+        if stream.is_none() {
+            stream = client.lease_client().keep_alive(lease).await.ok();
+        }
+        let ok = match stream.as_mut() {
+            Some((keeper, responses)) => {
+                keeper.keep_alive().await.is_ok()
+                    && matches!(tokio::time::timeout(every, responses.message()).await, Ok(Ok(Some(r))) if r.ttl() > 0)
+            }
+            None => false,
+        };
+        if ok {
+            renewed = tokio::time::Instant::now();
+        } else {
+            stream = None;
+            if renewed.elapsed() >= ttl {
+                tracing::error!(lease, "the leader lease expired");
+                lost.cancel();
+                return;
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
-        }
-        let ok = keeper.keep_alive().await.is_ok()
-            && matches!(tokio::time::timeout(every, responses.message()).await, Ok(Ok(Some(r))) if r.ttl() > 0);
-        if ok {
-            renewed = tokio::time::Instant::now();
-        } else if renewed.elapsed() >= ttl {
-            tracing::error!(lease, "the leader lease expired");
-            lost.cancel();
-            return;
         }
     }
 }

@@ -212,7 +212,8 @@ impl Proxy {
 pub struct Etcd {
     pub proc: Proc,
     pub endpoint: String,
-    _dir: tempfile::TempDir,
+    ports: (u16, u16),
+    dir: tempfile::TempDir,
 }
 
 impl Etcd {
@@ -226,7 +227,29 @@ impl Etcd {
                 .unwrap()
                 .port()
         };
-        let (client, peer) = (port(), port());
+        let ports = (port(), port());
+        let proc = Self::spawn(&dir, ports);
+        Etcd {
+            proc,
+            endpoint: format!("http://127.0.0.1:{}", ports.0),
+            ports,
+            dir,
+        }
+    }
+
+    /// Kills etcd (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.proc.0.kill();
+        let _ = self.proc.0.wait();
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.proc = Self::spawn(&self.dir, self.ports);
+    }
+
+    fn spawn(dir: &tempfile::TempDir, (client, peer): (u16, u16)) -> Proc {
         let c = format!("http://127.0.0.1:{client}");
         let p = format!("http://127.0.0.1:{peer}");
         let child = Command::new("etcd")
@@ -255,11 +278,7 @@ impl Etcd {
             body.contains("\"health\":\"true\"")
         });
         assert!(healthy, "etcd did not become healthy");
-        Etcd {
-            proc: Proc(child),
-            endpoint: c,
-            _dir: dir,
-        }
+        Proc(child)
     }
 }
 

@@ -20,11 +20,50 @@ def factfile(path, name, tasks):
         json.dump(doc, f)
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Etcd:
+    """A throwaway single-node etcd on ephemeral ports."""
+
+    def __init__(self, work):
+        self.client, peer = free_port(), free_port()
+        c, p = f"http://127.0.0.1:{self.client}", f"http://127.0.0.1:{peer}"
+        self.endpoint = c
+        self.proc = subprocess.Popen(
+            ["etcd", "--name", "bench", "--data-dir", os.path.join(work, f"etcd-{self.client}"),
+             "--listen-client-urls", c, "--advertise-client-urls", c, "--listen-peer-urls", p,
+             "--initial-advertise-peer-urls", p, "--initial-cluster", f"bench={p}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import urllib.request
+        for _ in range(200):
+            try:
+                if b'"health":"true"' in urllib.request.urlopen(c + "/health", timeout=1).read():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        sys.exit("etcd did not start")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+# Extra coordinator flags (`--etcd URL` in etcd mode).
+COORD = lambda work: ()
+
+
 class Fleet:
-    def __init__(self, bin_dir, work, agents=1, agent_args=(), agent_env=None):
+    def __init__(self, bin_dir, work, agents=1, agent_args=(), agent_env=None, coordinator_args=()):
         self.bin, self.work, self.procs = bin_dir, work, []
-        out = open(os.path.join(work, "coordinator.out"), "w+")
-        self.coordinator = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0"],
+        out = open(os.path.join(work, f"coordinator-{time.monotonic_ns()}.out"), "w+")
+        self.coordinator = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0",
+                                             *COORD(work), *coordinator_args],
                                             stdout=out, stderr=subprocess.DEVNULL)
         self.procs.append(self.coordinator)
         for _ in range(200):
@@ -132,6 +171,101 @@ def throughput(bin_dir, runs):
           f"({l * 1000:.0f} ms); fleet/local ratio {l / f:.2f}", flush=True)
 
 
+def agent_spawns(log):
+    """Times (s) of the agent's `process spawned` events."""
+    out = []
+    for line in open(log):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("fields", {}).get("message") == "process spawned":
+            out.append(parse_time(rec["timestamp"]))
+    return sorted(out)
+
+
+def submit_10k(bin_dir, runs):
+    """From the start of `factotum submit` of a 10,000-task DAG to its first task's spawn."""
+    times = []
+    with tempfile.TemporaryDirectory() as work:
+        ff = os.path.join(work, "10k.factfile")
+        factfile(ff, "10k", [(f"t{i}", [f"t{(i - 1) // 2}"] if i else []) for i in range(10_000)])
+        for _ in range(runs):
+            fleet = Fleet(bin_dir, work, agents=1, agent_args=("--log-format", "json"),
+                          agent_env={"RUST_LOG": "factotum_agent::executor=debug"})
+            t0 = time.time()
+            subprocess.run([fleet.cli(), "submit", ff, "--coordinator", fleet.url, "--dry-run"],
+                           stdout=subprocess.DEVNULL, check=True)
+            time.sleep(1)
+            fleet.stop()
+            spawns = agent_spawns(fleet.agent_logs[0])
+            if spawns:
+                times.append((spawns[0] - t0) * 1000)
+    if not times:
+        print("submit 10k: no dispatch seen (dry runs spawn nothing); see below")
+        return
+    print(f"submit of a 10,000-task DAG to its first dispatch (median of {len(times)}): "
+          f"{statistics.median(times):.0f} ms", flush=True)
+
+
+def failover(bin_dir, runs, etcd):
+    """kill -9 of the leader of three; time from the kill to the next task spawn."""
+    results = []
+    with tempfile.TemporaryDirectory() as work:
+        ff = os.path.join(work, "beat.factfile")
+        factfile(ff, "beat", [(f"t{i}", [f"t{i-1}"] if i else []) for i in range(400)])
+        with open(ff) as f:
+            doc = json.load(f)
+        for t in doc["data"]["tasks"]:
+            t["command"] = "sleep 0.05"
+        with open(ff, "w") as f:
+            json.dump(doc, f)
+        for r in range(runs):
+            prefix = f"/failover{r}"
+            coords = []
+            for i in range(3):
+                out = os.path.join(work, f"c{r}-{i}.out")
+                err = os.path.join(work, f"c{r}-{i}.err")
+                p = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0",
+                                      "--etcd", etcd.endpoint, "--etcd-prefix", prefix, "--lease-ttl", "2"],
+                                     stdout=open(out, "w"), stderr=open(err, "w"))
+                coords.append((p, out, err))
+                time.sleep(0.3 if i == 0 else 0)
+            time.sleep(1)
+            urls = []
+            for p, out, err in coords:
+                for _ in range(100):
+                    line = open(out).readline()
+                    if line.startswith("listening on "):
+                        urls.append("http://" + line.split()[-1])
+                        break
+                    time.sleep(0.05)
+            leader = next(i for i, (p, o, e) in enumerate(coords) if " leading" in open(e).read())
+            log = os.path.join(work, f"agent-{r}.log")
+            agent = subprocess.Popen([os.path.join(bin_dir, "factotum-agent"), "--coordinator", urls[(leader + 1) % 3],
+                                      "--log-format", "json"], stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                                     env=dict(os.environ, RUST_LOG="factotum_agent::executor=debug"))
+            time.sleep(1)
+            subprocess.run([os.path.join(bin_dir, "factotum"), "submit", ff, "--coordinator", urls[leader]],
+                           stdout=subprocess.DEVNULL, check=True)
+            time.sleep(1.5)
+            t_kill = time.time()
+            coords[leader][0].kill()
+            time.sleep(6)
+            after = [t for t in agent_spawns(log) if t > t_kill]
+            agent.kill()
+            for p, _, _ in coords:
+                p.kill()
+            if after:
+                results.append((after[0] - t_kill) * 1000)
+    if results:
+        print(f"failover (kill -9 of the leader of three, lease TTL 2 s) to the next dispatch: "
+              f"median {statistics.median(results):.0f} ms over {len(results)} runs "
+              f"({', '.join(f'{x:.0f}' for x in results)} ms)", flush=True)
+    else:
+        print("failover: no dispatch after the kill", flush=True)
+
+
 def proc_stats(pid):
     with open(f"/proc/{pid}/stat") as f:
         parts = f.read().rsplit(")", 1)[1].split()
@@ -178,9 +312,17 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--bin", default=os.path.join(TARGET, "release"))
     ap.add_argument("--scale", default="1000,5000")
-    ap.add_argument("--only", choices=["hop", "throughput", "scale"])
+    ap.add_argument("--only", choices=["hop", "throughput", "scale", "submit", "failover"])
     ap.add_argument("--state-dir", action="store_true", help="agents run tasks under their supervisor (--state-dir)")
+    ap.add_argument("--etcd", action="store_true", help="coordinators record runs in a throwaway etcd")
     args = ap.parse_args()
+    etcd = None
+    if args.etcd:
+        global COORD
+        etcd_dir = tempfile.mkdtemp()
+        etcd = Etcd(etcd_dir)
+        prefix = iter(range(1_000_000))
+        COORD = lambda work: ("--etcd", etcd.endpoint, "--etcd-prefix", f"/bench{next(prefix)}")
     if args.state_dir:
         global STATE
         STATE = lambda work: ("--state-dir", os.path.join(work, f"state-{time.monotonic_ns()}"))
@@ -188,8 +330,14 @@ def main():
         hop_latency(args.bin, args.runs)
     if args.only in (None, "throughput"):
         throughput(args.bin, args.runs)
-    if args.only in (None, "scale"):
+    if args.only in (None, "scale") and not args.etcd:
         scale(args.bin, [int(n) for n in args.scale.split(",")])
+    if args.only in (None, "submit") and args.etcd:
+        submit_10k(args.bin, args.runs)
+    if args.only in (None, "failover") and args.etcd:
+        failover(args.bin, args.runs, etcd)
+    if etcd:
+        etcd.stop()
 
 
 if __name__ == "__main__":

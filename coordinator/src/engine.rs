@@ -274,6 +274,8 @@ impl Engine {
             idempotency: HashMap::new(),
             stalled: VecDeque::new(),
             pending_acks: Vec::new(),
+            grouping: false,
+            pending: Vec::new(),
         };
         tokio::spawn(core.run(rx, shutdown));
         Engine { tx, deliverer }
@@ -400,6 +402,11 @@ struct Run {
     history: VecDeque<WatchEvent>,
 }
 
+/// Commands handled before their store writes are committed together (group commit).
+const GROUP: usize = 256;
+/// Bytes per store transaction, at most (etcd refuses requests over 1.5 MiB by default).
+const MAX_TXN_BYTES: usize = 1024 * 1024;
+
 /// Events of a run replayed to late watchers, at most.
 const HISTORY: usize = 10_000;
 /// Finished runs whose history is kept for late watchers.
@@ -475,6 +482,9 @@ struct Core<S: Store> {
     stalled: VecDeque<Batch>,
     /// Acknowledgements of results, sent once the results are recorded.
     pending_acks: Vec<(Arc<str>, CoordinatorMessage)>,
+    /// While handling a group of commands: their batches, recorded together at the end.
+    grouping: bool,
+    pending: Vec<Batch>,
 }
 
 impl<S: Store> Core<S> {
@@ -488,7 +498,20 @@ impl<S: Store> Core<S> {
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd).await,
+                    Some(cmd) => {
+                        // Group commit: handle what is already queued, then record every batch
+                        // in as few store transactions as possible, then act on them in order.
+                        self.grouping = true;
+                        self.handle(cmd).await;
+                        for _ in 1..GROUP {
+                            match rx.try_recv() {
+                                Ok(cmd) => self.handle(cmd).await,
+                                Err(_) => break,
+                            }
+                        }
+                        self.grouping = false;
+                        self.flush().await;
+                    }
                     None => break,
                 },
                 _ = tick(&mut beat) => {
@@ -860,21 +883,18 @@ impl<S: Store> Core<S> {
             let [_, run, seq, _] = parts.as_slice() else {
                 continue;
             };
-            let Some((url, body)) = std::str::from_utf8(&value)
-                .ok()
-                .and_then(|v| v.split_once('\n'))
-            else {
+            let Some((url, body)) = persist::unpack_outbox(&value) else {
                 continue;
             };
             let run_id: Arc<str> = Arc::from(*run);
             self.deliverer.send(Delivery {
-                url: Arc::from(url),
+                url: Arc::from(url.as_str()),
                 run_id: Arc::clone(&run_id),
                 event_id: format!(
                     "{run}-{}",
                     seq.trim_start_matches('0').parse::<u64>().unwrap_or(0)
                 ),
-                body: Arc::from(body),
+                body: Arc::from(body.as_str()),
                 outbox_key: key.clone(),
             });
             if !self.runs.contains_key(&run_id) {
@@ -1294,6 +1314,10 @@ impl<S: Store> Core<S> {
     /// Records a batch, then carries it out. While the store is down, batches queue in order
     /// (nothing is sent for them, and dispatch pauses) until it is back.
     async fn commit(&mut self, batch: Batch) {
+        if self.grouping {
+            self.pending.push(batch);
+            return;
+        }
         if !self.stalled.is_empty() {
             self.stalled.push_back(batch);
             return;
@@ -1309,10 +1333,59 @@ impl<S: Store> Core<S> {
     }
 
     async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
-        for chunk in batch.ops.chunks(MAX_OPS_PER_COMMIT) {
-            self.store.commit(chunk.to_vec()).await?;
+        self.write_ops(batch.ops.clone()).await
+    }
+
+    /// Writes in transactions of at most 128 operations and about 1 MiB (etcd's limits).
+    async fn write_ops(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for op in ops {
+            let size = match &op {
+                StoreOp::Put { key, value } => key.len() + value.len(),
+                StoreOp::Delete { key } => key.len(),
+            };
+            if !chunk.is_empty()
+                && (chunk.len() == MAX_OPS_PER_COMMIT || bytes + size > MAX_TXN_BYTES)
+            {
+                self.store.commit(std::mem::take(&mut chunk)).await?;
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(op);
+        }
+        if !chunk.is_empty() {
+            self.store.commit(chunk).await?;
         }
         Ok(())
+    }
+
+    /// Records the batches gathered by a group of commands together, then acts on each.
+    async fn flush(&mut self) {
+        let batches = std::mem::take(&mut self.pending);
+        if batches.is_empty() {
+            return;
+        }
+        if !self.stalled.is_empty() {
+            self.stalled.extend(batches);
+            return;
+        }
+        let ops: Vec<StoreOp> = batches.iter().flat_map(|b| b.ops.iter().cloned()).collect();
+        match self.write_ops(ops).await {
+            Ok(()) => {
+                for b in batches {
+                    self.act(b).await;
+                }
+            }
+            Err(StoreError::Fenced) => {
+                let run = Arc::clone(&batches[0].run);
+                self.step_down(&run);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the store is unavailable: dispatch pauses until it is back");
+                self.stalled.extend(batches);
+            }
+        }
     }
 
     /// Retries the queued batches, in order; when all are recorded, dispatch resumes.
@@ -1576,7 +1649,7 @@ fn record(run: &mut Run, update: &Update, ops: &mut Vec<StoreOp>, deliveries: &m
         let outbox_key = format!("{}/{i}", keys::outbox(&run.id, seq));
         ops.push(StoreOp::Put {
             key: outbox_key.clone(),
-            value: format!("{url}\n{body}").into_bytes(),
+            value: persist::pack_outbox(url, &body),
         });
         deliveries.push(Delivery {
             url: Arc::clone(url),

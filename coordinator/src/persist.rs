@@ -161,6 +161,19 @@ pub fn pack_factfile(compact: &str) -> Vec<u8> {
     }
 }
 
+/// An outbox entry: `<url>\n<payload>`, gzip when large (a 10,000-task run's payloads are
+/// megabytes of JSON).
+pub fn pack_outbox(url: &str, body: &str) -> Vec<u8> {
+    pack_factfile(&format!("{url}\n{body}"))
+}
+
+/// The URL and payload of an outbox entry.
+pub fn unpack_outbox(bytes: &[u8]) -> Option<(String, String)> {
+    let text = unpack_factfile(bytes)?;
+    let (url, body) = text.split_once('\n')?;
+    Some((url.to_string(), body.to_string()))
+}
+
 pub fn unpack_factfile(bytes: &[u8]) -> Option<String> {
     if bytes.starts_with(&GZIP_MAGIC) {
         let mut text = String::new();

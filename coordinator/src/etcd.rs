@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 
-use crate::store::{Store, StoreError, StoreOp, MAX_OPS_PER_COMMIT};
+use crate::store::{last_write_per_key, Store, StoreError, StoreOp, MAX_OPS_PER_COMMIT};
 
 /// How to reach etcd.
 #[derive(Debug, Clone, Default)]
@@ -118,6 +118,8 @@ impl Store for EtcdStore {
     async fn commit(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
         let fence = self.fence.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut kv = self.client.kv_client();
+        // etcd refuses a transaction that names a key twice: keep each key's last write.
+        let ops = last_write_per_key(ops);
         for chunk in ops.chunks(MAX_OPS_PER_COMMIT) {
             let txn_ops: Vec<TxnOp> = chunk
                 .iter()

@@ -36,6 +36,23 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
 }
 
+/// The same effect with each key written once: its last write (a store that refuses a
+/// transaction naming a key twice, as etcd does, gets this).
+pub fn last_write_per_key(ops: Vec<StoreOp>) -> Vec<StoreOp> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<StoreOp> = ops
+        .into_iter()
+        .rev()
+        .filter(|op| {
+            seen.insert(match op {
+                StoreOp::Put { key, .. } | StoreOp::Delete { key } => key.clone(),
+            })
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
 /// The single-node store: a map in memory. Used by `factotum run` and a coordinator without etcd.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {

@@ -36,6 +36,13 @@ async fn commits_scan_and_prefixes() {
     ])
     .await
     .unwrap();
+    // The same key twice in one batch: the last write wins (etcd alone would refuse it).
+    a.commit(vec![
+        put("runs/r1/state", "WAITING"),
+        put("runs/r1/state", "RUNNING"),
+    ])
+    .await
+    .unwrap();
     let got = a.scan("runs/r1/").await.unwrap();
     assert_eq!(got.len(), 300, "299 tasks and the state");
     assert!(got

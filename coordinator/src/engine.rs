@@ -1300,6 +1300,9 @@ impl<S: Store> Core<S> {
             key: keys::run_state(id),
             value: serde_json::to_vec(&state).unwrap_or_default(),
         });
+        // Webhook events first: should a batch ever span transactions (over 128 operations or
+        // 1 MiB) and a crash fall between them, an event is sent twice rather than never.
+        ops.sort_by_key(|op| !matches!(op, StoreOp::Put { key, .. } if key.starts_with("outbox/")));
         sends.splice(0..0, std::mem::take(&mut self.pending_acks));
         let batch = Batch {
             run: Arc::clone(id),

@@ -598,6 +598,18 @@ fn a_coordinator_killed_mid_run_is_replaced_from_etcd_and_nothing_runs_twice() {
             ],
         ),
     );
+    let quick = d.write(
+        "quick.factfile",
+        &factfile("quick", vec![task("q", "true", &[], &[])]),
+    );
+    let done_before = stdout(&submit(&first.url, &quick, &["--wait"]));
+    assert!(done_before.contains("1/1 tasks run"), "{done_before}");
+    let finished_id = stdout(&run(&["runs", "--coordinator", &first.url]))
+        .lines()
+        .find(|l| l.contains(" quick "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
     let id = stdout(&submit(&first.url, &ff, &[])).trim().to_string();
     assert!(eventually(Duration::from_secs(10), || {
         std::fs::read_to_string(&audit).is_ok_and(|s| s.contains("one"))
@@ -632,13 +644,23 @@ fn a_coordinator_killed_mid_run_is_replaced_from_etcd_and_nothing_runs_twice() {
     );
     let status = stdout(&run(&["status", &id, "--coordinator", &second.url]));
     assert!(status.contains("state     SUCCEEDED"), "{status}");
+    let before = stdout(&run(&[
+        "status",
+        &finished_id,
+        "--coordinator",
+        &second.url,
+    ]));
+    assert!(
+        before.contains("state     SUCCEEDED"),
+        "a run finished before the failover is still known: {before}"
+    );
     // Every transition reached the webhook at least once; in order once deduplicated by event id.
     assert!(eventually(Duration::from_secs(10), || transitions(
         &rx_dedup(&hooks)
     )
     .last()
     .is_some_and(|t| t == "job RUNNING->SUCCEEDED")));
-    let t = transitions(&rx_dedup(&hooks));
+    let t = transitions(&rx_dedup_run(&hooks, &id));
     assert_eq!(
         t,
         [
@@ -660,6 +682,14 @@ fn rx_dedup(rx: &Receiver) -> Vec<serde_json::Value> {
         .into_iter()
         .filter(|r| seen.insert(r.header("webhook-id").unwrap_or_default().to_string()))
         .map(|r| r.json())
+        .collect()
+}
+
+/// The same, for one run only.
+fn rx_dedup_run(rx: &Receiver, run: &str) -> Vec<serde_json::Value> {
+    rx_dedup(rx)
+        .into_iter()
+        .filter(|p| p["data"]["runReference"] == run)
         .collect()
 }
 

@@ -847,6 +847,7 @@ impl<S: Store> Core<S> {
                 .insert(rest.to_string(), value);
         }
         let mut taken = 0;
+        let mut finished = vec![];
         let grace = Instant::now() + self.cfg.failover_grace;
         for (id, keys) in by_run {
             let id: Arc<str> = Arc::from(id.as_str());
@@ -854,7 +855,20 @@ impl<S: Store> Core<S> {
                 continue;
             }
             match self.restore_run(&id, &keys).await {
-                Ok(Some(run)) => {
+                Ok(run) if run.state.job_state().is_terminal() => {
+                    // Finished before the failover: kept for `status` and `runs`.
+                    let summary = summarize(&run, run.state.job_state());
+                    finished.push((
+                        run.state.started_at(),
+                        Arc::clone(&id),
+                        Finished {
+                            info: info(&run),
+                            summary,
+                            history: None,
+                        },
+                    ));
+                }
+                Ok(run) => {
                     for (t, rec) in run.state.tasks().iter().enumerate() {
                         if rec.state == TaskState::Running {
                             self.unclaimed
@@ -864,9 +878,14 @@ impl<S: Store> Core<S> {
                     self.runs.insert(Arc::clone(&id), run);
                     taken += 1;
                 }
-                Ok(None) => {}
                 Err(why) => tracing::error!(run = %id, "cannot take over the run: {why}"),
             }
+        }
+        finished.sort_by_key(|(start, ..)| *start);
+        let skip = finished.len().saturating_sub(self.cfg.keep_finished);
+        for (_, id, f) in finished.into_iter().skip(skip) {
+            self.finished_order.push_back(Arc::clone(&id));
+            self.finished.insert(id, f);
         }
         for (key, value) in self.store.scan("idempotency/").await? {
             if let (Some(k), Ok(run)) = (
@@ -908,19 +927,16 @@ impl<S: Store> Core<S> {
         Ok(taken)
     }
 
-    /// One recorded run, rebuilt; `None` for a finished one.
+    /// One recorded run, rebuilt.
     async fn restore_run(
         &self,
         id: &Arc<str>,
         keys: &HashMap<String, Vec<u8>>,
-    ) -> Result<Option<Run>, String> {
+    ) -> Result<Run, String> {
         let state: persist::StateRecord =
             serde_json::from_slice(keys.get("state").ok_or("no state record")?)
                 .map_err(|e| e.to_string())?;
         let job = state.job_state().ok_or("unknown job state")?;
-        if job.is_terminal() {
-            return Ok(None);
-        }
         let spec: persist::SpecRecord =
             serde_json::from_slice(keys.get("spec").ok_or("no spec record")?)
                 .map_err(|e| e.to_string())?;
@@ -963,7 +979,7 @@ impl<S: Store> Core<S> {
             id.to_string(),
             spec.start_time,
         );
-        Ok(Some(Run {
+        Ok(Run {
             id: Arc::clone(id),
             state: RunState::restore(
                 plan,
@@ -985,7 +1001,7 @@ impl<S: Store> Core<S> {
             waiting_reason: None,
             outbox_seq: state.outbox_seq,
             history: VecDeque::new(),
-        }))
+        })
     }
 
     async fn submit(&mut self, spec: RunSpec) -> Result<Submitted, EngineError> {

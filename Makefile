@@ -12,7 +12,10 @@ fmt-check:
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# The fleet tests start the agent, shim and coordinator binaries: build them all first
+# (`cargo test` builds only the binaries of packages with integration tests).
 unit:
+	cargo build --workspace --bins
 	cargo test --workspace
 
 # Benchmarks (not part of the tests): figures go to docs/BENCHMARKS.md.

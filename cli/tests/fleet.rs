@@ -8,6 +8,13 @@ use std::time::Duration;
 use support::fleet::{agent, wait_for_agents, Coordinator};
 use support::*;
 
+/// Waits up to `secs` for `factotum status RUN` to show `text`.
+fn status_shows(url: &str, run_id: &str, text: &str, secs: u64) -> bool {
+    eventually(Duration::from_secs(secs), || {
+        stdout(&run(&["status", run_id, "--coordinator", url])).contains(text)
+    })
+}
+
 fn submit(url: &str, ff: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["submit", ff, "--coordinator", url];
     args.extend_from_slice(extra);
@@ -214,15 +221,9 @@ fn a_killed_agent_fails_its_tasks_after_lost_after() {
         ),
     );
     let id = stdout(&submit(&c.url, &ff, &[])).trim().to_string();
-    assert!(eventually(Duration::from_secs(10), || stdout(&run(&[
-        "status",
-        &id,
-        "--coordinator",
-        &c.url
-    ]))
-    .contains("RUNNING")));
-    a.0.kill().unwrap(); // SIGKILL
-                         // Failed within --lost-after (2 s) plus a few seconds.
+    assert!(status_shows(&c.url, &id, "RUNNING", 10));
+    // SIGKILL; the run fails within --lost-after (2 s) plus a few seconds.
+    a.0.kill().unwrap();
     let failed = eventually(Duration::from_secs(6), || {
         stdout(&run(&["status", &id, "--coordinator", &c.url])).contains("state     FAILED")
     });
@@ -405,13 +406,7 @@ fn sigterm_drains_an_agent_its_running_task_finishes_and_nothing_new_starts() {
         ),
     );
     let id = stdout(&submit(&c.url, &ff, &[])).trim().to_string();
-    assert!(eventually(Duration::from_secs(10), || stdout(&run(&[
-        "status",
-        &id,
-        "--coordinator",
-        &c.url
-    ]))
-    .contains("RUNNING")));
+    assert!(status_shows(&c.url, &id, "RUNNING", 10));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(a.pid()),
         nix::sys::signal::Signal::SIGTERM,

@@ -11,7 +11,7 @@ pub fn sibling(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_BIN_EXE_factotum")).with_file_name(name);
     assert!(
         p.exists(),
-        "{} is missing: build the whole workspace (`cargo test --workspace` does)",
+        "{} is missing: build every binary first (`cargo build --workspace --bins`; `make test` does)",
         p.display()
     );
     p

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -40,17 +40,15 @@ pub fn run(args: &[&str]) -> Output {
     };
     let out = pipe(Box::new(child.stdout.take().unwrap()));
     let err = pipe(Box::new(child.stderr.take().unwrap()));
-    let limit = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > limit {
-            let _ = child.kill();
-            panic!("factotum {args:?} did not finish within 2 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let mut status = None;
+    if !eventually(Duration::from_secs(120), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    }) {
+        let _ = child.kill();
+        panic!("factotum {args:?} did not finish within 2 minutes");
+    }
+    let status = status.expect("finished");
     Output {
         status,
         stdout: out.join().unwrap(),
@@ -257,12 +255,13 @@ pub fn gone(pid: i32) -> bool {
 
 /// Polls `f` until it holds or `limit` passes.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
+    let step = Duration::from_millis(20);
+    let tries = (limit.as_millis() / step.as_millis()).max(1);
+    for _ in 0..tries {
         if f() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(step);
     }
     f()
 }

@@ -53,7 +53,7 @@ where
                     Err(Failure {
                         unavailable: Some(leader),
                         ..
-                    }) if tokio::time::Instant::now() < deadline => {
+                    }) if deadline > tokio::time::Instant::now() => {
                         match leader.filter(|l| *l != url) {
                             Some(l) => url = l,
                             None => {

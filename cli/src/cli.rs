@@ -72,58 +72,9 @@ pub enum PlacementArg {
     Spread,
 }
 
+/// What to run and how: the flags `run` and `submit` share (Factotum's `run` flags).
 #[derive(Debug, Args)]
-pub struct SubmitArgs {
-    /// The factfile to run.
-    pub factfile: PathBuf,
-    #[command(flatten)]
-    pub remote: Remote,
-    /// Run only this task and its descendants.
-    #[arg(long, value_name = "TASK")]
-    pub start: Option<String>,
-    /// Template variables as a JSON object.
-    #[arg(long, value_name = "JSON", env = "FACTOTUM_ENV")]
-    pub env: Option<String>,
-    /// Simulate every task with exit code 0.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// No colours.
-    #[arg(long, env = "FACTOTUM_NO_COLOUR")]
-    pub no_colour: bool,
-    /// POST every transition of this run to this URL (repeatable).
-    #[arg(long, value_name = "URL")]
-    pub webhook: Vec<String>,
-    /// Tag the run "key,value" (repeatable).
-    #[arg(long, value_name = "KEY,VALUE")]
-    pub tag: Vec<String>,
-    /// Run only on agents with "host,<value>" (`*`, hostname, or a name/IP of one of its
-    /// addresses) or "label,<key>=<value>" (repeatable; all must hold).
-    #[arg(long, value_name = "KIND,VALUE")]
-    pub constraint: Vec<String>,
-    /// Keep the run on one agent (sticky, the default) or place each task anywhere eligible.
-    #[arg(long, value_enum, default_value = "sticky")]
-    pub placement: PlacementArg,
-    /// Characters of each task's stdout and stderr kept for webhooks.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 10_000,
-        env = "FACTOTUM_MAX_STDOUTERR_SIZE"
-    )]
-    pub max_stdouterr_size: usize,
-    /// Stream the run's output like `factotum run` and exit with its exit code.
-    #[arg(long)]
-    pub wait: bool,
-    /// Start even if a run of the same job (same factfile and tags) is still active.
-    #[arg(long)]
-    pub allow_concurrent: bool,
-    /// Submit at most once: a repeated submission with this key gets the first one's run.
-    #[arg(long, value_name = "KEY", env = "FACTOTUM_IDEMPOTENCY_KEY")]
-    pub idempotency_key: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct JobArgs {
     /// The factfile to run.
     pub factfile: PathBuf,
     /// Run only this task and its descendants (every descendant's dependencies must be inside
@@ -145,9 +96,10 @@ pub struct RunArgs {
     /// Tag the run "key,value" (repeatable); tags are also template variables `tag:<key>`.
     #[arg(long, value_name = "KEY,VALUE")]
     pub tag: Vec<String>,
-    /// Run only if this machine satisfies "host,<value>": `*`, its hostname, or a name or IP
-    /// resolving to one of its non-loopback addresses (repeatable).
-    #[arg(long, value_name = "KEY,VALUE")]
+    /// "host,<value>": `*`, the hostname, or a name or IP resolving to one of the machine's
+    /// non-loopback addresses; with `submit` also "label,<key>=<value>" (repeatable; all must
+    /// hold). `run` checks this machine and runs nothing if it does not match.
+    #[arg(long, value_name = "KIND,VALUE")]
     pub constraint: Vec<String>,
     /// Characters of each task's stdout and stderr kept for webhooks.
     #[arg(
@@ -157,6 +109,32 @@ pub struct RunArgs {
         env = "FACTOTUM_MAX_STDOUTERR_SIZE"
     )]
     pub max_stdouterr_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Keep the run on one agent (sticky, the default) or place each task anywhere eligible.
+    #[arg(long, value_enum, default_value = "sticky")]
+    pub placement: PlacementArg,
+    /// Stream the run's output like `factotum run` and exit with its exit code.
+    #[arg(long)]
+    pub wait: bool,
+    /// Start even if a run of the same job (same factfile and tags) is still active.
+    #[arg(long)]
+    pub allow_concurrent: bool,
+    /// Submit at most once: a repeated submission with this key gets the first one's run.
+    #[arg(long, value_name = "KEY", env = "FACTOTUM_IDEMPOTENCY_KEY")]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
     /// Send a RUNNING task update with the output so far every this many seconds (off by default).
     #[arg(long, value_name = "SECONDS", env = "FACTOTUM_HEARTBEAT_INTERVAL", value_parser = positive_seconds)]
     pub heartbeat_interval: Option<f64>,

@@ -134,7 +134,7 @@ fn refused(status: tonic::Status) -> Failure {
 }
 
 pub fn submit(args: SubmitArgs) -> u8 {
-    let console = Console::new(args.no_colour);
+    let console = Console::new(args.job.no_colour);
     let request = match request(&args) {
         Ok(r) => r,
         Err(f) => {
@@ -161,9 +161,9 @@ pub fn submit(args: SubmitArgs) -> u8 {
 }
 
 fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
-    let text = spec::read_factfile(&args.factfile)?;
+    let text = spec::read_factfile(&args.job.factfile)?;
     let mut constraints = vec![];
-    for raw in &args.constraint {
+    for raw in &args.job.constraint {
         let kind = match constraint::parse(raw).map_err(|e| Failure::args(format!("Error: {e}")))? {
             Constraint::Host { value, .. } => pb::constraint::Kind::Host(value),
             Constraint::Label { key, value } => {
@@ -172,21 +172,21 @@ fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
         };
         constraints.push(pb::Constraint { kind: Some(kind) });
     }
-    let tags: BTreeMap<String, String> = parse_tags(args.tag.iter().map(String::as_str));
+    let tags: BTreeMap<String, String> = parse_tags(args.job.tag.iter().map(String::as_str));
     Ok(pb::SubmitRunRequest {
         factfile: text,
-        factfile_name: args.factfile.display().to_string(),
-        env_json: args.env.clone().unwrap_or_default(),
+        factfile_name: args.job.factfile.display().to_string(),
+        env_json: args.job.env.clone().unwrap_or_default(),
         tags: tags.into_iter().collect(),
-        start: args.start.clone().unwrap_or_default(),
-        webhooks: args.webhook.clone(),
+        start: args.job.start.clone().unwrap_or_default(),
+        webhooks: args.job.webhook.clone(),
         constraints,
         placement: match args.placement {
             PlacementArg::Sticky => pb::Placement::Sticky as i32,
             PlacementArg::Spread => pb::Placement::Spread as i32,
         },
-        max_output: u32::try_from(args.max_stdouterr_size).unwrap_or(u32::MAX),
-        dry_run: args.dry_run,
+        max_output: u32::try_from(args.job.max_stdouterr_size).unwrap_or(u32::MAX),
+        dry_run: args.job.dry_run,
         allow_concurrent: args.allow_concurrent,
         idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
     })

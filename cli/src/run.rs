@@ -81,7 +81,7 @@ pub fn dot(args: DotArgs) -> u8 {
 }
 
 pub fn run(args: RunArgs) -> u8 {
-    let console = Console::new(args.no_colour);
+    let console = Console::new(args.job.no_colour);
     match prepare(&args, &console) {
         Ok(Some(job)) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
@@ -104,7 +104,7 @@ pub fn run(args: RunArgs) -> u8 {
 /// Everything checked before anything runs. `None`: nothing to run (a host constraint did not match).
 fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure> {
     let mut constraints = vec![];
-    for raw in &args.constraint {
+    for raw in &args.job.constraint {
         match constraint::parse(raw) {
             Ok(c @ Constraint::Host { .. }) => constraints.push(c),
             Ok(_) => {
@@ -115,18 +115,18 @@ fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure
             Err(e) => return Err(Failure::args(format!("Error: {e}"))),
         }
     }
-    let text = spec::read_factfile(&args.factfile)?;
+    let text = spec::read_factfile(&args.job.factfile)?;
     let run = factotum_coordinator::prepare(Submission {
         factfile: text,
-        factfile_name: args.factfile.display().to_string(),
-        env: args.env.clone(),
-        tags: parse_tags(args.tag.iter().map(String::as_str)),
-        start: args.start.clone(),
-        webhooks: args.webhook.clone(),
+        factfile_name: args.job.factfile.display().to_string(),
+        env: args.job.env.clone(),
+        tags: parse_tags(args.job.tag.iter().map(String::as_str)),
+        start: args.job.start.clone(),
+        webhooks: args.job.webhook.clone(),
         constraints,
         placement: Placement::Sticky,
-        max_output: args.max_stdouterr_size,
-        dry_run: args.dry_run,
+        max_output: args.job.max_stdouterr_size,
+        dry_run: args.job.dry_run,
         allow_concurrent: true,
         idempotency_key: None,
     })?;
@@ -146,7 +146,7 @@ fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure
             return Ok(None);
         }
     }
-    if args.dry_run {
+    if args.job.dry_run {
         let plan = &run.plan;
         let rows: Vec<(String, String)> = plan
             .order

@@ -2,10 +2,12 @@
 
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::factfile::{Factfile, Task};
+use crate::constraint::Constraint;
+use crate::factfile::{Factfile, OnLost, Task};
 use crate::template::command_line;
 
 /// Index of a task inside a [`Plan`].
@@ -66,7 +68,7 @@ pub fn find_cycle(deps: &[Vec<u32>]) -> Option<Vec<usize>> {
 }
 
 /// What one task of a plan needs at run time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlanTask {
     pub name: Arc<str>,
     /// The exact `sh -c` line.
@@ -75,12 +77,123 @@ pub struct PlanTask {
     pub terminate_job_with_success: Vec<i32>,
     pub deps: Vec<TaskId>,
     pub children: Vec<TaskId>,
+    pub policy: TaskPolicy,
+}
+
+/// A task's policies from the extended factfile (all off for a Snowplow factfile).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskPolicy {
+    /// One attempt may run this long.
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    /// Dependents run even if this task fails.
+    pub continue_on_failure: bool,
+    /// An attempt whose agent was lost is tried again (within the retry budget).
+    pub retry_when_lost: bool,
+    /// Added to the process environment.
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    /// On top of the run's constraints. Host addresses are resolved by the coordinator.
+    pub constraints: Vec<Constraint>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    pub delay: Duration,
+    pub backoff: f64,
+    pub max_delay: Option<Duration>,
+    /// Exit codes retried; `None`: any failure.
+    pub on_return_codes: Option<Vec<i32>>,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `next` (2 = the first retry): `delay * backoff^(next - 2)`,
+    /// at most `max_delay`.
+    pub fn delay_before(&self, next: u32) -> Duration {
+        let factor = self.backoff.powi(next.saturating_sub(2).min(1000) as i32);
+        let secs = self.delay.as_secs_f64() * factor;
+        let capped = match self.max_delay {
+            Some(m) => secs.min(m.as_secs_f64()),
+            None => secs,
+        };
+        // A week at most: beyond that a number is a typo, and Duration must not overflow.
+        Duration::from_secs_f64(capped.clamp(0.0, 7.0 * 86_400.0))
+    }
+
+    /// Whether this failure (an exit code, or `None` for one without: a spawn failure, a timeout)
+    /// is one to retry.
+    pub fn retries(&self, code: Option<i32>) -> bool {
+        match (&self.on_return_codes, code) {
+            (None, _) => true,
+            (Some(codes), Some(c)) => codes.contains(&c),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+impl TaskPolicy {
+    fn of(t: &Task) -> TaskPolicy {
+        let secs = |s: Option<f64>| Duration::from_secs_f64(s.unwrap_or(0.0).clamp(0.0, 7.0 * 86_400.0));
+        let mut constraints = vec![];
+        if let Some(c) = &t.constraints {
+            if let Some(h) = &c.host {
+                constraints.push(Constraint::Host {
+                    value: h.clone(),
+                    resolved: vec![],
+                });
+            }
+            for (k, v) in c.labels.iter().flatten() {
+                constraints.push(Constraint::Label {
+                    key: k.clone(),
+                    value: v.clone(),
+                });
+            }
+        }
+        TaskPolicy {
+            timeout: t.timeout.map(Duration::from_secs),
+            retry: t.retry.as_ref().map(|r| RetryPolicy {
+                attempts: r.attempts.max(1),
+                delay: secs(r.delay_seconds),
+                backoff: r.backoff.unwrap_or(1.0).max(1.0),
+                max_delay: r.max_delay_seconds.map(|m| secs(Some(m))),
+                on_return_codes: r.on_return_codes.clone(),
+            }),
+            continue_on_failure: t.continue_on_failure.unwrap_or(false),
+            retry_when_lost: t.on_lost == Some(OnLost::Retry),
+            env: t
+                .env
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cwd: t.cwd.clone(),
+            constraints,
+        }
+    }
+
+    /// Attempts allowed for a failure of this kind: `retry.attempts`; a lost agent with
+    /// `onLost: retry` and no `retry` block gets one more try.
+    pub fn max_attempts(&self, lost: bool) -> u32 {
+        match (&self.retry, lost && self.retry_when_lost) {
+            (Some(r), _) => r.attempts,
+            (None, true) => 2,
+            (None, false) => 1,
+        }
+    }
 }
 
 /// The tasks of one run: the whole factfile, or the sub-tree below `--start`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub job_name: String,
+    /// The whole run may take this long (the job's `timeout`).
+    pub timeout: Option<Duration>,
+    /// Tasks of the run running at once, at most.
+    pub max_parallel: Option<u32>,
+    /// Whether any task has a timeout or retries (the run has timers to keep).
+    pub has_timers: bool,
     pub tasks: Vec<PlanTask>,
     /// Task ids in Factotum's display order (by depth, as Factotum lists `taskStates`).
     pub order: Vec<TaskId>,
@@ -99,6 +212,29 @@ pub enum PlanError {
 }
 
 impl Plan {
+    /// The tasks a `--from-failed` rerun runs: every task not in `succeeded`, and their
+    /// descendants, in display order.
+    pub fn not_succeeded(&self, succeeded: &[bool]) -> Vec<TaskId> {
+        let mut keep = vec![false; self.tasks.len()];
+        let mut stack: Vec<TaskId> = (0..self.tasks.len() as TaskId)
+            .filter(|&t| !succeeded.get(t as usize).copied().unwrap_or(false))
+            .collect();
+        for &t in &stack {
+            keep[t as usize] = true;
+        }
+        while let Some(t) = stack.pop() {
+            for &c in &self.tasks[t as usize].children {
+                if !keep[c as usize] {
+                    keep[c as usize] = true;
+                    stack.push(c);
+                }
+            }
+        }
+        self.order.iter().copied().filter(|&t| keep[t as usize]).collect()
+    }
+}
+
+impl Plan {
     /// Plans the whole factfile.
     pub fn new(ff: &Factfile) -> Plan {
         Self::build(ff, None)
@@ -107,24 +243,46 @@ impl Plan {
     /// Plans `start` and its descendants. Factotum's rule: every descendant's dependencies must be
     /// `start` itself or other descendants, or starting there would skip work it needs.
     pub fn from_start(ff: &Factfile, start: &str) -> Result<Plan, PlanError> {
+        Self::from_starts(ff, &[start.to_string()])
+    }
+
+    /// Plans several start tasks and all their descendants (none: the whole factfile). Factotum's
+    /// rule holds for the union: a planned task that is not a start may depend only on planned
+    /// tasks, so a join below two starts is fine when both are given.
+    pub fn from_starts(ff: &Factfile, starts: &[String]) -> Result<Plan, PlanError> {
+        if starts.is_empty() {
+            return Ok(Self::new(ff));
+        }
         let full = Self::new(ff);
-        let Some(root) = full.tasks.iter().position(|t| &*t.name == start) else {
-            return Err(PlanError::UnknownStart(start.to_string()));
-        };
         let mut keep = vec![false; full.tasks.len()];
-        keep[root] = true;
-        let mut stack = vec![root as TaskId];
-        while let Some(t) = stack.pop() {
-            for &c in &full.tasks[t as usize].children {
-                if !keep[c as usize] {
-                    keep[c as usize] = true;
-                    stack.push(c);
+        let mut is_start = vec![false; full.tasks.len()];
+        // Which start first reached each task (to name it in an error).
+        let mut reached_from = vec![0usize; full.tasks.len()];
+        for (s, start) in starts.iter().enumerate() {
+            let Some(root) = full.tasks.iter().position(|t| &*t.name == start) else {
+                return Err(PlanError::UnknownStart(start.to_string()));
+            };
+            is_start[root] = true;
+            if keep[root] {
+                continue;
+            }
+            keep[root] = true;
+            reached_from[root] = s;
+            let mut stack = vec![root as TaskId];
+            while let Some(t) = stack.pop() {
+                for &c in &full.tasks[t as usize].children {
+                    if !keep[c as usize] {
+                        keep[c as usize] = true;
+                        reached_from[c as usize] = s;
+                        stack.push(c);
+                    }
                 }
             }
         }
-        for (i, t) in full.tasks.iter().enumerate() {
-            if keep[i] && i != root && t.deps.iter().any(|&d| !keep[d as usize]) {
-                return Err(PlanError::PriorTasks(start.to_string()));
+        for &i in &full.order {
+            let i = i as usize;
+            if keep[i] && !is_start[i] && full.tasks[i].deps.iter().any(|&d| !keep[d as usize]) {
+                return Err(PlanError::PriorTasks(starts[reached_from[i]].clone()));
             }
         }
         Ok(Self::build(ff, Some(&keep)))
@@ -168,6 +326,7 @@ impl Plan {
                     .filter_map(|d| index.get(d.as_str()).copied())
                     .collect(),
                 children: vec![],
+                policy: TaskPolicy::of(t),
             })
             .collect();
         for i in 0..tasks.len() {
@@ -183,6 +342,12 @@ impl Plan {
         }
         Plan {
             job_name: ff.data.name.clone(),
+            timeout: ff.data.timeout.map(Duration::from_secs),
+            max_parallel: ff.data.max_parallel,
+            has_timers: ff.data.timeout.is_some()
+                || tasks
+                    .iter()
+                    .any(|t| t.policy.timeout.is_some() || t.policy.max_attempts(true) > 1),
             tasks,
             order,
             position,
@@ -303,8 +468,10 @@ pub(crate) mod tests {
                             terminate_job_with_success: vec![3],
                             continue_job: vec![0],
                         },
+                        ..Task::default()
                     })
                     .collect(),
+                ..Job::default()
             },
         }
     }

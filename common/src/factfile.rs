@@ -1,4 +1,8 @@
-//! Factfile parsing and validation (`iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0`).
+//! Factfile parsing and validation: Snowplow's
+//! `iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0`, and this project's extension
+//! `iglu:io.factotum/factfile/jsonschema/1-0-0` (the same document plus optional task and job
+//! policies; its JSON Schema is `schemas/io.factotum/factfile/jsonschema/1-0-0`). Under the
+//! Snowplow URI the extension's fields are errors, as upstream.
 //!
 //! Order of checks, as Factotum: JSON syntax, then the schema (reported valico-style as
 //! `'<json path>' - <problem>`), then templating, then the rules the schema can't express.
@@ -15,27 +19,42 @@ use serde_json::Value;
 use crate::template::{TemplateError, Vars};
 
 pub const SNOWPLOW_SCHEMA: &str = "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0";
+/// This project's extension of the Snowplow document.
+pub const FACTOTUM_SCHEMA: &str = "iglu:io.factotum/factfile/jsonschema/1-0-0";
 
 /// The largest return code a factfile may name (the schema's `maximum`).
 pub const MAX_CODE: i64 = 32767;
 
 /// A templated, validated factfile. Serializes (compactly, in this field order) to exactly the
 /// document Factotum hashes for `jobReference` and sends, base64-encoded, as `factfile`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Factfile {
     pub schema: String,
     pub data: Job,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The job. Fields after `tasks` exist only under [`FACTOTUM_SCHEMA`]; absent ones are not
+/// serialized, so a Snowplow factfile's compact JSON (and `jobReference`) stays Factotum's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Job {
     pub name: String,
     pub tasks: Vec<Task>,
+    /// Tags of every run (merged with `--tag`; the command line wins). Not templated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Seconds the whole run may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementName>,
+    /// Tasks of one run running at once, at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Task {
     pub name: String,
@@ -44,9 +63,68 @@ pub struct Task {
     pub arguments: Vec<String>,
     pub depends_on: Vec<String>,
     pub on_result: OnResult,
+    /// Seconds one attempt may take (then TERM, grace, KILL, and FAILED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Dependents run even if this task fails (the job still ends FAILED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_on_failure: Option<bool>,
+    /// Added to the process environment; values are templated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Working directory; templated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Where this task may run, on top of the run's constraints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<TaskConstraints>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_lost: Option<OnLost>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<f64>,
+    /// Each further delay is the previous one times this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay_seconds: Option<f64>,
+    /// Only these exit codes are retried (absent: any failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_return_codes: Option<Vec<i32>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskConstraints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OnLost {
+    Fail,
+    Retry,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PlacementName {
+    Sticky,
+    Spread,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OnResult {
     pub terminate_job_with_success: Vec<i32>,
@@ -84,10 +162,25 @@ pub enum FactfileError {
 impl Factfile {
     /// Parses, templates and validates a factfile's text.
     pub fn parse(text: &str, vars: &Vars) -> Result<Factfile, FactfileError> {
-        let raw = Self::parse_schema(text)?;
-        let ff = raw.template(vars)?;
+        Self::read(text)?.finish(vars)
+    }
+
+    /// Reads and schema-checks a factfile without templating it: its `data.tags` are inputs of
+    /// the templating (`{{tag:env}}`), so they are known before it.
+    pub fn read(text: &str) -> Result<Factfile, FactfileError> {
+        Self::parse_schema(text)
+    }
+
+    /// Templates what [`Factfile::read`] returned and checks the rules the schema can't express.
+    pub fn finish(self, vars: &Vars) -> Result<Factfile, FactfileError> {
+        let ff = self.template(vars)?;
         ff.check_rules()?;
         Ok(ff)
+    }
+
+    /// Whether the document uses this project's extension schema.
+    pub fn is_extended(&self) -> bool {
+        self.schema == FACTOTUM_SCHEMA
     }
 
     /// The document as the schema allows it. Fast path: typed deserialization, which accepts
@@ -100,12 +193,65 @@ impl Factfile {
             column: e.column(),
         };
         match serde_json::from_str::<Factfile>(text) {
-            Ok(ff) if ff.schema == SNOWPLOW_SCHEMA && ff.codes_in_range() => return Ok(ff),
+            Ok(ff) if ff.typed_checks_pass() => return Ok(ff),
             Err(e) if e.is_syntax() || e.is_eof() => return Err(json_error(e)),
             _ => {}
         }
         let doc: Value = serde_json::from_str(text).map_err(json_error)?;
         check_schema(&doc)
+    }
+
+    /// What the typed parse does not check: the schema URI, ranges, and (under the Snowplow
+    /// URI) the absence of the extension's fields.
+    fn typed_checks_pass(&self) -> bool {
+        let ok = match self.schema.as_str() {
+            SNOWPLOW_SCHEMA => !self.has_extension(),
+            FACTOTUM_SCHEMA => self.extension_in_range(),
+            _ => false,
+        };
+        ok && self.codes_in_range()
+    }
+
+    fn has_extension(&self) -> bool {
+        let j = &self.data;
+        j.tags.is_some()
+            || j.timeout.is_some()
+            || j.placement.is_some()
+            || j.max_parallel.is_some()
+            || j.tasks.iter().any(|t| {
+                t.timeout.is_some()
+                    || t.retry.is_some()
+                    || t.continue_on_failure.is_some()
+                    || t.env.is_some()
+                    || t.cwd.is_some()
+                    || t.constraints.is_some()
+                    || t.on_lost.is_some()
+            })
+    }
+
+    fn extension_in_range(&self) -> bool {
+        let at_least = |v: Option<f64>, min: f64| v.is_none_or(|v| v.is_finite() && v >= min);
+        let j = &self.data;
+        j.timeout.is_none_or(|t| t >= 1)
+            && j.max_parallel.is_none_or(|m| m >= 1)
+            && j.tasks.iter().all(|t| {
+                t.timeout.is_none_or(|t| t >= 1)
+                    && t.cwd.as_ref().is_none_or(|c| !c.is_empty())
+                    && t.constraints
+                        .as_ref()
+                        .and_then(|c| c.host.as_ref())
+                        .is_none_or(|h| !h.is_empty())
+                    && t.retry.as_ref().is_none_or(|r| {
+                        r.attempts >= 1
+                            && at_least(r.delay_seconds, 0.0)
+                            && at_least(r.backoff, 1.0)
+                            && at_least(r.max_delay_seconds, 0.0)
+                            && r.on_return_codes
+                                .iter()
+                                .flatten()
+                                .all(|&c| (0..=MAX_CODE as i32).contains(&c))
+                    })
+            })
     }
 
     fn codes_in_range(&self) -> bool {
@@ -145,10 +291,15 @@ impl Factfile {
         };
         let Factfile {
             schema,
-            data: Job {
-                mut name,
-                tasks: raw,
-            },
+            data:
+                Job {
+                    mut name,
+                    tasks: raw,
+                    tags,
+                    timeout,
+                    placement,
+                    max_parallel,
+                },
         } = self;
         render(&|| "the job name".to_string(), &mut name)?;
         let mut tasks = Vec::with_capacity(raw.len());
@@ -163,11 +314,32 @@ impl Factfile {
             for d in &mut t.depends_on {
                 render(&|| field("dependsOn"), d)?;
             }
+            for v in t.env.iter_mut().flat_map(|e| e.values_mut()) {
+                render(&|| field("env"), v)?;
+            }
+            if let Some(cwd) = &mut t.cwd {
+                render(&|| field("cwd"), cwd)?;
+            }
+            if let Some(c) = &mut t.constraints {
+                if let Some(h) = &mut c.host {
+                    render(&|| field("constraints/host"), h)?;
+                }
+                for v in c.labels.iter_mut().flat_map(|l| l.values_mut()) {
+                    render(&|| field("constraints/labels"), v)?;
+                }
+            }
             tasks.push(t);
         }
         Ok(Factfile {
             schema,
-            data: Job { name, tasks },
+            data: Job {
+                name,
+                tasks,
+                tags,
+                timeout,
+                placement,
+                max_parallel,
+            },
         })
     }
 
@@ -236,67 +408,83 @@ fn check_schema(doc: &Value) -> Result<Factfile, FactfileError> {
     let mut errs = Errors::default();
     let root = errs.object(doc, "");
     let mut schema = String::new();
-    let mut name = String::new();
-    let mut tasks = Vec::new();
+    let mut job = Job::default();
     if let Some(root) = root {
         errs.only(root, "", &["schema", "data"]);
         if let Some(s) = errs
             .required(root, "", "schema")
             .and_then(|v| errs.string(v, "/schema"))
         {
-            if s != SNOWPLOW_SCHEMA {
+            if s != SNOWPLOW_SCHEMA && s != FACTOTUM_SCHEMA {
                 errs.push(
                     "/schema",
-                    format!("Unsupported schema ('{s}' is not {SNOWPLOW_SCHEMA})"),
+                    format!("Unsupported schema ('{s}' is not {SNOWPLOW_SCHEMA} or {FACTOTUM_SCHEMA})"),
                 );
             }
             schema = s.to_string();
         }
+        let ext = schema == FACTOTUM_SCHEMA;
         if let Some(data) = errs
             .required(root, "", "data")
             .and_then(|v| errs.object(v, "/data"))
         {
-            errs.only(data, "/data", &["name", "tasks"]);
+            errs.only(data, "/data", if ext { JOB_FIELDS_EXT } else { &JOB_FIELDS_EXT[..2] });
             if let Some(n) = errs
                 .required(data, "/data", "name")
                 .and_then(|v| errs.string(v, "/data/name"))
             {
-                name = n.to_string();
+                job.name = n.to_string();
             }
             if let Some(list) = errs
                 .required(data, "/data", "tasks")
                 .and_then(|v| errs.array(v, "/data/tasks"))
             {
-                tasks.reserve(list.len());
+                job.tasks.reserve(list.len());
                 for (i, t) in list.iter().enumerate() {
-                    if let Some(task) = check_task(&mut errs, t, &format!("/data/tasks/{i}")) {
-                        tasks.push(task);
+                    if let Some(task) = check_task(&mut errs, t, &format!("/data/tasks/{i}"), ext) {
+                        job.tasks.push(task);
                     }
                 }
+            }
+            if ext {
+                job.tags = errs.string_map(data, "/data", "tags");
+                job.timeout = errs.integer(data, "/data", "timeout", 1);
+                job.placement = errs.one_of(data, "/data", "placement", &["sticky", "spread"]);
+                job.max_parallel = errs
+                    .integer(data, "/data", "maxParallel", 1)
+                    .map(|m| u32::try_from(m).unwrap_or(u32::MAX));
             }
         }
     }
     if !errs.0.is_empty() {
         return Err(FactfileError::Schema(errs.0));
     }
-    Ok(Factfile {
-        schema,
-        data: Job { name, tasks },
-    })
+    Ok(Factfile { schema, data: job })
 }
 
-const TASK_FIELDS: &[&str] = &[
+/// The job's fields; the Snowplow schema allows the first two.
+const JOB_FIELDS_EXT: &[&str] = &["name", "tasks", "tags", "timeout", "placement", "maxParallel"];
+
+/// A task's fields; the Snowplow schema allows the first six.
+const TASK_FIELDS_EXT: &[&str] = &[
     "name",
     "executor",
     "command",
     "arguments",
     "dependsOn",
     "onResult",
+    "timeout",
+    "retry",
+    "continueOnFailure",
+    "env",
+    "cwd",
+    "constraints",
+    "onLost",
 ];
 
-fn check_task(errs: &mut Errors, v: &Value, path: &str) -> Option<Task> {
+fn check_task(errs: &mut Errors, v: &Value, path: &str, ext: bool) -> Option<Task> {
     let obj = errs.object(v, path)?;
-    errs.only(obj, path, TASK_FIELDS);
+    errs.only(obj, path, if ext { TASK_FIELDS_EXT } else { &TASK_FIELDS_EXT[..6] });
     let before = errs.0.len();
     let mut text = |field: &str| -> String {
         errs.required(obj, path, field)
@@ -322,14 +510,78 @@ fn check_task(errs: &mut Errors, v: &Value, path: &str) -> Option<Task> {
         on_result.terminate_job_with_success = codes(errs, r, &rpath, "terminateJobWithSuccess");
         on_result.continue_job = codes(errs, r, &rpath, "continueJob");
     }
-    (errs.0.len() == before).then_some(Task {
+    let mut task = Task {
         name,
         executor,
         command,
         arguments,
         depends_on,
         on_result,
-    })
+        ..Task::default()
+    };
+    if ext {
+        check_task_extension(errs, obj, path, &mut task);
+        // Name the task in what is wrong with it: `/data/tasks/7` alone is hard to find.
+        if !task.name.is_empty() {
+            for e in &mut errs.0[before..] {
+                e.push_str(&format!(" (task '{}')", task.name));
+            }
+        }
+    }
+    (errs.0.len() == before).then_some(task)
+}
+
+/// The extension's optional task fields.
+fn check_task_extension(
+    errs: &mut Errors,
+    obj: &serde_json::Map<String, Value>,
+    path: &str,
+    task: &mut Task,
+) {
+    task.timeout = errs.integer(obj, path, "timeout", 1);
+    if let Some(v) = obj.get("continueOnFailure") {
+        task.continue_on_failure = v.as_bool();
+        if task.continue_on_failure.is_none() {
+            errs.wrong_type(&format!("{path}/continueOnFailure"), "boolean");
+        }
+    }
+    task.env = errs.string_map(obj, path, "env");
+    if let Some(v) = obj.get("cwd") {
+        task.cwd = errs.non_empty(v, &format!("{path}/cwd"));
+    }
+    task.on_lost = errs.one_of(obj, path, "onLost", &["fail", "retry"]);
+    let cpath = format!("{path}/constraints");
+    if let Some(c) = obj.get("constraints").and_then(|v| errs.object(v, &cpath)) {
+        errs.only(c, &cpath, &["host", "labels"]);
+        task.constraints = Some(TaskConstraints {
+            host: c
+                .get("host")
+                .and_then(|v| errs.non_empty(v, &format!("{cpath}/host"))),
+            labels: errs.string_map(c, &cpath, "labels"),
+        });
+    }
+    let rpath = format!("{path}/retry");
+    if let Some(r) = obj.get("retry").and_then(|v| errs.object(v, &rpath)) {
+        errs.only(
+            r,
+            &rpath,
+            &["attempts", "delaySeconds", "backoff", "maxDelaySeconds", "onReturnCodes"],
+        );
+        if errs.required(r, &rpath, "attempts").is_some() {
+            task.retry = Some(Retry {
+                attempts: errs
+                    .integer(r, &rpath, "attempts", 1)
+                    .map(|a| u32::try_from(a).unwrap_or(u32::MAX))
+                    .unwrap_or(1),
+                delay_seconds: errs.number(r, &rpath, "delaySeconds", 0.0),
+                backoff: errs.number(r, &rpath, "backoff", 1.0),
+                max_delay_seconds: errs.number(r, &rpath, "maxDelaySeconds", 0.0),
+                on_return_codes: r
+                    .contains_key("onReturnCodes")
+                    .then(|| codes(errs, r, &rpath, "onReturnCodes")),
+            });
+        }
+    }
 }
 
 fn strings(
@@ -449,6 +701,99 @@ impl Errors {
             .required(obj, path, field)
             .and_then(|v| self.array(v, &p))?;
         Some((p, items))
+    }
+
+    /// An optional integer field of at least `min`.
+    fn integer(
+        &mut self,
+        obj: &serde_json::Map<String, Value>,
+        path: &str,
+        field: &str,
+        min: u64,
+    ) -> Option<u64> {
+        let v = obj.get(field)?;
+        let p = format!("{path}/{field}");
+        match v.as_i64() {
+            Some(n) if n < min as i64 => {
+                self.push(&p, format!("Minimum condition is not met (the value must be at least {min})"));
+                None
+            }
+            Some(n) => Some(n as u64),
+            None => {
+                self.wrong_type(&p, "integer");
+                None
+            }
+        }
+    }
+
+    /// An optional number field of at least `min`.
+    fn number(
+        &mut self,
+        obj: &serde_json::Map<String, Value>,
+        path: &str,
+        field: &str,
+        min: f64,
+    ) -> Option<f64> {
+        let v = obj.get(field)?;
+        let p = format!("{path}/{field}");
+        match v.as_f64() {
+            Some(n) if n < min => {
+                self.push(&p, format!("Minimum condition is not met (the value must be at least {min})"));
+                None
+            }
+            Some(n) => Some(n),
+            None => {
+                self.wrong_type(&p, "number");
+                None
+            }
+        }
+    }
+
+    /// An optional string field that must be one of `allowed`.
+    fn one_of<T: serde::de::DeserializeOwned>(
+        &mut self,
+        obj: &serde_json::Map<String, Value>,
+        path: &str,
+        field: &str,
+        allowed: &[&str],
+    ) -> Option<T> {
+        let v = obj.get(field)?;
+        let p = format!("{path}/{field}");
+        let s = self.string(v, &p)?;
+        if !allowed.contains(&s) {
+            let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+            self.push(&p, format!("Enum conditions are not met (the value must be one of {})", list.join(", ")));
+            return None;
+        }
+        serde_json::from_value(v.clone()).ok()
+    }
+
+    /// A non-empty string.
+    fn non_empty(&mut self, v: &Value, path: &str) -> Option<String> {
+        let s = self.string(v, path)?;
+        if s.is_empty() {
+            self.push(path, "MinLength condition is not met (the value must not be empty)".into());
+            return None;
+        }
+        Some(s.to_string())
+    }
+
+    /// An optional object whose values are all strings.
+    fn string_map(
+        &mut self,
+        obj: &serde_json::Map<String, Value>,
+        path: &str,
+        field: &str,
+    ) -> Option<BTreeMap<String, String>> {
+        let p = format!("{path}/{field}");
+        let o = self.object(obj.get(field)?, &p)?;
+        let mut out = BTreeMap::new();
+        for (k, v) in o {
+            if let Some(s) = self.string(v, &format!("{p}/{k}")) {
+                out.insert(k.clone(), s.to_string());
+            }
+        }
+        Some(out)
     }
 
     fn only(&mut self, obj: &serde_json::Map<String, Value>, path: &str, allowed: &[&str]) {

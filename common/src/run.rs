@@ -6,7 +6,12 @@
 //! - a return code in `terminateJobWithSuccess` is `SUCCEEDED_NO_OP` and skips the descendants,
 //!   one in `continueJob` is `SUCCEEDED`, anything else is `FAILED` and skips the descendants;
 //!   independent branches keep going; a task skipped again accumulates `<old>, <new>` reasons;
-//! - every dispatch is a numbered attempt and a result for any other attempt is ignored.
+//! - every dispatch is a numbered attempt and a result for any other attempt is ignored;
+//! - a failed attempt the task's `retry` covers goes back to WAITING (with that attempt's code and
+//!   a message saying when the next starts) and is ready again at that time;
+//! - timers (task and job timeouts, retry delays) are absolute times derived from recorded
+//!   facts; [`Event::Tick`] fires the ones due at `now` and [`RunState::next_deadline`] says when
+//!   the next one is, so a driver (or a new leader after a failover) only has to call back then.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +19,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::dag::{Plan, TaskId};
+use crate::format::timestamp;
 use crate::tail::Tail;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -151,9 +157,24 @@ pub enum Event {
     },
     /// Heartbeat tick: every running task reports RUNNING → RUNNING with its output so far.
     Heartbeat,
-    /// Stop the run: start nothing more, kill what runs, skip what has not run with `reason`.
+    /// Stop the run: start nothing more, kill what runs (it ends FAILED with `reason`), skip what
+    /// has not run with `reason`.
     Cancel { reason: String },
+    /// Time has passed: fire the timers due at `now` (task and job timeouts, retry delays).
+    Tick,
 }
+
+/// Why an attempt is being killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// It ran past the task's `timeout`.
+    TimedOut,
+    /// The run was cancelled (or timed out as a whole).
+    Cancelled,
+}
+
+/// The reason a job timeout gives every task it stops or skips.
+pub const JOB_TIMED_OUT: &str = "job timed out";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -225,7 +246,11 @@ pub struct TaskRecord {
     pub stderr: Tail,
     pub return_code: Option<i32>,
     pub error_message: Option<String>,
-    /// Dependencies not yet succeeded.
+    /// A task waiting for its next attempt is not ready before this time.
+    pub retry_at: Option<DateTime<Utc>>,
+    /// Why the current attempt is being killed, if it is.
+    pub stopping: Option<Stop>,
+    /// Dependencies not yet succeeded (or failed with `continueOnFailure`).
     unmet: u32,
 }
 
@@ -240,6 +265,7 @@ pub struct RestoredTask {
     pub stderr: String,
     pub return_code: Option<i32>,
     pub error_message: Option<String>,
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// Options fixed for a run.
@@ -270,6 +296,8 @@ pub struct RunState {
     ready: Vec<TaskId>,
     /// Tasks not yet in a terminal state.
     remaining: usize,
+    /// Tasks running now (for the job's `maxParallel`).
+    running: usize,
     cancelled: Option<String>,
     /// The first task that failed and the first that asked for an early finish (console summary).
     first_failed: Option<TaskId>,
@@ -290,11 +318,14 @@ impl RunState {
                 stderr: Tail::new(opts.max_output),
                 return_code: None,
                 error_message: None,
+                retry_at: None,
+                stopping: None,
                 unmet: t.deps.len() as u32,
             })
             .collect();
         RunState {
             remaining: plan.len(),
+            running: 0,
             plan,
             opts,
             job: JobState::Waiting,
@@ -330,16 +361,21 @@ impl RunState {
             rec.stderr = tail_of(&t.stderr, opts.max_output);
             rec.return_code = t.return_code;
             rec.error_message = t.error_message;
+            rec.retry_at = t.retry_at.filter(|_| t.state == TaskState::Waiting);
+            if t.state == TaskState::Running && run.cancelled.is_some() {
+                rec.stopping = Some(Stop::Cancelled);
+            }
         }
         let plan = Arc::clone(&run.plan);
         for (i, spec) in plan.tasks.iter().enumerate() {
-            run.tasks[i].unmet = spec
-                .deps
-                .iter()
-                .filter(|&&d| run.tasks[d as usize].state != TaskState::Succeeded)
-                .count() as u32;
+            run.tasks[i].unmet = spec.deps.iter().filter(|&&d| !run.satisfies(d)).count() as u32;
         }
         run.remaining = run.tasks.iter().filter(|t| !t.state.is_terminal()).count();
+        run.running = run
+            .tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .count();
         for &t in &plan.order {
             match run.tasks[t as usize].state {
                 TaskState::Failed => {
@@ -349,7 +385,9 @@ impl RunState {
                     run.first_no_op.get_or_insert(t);
                 }
                 TaskState::Waiting
-                    if run.tasks[t as usize].unmet == 0 && run.cancelled.is_none() =>
+                    if run.tasks[t as usize].unmet == 0
+                        && run.tasks[t as usize].retry_at.is_none()
+                        && run.cancelled.is_none() =>
                 {
                     run.ready.push(t)
                 }
@@ -397,6 +435,55 @@ impl RunState {
         &self.ready
     }
 
+    /// The ready tasks that may start now: as many as the job's `maxParallel` leaves room for.
+    pub fn leasable(&self) -> &[TaskId] {
+        match self.plan.max_parallel {
+            Some(max) => {
+                let room = (max as usize).saturating_sub(self.running);
+                &self.ready[..room.min(self.ready.len())]
+            }
+            None => &self.ready,
+        }
+    }
+
+    /// When the next timer is due (a task or job timeout, a retry delay), if any.
+    pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
+        if self.job.is_terminal() || self.cancelled.is_some() || !self.plan.has_timers {
+            return None;
+        }
+        let mut next: Option<DateTime<Utc>> = self.job_deadline();
+        for (i, rec) in self.tasks.iter().enumerate() {
+            let due = match rec.state {
+                TaskState::Running if rec.stopping.is_none() => self.task_deadline(i as TaskId),
+                TaskState::Waiting => rec.retry_at,
+                _ => None,
+            };
+            if let Some(d) = due {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
+        next
+    }
+
+    fn job_deadline(&self) -> Option<DateTime<Utc>> {
+        let t = self.plan.timeout?;
+        Some(self.started_at + chrono::Duration::from_std(t).ok()?)
+    }
+
+    fn task_deadline(&self, task: TaskId) -> Option<DateTime<Utc>> {
+        let t = self.plan.tasks[task as usize].policy.timeout?;
+        Some(self.tasks[task as usize].started? + chrono::Duration::from_std(t).ok()?)
+    }
+
+    /// Whether `dep` no longer holds back its dependents.
+    fn satisfies(&self, dep: TaskId) -> bool {
+        match self.tasks[dep as usize].state {
+            TaskState::Succeeded => true,
+            TaskState::Failed => self.plan.tasks[dep as usize].policy.continue_on_failure,
+            _ => false,
+        }
+    }
+
     /// Applies one event at `now`; returns what to do, in order.
     pub fn apply(&mut self, event: Event, now: DateTime<Utc>) -> Vec<Action> {
         let mut out = Vec::new();
@@ -434,8 +521,48 @@ impl RunState {
                 }
             }
             Event::Cancel { reason } => self.cancel(reason, now, &mut out),
+            Event::Tick => self.tick(now, &mut out),
         }
         out
+    }
+
+    fn tick(&mut self, now: DateTime<Utc>, out: &mut Vec<Action>) {
+        if self.job.is_terminal() || self.cancelled.is_some() || !self.plan.has_timers {
+            return;
+        }
+        if self.job_deadline().is_some_and(|d| d <= now) {
+            self.cancel(JOB_TIMED_OUT.to_string(), now, out);
+            return;
+        }
+        let mut due = vec![];
+        for i in 0..self.tasks.len() {
+            let t = i as TaskId;
+            let rec = &self.tasks[i];
+            match rec.state {
+                TaskState::Running
+                    if rec.stopping.is_none()
+                        && self.task_deadline(t).is_some_and(|d| d <= now) =>
+                {
+                    let rec = &mut self.tasks[i];
+                    rec.stopping = Some(Stop::TimedOut);
+                    out.push(Action::Kill {
+                        task: t,
+                        attempt: rec.attempt,
+                    });
+                }
+                TaskState::Waiting if rec.retry_at.is_some_and(|d| d <= now) => {
+                    self.tasks[i].retry_at = None;
+                    due.push(t);
+                }
+                _ => {}
+            }
+        }
+        if !due.is_empty() {
+            self.ready.extend(due);
+            let mut ready = std::mem::take(&mut self.ready);
+            self.plan.sort_display(&mut ready);
+            self.ready = ready;
+        }
     }
 
     fn current_attempt(&mut self, task: TaskId, attempt: u32) -> Option<&mut TaskRecord> {
@@ -482,9 +609,13 @@ impl RunState {
         });
         tasks.sort_unstable_by_key(|&t| self.plan.position[t as usize]);
         tasks.dedup();
+        if let Some(max) = self.plan.max_parallel {
+            tasks.truncate((max as usize).saturating_sub(self.running));
+        }
         if tasks.is_empty() {
             return;
         }
+        self.running += tasks.len();
         self.ready.retain(|t| !tasks.contains(t));
         let mut transitions = Vec::with_capacity(tasks.len());
         for &t in &tasks {
@@ -493,6 +624,10 @@ impl RunState {
             rec.attempt += 1;
             rec.started = Some(now);
             rec.duration = None;
+            rec.return_code = None;
+            rec.error_message = None;
+            rec.retry_at = None;
+            rec.stopping = None;
             rec.stdout = Tail::new(self.opts.max_output);
             rec.stderr = Tail::new(self.opts.max_output);
             transitions.push(TaskTransition {
@@ -524,63 +659,88 @@ impl RunState {
         let plan = Arc::clone(&self.plan);
         let Some(spec) = plan.task(task) else { return };
         let max = self.opts.max_output;
+        let cancelled = self.cancelled.clone();
         let Some(rec) = self.current_attempt(task, attempt) else {
             return; // a stale or unknown attempt: ignored
         };
         rec.duration = Some(result.duration);
         rec.stdout = tail_of(&result.stdout, max);
         rec.stderr = tail_of(&result.stderr, max);
-        let (state, cascade) = match result.outcome {
-            Outcome::SpawnFailed(err) => {
-                rec.return_code = Some(-1);
-                rec.error_message = Some(format!("Error executing process - {err}"));
-                (
-                    TaskState::Failed,
-                    Some(format!("the task '{}' failed", spec.name)),
-                )
-            }
-            Outcome::Lost(reason) => {
-                rec.error_message = Some(reason);
-                (
-                    TaskState::Failed,
-                    Some(format!("the task '{}' failed", spec.name)),
-                )
-            }
-            Outcome::Exited(code) => {
-                rec.return_code = Some(code);
-                if spec.terminate_job_with_success.contains(&code) {
-                    (
-                        TaskState::SucceededNoOp,
-                        Some(format!(
-                            "the task '{}' requested early termination",
-                            spec.name
-                        )),
-                    )
-                } else if spec.continue_job.contains(&code) {
-                    (TaskState::Succeeded, None)
-                } else {
-                    rec.error_message = Some(format!(
-                        "the task exited with a value not specified in continue_job - {code} (task expects one of the following return codes to continue [{}])",
-                        spec.continue_job.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
-                    ));
-                    (
-                        TaskState::Failed,
-                        Some(format!("the task '{}' failed", spec.name)),
-                    )
-                }
-            }
+        let stopping = rec.stopping.take();
+        rec.return_code = match &result.outcome {
+            Outcome::Exited(code) => Some(*code),
+            Outcome::SpawnFailed(_) => Some(-1),
+            Outcome::Lost(_) => None,
         };
+        let code = rec.return_code;
+        // What the attempt came to; for a failure, its message and what kind of retry may follow.
+        let failure = match (stopping, result.outcome) {
+            (Some(Stop::Cancelled), _) => Some((cancelled.unwrap_or_default(), Retry::Never)),
+            (Some(Stop::TimedOut), _) => Some((
+                format!(
+                    "the task timed out after {}s",
+                    spec.policy.timeout.unwrap_or_default().as_secs()
+                ),
+                Retry::Failure(None),
+            )),
+            (None, Outcome::Exited(code)) if spec.terminate_job_with_success.contains(&code) => None,
+            (None, Outcome::Exited(code)) if spec.continue_job.contains(&code) => None,
+            (None, Outcome::Exited(code)) => Some((
+                format!(
+                    "the task exited with a value not specified in continue_job - {code} (task expects one of the following return codes to continue [{}])",
+                    spec.continue_job.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+                ),
+                Retry::Failure(Some(code)),
+            )),
+            (None, Outcome::SpawnFailed(err)) => Some((
+                format!("Error executing process - {err}"),
+                Retry::Failure(None),
+            )),
+            (None, Outcome::Lost(reason)) => Some((reason, Retry::Lost)),
+        };
+        let policy = &spec.policy;
+        let state = match &failure {
+            None if code.is_some_and(|c| spec.terminate_job_with_success.contains(&c)) => {
+                TaskState::SucceededNoOp
+            }
+            None => TaskState::Succeeded,
+            Some(_) => TaskState::Failed,
+        };
+        if let Some((message, kind)) = &failure {
+            let allowed = policy.max_attempts(*kind == Retry::Lost);
+            let retry = self.cancelled.is_none()
+                && attempt < allowed
+                && match kind {
+                    Retry::Never => false,
+                    Retry::Lost => policy.retry_when_lost,
+                    Retry::Failure(c) => policy.retry.as_ref().is_some_and(|r| r.retries(*c)),
+                };
+            if retry {
+                self.retry_later(task, attempt, allowed, message, now, out);
+                return;
+            }
+        }
+        let rec = &mut self.tasks[task as usize];
         rec.state = state;
+        rec.error_message = failure.map(|(m, _)| m);
+        self.running -= 1;
         self.remaining -= 1;
-        match state {
+        let cascade = match state {
             TaskState::Failed => {
                 self.first_failed.get_or_insert(task);
+                // After a cancel everything that waited is already skipped with its reason.
+                (!policy.continue_on_failure && self.cancelled.is_none())
+                    .then(|| format!("the task '{}' failed", spec.name))
             }
             TaskState::SucceededNoOp => {
                 self.first_no_op.get_or_insert(task);
+                Some(format!(
+                    "the task '{}' requested early termination",
+                    spec.name
+                ))
             }
-            _ => {}
-        }
+            _ => None,
+        };
         let mut transitions = vec![TaskTransition {
             task,
             previous: TaskState::Running,
@@ -613,35 +773,69 @@ impl RunState {
         self.finish_if_done(now, out);
     }
 
+    /// A failed attempt with attempts left: RUNNING → WAITING, ready again after the delay.
+    fn retry_later(
+        &mut self,
+        task: TaskId,
+        attempt: u32,
+        allowed: u32,
+        message: &str,
+        now: DateTime<Utc>,
+        out: &mut Vec<Action>,
+    ) {
+        let spec = &self.plan.tasks[task as usize];
+        let next = attempt + 1;
+        let delay = spec
+            .policy
+            .retry
+            .as_ref()
+            .map(|r| r.delay_before(next))
+            .unwrap_or_default();
+        let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        let rec = &mut self.tasks[task as usize];
+        rec.state = TaskState::Waiting;
+        rec.error_message = Some(format!(
+            "attempt {attempt} of {allowed} failed: {message}; attempt {next} starts at {}",
+            timestamp(at)
+        ));
+        self.running -= 1;
+        if delay.is_zero() {
+            rec.retry_at = None;
+            self.ready.push(task);
+            let mut ready = std::mem::take(&mut self.ready);
+            self.plan.sort_display(&mut ready);
+            self.ready = ready;
+        } else {
+            rec.retry_at = Some(at);
+        }
+        let tr = TaskTransition {
+            task,
+            previous: TaskState::Running,
+            current: TaskState::Waiting,
+        };
+        out.push(self.update(UpdateKind::Tasks(vec![tr]), now));
+    }
+
     fn cancel(&mut self, reason: String, now: DateTime<Utc>, out: &mut Vec<Action>) {
         if self.job.is_terminal() || self.cancelled.is_some() {
             return;
         }
         self.cancelled = Some(reason.clone());
         self.ready.clear();
-        // Whatever waits below a running task is decided when that task ends; the rest is skipped now.
-        let mut below_running = vec![false; self.tasks.len()];
-        let mut stack: Vec<TaskId> = (0..self.tasks.len() as TaskId)
-            .filter(|&t| self.tasks[t as usize].state == TaskState::Running)
-            .collect();
-        for &t in &stack {
-            out.push(Action::Kill {
-                task: t,
-                attempt: self.tasks[t as usize].attempt,
-            });
-        }
-        while let Some(t) = stack.pop() {
-            for &c in &self.plan.tasks[t as usize].children {
-                if !below_running[c as usize] {
-                    below_running[c as usize] = true;
-                    stack.push(c);
-                }
+        for i in 0..self.tasks.len() {
+            let rec = &mut self.tasks[i];
+            if rec.state == TaskState::Running {
+                rec.stopping = Some(Stop::Cancelled);
+                out.push(Action::Kill {
+                    task: i as TaskId,
+                    attempt: rec.attempt,
+                });
             }
         }
         let mut transitions = vec![];
         for i in 0..self.plan.order.len() {
             let t = self.plan.order[i];
-            if self.tasks[t as usize].state == TaskState::Waiting && !below_running[t as usize] {
+            if self.tasks[t as usize].state == TaskState::Waiting {
                 self.skip(t, &reason, &mut transitions);
             }
         }
@@ -669,6 +863,7 @@ impl RunState {
         match previous {
             TaskState::Waiting => {
                 rec.error_message = Some(reason.to_string());
+                rec.retry_at = None;
                 self.remaining -= 1;
             }
             TaskState::Skipped => {
@@ -753,6 +948,17 @@ impl RunState {
                 .collect(),
         }
     }
+}
+
+/// Which retry rule a failure falls under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// The run was cancelled: never.
+    Never,
+    /// The agent was lost: `onLost`.
+    Lost,
+    /// The task failed (with this exit code, if it has one): `retry`.
+    Failure(Option<i32>),
 }
 
 fn tail_of(text: &str, max: usize) -> Tail {

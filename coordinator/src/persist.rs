@@ -104,6 +104,10 @@ pub struct TaskOut<'a> {
     started_unix_nanos: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_nanos: Option<u64>,
+    /// When a task waiting to be retried is ready again (an absolute time, so a new leader
+    /// re-arms the same timer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_at_unix_nanos: Option<i64>,
     #[serde(flatten)]
     state: TaskStateJson<'a>,
 }
@@ -116,6 +120,7 @@ impl<'a> TaskOut<'a> {
             duration_nanos: r
                 .duration
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            retry_at_unix_nanos: r.retry_at.and_then(|t| t.timestamp_nanos_opt()),
             state: TaskStateJson::from_record(name, r),
         }
     }
@@ -128,6 +133,7 @@ struct TaskIn {
     attempt: u32,
     started_unix_nanos: Option<i64>,
     duration_nanos: Option<u64>,
+    retry_at_unix_nanos: Option<i64>,
     stdout: Option<String>,
     stderr: Option<String>,
     return_code: Option<i32>,
@@ -146,6 +152,7 @@ pub fn read_task(bytes: &[u8]) -> Option<RestoredTask> {
         stderr: t.stderr.unwrap_or_default(),
         return_code: t.return_code,
         error_message: t.error_message,
+        retry_at: t.retry_at_unix_nanos.map(DateTime::from_timestamp_nanos),
     })
 }
 

@@ -22,6 +22,45 @@ struct Harness {
 }
 
 impl Harness {
+    /// A run of an extended factfile: `tasks` are `(name, deps, extra task fields)`, `job` holds
+    /// extra job fields.
+    fn ext(tasks: &[(&str, &[&str], serde_json::Value)], job: serde_json::Value) -> Harness {
+        let list: Vec<serde_json::Value> = tasks
+            .iter()
+            .map(|(n, deps, extra)| {
+                let mut t = serde_json::json!({"name": n, "executor": "shell", "command": "echo",
+                    "arguments": [], "dependsOn": deps,
+                    "onResult": {"terminateJobWithSuccess": [3], "continueJob": [0]}});
+                for (k, v) in extra.as_object().into_iter().flatten() {
+                    t[k] = v.clone();
+                }
+                t
+            })
+            .collect();
+        let mut data = serde_json::json!({"name": "policies", "tasks": list});
+        for (k, v) in job.as_object().into_iter().flatten() {
+            data[k] = v.clone();
+        }
+        let text = serde_json::json!({"schema": crate::factfile::FACTOTUM_SCHEMA, "data": data});
+        let vars = crate::template::Vars::new(&serde_json::Value::Null, &Default::default()).unwrap();
+        let ff = crate::Factfile::parse(&text.to_string(), &vars).unwrap();
+        let mut h = Harness {
+            run: RunState::new(Arc::new(Plan::new(&ff)), t(0), RunOptions::default()),
+            now: 0,
+            log: vec![],
+        };
+        h.apply(Event::Start);
+        h
+    }
+
+    /// Moves the clock to `ms` and ticks.
+    fn tick_at(&mut self, ms: i64) -> Vec<Action> {
+        self.now = ms;
+        let a = self.run.apply(Event::Tick, t(ms));
+        self.log.extend(a.clone());
+        a
+    }
+
     fn new(spec: &[(&str, &[&str])]) -> Harness {
         let plan = Arc::new(Plan::new(&ff(spec)));
         let mut h = Harness {
@@ -299,6 +338,8 @@ fn spawn_failure_is_minus_one() {
     assert_eq!(h.state("b"), TaskState::Skipped);
 }
 
+mod policies;
+
 #[test]
 fn cancel_kills_running_and_skips_the_rest() {
     let mut h = Harness::new(&[
@@ -321,18 +362,22 @@ fn cancel_kills_running_and_skips_the_rest() {
     assert_eq!(kills.len(), 2);
     assert_eq!(h.state("z"), TaskState::Skipped);
     assert_eq!(h.reason("z").unwrap(), "job cancelled");
-    assert_eq!(h.state("b"), TaskState::Waiting, "decided when a ends");
+    assert_eq!(h.state("b"), TaskState::Skipped, "below a running task: skipped too");
+    assert_eq!(h.reason("b").unwrap(), "job cancelled");
     assert!(h
         .apply(Event::Lease {
             tasks: vec![h.id("z")]
         })
         .is_empty());
-    // x ignores TERM and succeeds anyway: its dependents are skipped, not started.
+    // x ignores TERM and exits 0 anyway: it was killed, so it is FAILED with the reason.
     h.finish("x", 0);
+    assert_eq!(h.state("x"), TaskState::Failed);
+    assert_eq!(h.reason("x").unwrap(), "job cancelled");
     assert_eq!(h.state("y"), TaskState::Skipped);
+    assert_eq!(h.reason("y").unwrap(), "job cancelled", "no second reason");
     assert!(h.run.ready().is_empty());
     let end = h.finish("a", 1);
-    assert_eq!(h.reason("b").unwrap(), "the task 'a' failed");
+    assert_eq!(h.reason("a").unwrap(), "job cancelled");
     assert_eq!(finished_state(&end), Some(JobState::Failed));
 }
 
@@ -467,6 +512,7 @@ fn a_restored_run_continues_where_it_was() {
                 stderr: r.stderr.as_str().to_string(),
                 return_code: r.return_code,
                 error_message: r.error_message.clone(),
+                retry_at: r.retry_at,
             })
         })
         .collect();

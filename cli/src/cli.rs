@@ -34,8 +34,11 @@ pub enum Command {
     Status(RunRef),
     /// Follow a run's transitions and output until it ends.
     Watch(RunRef),
-    /// Cancel a run: nothing more starts, running tasks are stopped, the rest is skipped.
+    /// Cancel a run: nothing more starts, running tasks are stopped (FAILED, "job cancelled"),
+    /// the rest is skipped.
     Cancel(RunRef),
+    /// Start a new run of a finished run's factfile, variables and tags (prints its reference).
+    Rerun(RerunArgs),
     /// List the runs a coordinator knows, newest first.
     Runs(Remote),
     /// List the agents connected to a coordinator.
@@ -64,6 +67,24 @@ pub struct RunRef {
     pub no_colour: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct RerunArgs {
+    /// The finished run to run again.
+    pub run: String,
+    /// Run only the tasks that did not succeed and their descendants (without it: every task
+    /// the old run planned). Tasks skipped because another asked for an early finish stay done.
+    #[arg(long)]
+    pub from_failed: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Stream the new run's output like `factotum run` and exit with its exit code.
+    #[arg(long)]
+    pub wait: bool,
+    /// No colours.
+    #[arg(long, env = "FACTOTUM_NO_COLOUR")]
+    pub no_colour: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PlacementArg {
     /// All tasks of the run go to the agent that took its first task.
@@ -77,10 +98,10 @@ pub enum PlacementArg {
 pub struct JobArgs {
     /// The factfile to run.
     pub factfile: PathBuf,
-    /// Run only this task and its descendants (every descendant's dependencies must be inside
-    /// that sub-tree).
+    /// Run only this task and its descendants (repeatable: several start tasks and everything
+    /// below them). Every planned task that is not a start must depend only on planned tasks.
     #[arg(long, value_name = "TASK")]
-    pub start: Option<String>,
+    pub start: Vec<String>,
     /// Template variables as a JSON object, e.g. '{"message": "hi", "n": 3}'.
     #[arg(long, value_name = "JSON", env = "FACTOTUM_ENV")]
     pub env: Option<String>,
@@ -117,9 +138,10 @@ pub struct SubmitArgs {
     pub job: JobArgs,
     #[command(flatten)]
     pub remote: Remote,
-    /// Keep the run on one agent (sticky, the default) or place each task anywhere eligible.
-    #[arg(long, value_enum, default_value = "sticky")]
-    pub placement: PlacementArg,
+    /// Keep the run on one agent (sticky) or place each task anywhere eligible (default: the
+    /// factfile's `placement`, else sticky).
+    #[arg(long, value_enum)]
+    pub placement: Option<PlacementArg>,
     /// Stream the run's output like `factotum run` and exit with its exit code.
     #[arg(long)]
     pub wait: bool,
@@ -159,9 +181,9 @@ pub struct ValidateArgs {
 pub struct DotArgs {
     /// The factfile to draw.
     pub factfile: PathBuf,
-    /// Draw only this task and its descendants.
+    /// Draw only this task and its descendants (repeatable).
     #[arg(long, value_name = "TASK")]
-    pub start: Option<String>,
+    pub start: Vec<String>,
     /// Write to this file instead of standard output.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,

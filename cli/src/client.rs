@@ -12,7 +12,7 @@ use factotum_proto as pb;
 use factotum_proto::jobs_client::JobsClient;
 use tonic::transport::Channel;
 
-use crate::cli::{PlacementArg, Remote, RunRef, SubmitArgs};
+use crate::cli::{PlacementArg, RerunArgs, Remote, RunRef, SubmitArgs};
 use crate::console::Console;
 use crate::exit;
 use crate::load::Failure;
@@ -160,6 +160,30 @@ pub fn submit(args: SubmitArgs) -> u8 {
     })
 }
 
+pub fn rerun(args: RerunArgs) -> u8 {
+    let console = Console::new(args.no_colour);
+    let (run, from_failed, wait) = (args.run.clone(), args.from_failed, args.wait);
+    with_client(&args.remote, |mut client| {
+        let run = run.clone();
+        let console = console.clone();
+        async move {
+            let submitted = client
+                .rerun_run(pb::RerunRunRequest {
+                    run_id: run,
+                    from_failed,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            if !wait {
+                println!("{}", submitted.run_id);
+                return Ok(exit::OK);
+            }
+            follow(&mut client, &submitted.run_id, console, true).await
+        }
+    })
+}
+
 fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
     let text = spec::read_factfile(&args.job.factfile)?;
     let mut constraints = vec![];
@@ -178,13 +202,13 @@ fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
         factfile_name: args.job.factfile.display().to_string(),
         env_json: args.job.env.clone().unwrap_or_default(),
         tags: tags.into_iter().collect(),
-        start: args.job.start.clone().unwrap_or_default(),
+        start: args.job.start.clone(),
         webhooks: args.job.webhook.clone(),
         constraints,
-        placement: match args.placement {
+        placement: args.placement.map(|p| match p {
             PlacementArg::Sticky => pb::Placement::Sticky as i32,
             PlacementArg::Spread => pb::Placement::Spread as i32,
-        },
+        }),
         max_output: u32::try_from(args.job.max_stdouterr_size).unwrap_or(u32::MAX),
         dry_run: args.job.dry_run,
         allow_concurrent: args.allow_concurrent,
@@ -304,6 +328,9 @@ pub fn status(args: RunRef) -> u8 {
             println!("state     {}", s.state);
             println!("started   {}", s.start_time);
             println!("duration  {}", s.duration);
+            if !s.rerun_of.is_empty() {
+                println!("rerun of  {}", s.rerun_of);
+            }
             if !s.tags.is_empty() {
                 let mut tags: Vec<String> =
                     s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -314,13 +341,14 @@ pub fn status(args: RunRef) -> u8 {
                 println!("waiting   {}", s.waiting_reason);
             }
             println!();
-            let rows: Vec<[String; 5]> = s
+            let rows: Vec<[String; 6]> = s
                 .tasks
                 .iter()
                 .map(|t| {
                     [
                         t.name.clone(),
                         t.state.clone(),
+                        if t.attempt > 1 { t.attempt.to_string() } else { String::new() },
                         t.agent.clone(),
                         t.return_code.map(|c| c.to_string()).unwrap_or_default(),
                         t.error_message.clone(),
@@ -329,7 +357,7 @@ pub fn status(args: RunRef) -> u8 {
                 .collect();
             print!(
                 "{}",
-                table(["TASK", "STATE", "AGENT", "CODE", "REASON"], &rows)
+                table(["TASK", "STATE", "ATTEMPT", "AGENT", "CODE", "REASON"], &rows)
             );
             Ok(exit::OK)
         }

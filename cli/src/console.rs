@@ -63,6 +63,15 @@ impl Console {
                         self.paint(RED, "failed")
                     )
                 }
+                (TaskState::Running, TaskState::Waiting) => {
+                    // A retry: the message says which attempt failed and when the next starts.
+                    let d = human(c.duration.unwrap_or_default());
+                    let reason = c.error_message.as_deref().unwrap_or("unknown");
+                    format!(
+                        "Task '{name}': {} after {d}, will retry. Reason: {reason}",
+                        self.paint(YELLOW, "failed")
+                    )
+                }
                 _ => continue,
             };
             let _ = writeln!(err, "{line}");

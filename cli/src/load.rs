@@ -51,10 +51,5 @@ pub fn factfile(
 ) -> Result<Factfile, Failure> {
     let env: Value = spec::parse_env(env)?;
     let text = spec::read_factfile(path)?;
-    Ok(spec::parse_factfile(
-        &text,
-        &path.display().to_string(),
-        &env,
-        tags,
-    )?)
+    Ok(spec::parse_factfile(&text, &path.display().to_string(), &env, tags)?.0)
 }

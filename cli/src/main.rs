@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         cli::Command::Status(a) => client::status(a),
         cli::Command::Watch(a) => client::watch(a),
         cli::Command::Cancel(a) => client::cancel(a),
+        cli::Command::Rerun(a) => client::rerun(a),
         cli::Command::Runs(a) => client::runs(a),
         cli::Command::Agents(a) => client::agents(a),
     };

@@ -45,12 +45,9 @@ pub fn dot(args: DotArgs) -> u8 {
         Ok(ff) => ff,
         Err(f) => return fail(Failure::args(f.message)),
     };
-    let plan = match &args.start {
-        Some(start) => match Plan::from_start(&ff, start) {
-            Ok(p) => p,
-            Err(e) => return fail(Failure::args(e.to_string())),
-        },
-        None => Plan::new(&ff),
+    let plan = match Plan::from_starts(&ff, &args.start) {
+        Ok(p) => p,
+        Err(e) => return fail(Failure::args(e.to_string())),
     };
     let text = factotum_common::dot::render(&plan);
     let Some(path) = args.output else {
@@ -124,7 +121,7 @@ fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure
         start: args.job.start.clone(),
         webhooks: args.job.webhook.clone(),
         constraints,
-        placement: Placement::Sticky,
+        placement: Some(Placement::Sticky),
         max_output: args.job.max_stdouterr_size,
         dry_run: args.job.dry_run,
         allow_concurrent: true,
@@ -144,6 +141,16 @@ fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure
                 me.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
             ));
             return Ok(None);
+        }
+    }
+    // A local run has one place to run tasks: each task's own constraints must hold here.
+    let me = factotum_agent::identity::local(Default::default());
+    for t in &run.plan.tasks {
+        if let Some(c) = t.policy.constraints.iter().find(|c| !c.matches(&me)) {
+            return Err(Failure::args(format!(
+                "Error: the task '{}' may only run where {c} holds, which this machine ('{}') does not satisfy; `factotum run` runs every task here (submit the factfile to a coordinator to place it)",
+                t.name, me.hostname
+            )));
         }
     }
     if args.job.dry_run {

@@ -41,10 +41,10 @@ fn run_and_signal(sig: Signal, command: &str, extra: &[&str]) -> (std::process::
     kill(Pid::from_raw(child.id() as i32), sig).unwrap();
     let o = child.wait_with_output().unwrap();
     let t = transitions(&rx.payloads());
-    assert!(
-        t.contains(&"sleeper RUNNING->FAILED | after WAITING->SKIPPED".to_string()),
-        "{t:?}"
-    );
+    // The cancel skips what waits at once; the killed task ends FAILED when its process is gone.
+    let skipped = t.iter().position(|x| x == "after WAITING->SKIPPED");
+    let failed = t.iter().position(|x| x == "sleeper RUNNING->FAILED");
+    assert!(skipped.is_some() && skipped < failed, "{t:?}");
     assert_eq!(
         t.last().unwrap(),
         "job RUNNING->FAILED",

@@ -950,6 +950,29 @@ impl RunState {
     }
 }
 
+/// The tasks a `--from-failed` rerun of a finished run executes, in display order: each task that
+/// did not succeed, and its descendants. A task skipped only because an ancestor asked for an
+/// early finish (`SUCCEEDED_NO_OP`) counts as done: that decision stands.
+pub fn rerun_set(plan: &Plan, states: &[TaskState]) -> Vec<TaskId> {
+    let state = |t: TaskId| states.get(t as usize).copied().unwrap_or_default();
+    // Display order lists every task after its dependencies.
+    let mut below_no_op = vec![false; plan.len()];
+    for &t in &plan.order {
+        below_no_op[t as usize] = plan.tasks[t as usize]
+            .deps
+            .iter()
+            .any(|&d| state(d) == TaskState::SucceededNoOp || below_no_op[d as usize]);
+    }
+    let done: Vec<bool> = (0..plan.len() as TaskId)
+        .map(|t| match state(t) {
+            TaskState::Succeeded | TaskState::SucceededNoOp => true,
+            TaskState::Skipped => below_no_op[t as usize],
+            _ => false,
+        })
+        .collect();
+    plan.not_succeeded(&done)
+}
+
 /// Which retry rule a failure falls under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Retry {

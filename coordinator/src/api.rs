@@ -33,6 +33,9 @@ impl From<EngineError> for Status {
                 "a run of this job (same factfile and tags) is still active: {run}; \
                  pass --allow-concurrent to start another anyway"
             )),
+            e @ (EngineError::StillActive(_)
+            | EngineError::NothingToRerun(_)
+            | EngineError::CannotRerun { .. }) => Status::failed_precondition(e.to_string()),
             EngineError::Store(e) => Status::unavailable(format!("the store is unavailable: {e}")),
         }
     }
@@ -138,14 +141,16 @@ impl Jobs for JobsApi {
             },
             env: Some(r.env_json).filter(|e| !e.is_empty()),
             tags: r.tags.into_iter().collect(),
-            start: Some(r.start).filter(|s| !s.is_empty()),
+            start: r.start,
             webhooks: r.webhooks,
             constraints,
-            placement: if r.placement == pb::Placement::Spread as i32 {
-                Placement::Spread
-            } else {
-                Placement::Sticky
-            },
+            placement: r.placement.map(|p| {
+                if p == pb::Placement::Spread as i32 {
+                    Placement::Spread
+                } else {
+                    Placement::Sticky
+                }
+            }),
             allow_concurrent: r.allow_concurrent,
             idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
             max_output: if r.max_output == 0 {
@@ -164,6 +169,23 @@ impl Jobs for JobsApi {
             run_id: submitted.run_id,
             job_reference: submitted.job_reference,
             existing: submitted.existing,
+        }))
+    }
+
+    async fn rerun_run(
+        &self,
+        request: Request<pb::RerunRunRequest>,
+    ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        let r = request.into_inner();
+        let submitted = self
+            .role
+            .engine()?
+            .rerun(&r.run_id, r.from_failed)
+            .await?;
+        Ok(Response::new(pb::SubmitRunResponse {
+            run_id: submitted.run_id,
+            job_reference: submitted.job_reference,
+            existing: false,
         }))
     }
 

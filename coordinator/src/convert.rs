@@ -64,6 +64,7 @@ pub fn run_status(r: &RunInfo) -> pb::RunStatus {
         waiting_reason: r.waiting_reason.clone().unwrap_or_default(),
         tasks: r.tasks.iter().map(task_status).collect(),
         tags: r.tags.clone().into_iter().collect(),
+        rerun_of: r.rerun_of.clone().unwrap_or_default(),
     }
 }
 

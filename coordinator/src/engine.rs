@@ -6,7 +6,7 @@
 //! outbox committed to the store in one batch, leases sent to agents, payloads queued for
 //! delivery, watchers told.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,8 @@ pub struct RunSpec {
     pub idempotency_key: Option<String>,
     /// A fresh UUIDv4 string; the run's reference is its SHA-256.
     pub uuid: String,
+    /// The run this one re-runs (`factotum rerun`).
+    pub rerun_of: Option<String>,
 }
 
 /// How a run's tasks are spread over agents.
@@ -115,6 +117,8 @@ pub struct RunInfo {
     pub waiting_reason: Option<String>,
     pub tasks: Vec<TaskInfo>,
     pub tags: BTreeMap<String, String>,
+    /// The run this one re-runs.
+    pub rerun_of: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +195,12 @@ pub enum EngineError {
     NoSuchRun(String),
     #[error("a run of this job (same factfile and tags) is still active: {0}")]
     AlreadyActive(String),
+    #[error("run {0} has not finished: cancel it or wait for it before re-running it")]
+    StillActive(String),
+    #[error("run {0} has no task that did not succeed: nothing to re-run")]
+    NothingToRerun(String),
+    #[error("run {run} cannot be re-run: {why}")]
+    CannotRerun { run: String, why: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -223,6 +233,11 @@ enum Command {
         run_id: String,
         reason: String,
         reply: Reply<()>,
+    },
+    Rerun {
+        run_id: String,
+        from_failed: bool,
+        reply: Reply<Submitted>,
     },
     Watch {
         run_id: String,
@@ -276,6 +291,7 @@ impl Engine {
             pending_acks: Vec::new(),
             grouping: false,
             pending: Vec::new(),
+            timers: BTreeSet::new(),
         };
         tokio::spawn(core.run(rx, shutdown));
         Engine { tx, deliverer }
@@ -303,6 +319,17 @@ impl Engine {
         self.ask(|reply| Command::Cancel {
             run_id: run_id.to_string(),
             reason: reason.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Starts a new run of a finished run's factfile, variables and tags: all of its tasks, or
+    /// with `from_failed` only those that did not succeed and their descendants.
+    pub async fn rerun(&self, run_id: &str, from_failed: bool) -> Result<Submitted, EngineError> {
+        self.ask(|reply| Command::Rerun {
+            run_id: run_id.to_string(),
+            from_failed,
             reply,
         })
         .await
@@ -400,6 +427,9 @@ struct Run {
     outbox_seq: u64,
     /// What watchers have been told, replayed to a watcher that comes late (bounded).
     history: VecDeque<WatchEvent>,
+    /// The run's next timer, as registered in `Core::timers`.
+    deadline: Option<DateTime<Utc>>,
+    rerun_of: Option<String>,
 }
 
 /// Commands handled before their store writes are committed together (group commit).
@@ -485,6 +515,8 @@ struct Core<S: Store> {
     /// While handling a group of commands: their batches, recorded together at the end.
     grouping: bool,
     pending: Vec<Batch>,
+    /// Each run's next timer (task or job timeout, retry delay), earliest first.
+    timers: BTreeSet<(DateTime<Utc>, Arc<str>)>,
 }
 
 impl<S: Store> Core<S> {
@@ -524,6 +556,7 @@ impl<S: Store> Core<S> {
                 _ = tokio::time::sleep(Duration::from_millis(500)), if !self.stalled.is_empty() => {
                     self.retry_stalled().await;
                 }
+                _ = sleep_until(self.timers.first().map(|(at, _)| *at)) => self.fire_timers().await,
                                 _ = shutdown.cancelled() => break,
                 _ = fenced.cancelled() => break,
             }
@@ -553,6 +586,14 @@ impl<S: Store> Core<S> {
                 }
                 self.apply(&id, Event::Cancel { reason }).await;
                 let _ = reply.send(Ok(()));
+            }
+            Command::Rerun {
+                run_id,
+                from_failed,
+                reply,
+            } => {
+                let r = self.rerun(&run_id, from_failed).await;
+                let _ = reply.send(r);
             }
             Command::Watch { run_id, reply } => {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -876,6 +917,8 @@ impl<S: Store> Core<S> {
                         }
                     }
                     self.runs.insert(Arc::clone(&id), run);
+                    // Deadlines are absolute times from the records: due ones fire at once.
+                    self.rearm(&id);
                     taken += 1;
                 }
                 Err(why) => tracing::error!(run = %id, "cannot take over the run: {why}"),
@@ -945,7 +988,11 @@ impl<S: Store> Core<S> {
             .and_then(|b| persist::unpack_factfile(b))
             .ok_or("no readable factfile")?;
         let ff = factotum_common::Factfile::parse_compact(&compact).map_err(|e| e.to_string())?;
-        let plan = Arc::new(Plan::subset(&ff, &spec.tasks));
+        let plan = Plan::subset(&ff, &spec.tasks);
+        let plan = tokio::task::spawn_blocking(move || crate::spec::resolve_plan(plan))
+            .await
+            .map(Arc::new)
+            .map_err(|e| e.to_string())?;
         let records = (0..plan.len())
             .map(|t| {
                 keys.get(&format!("tasks/{t:08}"))
@@ -1001,6 +1048,8 @@ impl<S: Store> Core<S> {
             waiting_reason: None,
             outbox_seq: state.outbox_seq,
             history: VecDeque::new(),
+            deadline: None,
+            rerun_of: spec.rerun_of.clone(),
         })
     }
 
@@ -1075,6 +1124,7 @@ impl<S: Store> Core<S> {
             max_output: spec.max_output,
             dry_run: spec.dry_run,
             tasks: spec.plan.tasks.iter().map(|t| t.name.to_string()).collect(),
+            rerun_of: spec.rerun_of.clone(),
         };
         let idem_op = spec.idempotency_key.as_ref().map(|k| StoreOp::Put {
             key: keys::idempotency(k),
@@ -1121,6 +1171,8 @@ impl<S: Store> Core<S> {
             waiting_reason: None,
             outbox_seq: 0,
             history: VecDeque::new(),
+            deadline: None,
+            rerun_of: spec.rerun_of,
         };
         self.runs.insert(Arc::clone(&id), run);
         self.apply(&id, Event::Start).await;
@@ -1272,6 +1324,8 @@ impl<S: Store> Core<S> {
                         command_line: spec.command_line.clone(),
                         max_output: run.max_output,
                         dry_run: run.dry_run,
+                        env: spec.policy.env.iter().cloned().collect(),
+                        cwd: spec.policy.cwd.clone().unwrap_or_default(),
                     };
                     self.leases
                         .insert((Arc::clone(id), task, attempt), Arc::clone(agent));
@@ -1320,6 +1374,7 @@ impl<S: Store> Core<S> {
         // 1 MiB) and a crash fall between them, an event is sent twice rather than never.
         ops.sort_by_key(|op| !matches!(op, StoreOp::Put { key, .. } if key.starts_with("outbox/")));
         sends.splice(0..0, std::mem::take(&mut self.pending_acks));
+        self.rearm(id);
         let batch = Batch {
             run: Arc::clone(id),
             ops,
@@ -1484,6 +1539,127 @@ impl<S: Store> Core<S> {
         }
     }
 
+    /// Registers the run's next timer (or none) after its state changed.
+    fn rearm(&mut self, id: &Arc<str>) {
+        let Some(run) = self.runs.get_mut(id) else {
+            return;
+        };
+        let next = run.state.next_deadline();
+        if next == run.deadline {
+            return;
+        }
+        if let Some(old) = run.deadline.take() {
+            self.timers.remove(&(old, Arc::clone(id)));
+        }
+        if let Some(at) = next {
+            self.timers.insert((at, Arc::clone(id)));
+        }
+        run.deadline = next;
+    }
+
+    /// Fires every timer that is due: the runs see the time, then ready tasks are placed.
+    async fn fire_timers(&mut self) {
+        let now = Utc::now();
+        let mut due = vec![];
+        while let Some((at, id)) = self.timers.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, Arc::clone(&id)));
+            if let Some(run) = self.runs.get_mut(&id) {
+                run.deadline = None;
+            }
+            due.push(id);
+        }
+        for id in due {
+            self.apply(&id, Event::Tick).await;
+            self.rearm(&id);
+            self.dispatch(&id).await;
+        }
+    }
+
+    /// A new run of a finished run's recorded factfile (already templated with its variables),
+    /// tags, webhooks, constraints and options.
+    async fn rerun(&mut self, old: &str, from_failed: bool) -> Result<Submitted, EngineError> {
+        if self.runs.contains_key(old) {
+            return Err(EngineError::StillActive(old.to_string()));
+        }
+        let prefix = format!("runs/{old}/");
+        let keys: HashMap<String, Vec<u8>> = self
+            .store
+            .scan(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v)))
+            .collect();
+        if keys.is_empty() {
+            return Err(EngineError::NoSuchRun(old.to_string()));
+        }
+        let why = |w: String| EngineError::CannotRerun {
+            run: old.to_string(),
+            why: w,
+        };
+        let spec: persist::SpecRecord = keys
+            .get("spec")
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .ok_or_else(|| why("its spec record is missing or unreadable".into()))?;
+        let compact = keys
+            .get("factfile")
+            .and_then(|b| persist::unpack_factfile(b))
+            .ok_or_else(|| why("its factfile is missing or unreadable".into()))?;
+        let ff = factotum_common::Factfile::parse_compact(&compact)
+            .map_err(|e| why(format!("its factfile no longer parses: {e}")))?;
+        let names: Vec<String> = if from_failed {
+            let old_plan = Plan::subset(&ff, &spec.tasks);
+            let states: Vec<TaskState> = (0..old_plan.len())
+                .map(|t| {
+                    keys.get(&format!("tasks/{t:08}"))
+                        .and_then(|b| persist::read_task(b))
+                        .map(|r| r.state)
+                        .unwrap_or_default()
+                })
+                .collect();
+            factotum_common::run::rerun_set(&old_plan, &states)
+                .into_iter()
+                .map(|t| old_plan.tasks[t as usize].name.to_string())
+                .collect()
+        } else {
+            spec.tasks.clone()
+        };
+        if names.is_empty() {
+            return Err(EngineError::NothingToRerun(old.to_string()));
+        }
+        let plan = Plan::subset(&ff, &names);
+        let constraints: Vec<Constraint> = spec
+            .constraints
+            .iter()
+            .map(persist::ConstraintRecord::to_constraint)
+            .collect();
+        let (plan, constraints) = tokio::task::spawn_blocking(move || {
+            (
+                crate::spec::resolve_plan(plan),
+                crate::spec::resolve_constraints(constraints),
+            )
+        })
+        .await
+        .map_err(|e| why(e.to_string()))?;
+        self.submit(RunSpec {
+            compact_factfile: compact,
+            plan: Arc::new(plan),
+            tags: spec.tags,
+            webhooks: spec.webhooks,
+            max_output: spec.max_output,
+            dry_run: spec.dry_run,
+            constraints,
+            placement: persist::placement_of(spec.spread),
+            allow_concurrent: false,
+            idempotency_key: None,
+            uuid: uuid::Uuid::new_v4().to_string(),
+            rerun_of: Some(old.to_string()),
+        })
+        .await
+    }
+
     async fn dispatch_all(&mut self) {
         let ids: Vec<Arc<str>> = self
             .runs
@@ -1496,8 +1672,10 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Leases the run's ready tasks to eligible agents with free slots. Sticky placement keeps
-    /// a run on the agent that took its first task while that agent is connected.
+    /// Leases the run's ready tasks (as many as its `maxParallel` allows) to eligible agents with
+    /// free slots. Sticky placement keeps a run on the agent that took its first task while that
+    /// agent is connected; a task with its own constraints goes wherever they and the run's hold
+    /// (the sticky agent, if it qualifies).
     async fn dispatch(&mut self, id: &Arc<str>) {
         if !self.stalled.is_empty() {
             return; // no new leases while the store cannot record them
@@ -1508,8 +1686,14 @@ impl<S: Store> Core<S> {
         if run.state.ready().is_empty() {
             return;
         }
+        let plan = Arc::clone(run.state.plan());
         let mut placed: HashMap<TaskId, Arc<str>> = HashMap::new();
-        let eligible = |a: &Agent| run.constraints.iter().all(|c| c.matches(&a.identity));
+        let eligible = |a: &Agent, own: &[Constraint]| {
+            run.constraints
+                .iter()
+                .chain(own)
+                .all(|c| c.matches(&a.identity))
+        };
         // A sticky run follows its agent while that agent is connected and not draining.
         let mut sticky = run.sticky.clone().filter(|s| {
             run.placement == Placement::Sticky
@@ -1518,8 +1702,20 @@ impl<S: Store> Core<S> {
                     .get(s)
                     .is_some_and(|a| a.tx.is_some() && !a.draining)
         });
-        for &task in run.state.ready() {
-            let choice = match &sticky {
+        // Tasks without constraints of their own all have the same choices: once one finds no
+        // agent, the others would not either.
+        let mut plain_full = false;
+        let mut unplaced: Option<TaskId> = None;
+        for &task in run.state.leasable() {
+            let own = &plan.tasks[task as usize].policy.constraints;
+            if own.is_empty() && plain_full {
+                unplaced.get_or_insert(task);
+                continue;
+            }
+            let on_sticky = sticky
+                .as_ref()
+                .filter(|s| own.is_empty() || self.agents.get(*s).is_some_and(|a| eligible(a, own)));
+            let choice = match on_sticky {
                 Some(s) => self
                     .agents
                     .get(s)
@@ -1528,24 +1724,40 @@ impl<S: Store> Core<S> {
                 None => self
                     .agents
                     .values()
-                    .filter(|a| a.has_slot() && eligible(a))
+                    .filter(|a| a.has_slot() && eligible(a, own))
                     .min_by(|a, b| (a.in_use, &a.id).cmp(&(b.in_use, &b.id)))
                     .map(|a| Arc::clone(&a.id)),
             };
-            let Some(agent_id) = choice else { break };
+            let Some(agent_id) = choice else {
+                unplaced.get_or_insert(task);
+                plain_full |= own.is_empty();
+                continue;
+            };
             if let Some(agent) = self.agents.get_mut(&agent_id) {
                 agent.in_use += 1;
             }
-            if run.placement == Placement::Sticky && sticky.is_none() {
+            if run.placement == Placement::Sticky && sticky.is_none() && own.is_empty() {
                 sticky = Some(Arc::clone(&agent_id));
                 run.sticky = Some(Arc::clone(&agent_id));
             }
             placed.insert(task, agent_id);
         }
-        run.waiting_reason = if placed.len() < run.state.ready().len() {
-            Some(waiting_reason(run, sticky.as_deref(), &self.agents))
-        } else {
-            None
+        run.waiting_reason = match unplaced {
+            Some(task) => {
+                let t = &plan.tasks[task as usize];
+                let why = waiting_reason(run, &t.policy.constraints, sticky.as_deref(), &self.agents);
+                Some(if t.policy.constraints.is_empty() {
+                    why
+                } else {
+                    format!("task '{}': {why}", t.name)
+                })
+            }
+            None if run.state.leasable().len() < run.state.ready().len() => Some(format!(
+                "{} task(s) ready, held back by the job's maxParallel of {}",
+                run.state.ready().len() - run.state.leasable().len(),
+                plan.max_parallel.unwrap_or_default()
+            )),
+            None => None,
         };
         if placed.is_empty() {
             return;
@@ -1557,16 +1769,21 @@ impl<S: Store> Core<S> {
 }
 
 /// Why a run's ready tasks wait, in words an operator can act on.
-fn waiting_reason(run: &Run, sticky: Option<&str>, agents: &HashMap<Arc<str>, Agent>) -> String {
-    if let Some(s) = sticky {
+fn waiting_reason(
+    run: &Run,
+    own: &[Constraint],
+    sticky: Option<&str>,
+    agents: &HashMap<Arc<str>, Agent>,
+) -> String {
+    if let Some(s) = sticky.filter(|_| own.is_empty()) {
         return format!("waiting for a free slot on agent {s} (sticky placement)");
     }
+    let all: Vec<&Constraint> = run.constraints.iter().chain(own).collect();
     let connected: Vec<&Agent> = agents.values().filter(|a| a.tx.is_some()).collect();
     if connected.is_empty() {
         return "no agent is connected".into();
     }
-    let failing: Vec<String> = run
-        .constraints
+    let failing: Vec<String> = all
         .iter()
         .filter(|c| !connected.iter().any(|a| c.matches(&a.identity)))
         .map(|c| c.to_string())
@@ -1576,9 +1793,9 @@ fn waiting_reason(run: &Run, sticky: Option<&str>, agents: &HashMap<Arc<str>, Ag
     }
     if !connected
         .iter()
-        .any(|a| run.constraints.iter().all(|c| c.matches(&a.identity)))
+        .any(|a| all.iter().all(|c| c.matches(&a.identity)))
     {
-        let all: Vec<String> = run.constraints.iter().map(|c| c.to_string()).collect();
+        let all: Vec<String> = all.iter().map(|c| c.to_string()).collect();
         return format!("no connected agent has {} together", all.join(" and "));
     }
     "every eligible agent is busy".into()
@@ -1623,6 +1840,7 @@ fn info(run: &Run) -> RunInfo {
             })
             .collect(),
         tags: run.meta.tags.clone(),
+        rerun_of: run.rerun_of.clone(),
     }
 }
 
@@ -1734,6 +1952,14 @@ fn tell(watchers: &mut Vec<mpsc::UnboundedSender<WatchEvent>>, ev: WatchEvent) {
             }
         }
         _ => watchers.retain(|w| w.send(ev.clone()).is_ok()),
+    }
+}
+
+/// Sleeps until a wall-clock time (at once if it has passed); forever without one.
+async fn sleep_until(at: Option<DateTime<Utc>>) {
+    match at {
+        Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -36,6 +36,9 @@ pub struct SpecRecord {
     pub dry_run: bool,
     /// The planned tasks (all, or the sub-tree of `--start`).
     pub tasks: Vec<String>,
+    /// The run this one re-runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

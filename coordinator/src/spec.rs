@@ -9,7 +9,8 @@ use std::sync::Arc;
 use factotum_common::constraint::Constraint;
 use factotum_common::dag::Plan;
 use factotum_common::template::Vars;
-use factotum_common::Factfile;
+use factotum_common::{Factfile, FactfileError};
+use factotum_common::factfile::PlacementName;
 use serde_json::Value;
 
 use crate::engine::{Placement, RunSpec};
@@ -22,11 +23,14 @@ pub struct Submission {
     pub factfile_name: String,
     /// `--env` text: a JSON object, or `None`.
     pub env: Option<String>,
+    /// `--tag`s; they win over the factfile's own `tags`.
     pub tags: BTreeMap<String, String>,
-    pub start: Option<String>,
+    /// `--start` tasks (none: the whole factfile).
+    pub start: Vec<String>,
     pub webhooks: Vec<String>,
     pub constraints: Vec<Constraint>,
-    pub placement: Placement,
+    /// `--placement`; `None`: the factfile's `placement`, or sticky.
+    pub placement: Option<Placement>,
     pub max_output: usize,
     pub dry_run: bool,
     pub allow_concurrent: bool,
@@ -89,6 +93,22 @@ pub fn resolve(value: &str) -> Vec<IpAddr> {
     }
 }
 
+/// Fills in the addresses of the tasks' own host constraints (each name looked up once).
+pub fn resolve_plan(mut plan: Plan) -> Plan {
+    let mut seen: std::collections::HashMap<String, Vec<IpAddr>> = Default::default();
+    for t in &mut plan.tasks {
+        for c in &mut t.policy.constraints {
+            if let Constraint::Host { value, resolved } = c {
+                *resolved = seen
+                    .entry(value.clone())
+                    .or_insert_with(|| resolve(value))
+                    .clone();
+            }
+        }
+    }
+    plan
+}
+
 /// Fills in the addresses of host constraints.
 pub fn resolve_constraints(constraints: Vec<Constraint>) -> Vec<Constraint> {
     constraints
@@ -104,16 +124,22 @@ pub fn resolve_constraints(constraints: Vec<Constraint>) -> Vec<Constraint> {
 }
 
 /// Parses, templates and validates a factfile's text; errors carry Factotum's prefix naming it.
+/// Returns it with the run's tags: the factfile's own `tags` with `tags` (the command line's)
+/// over them; those are also the `{{tag:…}}` variables.
 pub fn parse_factfile(
     text: &str,
     name: &str,
     env: &Value,
     tags: &BTreeMap<String, String>,
-) -> Result<Factfile, SpecError> {
-    let vars = Vars::new(env, tags).map_err(|e| SpecError::BadArgument(format!("Error: {e}")))?;
-    Factfile::parse(text, &vars).map_err(|e| {
-        SpecError::InvalidFactfile(format!("'{name}' is not a valid factotum factfile: {e}"))
-    })
+) -> Result<(Factfile, BTreeMap<String, String>), SpecError> {
+    let invalid =
+        |e: FactfileError| SpecError::InvalidFactfile(format!("'{name}' is not a valid factotum factfile: {e}"));
+    let raw = Factfile::read(text).map_err(invalid)?;
+    let mut merged = raw.data.tags.clone().unwrap_or_default();
+    merged.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let vars = Vars::new(env, &merged).map_err(|e| SpecError::BadArgument(format!("Error: {e}")))?;
+    let ff = raw.finish(&vars).map_err(invalid)?;
+    Ok((ff, merged))
 }
 
 /// The factfile's text, or why it can't be read (an invalid-factfile error naming it).
@@ -137,24 +163,25 @@ pub fn prepare(sub: Submission) -> Result<RunSpec, SpecError> {
             "Error: --webhook cannot be used with the --dry-run option".into(),
         ));
     }
-    let ff = parse_factfile(&sub.factfile, &sub.factfile_name, &env, &sub.tags)?;
-    let plan = match &sub.start {
-        Some(start) => {
-            Plan::from_start(&ff, start).map_err(|e| SpecError::BadArgument(e.to_string()))?
-        }
-        None => Plan::new(&ff),
-    };
+    let (ff, tags) = parse_factfile(&sub.factfile, &sub.factfile_name, &env, &sub.tags)?;
+    let plan =
+        Plan::from_starts(&ff, &sub.start).map_err(|e| SpecError::BadArgument(e.to_string()))?;
+    let placement = sub.placement.unwrap_or(match ff.data.placement {
+        Some(PlacementName::Spread) => Placement::Spread,
+        _ => Placement::Sticky,
+    });
     Ok(RunSpec {
         compact_factfile: ff.compact_json(),
-        plan: Arc::new(plan),
-        tags: sub.tags,
+        plan: Arc::new(resolve_plan(plan)),
+        tags,
         webhooks: sub.webhooks,
         max_output: sub.max_output,
         dry_run: sub.dry_run,
         constraints: resolve_constraints(sub.constraints),
-        placement: sub.placement,
+        placement,
         allow_concurrent: sub.allow_concurrent,
         idempotency_key: sub.idempotency_key,
         uuid: uuid::Uuid::new_v4().to_string(),
+        rerun_of: None,
     })
 }

@@ -1,7 +1,7 @@
 # The one test command: `make test` (what CI runs too).
-.PHONY: test deps fmt-check lint unit bench
+.PHONY: test deps fmt-check lint schemas unit bench
 
-test: deps fmt-check lint unit
+test: deps fmt-check lint schemas unit
 
 deps:
 	@scripts/install-deps.sh
@@ -11,6 +11,10 @@ fmt-check:
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# The extended factfile's JSON Schema and the samples against it (and Snowplow's in ../shared).
+schemas:
+	python3 scripts/check-schemas.py
 
 # The fleet tests start the agent, shim and coordinator binaries: build them all first
 # (`cargo test` builds only the binaries of packages with integration tests).

@@ -1,6 +1,7 @@
 //! Runs one task attempt: `sh -c "<command line>"` in its own process group.
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,11 @@ pub struct ExecSpec {
     pub kill_grace: Duration,
     /// Run through a shim (`<exe> --shim <attempt dir>`) that records the task in that
     /// directory, so it outlives the agent (see [`crate::shim`]).
-    pub shim: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub shim: Option<(PathBuf, PathBuf)>,
+    /// Added to the task's environment, on top of the agent's own (later entries win).
+    pub env: Vec<(String, String)>,
+    /// The task's working directory; `None`: the agent's own.
+    pub cwd: Option<PathBuf>,
 }
 
 /// Events an attempt reports while it runs.
@@ -56,11 +61,16 @@ pub async fn execute(
     // An absolute path: no PATH search on every spawn.
     let mut cmd = match &spec.shim {
         Some((exe, dir)) => {
-            let mut c = Command::new(exe);
+            // The shim runs in the task's directory (its `sh -c` inherits the directory and the
+            // environment): its own paths must not depend on it.
+            let mut c = match exe.parent() {
+                Some(p) if !p.as_os_str().is_empty() => Command::new(absolute(exe)),
+                _ => Command::new(exe), // a bare name: looked up in PATH
+            };
             if !exe.ends_with("factotum-shim") {
                 c.arg("--shim");
             }
-            c.arg(dir);
+            c.arg(absolute(dir));
             c
         }
         None => {
@@ -75,11 +85,15 @@ pub async fn execute(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             return TaskResult {
-                outcome: Outcome::SpawnFailed(e.to_string()),
+                outcome: Outcome::SpawnFailed(spawn_error(&e, spec.cwd.as_deref())),
                 stdout: String::new(),
                 stderr: String::new(),
                 duration: begun.elapsed(),
@@ -177,6 +191,33 @@ pub async fn execute(
         stdout: stdout.as_str().to_string(),
         stderr: stderr.as_str().to_string(),
         duration: begun.elapsed(),
+    }
+}
+
+/// `path` made absolute against the agent's working directory (unchanged if it already is, or
+/// if that directory is unknown).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Why a spawn with `cwd` as the working directory failed: a failed `chdir` in the child comes
+/// back as a bare OS error, so name the directory when it is the likely cause.
+fn spawn_error(e: &std::io::Error, cwd: Option<&Path>) -> String {
+    let Some(cwd) = cwd else {
+        return e.to_string();
+    };
+    match std::fs::metadata(cwd) {
+        Err(problem) => format!(
+            "cannot use '{}' as the working directory: {problem}",
+            cwd.display()
+        ),
+        Ok(m) if !m.is_dir() => format!(
+            "cannot use '{}' as the working directory: {}",
+            cwd.display(),
+            std::io::Error::from_raw_os_error(libc::ENOTDIR)
+        ),
+        // A directory we may not enter, or a problem with the program itself.
+        Ok(_) => format!("{e} (working directory '{}')", cwd.display()),
     }
 }
 
@@ -278,12 +319,18 @@ mod tests {
             dry_run: false,
             kill_grace: Duration::from_millis(300),
             shim: None,
+            env: vec![],
+            cwd: None,
         }
     }
 
     async fn run(line: &str) -> (TaskResult, Vec<String>) {
+        run_spec(&spec(line)).await
+    }
+
+    async fn run_spec(spec: &ExecSpec) -> (TaskResult, Vec<String>) {
         let (tx, mut rx) = mpsc::channel(1024);
-        let res = execute(&spec(line), tx, CancellationToken::new()).await;
+        let res = execute(spec, tx, CancellationToken::new()).await;
         let mut lines = vec![];
         while let Ok(e) = rx.try_recv() {
             if let ExecEvent::Line { stream, line } = e {
@@ -345,6 +392,67 @@ mod tests {
                 .unwrap_or_default()
                 .contains(") Z ");
         assert!(!alive, "grandchild {child} survived the cancel");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A fresh, empty directory for one test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("factotum-exec-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn env_is_added_to_the_agents_own() {
+        let mut s = spec(r#"echo "$FOO"; echo "${PATH:+PATH kept}""#);
+        s.env = vec![("FOO".into(), "bar  $baz".into())];
+        let (res, lines) = run_spec(&s).await;
+        assert_eq!(res.outcome, Outcome::Exited(0));
+        assert_eq!(res.stdout, "bar  $baz\nPATH kept");
+        assert!(lines.contains(&"Stdout:bar  $baz".to_string()));
+    }
+
+    #[tokio::test]
+    async fn cwd_is_honoured() {
+        let dir = scratch("cwd");
+        let mut s = spec("pwd; echo x > here");
+        s.cwd = Some(dir.clone());
+        let (res, _) = run_spec(&s).await;
+        assert_eq!(res.outcome, Outcome::Exited(0));
+        assert_eq!(
+            PathBuf::from(&res.stdout),
+            std::fs::canonicalize(&dir).unwrap()
+        );
+        assert!(dir.join("here").exists());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_unusable_cwd_is_a_spawn_failure_naming_it() {
+        let dir = scratch("badcwd");
+        let missing = dir.join("missing");
+        let mut s = spec("echo never");
+        s.cwd = Some(missing.clone());
+        let (res, lines) = run_spec(&s).await;
+        assert_eq!(
+            res.outcome,
+            Outcome::SpawnFailed(format!(
+                "cannot use '{}' as the working directory: No such file or directory (os error 2)",
+                missing.display()
+            ))
+        );
+        assert!(lines.is_empty());
+        let file = dir.join("file");
+        std::fs::write(&file, "").unwrap();
+        s.cwd = Some(file.clone());
+        assert_eq!(
+            run_spec(&s).await.0.outcome,
+            Outcome::SpawnFailed(format!(
+                "cannot use '{}' as the working directory: Not a directory (os error 20)",
+                file.display()
+            ))
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -86,7 +86,14 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
-    pub fn new(cfg: AgentConfig) -> Agent {
+    pub fn new(mut cfg: AgentConfig) -> Agent {
+        // Attempt directories are named by absolute paths: a shim runs in its task's working
+        // directory, and is recognised after a restart by the directory on its command line.
+        if let Some(state) = &mut cfg.state_dir {
+            if let Ok(abs) = std::path::absolute(&*state) {
+                *state = abs;
+            }
+        }
         let (events_tx, events_rx) = mpsc::channel(4096);
         Agent {
             cfg,
@@ -401,6 +408,12 @@ async fn run_attempt(
         dry_run: lease.dry_run,
         kill_grace,
         shim,
+        env: {
+            let mut env: Vec<(String, String)> = lease.env.into_iter().collect();
+            env.sort_unstable();
+            env
+        },
+        cwd: (!lease.cwd.is_empty()).then(|| PathBuf::from(lease.cwd)),
     };
     let (ev_tx, mut ev_rx) = mpsc::channel::<ExecEvent>(256);
     let forward = {

@@ -7,11 +7,16 @@
 //! adopts the tasks still running (re-attaching them to the coordinator), so a restart neither
 //! loses nor duplicates a task.
 //!
+//! The agent starts the shim in the task's working directory and with the task's environment,
+//! which its `sh -c` inherits as they are; so the attempt directory is always given as an
+//! absolute path (a relative one would be taken against the task's directory).
+//!
 //! Framing, on the shim's stdout and in `<dir>/output`: one line per event, `1<line>` for the
 //! task's stdout, `2<line>` for its stderr; stdout also ends with `X<code> <nanos>`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -63,7 +68,8 @@ pub fn read_tails(dir: &Path, max: usize) -> (String, String) {
 }
 
 /// Whether `pid` is a live shim for `dir` (not a zombie, not a recycled pid of something else:
-/// its command line names the attempt directory).
+/// its command line names the attempt directory). The agent names it by an absolute path; a
+/// relative one (from an older agent) is taken against the shim's own working directory.
 pub fn shim_alive(pid: i32, dir: &Path) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -73,8 +79,15 @@ pub fn shim_alive(pid: i32, dir: &Path) -> bool {
         .rsplit(')')
         .next()
         .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-    let dir = dir.as_os_str().as_encoded_bytes();
-    !zombie && cmdline.split(|b| *b == 0).any(|arg| arg == dir)
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    !zombie
+        && cmdline.split(|b| *b == 0).any(|arg| {
+            let arg = Path::new(std::ffi::OsStr::from_bytes(arg));
+            arg == dir
+                || (!arg.as_os_str().is_empty()
+                    && arg.is_relative()
+                    && cwd.as_ref().is_some_and(|cwd| cwd.join(arg) == dir))
+        })
 }
 
 /// The shim's main: runs `command_line` with `sh -c` in this process group and records it in
@@ -92,21 +105,25 @@ pub fn run(dir: &Path, command_line: &str) -> i32 {
             signal_hook::flag::register(sig, Arc::new(std::sync::atomic::AtomicBool::new(false)));
     }
     let begun = Instant::now();
+    // One write per line (`writeln!` on a file can take two, the text and the newline).
     let record = |line: &str| {
         let _ = OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join(OUTPUT))
-            .and_then(|mut f| writeln!(f, "{line}"));
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
     };
     let stdout = Mutex::new(std::io::stdout());
     let emit = |line: &str| {
+        // Under the lock: the stdout and stderr readers must not interleave in the file either.
+        let mut out = stdout.lock().unwrap_or_else(|p| p.into_inner());
         record(line);
         // The agent may be gone: its pipe then fails, and the file is what counts.
-        let mut out = stdout.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     };
+    // Neither the environment nor the working directory is touched: the task gets the lease's,
+    // which the agent gave the shim.
     let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(command_line)
@@ -177,4 +194,48 @@ pub fn attempt_dir(state_dir: &Path, run: &str, task: u32, attempt: u32) -> Path
     state_dir
         .join("attempts")
         .join(format!("{run}-{task}-{attempt}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shim_is_recognised_by_an_absolute_or_a_relative_directory() {
+        let base = std::env::temp_dir().join(format!("factotum-shim-alive-{}", std::process::id()));
+        let dir = base.join("attempts").join("run-0-1");
+        fs::create_dir_all(&dir).unwrap();
+        // Stand-ins for shims: one named by the absolute path, one (from an older agent) by a
+        // path relative to its working directory. `; :` keeps sh from exec'ing sleep.
+        let mut children = [
+            (dir.clone(), None),
+            (PathBuf::from("attempts/run-0-1"), Some(&base)),
+        ]
+        .map(|(arg, cwd)| {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", "sleep 30; :", "shim"]).arg(arg);
+            if let Some(cwd) = cwd {
+                c.current_dir(cwd);
+            }
+            c.spawn().unwrap()
+        });
+        for child in &children {
+            let pid = i32::try_from(child.id()).unwrap();
+            // Right after the spawn, exec may not have set up the command line yet.
+            for _ in 0..200 {
+                if fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(b"\0")) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(shim_alive(pid, &dir));
+            assert!(!shim_alive(pid, &base.join("attempts").join("run-0-2")));
+        }
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(!shim_alive(i32::try_from(child.id()).unwrap(), &dir));
+        }
+        let _ = fs::remove_dir_all(base);
+    }
 }

@@ -12,7 +12,7 @@ use factotum_proto as pb;
 use factotum_proto::jobs_client::JobsClient;
 use tonic::transport::Channel;
 
-use crate::cli::{PlacementArg, RerunArgs, Remote, RunRef, SubmitArgs};
+use crate::cli::{PlacementArg, Remote, RerunArgs, RunRef, SubmitArgs};
 use crate::console::Console;
 use crate::exit;
 use crate::load::Failure;
@@ -165,7 +165,6 @@ pub fn rerun(args: RerunArgs) -> u8 {
     let (run, from_failed, wait) = (args.run.clone(), args.from_failed, args.wait);
     with_client(&args.remote, |mut client| {
         let run = run.clone();
-        let console = console.clone();
         async move {
             let submitted = client
                 .rerun_run(pb::RerunRunRequest {
@@ -348,7 +347,11 @@ pub fn status(args: RunRef) -> u8 {
                     [
                         t.name.clone(),
                         t.state.clone(),
-                        if t.attempt > 1 { t.attempt.to_string() } else { String::new() },
+                        if t.attempt > 1 {
+                            t.attempt.to_string()
+                        } else {
+                            String::new()
+                        },
                         t.agent.clone(),
                         t.return_code.map(|c| c.to_string()).unwrap_or_default(),
                         t.error_message.clone(),
@@ -357,7 +360,10 @@ pub fn status(args: RunRef) -> u8 {
                 .collect();
             print!(
                 "{}",
-                table(["TASK", "STATE", "ATTEMPT", "AGENT", "CODE", "REASON"], &rows)
+                table(
+                    ["TASK", "STATE", "ATTEMPT", "AGENT", "CODE", "REASON"],
+                    &rows
+                )
             );
             Ok(exit::OK)
         }

@@ -75,7 +75,12 @@ fn per_task_host_constraints_place_tasks_across_two_agents() {
     wait_for_agents(&c.url, 2);
     let d = Dir::new();
     let on = |name: &str, host: &str, deps: &[&str]| {
-        ext_task(name, "hostname", deps, json!({"constraints": {"host": host}}))
+        ext_task(
+            name,
+            "hostname",
+            deps,
+            json!({"constraints": {"host": host}}),
+        )
     };
     let ff = d.write(
         "placed.factfile",
@@ -91,7 +96,13 @@ fn per_task_host_constraints_place_tasks_across_two_agents() {
     );
     let rx = Receiver::start();
     let o = run(&[
-        "submit", &ff, "--coordinator", &c.url, "--wait", "--webhook", &rx.url,
+        "submit",
+        &ff,
+        "--coordinator",
+        &c.url,
+        "--wait",
+        "--webhook",
+        &rx.url,
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
@@ -104,7 +115,12 @@ fn per_task_host_constraints_place_tasks_across_two_agents() {
         "nowhere.factfile",
         &ext_factfile(
             "nowhere",
-            vec![ext_task("t", "true", &[], json!({"constraints": {"labels": {"gpu": "yes"}}}))],
+            vec![ext_task(
+                "t",
+                "true",
+                &[],
+                json!({"constraints": {"labels": {"gpu": "yes"}}}),
+            )],
             json!({}),
         ),
     );
@@ -117,7 +133,9 @@ fn per_task_host_constraints_place_tasks_across_two_agents() {
         "--coordinator",
         &c.url
     ]))
-    .contains("waiting   task 't': no connected agent has label gpu=yes")));
+    .contains(
+        "waiting   task 't': no connected agent has label gpu=yes"
+    )));
 }
 
 #[test]
@@ -156,10 +174,7 @@ fn a_lost_agent_with_on_lost_retry_runs_the_task_again_elsewhere() {
     let status = stdout(&run(&["status", &id, "--coordinator", &c.url]));
     assert!(status.contains("SUCCEEDED  2"), "attempt 2 ran: {status}");
     assert!(status.contains(" a2 "), "on the other agent: {status}");
-    assert_eq!(
-        std::fs::read_to_string(&audit).unwrap().lines().count(),
-        2
-    );
+    assert_eq!(std::fs::read_to_string(&audit).unwrap().lines().count(), 2);
 }
 
 #[test]
@@ -185,7 +200,12 @@ fn cancel_fails_running_tasks_and_skips_the_rest_with_job_cancelled() {
     );
     let rx = Receiver::start();
     let id = stdout(&run(&[
-        "submit", &ff, "--coordinator", &c.url, "--webhook", &rx.url,
+        "submit",
+        &ff,
+        "--coordinator",
+        &c.url,
+        "--webhook",
+        &rx.url,
     ]))
     .trim()
     .to_string();
@@ -230,7 +250,15 @@ fn rerun_from_failed_runs_exactly_the_failed_branch() {
             json!({"tags": {"team": "data"}}),
         ),
     );
-    let o = run(&["submit", &ff, "--coordinator", &c.url, "--wait", "--tag", "env,prod"]);
+    let o = run(&[
+        "submit",
+        &ff,
+        "--coordinator",
+        &c.url,
+        "--wait",
+        "--tag",
+        "env,prod",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let first = stdout(&run(&["runs", "--coordinator", &c.url]))
         .lines()
@@ -240,10 +268,20 @@ fn rerun_from_failed_runs_exactly_the_failed_branch() {
         .to_string();
     std::fs::write(&fixed, "").unwrap();
     std::fs::write(&audit, "").unwrap();
-    let o = run(&["rerun", &first, "--from-failed", "--coordinator", &c.url, "--wait"]);
+    let o = run(&[
+        "rerun",
+        &first,
+        "--from-failed",
+        "--coordinator",
+        &c.url,
+        "--wait",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(
-        std::fs::read_to_string(&audit).unwrap().lines().collect::<Vec<_>>(),
+        std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
         ["flaky", "after-flaky"],
         "only the branch that did not succeed"
     );
@@ -256,14 +294,21 @@ fn rerun_from_failed_runs_exactly_the_failed_branch() {
     assert_ne!(first, second);
     let status = stdout(&run(&["status", &second, "--coordinator", &c.url]));
     assert!(status.contains(&format!("rerun of  {first}")), "{status}");
-    assert!(status.contains("tags      env=prod, team=data"), "same tags: {status}");
+    assert!(
+        status.contains("tags      env=prod, team=data"),
+        "same tags: {status}"
+    );
     // Nothing left to re-run in a run that succeeded; a run still going is refused too.
     let o = run(&["rerun", &second, "--from-failed", "--coordinator", &c.url]);
     assert_eq!(o.status.code(), Some(4));
     assert!(stderr(&o).contains("nothing to re-run"), "{}", stderr(&o));
     let o = run(&["rerun", "no-such-run", "--coordinator", &c.url]);
     assert_eq!(o.status.code(), Some(4));
-    assert!(stderr(&o).contains("no run 'no-such-run'"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no run 'no-such-run'"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

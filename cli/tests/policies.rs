@@ -56,7 +56,12 @@ fn a_task_constraint_this_machine_does_not_meet_is_refused_before_anything_runs(
         &ext_factfile(
             "placed",
             vec![
-                ext_task("here", &format!("touch '{}'", marker.display()), &[], json!({})),
+                ext_task(
+                    "here",
+                    &format!("touch '{}'", marker.display()),
+                    &[],
+                    json!({}),
+                ),
                 ext_task(
                     "elsewhere",
                     "echo",
@@ -70,7 +75,8 @@ fn a_task_constraint_this_machine_does_not_meet_is_refused_before_anything_runs(
     let o = run(&["run", &ff]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("the task 'elsewhere' may only run where host=no-such-host.invalid holds"),
+        stderr(&o)
+            .contains("the task 'elsewhere' may only run where host=no-such-host.invalid holds"),
         "{}",
         stderr(&o)
     );
@@ -115,7 +121,12 @@ fn extension_fields_are_refused_under_the_snowplow_schema_and_errors_name_the_ta
         "bad.factfile",
         &ext_factfile(
             "x",
-            vec![ext_task("load", "echo", &[], json!({"retry": {"delaySeconds": 1}, "onLost": "maybe"}))],
+            vec![ext_task(
+                "load",
+                "echo",
+                &[],
+                json!({"retry": {"delaySeconds": 1}, "onLost": "maybe"}),
+            )],
             json!({"maxParallel": 0}),
         ),
     );
@@ -129,6 +140,9 @@ fn extension_fields_are_refused_under_the_snowplow_schema_and_errors_name_the_ta
     ] {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
-    let o = run(&["validate", &repo().join("samples/policies.factfile").to_string_lossy()]);
+    let o = run(&[
+        "validate",
+        &repo().join("samples/policies.factfile").to_string_lossy(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }

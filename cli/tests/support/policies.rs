@@ -213,7 +213,8 @@ pub fn task_timeout(r: &dyn Runner) {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let err = stderr(&o);
     assert!(
-        err.contains("Task 'sleeper': failed after") && err.contains("Reason: the task timed out after 1s"),
+        err.contains("Task 'sleeper': failed after")
+            && err.contains("Reason: the task timed out after 1s"),
         "{err}"
     );
     let pid = read_pid(&pidfile);
@@ -222,7 +223,9 @@ pub fn task_timeout(r: &dyn Runner) {
         "the sleep {pid} survived the timeout"
     );
     let p = all_payloads(&rx);
-    assert!(transitions(&p).contains(&"sleeper RUNNING->FAILED | after WAITING->SKIPPED".to_string()));
+    assert!(
+        transitions(&p).contains(&"sleeper RUNNING->FAILED | after WAITING->SKIPPED".to_string())
+    );
     assert_iglu_valid(&p);
 }
 
@@ -250,7 +253,11 @@ pub fn job_timeout(r: &dyn Runner) {
     let rx = Receiver::start();
     let o = r.run(&ff, &["--webhook", &rx.url]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("Reason: job timed out"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Reason: job timed out"),
+        "{}",
+        stderr(&o)
+    );
     let pid = read_pid(&pidfile);
     assert!(eventually(Duration::from_secs(5), || gone(pid)));
     let p = all_payloads(&rx);
@@ -270,7 +277,12 @@ pub fn continue_on_failure(r: &dyn Runner) {
         &ext_factfile(
             "continue",
             vec![
-                ext_task("optional", "exit 4", &[], json!({"continueOnFailure": true})),
+                ext_task(
+                    "optional",
+                    "exit 4",
+                    &[],
+                    json!({"continueOnFailure": true}),
+                ),
                 ext_task("report", "echo report ran", &["optional"], json!({})),
             ],
             json!({}),
@@ -282,7 +294,10 @@ pub fn continue_on_failure(r: &dyn Runner) {
     assert!(stdout(&o).contains("[report] report ran"), "{}", stdout(&o));
     let p = all_payloads(&rx);
     assert!(transitions(&p).contains(&"report RUNNING->SUCCEEDED".to_string()));
-    assert_eq!(p.last().unwrap()["data"]["jobTransition"]["currentState"], "FAILED");
+    assert_eq!(
+        p.last().unwrap()["data"]["jobTransition"]["currentState"],
+        "FAILED"
+    );
     assert_iglu_valid(&p);
 }
 

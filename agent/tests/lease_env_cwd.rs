@@ -1,0 +1,208 @@
+//! A lease's `env` and `cwd` reach the task: run by the agent itself, and under each of the two
+//! shims (`factotum-shim`, and `factotum-agent --shim`), with real processes.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use factotum_agent::{shim, Agent, AgentConfig, Link};
+use factotum_proto::{
+    agent_message, coordinator_message, finished, CoordinatorMessage, Finished, Lease, LeaseRef,
+    Welcome,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How the agent runs its tasks.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Direct,
+    Shim,
+    AgentAsShim,
+}
+
+const MODES: [Mode; 3] = [Mode::Direct, Mode::Shim, Mode::AgentAsShim];
+
+/// A fresh, empty directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("factotum-lease-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `path` (absolute) as a path relative to our working directory: `../../<path>`.
+fn relative(path: &Path) -> PathBuf {
+    let up = std::env::current_dir().unwrap().components().count();
+    let mut rel: PathBuf = std::iter::repeat_n("..", up).collect();
+    rel.extend(path.components().filter(|c| *c != Component::RootDir));
+    rel
+}
+
+fn config(mode: Mode, state_dir: &Path) -> AgentConfig {
+    let shim_exe = match mode {
+        Mode::Direct => None,
+        Mode::Shim => Some(PathBuf::from(env!("CARGO_BIN_EXE_factotum-shim"))),
+        Mode::AgentAsShim => Some(PathBuf::from(env!("CARGO_BIN_EXE_factotum-agent"))),
+    };
+    AgentConfig {
+        agent_id: "test".into(),
+        hostname: "test".into(),
+        ips: vec![],
+        labels: HashMap::new(),
+        slots: 1,
+        kill_grace: Duration::from_millis(300),
+        // Relative on purpose: the shim runs in the task's directory and must not care.
+        state_dir: shim_exe.as_ref().map(|_| relative(state_dir)),
+        shim_exe,
+    }
+}
+
+fn lease(command_line: &str, env: &[(&str, &str)], cwd: &Path) -> Lease {
+    Lease {
+        lease: Some(LeaseRef {
+            run_id: "run".into(),
+            task: 0,
+            attempt: 1,
+            epoch: 0,
+        }),
+        task_name: "t".into(),
+        command_line: command_line.into(),
+        max_output: 10_000,
+        dry_run: false,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        cwd: cwd.to_string_lossy().into_owned(),
+    }
+}
+
+/// Runs `lease` in a session of a fresh agent; returns its result and its output lines.
+async fn run(cfg: AgentConfig, lease: Lease) -> (Finished, Vec<String>) {
+    let (agent_tx, mut from_agent) = mpsc::channel(1024);
+    let (to_agent, agent_rx) = mpsc::channel(16);
+    let session = tokio::spawn(async move {
+        let mut agent = Agent::new(cfg);
+        let link = Link {
+            tx: agent_tx,
+            rx: agent_rx,
+        };
+        let never = CancellationToken::new();
+        agent.session(link, &never, &never).await
+    });
+    for msg in [
+        coordinator_message::Msg::Welcome(Welcome {
+            epoch: 0,
+            heartbeat_ms: 0,
+            lost_after_ms: 0,
+        }),
+        coordinator_message::Msg::Lease(lease),
+    ] {
+        to_agent
+            .send(CoordinatorMessage { msg: Some(msg) })
+            .await
+            .unwrap();
+    }
+    let mut lines = vec![];
+    let finished = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match from_agent.recv().await.and_then(|m| m.msg) {
+                Some(agent_message::Msg::Output(o)) => {
+                    lines.push(format!("{}:{}", o.stream, o.line))
+                }
+                Some(agent_message::Msg::Finished(f)) => return f,
+                Some(_) => {}
+                None => panic!("the session ended without a result"),
+            }
+        }
+    })
+    .await
+    .expect("no result in time");
+    drop(to_agent);
+    let _ = session.await;
+    (finished, lines)
+}
+
+#[tokio::test]
+async fn lease_env_and_cwd_reach_the_task() {
+    for mode in MODES {
+        let base = scratch(&format!("env-cwd-{mode:?}"));
+        let (work, state) = (base.join("work dir"), base.join("state"));
+        std::fs::create_dir_all(&work).unwrap();
+        let l = lease(
+            r#"echo "$FOO"; pwd; echo "${PATH:+PATH kept}"; echo oops >&2; touch made"#,
+            &[("FOO", "bar $baz")],
+            &work,
+        );
+        let (f, lines) = run(config(mode, &state), l).await;
+        assert_eq!(
+            f.outcome,
+            Some(finished::Outcome::ExitCode(0)),
+            "{mode:?}: {f:?}"
+        );
+        let work = std::fs::canonicalize(&work).unwrap();
+        assert_eq!(
+            f.stdout_tail,
+            format!("bar $baz\n{}\nPATH kept", work.display()),
+            "{mode:?}"
+        );
+        assert_eq!(f.stderr_tail, "oops", "{mode:?}");
+        assert!(
+            lines.contains(&"1:bar $baz".to_string()),
+            "{mode:?}: {lines:?}"
+        );
+        // The task ran in its directory; the shim kept its records in the attempt directory.
+        let mut made: Vec<_> = std::fs::read_dir(&work)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        made.sort();
+        assert_eq!(made, ["made"], "{mode:?}");
+        if !matches!(mode, Mode::Direct) {
+            let dir = shim::attempt_dir(&state, "run", 0, 1);
+            assert_eq!(shim::read_exit(&dir).map(|r| r.code), Some(0), "{mode:?}");
+            let (out, err) = shim::read_tails(&dir, 10_000);
+            assert_eq!(out, f.stdout_tail, "{mode:?}");
+            assert_eq!(err, "oops", "{mode:?}");
+        }
+        let _ = std::fs::remove_dir_all(base);
+    }
+}
+
+#[tokio::test]
+async fn an_unusable_lease_cwd_is_a_spawn_failure() {
+    for mode in MODES {
+        let base = scratch(&format!("bad-cwd-{mode:?}"));
+        let missing = base.join("missing");
+        let l = lease("echo never", &[], &missing);
+        let (f, lines) = run(config(mode, &base.join("state")), l).await;
+        assert_eq!(
+            f.outcome,
+            Some(finished::Outcome::SpawnError(format!(
+                "cannot use '{}' as the working directory: No such file or directory (os error 2)",
+                missing.display()
+            ))),
+            "{mode:?}"
+        );
+        assert!(lines.is_empty(), "{mode:?}: {lines:?}");
+        let _ = std::fs::remove_dir_all(base);
+    }
+}
+
+#[tokio::test]
+async fn an_empty_lease_cwd_is_the_agents_own() {
+    let base = scratch("no-cwd");
+    let (f, _) = run(
+        config(Mode::Shim, &base.join("state")),
+        lease("pwd", &[], Path::new("")),
+    )
+    .await;
+    assert_eq!(f.outcome, Some(finished::Outcome::ExitCode(0)));
+    assert_eq!(
+        PathBuf::from(f.stdout_tail),
+        std::fs::canonicalize(std::env::current_dir().unwrap()).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(base);
+}

@@ -11,11 +11,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 
 
+# With --policies every task has a timeout and a retry (extended schema): every run then keeps
+# timers, which is what that flag measures the cost of.
+POLICIES = False
+
+
 def factfile(path, name, tasks):
-    doc = {"schema": "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0",
-           "data": {"name": name, "tasks": [
-               {"name": n, "executor": "shell", "command": "true", "arguments": [], "dependsOn": d,
-                "onResult": {"terminateJobWithSuccess": [], "continueJob": [0]}} for n, d in tasks]}}
+    def task(n, d):
+        t = {"name": n, "executor": "shell", "command": "true", "arguments": [], "dependsOn": d,
+             "onResult": {"terminateJobWithSuccess": [], "continueJob": [0]}}
+        if POLICIES:
+            t.update({"timeout": 3600, "retry": {"attempts": 2, "delaySeconds": 1}})
+        return t
+    schema = ("iglu:io.factotum/factfile/jsonschema/1-0-0" if POLICIES
+              else "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0")
+    doc = {"schema": schema, "data": {"name": name, "tasks": [task(n, d) for n, d in tasks]}}
     with open(path, "w") as f:
         json.dump(doc, f)
 
@@ -315,7 +325,11 @@ def main():
     ap.add_argument("--only", choices=["hop", "throughput", "scale", "submit", "failover"])
     ap.add_argument("--state-dir", action="store_true", help="agents run tasks under their supervisor (--state-dir)")
     ap.add_argument("--etcd", action="store_true", help="coordinators record runs in a throwaway etcd")
+    ap.add_argument("--policies", action="store_true", help="every task has a timeout and a retry (timers)")
     args = ap.parse_args()
+    if args.policies:
+        global POLICIES
+        POLICIES = True
     etcd = None
     if args.etcd:
         global COORD

@@ -358,3 +358,51 @@ fn a_retry_delay_survives_a_coordinator_failover() {
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "2");
 }
+
+#[test]
+fn a_task_timeout_that_passes_during_a_failover_still_kills_the_task() {
+    let etcd = support::fleet::Etcd::start();
+    let first = Coordinator::start(&["--etcd", &etcd.endpoint]);
+    let port = first.port();
+    let _a = agent(&first.url, "steady", None, &[]);
+    wait_for_agents(&first.url, 1);
+    let d = Dir::new();
+    let pidfile = d.file("pid");
+    let ff = d.write(
+        "timeout.factfile",
+        &ext_factfile(
+            "timeout across a failover",
+            vec![ext_task(
+                "sleeper",
+                &format!("sleep 60 & echo $! > '{}'; wait", pidfile.display()),
+                &[],
+                json!({"timeout": 2}),
+            )],
+            json!({}),
+        ),
+    );
+    let id = stdout(&run(&["submit", &ff, "--coordinator", &first.url]))
+        .trim()
+        .to_string();
+    let pid = read_pid(&pidfile);
+    drop(first); // the leader dies before the deadline
+    std::thread::sleep(Duration::from_secs(3)); // the deadline passes with no leader
+    let second = Coordinator::start(&[
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--etcd",
+        &etcd.endpoint,
+    ]);
+    // Killed once the agent re-attaches to the new leader, long before the sleep's 60 s.
+    assert!(
+        eventually(Duration::from_secs(20), || gone(pid)),
+        "the timed-out task outlived the failover"
+    );
+    let o = run(&["watch", &id, "--coordinator", &second.url]);
+    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("Reason: the task timed out after 2s"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -135,7 +135,8 @@ impl RetryPolicy {
 
 impl TaskPolicy {
     fn of(t: &Task) -> TaskPolicy {
-        let secs = |s: Option<f64>| Duration::from_secs_f64(s.unwrap_or(0.0).clamp(0.0, 7.0 * 86_400.0));
+        let secs =
+            |s: Option<f64>| Duration::from_secs_f64(s.unwrap_or(0.0).clamp(0.0, 7.0 * 86_400.0));
         let mut constraints = vec![];
         if let Some(c) = &t.constraints {
             if let Some(h) = &c.host {
@@ -230,7 +231,11 @@ impl Plan {
                 }
             }
         }
-        self.order.iter().copied().filter(|&t| keep[t as usize]).collect()
+        self.order
+            .iter()
+            .copied()
+            .filter(|&t| keep[t as usize])
+            .collect()
     }
 }
 

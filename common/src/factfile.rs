@@ -418,7 +418,9 @@ fn check_schema(doc: &Value) -> Result<Factfile, FactfileError> {
             if s != SNOWPLOW_SCHEMA && s != FACTOTUM_SCHEMA {
                 errs.push(
                     "/schema",
-                    format!("Unsupported schema ('{s}' is not {SNOWPLOW_SCHEMA} or {FACTOTUM_SCHEMA})"),
+                    format!(
+                        "Unsupported schema ('{s}' is not {SNOWPLOW_SCHEMA} or {FACTOTUM_SCHEMA})"
+                    ),
                 );
             }
             schema = s.to_string();
@@ -428,7 +430,15 @@ fn check_schema(doc: &Value) -> Result<Factfile, FactfileError> {
             .required(root, "", "data")
             .and_then(|v| errs.object(v, "/data"))
         {
-            errs.only(data, "/data", if ext { JOB_FIELDS_EXT } else { &JOB_FIELDS_EXT[..2] });
+            errs.only(
+                data,
+                "/data",
+                if ext {
+                    JOB_FIELDS_EXT
+                } else {
+                    &JOB_FIELDS_EXT[..2]
+                },
+            );
             if let Some(n) = errs
                 .required(data, "/data", "name")
                 .and_then(|v| errs.string(v, "/data/name"))
@@ -463,7 +473,14 @@ fn check_schema(doc: &Value) -> Result<Factfile, FactfileError> {
 }
 
 /// The job's fields; the Snowplow schema allows the first two.
-const JOB_FIELDS_EXT: &[&str] = &["name", "tasks", "tags", "timeout", "placement", "maxParallel"];
+const JOB_FIELDS_EXT: &[&str] = &[
+    "name",
+    "tasks",
+    "tags",
+    "timeout",
+    "placement",
+    "maxParallel",
+];
 
 /// A task's fields; the Snowplow schema allows the first six.
 const TASK_FIELDS_EXT: &[&str] = &[
@@ -484,7 +501,15 @@ const TASK_FIELDS_EXT: &[&str] = &[
 
 fn check_task(errs: &mut Errors, v: &Value, path: &str, ext: bool) -> Option<Task> {
     let obj = errs.object(v, path)?;
-    errs.only(obj, path, if ext { TASK_FIELDS_EXT } else { &TASK_FIELDS_EXT[..6] });
+    errs.only(
+        obj,
+        path,
+        if ext {
+            TASK_FIELDS_EXT
+        } else {
+            &TASK_FIELDS_EXT[..6]
+        },
+    );
     let before = errs.0.len();
     let mut text = |field: &str| -> String {
         errs.required(obj, path, field)
@@ -565,7 +590,13 @@ fn check_task_extension(
         errs.only(
             r,
             &rpath,
-            &["attempts", "delaySeconds", "backoff", "maxDelaySeconds", "onReturnCodes"],
+            &[
+                "attempts",
+                "delaySeconds",
+                "backoff",
+                "maxDelaySeconds",
+                "onReturnCodes",
+            ],
         );
         if errs.required(r, &rpath, "attempts").is_some() {
             task.retry = Some(Retry {
@@ -715,7 +746,10 @@ impl Errors {
         let p = format!("{path}/{field}");
         match v.as_i64() {
             Some(n) if n < min as i64 => {
-                self.push(&p, format!("Minimum condition is not met (the value must be at least {min})"));
+                self.push(
+                    &p,
+                    format!("Minimum condition is not met (the value must be at least {min})"),
+                );
                 None
             }
             Some(n) => Some(n as u64),
@@ -738,7 +772,10 @@ impl Errors {
         let p = format!("{path}/{field}");
         match v.as_f64() {
             Some(n) if n < min => {
-                self.push(&p, format!("Minimum condition is not met (the value must be at least {min})"));
+                self.push(
+                    &p,
+                    format!("Minimum condition is not met (the value must be at least {min})"),
+                );
                 None
             }
             Some(n) => Some(n),
@@ -762,7 +799,13 @@ impl Errors {
         let s = self.string(v, &p)?;
         if !allowed.contains(&s) {
             let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
-            self.push(&p, format!("Enum conditions are not met (the value must be one of {})", list.join(", ")));
+            self.push(
+                &p,
+                format!(
+                    "Enum conditions are not met (the value must be one of {})",
+                    list.join(", ")
+                ),
+            );
             return None;
         }
         serde_json::from_value(v.clone()).ok()
@@ -772,7 +815,10 @@ impl Errors {
     fn non_empty(&mut self, v: &Value, path: &str) -> Option<String> {
         let s = self.string(v, path)?;
         if s.is_empty() {
-            self.push(path, "MinLength condition is not met (the value must not be empty)".into());
+            self.push(
+                path,
+                "MinLength condition is not met (the value must not be empty)".into(),
+            );
             return None;
         }
         Some(s.to_string())

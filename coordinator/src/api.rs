@@ -177,11 +177,7 @@ impl Jobs for JobsApi {
         request: Request<pb::RerunRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
         let r = request.into_inner();
-        let submitted = self
-            .role
-            .engine()?
-            .rerun(&r.run_id, r.from_failed)
-            .await?;
+        let submitted = self.role.engine()?.rerun(&r.run_id, r.from_failed).await?;
         Ok(Response::new(pb::SubmitRunResponse {
             run_id: submitted.run_id,
             job_reference: submitted.job_reference,

@@ -719,17 +719,23 @@ impl<S: Store> Core<S> {
             ips: hello.ips.iter().filter_map(|i| i.parse().ok()).collect(),
             labels: hello.labels.clone(),
         };
-        // Re-attach what the agent still runs; tell it to stop what is no longer wanted.
+        // Re-attach what the agent still runs; tell it to stop what is no longer wanted (stale
+        // attempts are forgotten; attempts being stopped stay attached until they report).
         let mut stale = vec![];
         let mut in_use = 0;
         for r in &hello.running {
             let run_id: Arc<str> = Arc::from(r.run_id.as_str());
-            let current = self
+            let record = self
                 .runs
                 .get(&run_id)
                 .and_then(|run| run.state.task(r.task))
-                .is_some_and(|t| t.attempt == r.attempt && t.state == TaskState::Running);
-            if current {
+                .filter(|t| t.attempt == r.attempt && t.state == TaskState::Running);
+            if let Some(t) = record {
+                // Being stopped (timed out, or its run cancelled) while it was away, perhaps
+                // by a leader that has since gone: tell the agent (again).
+                if t.stopping.is_some() {
+                    stale.push(r.clone());
+                }
                 self.unclaimed
                     .remove(&(Arc::clone(&run_id), r.task, r.attempt));
                 self.leases.insert(
@@ -1712,9 +1718,9 @@ impl<S: Store> Core<S> {
                 unplaced.get_or_insert(task);
                 continue;
             }
-            let on_sticky = sticky
-                .as_ref()
-                .filter(|s| own.is_empty() || self.agents.get(*s).is_some_and(|a| eligible(a, own)));
+            let on_sticky = sticky.as_ref().filter(|s| {
+                own.is_empty() || self.agents.get(*s).is_some_and(|a| eligible(a, own))
+            });
             let choice = match on_sticky {
                 Some(s) => self
                     .agents
@@ -1745,7 +1751,8 @@ impl<S: Store> Core<S> {
         run.waiting_reason = match unplaced {
             Some(task) => {
                 let t = &plan.tasks[task as usize];
-                let why = waiting_reason(run, &t.policy.constraints, sticky.as_deref(), &self.agents);
+                let why =
+                    waiting_reason(run, &t.policy.constraints, sticky.as_deref(), &self.agents);
                 Some(if t.policy.constraints.is_empty() {
                     why
                 } else {

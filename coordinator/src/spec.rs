@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use factotum_common::constraint::Constraint;
 use factotum_common::dag::Plan;
+use factotum_common::factfile::PlacementName;
 use factotum_common::template::Vars;
 use factotum_common::{Factfile, FactfileError};
-use factotum_common::factfile::PlacementName;
 use serde_json::Value;
 
 use crate::engine::{Placement, RunSpec};
@@ -132,12 +132,14 @@ pub fn parse_factfile(
     env: &Value,
     tags: &BTreeMap<String, String>,
 ) -> Result<(Factfile, BTreeMap<String, String>), SpecError> {
-    let invalid =
-        |e: FactfileError| SpecError::InvalidFactfile(format!("'{name}' is not a valid factotum factfile: {e}"));
+    let invalid = |e: FactfileError| {
+        SpecError::InvalidFactfile(format!("'{name}' is not a valid factotum factfile: {e}"))
+    };
     let raw = Factfile::read(text).map_err(invalid)?;
     let mut merged = raw.data.tags.clone().unwrap_or_default();
     merged.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let vars = Vars::new(env, &merged).map_err(|e| SpecError::BadArgument(format!("Error: {e}")))?;
+    let vars =
+        Vars::new(env, &merged).map_err(|e| SpecError::BadArgument(format!("Error: {e}")))?;
     let ff = raw.finish(&vars).map_err(invalid)?;
     Ok((ff, merged))
 }

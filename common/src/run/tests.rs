@@ -42,7 +42,8 @@ impl Harness {
             data[k] = v.clone();
         }
         let text = serde_json::json!({"schema": crate::factfile::FACTOTUM_SCHEMA, "data": data});
-        let vars = crate::template::Vars::new(&serde_json::Value::Null, &Default::default()).unwrap();
+        let vars =
+            crate::template::Vars::new(&serde_json::Value::Null, &Default::default()).unwrap();
         let ff = crate::Factfile::parse(&text.to_string(), &vars).unwrap();
         let mut h = Harness {
             run: RunState::new(Arc::new(Plan::new(&ff)), t(0), RunOptions::default()),
@@ -362,7 +363,11 @@ fn cancel_kills_running_and_skips_the_rest() {
     assert_eq!(kills.len(), 2);
     assert_eq!(h.state("z"), TaskState::Skipped);
     assert_eq!(h.reason("z").unwrap(), "job cancelled");
-    assert_eq!(h.state("b"), TaskState::Skipped, "below a running task: skipped too");
+    assert_eq!(
+        h.state("b"),
+        TaskState::Skipped,
+        "below a running task: skipped too"
+    );
     assert_eq!(h.reason("b").unwrap(), "job cancelled");
     assert!(h
         .apply(Event::Lease {

@@ -17,11 +17,7 @@ fn lose(h: &mut Harness, name: &str) -> Vec<Action> {
     h.apply(Event::Finished {
         task: id,
         attempt,
-        result: result(
-            Outcome::Lost("agent a1 lost".into()),
-            "",
-            Duration::ZERO,
-        ),
+        result: result(Outcome::Lost("agent a1 lost".into()), "", Duration::ZERO),
     })
 }
 
@@ -45,8 +41,16 @@ fn a_task_that_fails_twice_then_succeeds_is_retried_with_backoff() {
     assert_eq!(rec.return_code, Some(1), "the failed attempt's code");
     assert_eq!(rec.retry_at, Some(t(2_030)));
     let msg = rec.error_message.clone().unwrap();
-    assert!(msg.starts_with("attempt 1 of 3 failed: the task exited with a value not specified in continue_job - 1"), "{msg}");
-    assert!(msg.ends_with("attempt 2 starts at 2026-01-01T00:00:02.030Z"), "{msg}");
+    assert!(
+        msg.starts_with(
+            "attempt 1 of 3 failed: the task exited with a value not specified in continue_job - 1"
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("attempt 2 starts at 2026-01-01T00:00:02.030Z"),
+        "{msg}"
+    );
     assert!(h.run.ready().is_empty(), "not before the delay");
     assert_eq!(h.run.next_deadline(), Some(t(2_030)));
     h.tick_at(2_029);
@@ -54,7 +58,10 @@ fn a_task_that_fails_twice_then_succeeds_is_retried_with_backoff() {
     h.tick_at(2_030);
     assert_eq!(h.lease_ready(), ["a"]);
     let rec = h.run.task(h.id("a")).unwrap();
-    assert_eq!((rec.attempt, rec.return_code, rec.error_message.clone()), (2, None, None));
+    assert_eq!(
+        (rec.attempt, rec.return_code, rec.error_message.clone()),
+        (2, None, None)
+    );
     h.finish("a", 1); // at 2,050 ms: the second delay is 2 s × 2
     assert_eq!(h.run.task(h.id("a")).unwrap().retry_at, Some(t(6_050)));
     h.tick_at(6_050);
@@ -94,7 +101,10 @@ fn retries_run_out_and_the_last_failure_stands() {
     h.lease_ready();
     let end = h.finish("a", 1);
     assert_eq!(h.state("a"), TaskState::Failed);
-    assert!(h.reason("a").unwrap().starts_with("the task exited with a value not specified"));
+    assert!(h
+        .reason("a")
+        .unwrap()
+        .starts_with("the task exited with a value not specified"));
     assert_eq!(h.state("b"), TaskState::Skipped);
     assert_eq!(finished_state(&end), Some(JobState::Failed));
 }
@@ -122,7 +132,10 @@ fn only_the_listed_return_codes_are_retried() {
 #[test]
 fn a_task_timeout_kills_the_attempt_and_fails_it() {
     let mut h = Harness::ext(
-        &[("slow", &[], json!({"timeout": 1})), ("next", &["slow"], json!({}))],
+        &[
+            ("slow", &[], json!({"timeout": 1})),
+            ("next", &["slow"], json!({})),
+        ],
         json!({}),
     );
     h.lease_ready(); // at 20 ms
@@ -149,9 +162,16 @@ fn a_timed_out_attempt_is_retried_when_any_failure_is() {
     h.tick_at(1_020);
     h.finish("slow", 0); // even a clean exit after the kill is a timeout
     assert_eq!(h.state("slow"), TaskState::Waiting);
-    assert!(h.reason("slow").unwrap().contains("the task timed out after 1s"));
+    assert!(h
+        .reason("slow")
+        .unwrap()
+        .contains("the task timed out after 1s"));
     h.lease_ready();
-    assert_eq!(h.run.next_deadline(), Some(t(1_000 + h.now)), "a fresh deadline");
+    assert_eq!(
+        h.run.next_deadline(),
+        Some(t(1_000 + h.now)),
+        "a fresh deadline"
+    );
 }
 
 #[test]
@@ -160,13 +180,21 @@ fn a_job_timeout_kills_running_attempts_and_skips_the_rest() {
         &[
             ("a", &[], json!({})),
             ("b", &["a"], json!({})),
-            ("r", &[], json!({"retry": {"attempts": 3, "delaySeconds": 60}})),
+            (
+                "r",
+                &[],
+                json!({"retry": {"attempts": 3, "delaySeconds": 60}}),
+            ),
         ],
         json!({"timeout": 5}),
     );
     h.lease_ready();
     h.finish("r", 1); // waits 60 s for its next attempt
-    assert_eq!(h.run.next_deadline(), Some(t(5_000)), "the job deadline comes first");
+    assert_eq!(
+        h.run.next_deadline(),
+        Some(t(5_000)),
+        "the job deadline comes first"
+    );
     let actions = h.tick_at(5_000);
     assert_eq!(kills(&actions), 1);
     assert_eq!(h.run.cancelled(), Some("job timed out"));
@@ -239,12 +267,19 @@ fn a_lost_attempt_is_retried_only_with_on_lost_retry() {
     lose(&mut h, "again");
     lose(&mut h, "once");
     assert_eq!(h.state("again"), TaskState::Waiting);
-    assert!(h.reason("again").unwrap().starts_with("attempt 1 of 2 failed: agent a1 lost"));
+    assert!(h
+        .reason("again")
+        .unwrap()
+        .starts_with("attempt 1 of 2 failed: agent a1 lost"));
     assert_eq!(h.state("once"), TaskState::Failed);
     assert_eq!(h.reason("once").unwrap(), "agent a1 lost");
     assert_eq!(h.lease_ready(), ["again"]);
     lose(&mut h, "again");
-    assert_eq!(h.state("again"), TaskState::Failed, "counted against the budget");
+    assert_eq!(
+        h.state("again"),
+        TaskState::Failed,
+        "counted against the budget"
+    );
 }
 
 #[test]
@@ -284,7 +319,11 @@ fn a_stale_result_of_a_retried_attempt_is_ignored() {
 #[test]
 fn cancel_during_a_retry_delay_skips_the_task() {
     let mut h = Harness::ext(
-        &[("a", &[], json!({"retry": {"attempts": 2, "delaySeconds": 30}}))],
+        &[(
+            "a",
+            &[],
+            json!({"retry": {"attempts": 2, "delaySeconds": 30}}),
+        )],
         json!({}),
     );
     h.lease_ready();
@@ -302,7 +341,11 @@ fn cancel_during_a_retry_delay_skips_the_task() {
 fn timers_survive_a_restore() {
     let mut h = Harness::ext(
         &[
-            ("r", &[], json!({"retry": {"attempts": 2, "delaySeconds": 10}})),
+            (
+                "r",
+                &[],
+                json!({"retry": {"attempts": 2, "delaySeconds": 10}}),
+            ),
             ("slow", &[], json!({"timeout": 3})),
         ],
         json!({"timeout": 100}),

@@ -552,6 +552,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn several_starts_plan_the_union_and_a_join_needs_both() {
+        let f = ff(&[
+            ("a", &[]),
+            ("b", &["a"]),
+            ("c", &["a"]),
+            ("d", &["b", "c"]),
+            ("e", &["b"]),
+            ("f", &["a"]),
+        ]);
+        let starts = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let p = Plan::from_starts(&f, &starts(&["b", "c"])).unwrap();
+        let mut got = names(&p);
+        got.sort();
+        assert_eq!(got, ["b", "c", "d", "e"]);
+        assert!(p
+            .tasks
+            .iter()
+            .find(|t| &*t.name == "b")
+            .unwrap()
+            .deps
+            .is_empty());
+        // c alone would trigger d without b.
+        assert_eq!(
+            Plan::from_starts(&f, &starts(&["c"])).unwrap_err(),
+            PlanError::PriorTasks("c".into())
+        );
+        assert_eq!(
+            Plan::from_starts(&f, &starts(&["b", "nope"])).unwrap_err(),
+            PlanError::UnknownStart("nope".into())
+        );
+        // A start below another start, and a repeated one, change nothing.
+        let p = Plan::from_starts(&f, &starts(&["a", "d", "a"])).unwrap();
+        assert_eq!(p.len(), 6);
+        assert_eq!(Plan::from_starts(&f, &[]).unwrap(), Plan::new(&f));
+    }
+
+    #[test]
     fn descendants_in_display_order() {
         let p = Plan::new(&ff(&[
             ("a", &[]),

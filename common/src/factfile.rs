@@ -989,6 +989,57 @@ mod tests {
     }
 
     #[test]
+    fn the_extension_parses_and_round_trips_through_its_compact_json() {
+        let mut t = task("load", &[]);
+        t["timeout"] = json!(30);
+        t["retry"] = json!({"attempts": 3, "delaySeconds": 1.5, "onReturnCodes": [75]});
+        t["env"] = json!({"TARGET": "{{ tag:env }}"});
+        t["cwd"] = json!("/tmp");
+        t["constraints"] = json!({"host": "etl-1", "labels": {"disk": "ssd"}});
+        t["onLost"] = json!("retry");
+        t["continueOnFailure"] = json!(true);
+        let text = json!({"schema": FACTOTUM_SCHEMA, "data": {"name": "j", "tasks": [t],
+            "tags": {"env": "{{ not templated }}"}, "timeout": 600, "placement": "spread",
+            "maxParallel": 4}})
+        .to_string();
+        let raw = Factfile::read(&text).unwrap();
+        assert_eq!(
+            raw.data.tags.as_ref().unwrap()["env"],
+            "{{ not templated }}"
+        );
+        let tags = Tags::from([("env".to_string(), "prod".to_string())]);
+        let ff = raw
+            .finish(&Vars::new(&Value::Null, &tags).unwrap())
+            .unwrap();
+        let load = &ff.data.tasks[0];
+        assert_eq!(load.env.as_ref().unwrap()["TARGET"], "prod");
+        assert_eq!(load.retry.as_ref().unwrap().delay_seconds, Some(1.5));
+        assert_eq!(ff.data.placement, Some(PlacementName::Spread));
+        assert_eq!(Factfile::parse_compact(&ff.compact_json()).unwrap(), ff);
+        // A Snowplow factfile's compact JSON has none of the extension's fields.
+        let plain = parse(&doc(vec![task("a", &[])])).unwrap();
+        assert!(!plain.compact_json().contains("timeout"));
+    }
+
+    #[test]
+    fn extension_values_out_of_range_are_named() {
+        let mut t = task("t", &[]);
+        t["timeout"] = json!(0);
+        t["retry"] = json!({"attempts": 2, "backoff": 0.5});
+        t["cwd"] = json!("");
+        let text =
+            json!({"schema": FACTOTUM_SCHEMA, "data": {"name": "j", "tasks": [t]}}).to_string();
+        let e = err(&text);
+        for want in [
+            "'/data/tasks/0/timeout' - Minimum condition is not met (the value must be at least 1) (task 't')",
+            "'/data/tasks/0/retry/backoff' - Minimum condition is not met (the value must be at least 1) (task 't')",
+            "'/data/tasks/0/cwd' - MinLength condition is not met (the value must not be empty) (task 't')",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in {e}");
+        }
+    }
+
+    #[test]
     fn compact_json_is_factotums_and_gives_the_vector_references() {
         let text = doc(vec![task("echo alpha", &[])]);
         let ff = parse(&text).unwrap();

@@ -387,3 +387,30 @@ fn timers_survive_a_restore() {
     assert_eq!(run.ready().len(), 1);
     assert_eq!(run.next_deadline(), Some(t(100_000)), "then the job's own");
 }
+
+#[test]
+fn a_rerun_from_failed_takes_what_did_not_succeed_and_its_descendants() {
+    let plan = Plan::new(&crate::dag::tests::ff(&[
+        ("setup", &[]),
+        ("flaky", &["setup"]),
+        ("after flaky", &["flaky"]),
+        ("steady", &["setup"]),
+        ("check", &["setup"]),
+        ("below check", &["check"]),
+        ("cancelled", &["steady"]),
+    ]));
+    let id = |n: &str| plan.tasks.iter().position(|t| &*t.name == n).unwrap();
+    let mut states = vec![TaskState::Succeeded; plan.len()];
+    states[id("flaky")] = TaskState::Failed;
+    states[id("after flaky")] = TaskState::Skipped;
+    states[id("check")] = TaskState::SucceededNoOp;
+    states[id("below check")] = TaskState::Skipped; // the early finish stands
+    states[id("cancelled")] = TaskState::Skipped;
+    let mut names: Vec<&str> = rerun_set(&plan, &states)
+        .into_iter()
+        .map(|t| &*plan.tasks[t as usize].name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["after flaky", "cancelled", "flaky"]);
+    assert!(rerun_set(&plan, &vec![TaskState::Succeeded; plan.len()]).is_empty());
+}

@@ -146,7 +146,7 @@ fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure
     // A local run has one place to run tasks: each task's own constraints must hold here.
     let me = factotum_agent::identity::local(Default::default());
     for t in &run.plan.tasks {
-        if let Some(c) = t.policy.constraints.iter().find(|c| !c.matches(&me)) {
+        if let Some(c) = t.policy().constraints.iter().find(|c| !c.matches(&me)) {
             return Err(Failure::args(format!(
                 "Error: the task '{}' may only run where {c} holds, which this machine ('{}') does not satisfy; `factotum run` runs every task here (submit the factfile to a coordinator to place it)",
                 t.name, me.hostname

@@ -77,7 +77,23 @@ pub struct PlanTask {
     pub terminate_job_with_success: Vec<i32>,
     pub deps: Vec<TaskId>,
     pub children: Vec<TaskId>,
-    pub policy: TaskPolicy,
+    /// Boxed, and absent without policies: a 100,000-task plan pays 8 bytes a task for them.
+    pub policy: Option<Box<TaskPolicy>>,
+}
+
+impl PlanTask {
+    pub fn policy(&self) -> &TaskPolicy {
+        static NONE: TaskPolicy = TaskPolicy {
+            timeout: None,
+            retry: None,
+            continue_on_failure: false,
+            retry_when_lost: false,
+            env: Vec::new(),
+            cwd: None,
+            constraints: Vec::new(),
+        };
+        self.policy.as_deref().unwrap_or(&NONE)
+    }
 }
 
 /// A task's policies from the extended factfile (all off for a Snowplow factfile).
@@ -134,7 +150,9 @@ impl RetryPolicy {
 }
 
 impl TaskPolicy {
-    fn of(t: &Task) -> TaskPolicy {
+    /// The task's policy; `None` for a task that has none (most, and every Snowplow one).
+    fn of(t: &Task) -> Option<Box<TaskPolicy>> {
+        let t = t.ext.as_deref()?;
         let secs =
             |s: Option<f64>| Duration::from_secs_f64(s.unwrap_or(0.0).clamp(0.0, 7.0 * 86_400.0));
         let mut constraints = vec![];
@@ -152,7 +170,7 @@ impl TaskPolicy {
                 });
             }
         }
-        TaskPolicy {
+        Some(Box::new(TaskPolicy {
             timeout: t.timeout.map(Duration::from_secs),
             retry: t.retry.as_ref().map(|r| RetryPolicy {
                 attempts: r.attempts.max(1),
@@ -171,7 +189,7 @@ impl TaskPolicy {
                 .collect(),
             cwd: t.cwd.clone(),
             constraints,
-        }
+        }))
     }
 
     /// Attempts allowed for a failure of this kind: `retry.attempts`; a lost agent with
@@ -352,7 +370,7 @@ impl Plan {
             has_timers: ff.data.timeout.is_some()
                 || tasks
                     .iter()
-                    .any(|t| t.policy.timeout.is_some() || t.policy.max_attempts(true) > 1),
+                    .any(|t| t.policy().timeout.is_some() || t.policy().max_attempts(true) > 1),
             tasks,
             order,
             position,

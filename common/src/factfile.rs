@@ -54,8 +54,10 @@ pub struct Job {
     pub max_parallel: Option<u32>,
 }
 
+/// A task. The extension's fields live in one optional box, so a 100,000-task Snowplow factfile
+/// costs no more memory than before they existed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", from = "TaskDoc")]
 pub struct Task {
     pub name: String,
     pub executor: String,
@@ -63,6 +65,85 @@ pub struct Task {
     pub arguments: Vec<String>,
     pub depends_on: Vec<String>,
     pub on_result: OnResult,
+    /// `None` when the task uses none of the extension's fields.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub ext: Option<Box<TaskExt>>,
+}
+
+impl Task {
+    /// The extension's fields (all `None` when absent).
+    pub fn ext(&self) -> &TaskExt {
+        static NONE: TaskExt = TaskExt {
+            timeout: None,
+            retry: None,
+            continue_on_failure: None,
+            env: None,
+            cwd: None,
+            constraints: None,
+            on_lost: None,
+        };
+        self.ext.as_deref().unwrap_or(&NONE)
+    }
+
+    /// The extension's fields, to set them.
+    pub fn ext_mut(&mut self) -> &mut TaskExt {
+        self.ext.get_or_insert_with(Default::default)
+    }
+}
+
+/// A task as written: every field inline, unknown ones refused.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TaskDoc {
+    name: String,
+    executor: String,
+    command: String,
+    arguments: Vec<String>,
+    depends_on: Vec<String>,
+    on_result: OnResult,
+    #[serde(default)]
+    timeout: Option<u64>,
+    #[serde(default)]
+    retry: Option<Retry>,
+    #[serde(default)]
+    continue_on_failure: Option<bool>,
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    constraints: Option<TaskConstraints>,
+    #[serde(default)]
+    on_lost: Option<OnLost>,
+}
+
+impl From<TaskDoc> for Task {
+    fn from(d: TaskDoc) -> Task {
+        let ext = TaskExt {
+            timeout: d.timeout,
+            retry: d.retry,
+            continue_on_failure: d.continue_on_failure,
+            env: d.env,
+            cwd: d.cwd,
+            constraints: d.constraints,
+            on_lost: d.on_lost,
+        };
+        Task {
+            name: d.name,
+            executor: d.executor,
+            command: d.command,
+            arguments: d.arguments,
+            depends_on: d.depends_on,
+            on_result: d.on_result,
+            ext: (ext != TaskExt::default()).then(|| Box::new(ext)),
+        }
+    }
+}
+
+/// The task fields of `iglu:io.factotum/factfile/jsonschema/1-0-0`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskExt {
     /// Seconds one attempt may take (then TERM, grace, KILL, and FAILED).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
@@ -218,15 +299,7 @@ impl Factfile {
             || j.timeout.is_some()
             || j.placement.is_some()
             || j.max_parallel.is_some()
-            || j.tasks.iter().any(|t| {
-                t.timeout.is_some()
-                    || t.retry.is_some()
-                    || t.continue_on_failure.is_some()
-                    || t.env.is_some()
-                    || t.cwd.is_some()
-                    || t.constraints.is_some()
-                    || t.on_lost.is_some()
-            })
+            || j.tasks.iter().any(|t| t.ext.is_some())
     }
 
     fn extension_in_range(&self) -> bool {
@@ -235,6 +308,7 @@ impl Factfile {
         j.timeout.is_none_or(|t| t >= 1)
             && j.max_parallel.is_none_or(|m| m >= 1)
             && j.tasks.iter().all(|t| {
+                let t = t.ext();
                 t.timeout.is_none_or(|t| t >= 1)
                     && t.cwd.as_ref().is_none_or(|c| !c.is_empty())
                     && t.constraints
@@ -314,13 +388,17 @@ impl Factfile {
             for d in &mut t.depends_on {
                 render(&|| field("dependsOn"), d)?;
             }
-            for v in t.env.iter_mut().flat_map(|e| e.values_mut()) {
+            let Some(ext) = t.ext.as_deref_mut() else {
+                tasks.push(t);
+                continue;
+            };
+            for v in ext.env.iter_mut().flat_map(|e| e.values_mut()) {
                 render(&|| field("env"), v)?;
             }
-            if let Some(cwd) = &mut t.cwd {
+            if let Some(cwd) = &mut ext.cwd {
                 render(&|| field("cwd"), cwd)?;
             }
-            if let Some(c) = &mut t.constraints {
+            if let Some(c) = &mut ext.constraints {
                 if let Some(h) = &mut c.host {
                     render(&|| field("constraints/host"), h)?;
                 }
@@ -545,7 +623,10 @@ fn check_task(errs: &mut Errors, v: &Value, path: &str, ext: bool) -> Option<Tas
         ..Task::default()
     };
     if ext {
-        check_task_extension(errs, obj, path, &mut task);
+        check_task_extension(errs, obj, path, task.ext_mut());
+        if task.ext.as_deref() == Some(&TaskExt::default()) {
+            task.ext = None;
+        }
         // Name the task in what is wrong with it: `/data/tasks/7` alone is hard to find.
         if !task.name.is_empty() {
             for e in &mut errs.0[before..] {
@@ -561,7 +642,7 @@ fn check_task_extension(
     errs: &mut Errors,
     obj: &serde_json::Map<String, Value>,
     path: &str,
-    task: &mut Task,
+    task: &mut TaskExt,
 ) {
     task.timeout = errs.integer(obj, path, "timeout", 1);
     if let Some(v) = obj.get("continueOnFailure") {
@@ -1012,8 +1093,8 @@ mod tests {
             .finish(&Vars::new(&Value::Null, &tags).unwrap())
             .unwrap();
         let load = &ff.data.tasks[0];
-        assert_eq!(load.env.as_ref().unwrap()["TARGET"], "prod");
-        assert_eq!(load.retry.as_ref().unwrap().delay_seconds, Some(1.5));
+        assert_eq!(load.ext().env.as_ref().unwrap()["TARGET"], "prod");
+        assert_eq!(load.ext().retry.as_ref().unwrap().delay_seconds, Some(1.5));
         assert_eq!(ff.data.placement, Some(PlacementName::Spread));
         assert_eq!(Factfile::parse_compact(&ff.compact_json()).unwrap(), ff);
         // A Snowplow factfile's compact JSON has none of the extension's fields.

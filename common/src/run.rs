@@ -471,7 +471,7 @@ impl RunState {
     }
 
     fn task_deadline(&self, task: TaskId) -> Option<DateTime<Utc>> {
-        let t = self.plan.tasks[task as usize].policy.timeout?;
+        let t = self.plan.tasks[task as usize].policy().timeout?;
         Some(self.tasks[task as usize].started? + chrono::Duration::from_std(t).ok()?)
     }
 
@@ -479,7 +479,7 @@ impl RunState {
     fn satisfies(&self, dep: TaskId) -> bool {
         match self.tasks[dep as usize].state {
             TaskState::Succeeded => true,
-            TaskState::Failed => self.plan.tasks[dep as usize].policy.continue_on_failure,
+            TaskState::Failed => self.plan.tasks[dep as usize].policy().continue_on_failure,
             _ => false,
         }
     }
@@ -679,7 +679,7 @@ impl RunState {
             (Some(Stop::TimedOut), _) => Some((
                 format!(
                     "the task timed out after {}s",
-                    spec.policy.timeout.unwrap_or_default().as_secs()
+                    spec.policy().timeout.unwrap_or_default().as_secs()
                 ),
                 Retry::Failure(None),
             )),
@@ -698,7 +698,7 @@ impl RunState {
             )),
             (None, Outcome::Lost(reason)) => Some((reason, Retry::Lost)),
         };
-        let policy = &spec.policy;
+        let policy = spec.policy();
         let state = match &failure {
             None if code.is_some_and(|c| spec.terminate_job_with_success.contains(&c)) => {
                 TaskState::SucceededNoOp
@@ -786,7 +786,7 @@ impl RunState {
         let spec = &self.plan.tasks[task as usize];
         let next = attempt + 1;
         let delay = spec
-            .policy
+            .policy()
             .retry
             .as_ref()
             .map(|r| r.delay_before(next))

@@ -1330,8 +1330,8 @@ impl<S: Store> Core<S> {
                         command_line: spec.command_line.clone(),
                         max_output: run.max_output,
                         dry_run: run.dry_run,
-                        env: spec.policy.env.iter().cloned().collect(),
-                        cwd: spec.policy.cwd.clone().unwrap_or_default(),
+                        env: spec.policy().env.iter().cloned().collect(),
+                        cwd: spec.policy().cwd.clone().unwrap_or_default(),
                     };
                     self.leases
                         .insert((Arc::clone(id), task, attempt), Arc::clone(agent));
@@ -1713,7 +1713,7 @@ impl<S: Store> Core<S> {
         let mut plain_full = false;
         let mut unplaced: Option<TaskId> = None;
         for &task in run.state.leasable() {
-            let own = &plan.tasks[task as usize].policy.constraints;
+            let own = &plan.tasks[task as usize].policy().constraints;
             if own.is_empty() && plain_full {
                 unplaced.get_or_insert(task);
                 continue;
@@ -1751,9 +1751,13 @@ impl<S: Store> Core<S> {
         run.waiting_reason = match unplaced {
             Some(task) => {
                 let t = &plan.tasks[task as usize];
-                let why =
-                    waiting_reason(run, &t.policy.constraints, sticky.as_deref(), &self.agents);
-                Some(if t.policy.constraints.is_empty() {
+                let why = waiting_reason(
+                    run,
+                    &t.policy().constraints,
+                    sticky.as_deref(),
+                    &self.agents,
+                );
+                Some(if t.policy().constraints.is_empty() {
                     why
                 } else {
                     format!("task '{}': {why}", t.name)

@@ -97,7 +97,10 @@ pub fn resolve(value: &str) -> Vec<IpAddr> {
 pub fn resolve_plan(mut plan: Plan) -> Plan {
     let mut seen: std::collections::HashMap<String, Vec<IpAddr>> = Default::default();
     for t in &mut plan.tasks {
-        for c in &mut t.policy.constraints {
+        let Some(policy) = t.policy.as_deref_mut() else {
+            continue;
+        };
+        for c in &mut policy.constraints {
             if let Constraint::Host { value, resolved } = c {
                 *resolved = seen
                     .entry(value.clone())

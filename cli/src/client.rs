@@ -151,11 +151,7 @@ pub fn submit(args: SubmitArgs) -> u8 {
                 .await
                 .map_err(refused)?
                 .into_inner();
-            if !wait {
-                println!("{}", submitted.run_id);
-                return Ok(exit::OK);
-            }
-            follow(&mut client, &submitted.run_id, console, true).await
+            started(&mut client, &submitted.run_id, wait, console).await
         }
     })
 }
@@ -174,11 +170,7 @@ pub fn rerun(args: RerunArgs) -> u8 {
                 .await
                 .map_err(refused)?
                 .into_inner();
-            if !wait {
-                println!("{}", submitted.run_id);
-                return Ok(exit::OK);
-            }
-            follow(&mut client, &submitted.run_id, console, true).await
+            started(&mut client, &submitted.run_id, wait, console).await
         }
     })
 }
@@ -213,6 +205,20 @@ fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
         allow_concurrent: args.allow_concurrent,
         idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
     })
+}
+
+/// A run just started: print its reference, or (`--wait`) follow it to its end.
+async fn started(
+    client: &mut JobsClient<Channel>,
+    run_id: &str,
+    wait: bool,
+    console: Console,
+) -> Result<u8, Failure> {
+    if !wait {
+        println!("{run_id}");
+        return Ok(exit::OK);
+    }
+    follow(client, run_id, console, true).await
 }
 
 /// Prints a run's events like `factotum run` until it ends; SIGINT/SIGTERM cancel it (when

@@ -160,6 +160,26 @@ impl Harness {
     }
 }
 
+/// Every task as a coordinator records it, for [`RunState::restore`].
+fn recorded(run: &RunState) -> Vec<Option<RestoredTask>> {
+    run.tasks()
+        .iter()
+        .map(|r| {
+            Some(RestoredTask {
+                state: r.state,
+                attempt: r.attempt,
+                started: r.started,
+                duration: r.duration,
+                stdout: r.stdout.as_str().to_string(),
+                stderr: r.stderr.as_str().to_string(),
+                return_code: r.return_code,
+                error_message: r.error_message.clone(),
+                retry_at: r.retry_at,
+            })
+        })
+        .collect()
+}
+
 fn finished_state(actions: &[Action]) -> Option<JobState> {
     actions.iter().find_map(|a| match a {
         Action::Finished(s) => Some(*s),
@@ -502,25 +522,9 @@ fn a_restored_run_continues_where_it_was() {
     h.finish("a", 0);
     h.lease_ready();
     h.finish("x", 7); // failed
-                      // Record every task as a coordinator would, then rebuild on a "new leader".
-    let records: Vec<Option<RestoredTask>> = h
-        .run
-        .tasks()
-        .iter()
-        .map(|r| {
-            Some(RestoredTask {
-                state: r.state,
-                attempt: r.attempt,
-                started: r.started,
-                duration: r.duration,
-                stdout: r.stdout.as_str().to_string(),
-                stderr: r.stderr.as_str().to_string(),
-                return_code: r.return_code,
-                error_message: r.error_message.clone(),
-                retry_at: r.retry_at,
-            })
-        })
-        .collect();
+
+    // Record every task as a coordinator would, then rebuild on a "new leader".
+    let records = recorded(&h.run);
     let plan = Arc::clone(h.run.plan());
     let mut restored = RunState::restore(
         plan,

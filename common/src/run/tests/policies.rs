@@ -352,23 +352,7 @@ fn timers_survive_a_restore() {
     );
     h.lease_ready();
     h.finish("r", 1);
-    let records: Vec<Option<RestoredTask>> = h
-        .run
-        .tasks()
-        .iter()
-        .map(|r| {
-            Some(RestoredTask {
-                state: r.state,
-                attempt: r.attempt,
-                started: r.started,
-                duration: r.duration,
-                return_code: r.return_code,
-                error_message: r.error_message.clone(),
-                retry_at: r.retry_at,
-                ..Default::default()
-            })
-        })
-        .collect();
+    let records = recorded(&h.run);
     let plan = Arc::clone(h.run.plan());
     let mut run = RunState::restore(
         plan,

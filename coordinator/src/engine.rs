@@ -901,7 +901,7 @@ impl<S: Store> Core<S> {
             if self.runs.contains_key(&id) {
                 continue;
             }
-            match self.restore_run(&id, &keys).await {
+            match self.restore_run(&id, keys).await {
                 Ok(run) if run.state.job_state().is_terminal() => {
                     // Finished before the failover: kept for `status` and `runs`.
                     let summary = summarize(&run, run.state.job_state());
@@ -980,31 +980,18 @@ impl<S: Store> Core<S> {
     async fn restore_run(
         &self,
         id: &Arc<str>,
-        keys: &HashMap<String, Vec<u8>>,
+        keys: HashMap<String, Vec<u8>>,
     ) -> Result<Run, String> {
-        let state: persist::StateRecord =
-            serde_json::from_slice(keys.get("state").ok_or("no state record")?)
-                .map_err(|e| e.to_string())?;
+        let rec = persist::Recorded::read(keys)?;
+        let state = rec.state()?;
         let job = state.job_state().ok_or("unknown job state")?;
-        let spec: persist::SpecRecord =
-            serde_json::from_slice(keys.get("spec").ok_or("no spec record")?)
-                .map_err(|e| e.to_string())?;
-        let compact = keys
-            .get("factfile")
-            .and_then(|b| persist::unpack_factfile(b))
-            .ok_or("no readable factfile")?;
-        let ff = factotum_common::Factfile::parse_compact(&compact).map_err(|e| e.to_string())?;
-        let plan = Plan::subset(&ff, &spec.tasks);
-        let plan = tokio::task::spawn_blocking(move || crate::spec::resolve_plan(plan))
-            .await
-            .map(Arc::new)
-            .map_err(|e| e.to_string())?;
-        let records = (0..plan.len())
-            .map(|t| {
-                keys.get(&format!("tasks/{t:08}"))
-                    .and_then(|b| persist::read_task(b))
-            })
-            .collect();
+        let (plan, constraints) = resolved(
+            Plan::subset(&rec.factfile, &rec.spec.tasks),
+            rec.constraints(),
+        )
+        .await?;
+        let records = (0..plan.len() as u32).map(|t| rec.task(t)).collect();
+        let persist::Recorded { spec, compact, .. } = rec;
         let webhooks: Vec<Arc<str>> = self
             .cfg
             .webhooks
@@ -1016,15 +1003,6 @@ impl<S: Store> Core<S> {
             max_output: spec.max_output,
             snapshots: !webhooks.is_empty(),
         };
-        let constraints: Vec<Constraint> = spec
-            .constraints
-            .iter()
-            .map(persist::ConstraintRecord::to_constraint)
-            .collect();
-        let constraints =
-            tokio::task::spawn_blocking(move || crate::spec::resolve_constraints(constraints))
-                .await
-                .map_err(|e| e.to_string())?;
         let meta = RunMeta::new(
             &compact,
             &spec.job_name,
@@ -1605,53 +1583,29 @@ impl<S: Store> Core<S> {
             run: old.to_string(),
             why: w,
         };
-        let spec: persist::SpecRecord = keys
-            .get("spec")
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .ok_or_else(|| why("its spec record is missing or unreadable".into()))?;
-        let compact = keys
-            .get("factfile")
-            .and_then(|b| persist::unpack_factfile(b))
-            .ok_or_else(|| why("its factfile is missing or unreadable".into()))?;
-        let ff = factotum_common::Factfile::parse_compact(&compact)
-            .map_err(|e| why(format!("its factfile no longer parses: {e}")))?;
+        let rec = persist::Recorded::read(keys).map_err(why)?;
         let names: Vec<String> = if from_failed {
-            let old_plan = Plan::subset(&ff, &spec.tasks);
-            let states: Vec<TaskState> = (0..old_plan.len())
-                .map(|t| {
-                    keys.get(&format!("tasks/{t:08}"))
-                        .and_then(|b| persist::read_task(b))
-                        .map(|r| r.state)
-                        .unwrap_or_default()
-                })
+            let old_plan = Plan::subset(&rec.factfile, &rec.spec.tasks);
+            let states: Vec<TaskState> = (0..old_plan.len() as u32)
+                .map(|t| rec.task(t).map(|r| r.state).unwrap_or_default())
                 .collect();
             factotum_common::run::rerun_set(&old_plan, &states)
                 .into_iter()
                 .map(|t| old_plan.tasks[t as usize].name.to_string())
                 .collect()
         } else {
-            spec.tasks.clone()
+            rec.spec.tasks.clone()
         };
         if names.is_empty() {
             return Err(EngineError::NothingToRerun(old.to_string()));
         }
-        let plan = Plan::subset(&ff, &names);
-        let constraints: Vec<Constraint> = spec
-            .constraints
-            .iter()
-            .map(persist::ConstraintRecord::to_constraint)
-            .collect();
-        let (plan, constraints) = tokio::task::spawn_blocking(move || {
-            (
-                crate::spec::resolve_plan(plan),
-                crate::spec::resolve_constraints(constraints),
-            )
-        })
-        .await
-        .map_err(|e| why(e.to_string()))?;
+        let (plan, constraints) = resolved(Plan::subset(&rec.factfile, &names), rec.constraints())
+            .await
+            .map_err(why)?;
+        let persist::Recorded { spec, compact, .. } = rec;
         self.submit(RunSpec {
             compact_factfile: compact,
-            plan: Arc::new(plan),
+            plan,
             tags: spec.tags,
             webhooks: spec.webhooks,
             max_output: spec.max_output,
@@ -1777,6 +1731,22 @@ impl<S: Store> Core<S> {
         let actions = run.state.apply(Event::Lease { tasks }, Utc::now());
         self.perform(id, actions, Some(&placed)).await;
     }
+}
+
+/// A recorded plan and constraints with their host names resolved (off the async workers: name
+/// lookups block).
+async fn resolved(
+    plan: Plan,
+    constraints: Vec<Constraint>,
+) -> Result<(Arc<Plan>, Vec<Constraint>), String> {
+    tokio::task::spawn_blocking(move || {
+        (
+            Arc::new(crate::spec::resolve_plan(plan)),
+            crate::spec::resolve_constraints(constraints),
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Why a run's ready tasks wait, in words an operator can act on.

@@ -5,7 +5,7 @@
 //! `runs/<id>/state` (job state, outbox sequence, cancel reason), `runs/<id>/tasks/<n>` (one small
 //! record per task) and `outbox/<id>/<seq>/<i>` (webhook payloads not yet delivered).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -141,6 +141,56 @@ struct TaskIn {
     stderr: Option<String>,
     return_code: Option<i32>,
     error_message: Option<String>,
+}
+
+/// A run as its records have it: what `runs/<id>/` holds, keyed by the rest of the key
+/// (`spec`, `factfile`, `state`, `tasks/<n>`). What a new leader restores and a rerun repeats.
+pub struct Recorded {
+    pub spec: SpecRecord,
+    /// The templated compact factfile.
+    pub compact: String,
+    pub factfile: factotum_common::Factfile,
+    keys: HashMap<String, Vec<u8>>,
+}
+
+impl Recorded {
+    /// Reads the run's spec and factfile; says what is missing or unreadable.
+    pub fn read(keys: HashMap<String, Vec<u8>>) -> Result<Recorded, String> {
+        let spec: SpecRecord = serde_json::from_slice(keys.get("spec").ok_or("no spec record")?)
+            .map_err(|e| format!("its spec record is unreadable: {e}"))?;
+        let compact = keys
+            .get("factfile")
+            .and_then(|b| unpack_factfile(b))
+            .ok_or("no readable factfile")?;
+        let factfile = factotum_common::Factfile::parse_compact(&compact)
+            .map_err(|e| format!("its factfile no longer parses: {e}"))?;
+        Ok(Recorded {
+            spec,
+            compact,
+            factfile,
+            keys,
+        })
+    }
+
+    /// The run's state record.
+    pub fn state(&self) -> Result<StateRecord, String> {
+        serde_json::from_slice(self.keys.get("state").ok_or("no state record")?)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Task `t`'s record (by its index in the recorded plan), if it has one.
+    pub fn task(&self, t: u32) -> Option<RestoredTask> {
+        read_task(self.keys.get(&format!("tasks/{t:08}"))?)
+    }
+
+    /// The run's constraints as recorded (host names not resolved).
+    pub fn constraints(&self) -> Vec<Constraint> {
+        self.spec
+            .constraints
+            .iter()
+            .map(ConstraintRecord::to_constraint)
+            .collect()
+    }
 }
 
 /// A stored task record, or `None` if it is not one.

@@ -154,14 +154,13 @@ pub async fn execute(
         };
         // Through a shim, stdout carries framed events (see crate::shim).
         let line = match line {
-            Some((Stream::Stdout, l)) if framed => match l.split_at_checked(1) {
-                Some(("1", rest)) => Some((Stream::Stdout, rest.to_string())),
-                Some(("2", rest)) => Some((Stream::Stderr, rest.to_string())),
-                Some(("X", rest)) => {
-                    shim_code = rest.split_whitespace().next().and_then(|c| c.parse().ok());
+            Some((Stream::Stdout, l)) if framed => match crate::shim::parse_frame(&l) {
+                Some(crate::shim::Frame::Line(stream, text)) => Some((stream, text.to_string())),
+                Some(crate::shim::Frame::Exit(recorded)) => {
+                    shim_code = Some(recorded.code);
                     None
                 }
-                _ => None,
+                None => None,
             },
             other => other,
         };

@@ -335,18 +335,11 @@ impl Agent {
             let pid = std::fs::read_to_string(dir.join(shim::PID))
                 .ok()
                 .and_then(|p| p.trim().parse::<i32>().ok());
-            if let Some(done) = shim::read_exit(&dir) {
-                let (stdout_tail, stderr_tail) = shim::read_tails(&dir, max);
-                tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, code = done.code, "found a result recorded while away");
-                let f = finished_msg(
-                    &r,
-                    finished::Outcome::ExitCode(done.code),
-                    stdout_tail,
-                    stderr_tail,
-                    done.duration,
-                );
+            if let Some(f) = result_on_disk(&dir, &r, max, pid, false) {
+                tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, "found an attempt that ended while away");
                 self.unacked.insert(r.key(), f);
-            } else if let Some(pid) = pid.filter(|p| shim::shim_alive(*p, &dir)) {
+            } else if let Some(pid) = pid {
+                // `result_on_disk` is `None` only while the shim runs.
                 tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, pid, "adopting a task still running");
                 let cancel = CancellationToken::new();
                 self.running.insert(r.key(), (r.clone(), cancel.clone()));
@@ -359,19 +352,6 @@ impl Agent {
                     self.events_tx.clone(),
                     cancel,
                 ));
-            } else {
-                let (stdout_tail, stderr_tail) = shim::read_tails(&dir, max);
-                let why =
-                    "the task's supervisor ended without recording an exit code (was it killed?)"
-                        .to_string();
-                let f = finished_msg(
-                    &r,
-                    finished::Outcome::SpawnError(why),
-                    stdout_tail,
-                    stderr_tail,
-                    Duration::ZERO,
-                );
-                self.unacked.insert(r.key(), f);
             }
         }
     }
@@ -431,14 +411,7 @@ async fn run_attempt(
                             pid,
                         })
                     }
-                    ExecEvent::Line { stream, line } => agent_message::Msg::Output(Output {
-                        lease: Some(r.clone()),
-                        stream: match stream {
-                            Stream::Stdout => factotum_proto::Stream::Stdout as i32,
-                            Stream::Stderr => factotum_proto::Stream::Stderr as i32,
-                        },
-                        line,
-                    }),
+                    ExecEvent::Line { stream, line } => output_msg(&r, stream, line),
                 };
                 if events.send(AttemptEvent::Message(msg)).await.is_err() {
                     return;
@@ -453,6 +426,43 @@ async fn run_attempt(
     };
     let done = finished_msg(&r, outcome, result.stdout, result.stderr, result.duration);
     let _ = events.send(AttemptEvent::Done(r.key(), done)).await;
+}
+
+fn output_msg(r: &LeaseRef, stream: Stream, line: String) -> agent_message::Msg {
+    agent_message::Msg::Output(Output {
+        lease: Some(r.clone()),
+        stream: match stream {
+            Stream::Stdout => factotum_proto::Stream::Stdout as i32,
+            Stream::Stderr => factotum_proto::Stream::Stderr as i32,
+        },
+        line,
+    })
+}
+
+/// How an attempt run under a shim ended, from its directory: the recorded exit; or, the shim
+/// gone without one, a kill (`killed`: we stopped it, and a signal counts as 1) or a supervisor
+/// that died. `None` while the shim (`pid`) still runs.
+fn result_on_disk(
+    dir: &std::path::Path,
+    r: &LeaseRef,
+    max: usize,
+    pid: Option<i32>,
+    killed: bool,
+) -> Option<Finished> {
+    let (outcome, duration) = match shim::read_exit(dir) {
+        Some(done) => (finished::Outcome::ExitCode(done.code), done.duration),
+        None if pid.is_some_and(|p| shim::shim_alive(p, dir)) => return None,
+        None if killed => (finished::Outcome::ExitCode(1), Duration::ZERO),
+        None => (
+            finished::Outcome::SpawnError(
+                "the task's supervisor ended without recording an exit code (was it killed?)"
+                    .into(),
+            ),
+            Duration::ZERO,
+        ),
+    };
+    let (out, err) = shim::read_tails(dir, max);
+    Some(finished_msg(r, outcome, out, err, duration))
 }
 
 fn finished_msg(
@@ -496,46 +506,20 @@ async fn adopt(
                 let mut line = String::new();
                 while reader.read_line(&mut line).unwrap_or(0) > 0 && line.ends_with('\n') {
                     offset += line.len() as u64;
-                    let text = line.trim_end_matches('\n');
-                    let (stream, body) = match text.split_at_checked(1) {
-                        Some(("2", rest)) => (factotum_proto::Stream::Stderr, rest),
-                        Some((_, rest)) => (factotum_proto::Stream::Stdout, rest),
-                        None => (factotum_proto::Stream::Stdout, ""),
-                    };
-                    let msg = agent_message::Msg::Output(Output {
-                        lease: Some(r.clone()),
-                        stream: stream as i32,
-                        line: body.to_string(),
-                    });
-                    if events.send(AttemptEvent::Message(msg)).await.is_err() {
-                        return;
+                    // Output lines only: the closing `X<code>` line is read from `exit`.
+                    if let Some(shim::Frame::Line(stream, text)) =
+                        shim::parse_frame(line.trim_end_matches('\n'))
+                    {
+                        let msg = output_msg(&r, stream, text.to_string());
+                        if events.send(AttemptEvent::Message(msg)).await.is_err() {
+                            return;
+                        }
                     }
                     line.clear();
                 }
             }
         }
-        if let Some(done) = shim::read_exit(&dir) {
-            let (out, err) = shim::read_tails(&dir, max_output);
-            let f = finished_msg(
-                &r,
-                finished::Outcome::ExitCode(done.code),
-                out,
-                err,
-                done.duration,
-            );
-            let _ = events.send(AttemptEvent::Done(r.key(), f)).await;
-            return;
-        }
-        if !shim::shim_alive(pid, &dir) {
-            let (out, err) = shim::read_tails(&dir, max_output);
-            let outcome = if killing.is_some() {
-                finished::Outcome::ExitCode(1) // we killed it: a signal counts as 1
-            } else {
-                let why =
-                    "the task's supervisor ended without recording an exit code (was it killed?)";
-                finished::Outcome::SpawnError(why.to_string())
-            };
-            let f = finished_msg(&r, outcome, out, err, Duration::ZERO);
+        if let Some(f) = result_on_disk(&dir, &r, max_output, Some(pid), killing.is_some()) {
             let _ = events.send(AttemptEvent::Done(r.key(), f)).await;
             return;
         }

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, Instant};
 
+use factotum_common::run::Stream;
 use factotum_common::tail::Tail;
 
 use crate::executor::{exit_code, strip_newline};
@@ -40,9 +41,8 @@ pub struct Recorded {
     pub duration: Duration,
 }
 
-/// Reads `<dir>/exit`, if the task has ended.
-pub fn read_exit(dir: &Path) -> Option<Recorded> {
-    let text = fs::read_to_string(dir.join(EXIT)).ok()?;
+/// `<code> <nanos>`: how the exit is written, in `<dir>/exit` and after `X`.
+fn parse_exit(text: &str) -> Option<Recorded> {
     let mut parts = text.split_whitespace();
     let code = parts.next()?.parse().ok()?;
     let nanos: u64 = parts.next()?.parse().ok()?;
@@ -52,14 +52,36 @@ pub fn read_exit(dir: &Path) -> Option<Recorded> {
     })
 }
 
+/// Reads `<dir>/exit`, if the task has ended.
+pub fn read_exit(dir: &Path) -> Option<Recorded> {
+    parse_exit(&fs::read_to_string(dir.join(EXIT)).ok()?)
+}
+
+/// One line of the framing (see the module's documentation).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Line(Stream, &'a str),
+    Exit(Recorded),
+}
+
+/// Reads one framed line; `None` for anything else.
+pub fn parse_frame(line: &str) -> Option<Frame<'_>> {
+    match line.split_at_checked(1)? {
+        ("1", rest) => Some(Frame::Line(Stream::Stdout, rest)),
+        ("2", rest) => Some(Frame::Line(Stream::Stderr, rest)),
+        ("X", rest) => parse_exit(rest).map(Frame::Exit),
+        _ => None,
+    }
+}
+
 /// The last `max` characters of each stream in `<dir>/output`.
 pub fn read_tails(dir: &Path, max: usize) -> (String, String) {
     let (mut out, mut err) = (Tail::new(max), Tail::new(max));
     if let Ok(f) = File::open(dir.join(OUTPUT)) {
         for line in BufReader::new(f).lines().map_while(Result::ok) {
-            match line.split_at_checked(1) {
-                Some(("1", rest)) => out.push_line(rest),
-                Some(("2", rest)) => err.push_line(rest),
+            match parse_frame(&line) {
+                Some(Frame::Line(Stream::Stdout, text)) => out.push_line(text),
+                Some(Frame::Line(Stream::Stderr, text)) => err.push_line(text),
                 _ => {}
             }
         }
@@ -199,6 +221,27 @@ pub fn attempt_dir(state_dir: &Path, run: &str, task: u32, attempt: u32) -> Path
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_are_output_lines_or_the_exit_never_both() {
+        assert_eq!(
+            parse_frame("1hello"),
+            Some(Frame::Line(Stream::Stdout, "hello"))
+        );
+        assert_eq!(
+            parse_frame("2oops"),
+            Some(Frame::Line(Stream::Stderr, "oops"))
+        );
+        assert_eq!(
+            parse_frame("X3 1500"),
+            Some(Frame::Exit(Recorded {
+                code: 3,
+                duration: Duration::from_nanos(1500)
+            }))
+        );
+        assert_eq!(parse_frame("Xjunk"), None);
+        assert_eq!(parse_frame(""), None);
+    }
 
     #[test]
     fn a_shim_is_recognised_by_an_absolute_or_a_relative_directory() {

@@ -148,13 +148,13 @@ async fn agent() -> anyhow::Result<()> {
             .slots
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
         kill_grace: seconds("kill-grace", args.kill_grace)?,
+        drain_grace: seconds("drain-grace", args.drain_grace)?,
         shim_exe: match &args.state_dir {
             Some(_) => Some(shim_exe()?),
             None => None,
         },
         state_dir: args.state_dir.clone(),
     };
-    let drain_grace = seconds("drain-grace", args.drain_grace)?;
     let disconnect_limit = seconds("disconnect-limit", args.disconnect_limit)?;
     // Fail early on a malformed URL; the endpoint itself is rebuilt for whichever coordinator
     // is the target (a follower names the leader, and the agent goes there).
@@ -186,11 +186,11 @@ async fn agent() -> anyhow::Result<()> {
     agent.recover();
     let mut backoff = Duration::from_millis(100);
     let mut disconnected_since: Option<Instant> = None;
-    let mut drain_deadline: Option<Instant> = None;
+    let mut stopping_notified = false;
     let mut ready_sent = false;
     loop {
-        if let Some(deadline) = drain_deadline {
-            if agent.running() > 0 && Instant::now() >= deadline {
+        if let Some(deadline) = agent.drain_until() {
+            if agent.running() > 0 && tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
                     running = agent.running(),
                     "drain grace over: stopping the running tasks"
@@ -200,7 +200,7 @@ async fn agent() -> anyhow::Result<()> {
             if agent.running() == 0 && agent.unacked() == 0 {
                 break;
             }
-            if Instant::now() >= deadline + REPORT_GRACE {
+            if tokio::time::Instant::now() >= deadline + REPORT_GRACE {
                 tracing::warn!(
                     unreported = agent.unacked(),
                     "could not report every result before exiting"
@@ -229,13 +229,10 @@ async fn agent() -> anyhow::Result<()> {
                 tracing::info!(coordinator = %args.coordinator, running = agent.running(), "connected");
                 disconnected_since = None;
                 backoff = Duration::from_millis(100);
-                // `stop` (SIGTERM) drains inside the session: no new leases, results still reported.
+                // `stop` (SIGTERM) drains inside the session: no new leases, tasks still running
+                // after the drain grace stopped, results still reported.
                 let never = CancellationToken::new();
-                let end = tokio::select! {
-                    end = agent.session(link, &never, &stop) => end,
-                    _ = sleep_until(drain_deadline.or_else(|| stop.is_cancelled().then(|| Instant::now() + drain_grace))),
-                        if stop.is_cancelled() => SessionEnd::Stopped,
-                };
+                let end = agent.session(link, &never, &stop).await;
                 if end == SessionEnd::Closed {
                     tracing::warn!("the coordinator closed the session");
                 }
@@ -262,11 +259,10 @@ async fn agent() -> anyhow::Result<()> {
                 ))]);
             }
         }
-        if stop.is_cancelled() && drain_deadline.is_none() {
-            tracing::info!(running = agent.running(), "draining: no new leases");
+        if stop.is_cancelled() && !stopping_notified {
+            stopping_notified = true;
             notify(&[sd_notify::NotifyState::Stopping]);
             agent.start_draining();
-            drain_deadline = Some(Instant::now() + drain_grace);
             continue;
         }
         let since = *disconnected_since.get_or_insert_with(Instant::now);
@@ -281,7 +277,7 @@ async fn agent() -> anyhow::Result<()> {
         tokio::select! {
             _ = agent.wait_for_attempts(pause), if agent.running() > 0 => {}
             _ = tokio::time::sleep(pause), if agent.running() == 0 => {}
-            _ = stop.cancelled(), if drain_deadline.is_none() => {}
+            _ = stop.cancelled(), if !stopping_notified => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
@@ -327,14 +323,6 @@ async fn connect(endpoint: &tonic::transport::Endpoint) -> anyhow::Result<Link> 
         tx: out_tx,
         rx: in_rx,
     })
-}
-
-/// Resolves once `until` passes (never for `None`).
-async fn sleep_until(until: Option<Instant>) {
-    match until {
-        Some(u) => tokio::time::sleep_until(tokio::time::Instant::from_std(u)).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn jitter(d: Duration) -> Duration {

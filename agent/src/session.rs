@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub slots: u32,
     /// Time between TERM and KILL when an attempt is cancelled or the agent stops.
     pub kill_grace: Duration,
+    /// Once draining, how long running tasks may go on before they are stopped.
+    pub drain_grace: Duration,
     /// Where attempts are recorded so they survive an agent restart (with `shim_exe`);
     /// `None`: tasks run as the agent's own children and die with it.
     pub state_dir: Option<PathBuf>,
@@ -72,7 +74,10 @@ pub struct Agent {
     attempts: JoinSet<()>,
     events_tx: mpsc::Sender<AttemptEvent>,
     events_rx: mpsc::Receiver<AttemptEvent>,
-    draining: bool,
+    /// Draining (no new leases) since it was asked; tasks still running then are stopped.
+    drain_until: Option<tokio::time::Instant>,
+    /// The tasks still running at `drain_until` have been told to stop.
+    drain_stopped: bool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -103,7 +108,8 @@ impl Agent {
             attempts: JoinSet::new(),
             events_tx,
             events_rx,
-            draining: false,
+            drain_until: None,
+            drain_stopped: false,
         }
     }
 
@@ -117,9 +123,27 @@ impl Agent {
         self.unacked.len()
     }
 
-    /// Takes no new leases from now on; tells the coordinator at the next chance.
+    /// Takes no new leases from now on (telling the coordinator at the next chance), and stops
+    /// the tasks still running after the drain grace.
     pub fn start_draining(&mut self) {
-        self.draining = true;
+        if self.drain_until.is_none() {
+            tracing::info!(running = self.running.len(), "draining: no new leases");
+            self.drain_until = Some(tokio::time::Instant::now() + self.cfg.drain_grace);
+        }
+    }
+
+    /// When the drain grace ends, once draining.
+    pub fn drain_until(&self) -> Option<tokio::time::Instant> {
+        self.drain_until
+    }
+
+    fn draining(&self) -> bool {
+        self.drain_until.is_some()
+    }
+
+    /// Draining and nothing left to run or report.
+    fn drained(&self) -> bool {
+        self.draining() && self.running.is_empty() && self.unacked.is_empty()
     }
 
     /// Runs one session until the link closes or `stop` fires, or, once `drain` has fired,
@@ -156,7 +180,7 @@ impl Agent {
                 return SessionEnd::Closed;
             }
         }
-        if self.draining && self.running.is_empty() && self.unacked.is_empty() {
+        if self.drained() {
             let _ = send(
                 &tx,
                 agent_message::Msg::Heartbeat(Heartbeat { draining: true }),
@@ -167,7 +191,11 @@ impl Agent {
         let mut beat: Option<tokio::time::Interval> = None;
         let mut told_draining = false;
         loop {
-            if self.draining && !told_draining {
+            // The drain grace runs out with tasks still running: stop them, keep reporting.
+            let grace_over = self
+                .drain_until
+                .filter(|_| !self.drain_stopped && !self.running.is_empty());
+            if self.draining() && !told_draining {
                 told_draining = send(
                     &tx,
                     agent_message::Msg::Heartbeat(Heartbeat { draining: true }),
@@ -197,8 +225,8 @@ impl Agent {
                                 let _ = std::fs::remove_dir_all(shim::attempt_dir(state, &r.run_id, r.task, r.attempt));
                             }
                         }
-                        if self.draining && self.running.is_empty() && self.unacked.is_empty() {
-                            return SessionEnd::Stopped; // drained: everything reported
+                        if self.drained() {
+                            return SessionEnd::Stopped; // everything reported
                         }
                     }
                     None => return SessionEnd::Closed,
@@ -218,16 +246,23 @@ impl Agent {
                 }
                 Some(_) = self.attempts.join_next(), if !self.attempts.is_empty() => {}
                 _ = tick(&mut beat) => {
-                    let hb = Heartbeat { draining: self.draining };
+                    let hb = Heartbeat { draining: self.draining() };
                     if send(&tx, agent_message::Msg::Heartbeat(hb)).await.is_err() {
                         return SessionEnd::Closed;
                     }
                 }
                 _ = stop.cancelled() => return SessionEnd::Stopped,
-                _ = drain.cancelled(), if !self.draining => {
-                    self.draining = true;
+                _ = sleep_until(grace_over), if grace_over.is_some() => {
+                    tracing::warn!(running = self.running.len(), "drain grace over: stopping the running tasks");
+                    self.drain_stopped = true;
+                    for (_, token) in self.running.values() {
+                        token.cancel();
+                    }
+                }
+                _ = drain.cancelled(), if !self.draining() => {
+                    self.start_draining();
                     told_draining = false;
-                    if self.running.is_empty() && self.unacked.is_empty() {
+                    if self.drained() {
                         let _ = send(&tx, agent_message::Msg::Heartbeat(Heartbeat { draining: true })).await;
                         return SessionEnd::Stopped;
                     }
@@ -535,6 +570,12 @@ async fn adopt(
             _ => {}
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
     }
 }
 

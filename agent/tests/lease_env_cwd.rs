@@ -53,6 +53,7 @@ fn config(mode: Mode, state_dir: &Path) -> AgentConfig {
         labels: HashMap::new(),
         slots: 1,
         kill_grace: Duration::from_millis(300),
+        drain_grace: Duration::ZERO,
         // Relative on purpose: the shim runs in the task's directory and must not care.
         state_dir: shim_exe.as_ref().map(|_| relative(state_dir)),
         shim_exe,

@@ -190,6 +190,7 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console) -> u8 {
         labels: Default::default(),
         slots: 0,
         kill_grace: Duration::from_secs_f64(args.kill_grace),
+        drain_grace: Duration::ZERO,
         state_dir: None,
         shim_exe: None,
     };

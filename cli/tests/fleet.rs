@@ -390,6 +390,52 @@ fn the_coordinator_refuses_a_public_address_without_insecure() {
 }
 
 #[test]
+fn a_draining_agent_stops_a_task_still_running_after_the_drain_grace_and_reports_it() {
+    let c = Coordinator::start(&[]);
+    let mut a = agent(
+        &c.url,
+        "leaving",
+        None,
+        &["--drain-grace", "1", "--kill-grace", "0.5"],
+    );
+    wait_for_agents(&c.url, 1);
+    let d = Dir::new();
+    let pidfile = d.file("pid");
+    let ff = d.write(
+        "long.factfile",
+        &factfile(
+            "long",
+            vec![task(
+                "long",
+                &format!("sleep 60 & echo $! > '{}'; wait", pidfile.display()),
+                &[],
+                &[],
+            )],
+        ),
+    );
+    let id = stdout(&submit(&c.url, &ff, &[])).trim().to_string();
+    let pid = read_pid(&pidfile);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || gone(pid)),
+        "the task outlived the drain grace"
+    );
+    assert!(eventually(Duration::from_secs(10), || matches!(
+        a.0.try_wait(),
+        Ok(Some(_))
+    )));
+    assert!(
+        status_shows(&c.url, &id, "state     FAILED", 5),
+        "the stopped task was reported: {}",
+        stdout(&run(&["status", &id, "--coordinator", &c.url]))
+    );
+}
+
+#[test]
 fn sigterm_drains_an_agent_its_running_task_finishes_and_nothing_new_starts() {
     let c = Coordinator::start(&[]);
     let mut a = agent(&c.url, "leaving", None, &[]);

@@ -93,17 +93,15 @@ pub fn agent(coordinator: &str, name: &str, hostname: Option<&str>, extra: &[&st
         }
         None => Command::new(&bin),
     };
-    cmd.args([
-        "--coordinator",
-        coordinator,
-        "--name",
-        name,
-        "--drain-grace",
-        "5",
-    ])
-    .args(extra)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    cmd.args(["--coordinator", coordinator, "--name", name])
+        .args(if extra.contains(&"--drain-grace") {
+            &[][..]
+        } else {
+            &["--drain-grace", "5"][..]
+        })
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     Proc(cmd.spawn().expect("the agent starts"))
 }
 

@@ -173,7 +173,6 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console) -> u8 {
     let shutdown = CancellationToken::new();
     let config = EngineConfig {
         heartbeat_interval: args.heartbeat_interval.map(Duration::from_secs_f64),
-        kill_grace: Duration::from_secs_f64(args.kill_grace),
         ..EngineConfig::default()
     };
     let engine = Engine::start(config, MemoryStore::new(), shutdown.clone());

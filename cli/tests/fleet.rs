@@ -246,7 +246,7 @@ fn a_killed_agent_fails_its_tasks_after_lost_after() {
 
 #[test]
 fn cancel_kills_the_remote_process_group() {
-    let c = Coordinator::start(&["--kill-grace", "0.5"]);
+    let c = Coordinator::start(&[]);
     let _a = agent(&c.url, "a1", None, &["--kill-grace", "0.5"]);
     wait_for_agents(&c.url, 1);
     let d = Dir::new();

@@ -13,7 +13,7 @@ use support::*;
 
 /// A coordinator (memory store) with one agent.
 fn fleet() -> (Coordinator, support::fleet::Proc) {
-    let c = Coordinator::start(&["--kill-grace", "1"]);
+    let c = Coordinator::start(&[]);
     let a = agent(&c.url, "a1", None, &["--kill-grace", "1"]);
     wait_for_agents(&c.url, 1);
     (c, a)

@@ -35,8 +35,6 @@ pub struct EngineConfig {
     pub webhooks: Vec<String>,
     /// Send RUNNING → RUNNING task updates with the output so far at this interval.
     pub heartbeat_interval: Option<Duration>,
-    /// Time between TERM and KILL when an attempt is cancelled.
-    pub kill_grace: Duration,
     /// Fencing epoch stamped on leases (0 for a single node).
     pub epoch: u64,
     /// An agent silent for this long is lost and its attempts fail (`None`: never).
@@ -57,7 +55,6 @@ impl Default for EngineConfig {
         EngineConfig {
             webhooks: vec![],
             heartbeat_interval: None,
-            kill_grace: Duration::from_secs(10),
             epoch: 0,
             lost_after: None,
             agent_heartbeat: Duration::from_secs(2),
@@ -764,15 +761,7 @@ impl<S: Store> Core<S> {
             }
         }
         for r in stale {
-            let cancel = factotum_proto::Cancel {
-                lease: Some(r),
-                grace_ms: u32::try_from(self.cfg.kill_grace.as_millis()).unwrap_or(u32::MAX),
-            };
-            let _ = tx
-                .send(CoordinatorMessage {
-                    msg: Some(coordinator_message::Msg::Cancel(cancel)),
-                })
-                .await;
+            let _ = tx.send(cancel_msg(r)).await;
         }
         self.conns.insert(conn, Arc::clone(&agent_id));
         self.agents.insert(
@@ -1323,22 +1312,13 @@ impl<S: Store> Core<S> {
                 }
                 Action::Kill { task, attempt } => {
                     if let Some(agent) = self.leases.get(&(Arc::clone(id), task, attempt)) {
-                        let cancel = factotum_proto::Cancel {
-                            lease: Some(LeaseRef {
-                                run_id: id.to_string(),
-                                task,
-                                attempt,
-                                epoch: self.cfg.epoch,
-                            }),
-                            grace_ms: u32::try_from(self.cfg.kill_grace.as_millis())
-                                .unwrap_or(u32::MAX),
+                        let r = LeaseRef {
+                            run_id: id.to_string(),
+                            task,
+                            attempt,
+                            epoch: self.cfg.epoch,
                         };
-                        sends.push((
-                            Arc::clone(agent),
-                            CoordinatorMessage {
-                                msg: Some(coordinator_message::Msg::Cancel(cancel)),
-                            },
-                        ));
+                        sends.push((Arc::clone(agent), cancel_msg(r)));
                     }
                 }
                 Action::Finished(state) => finished = Some(state),
@@ -1780,6 +1760,15 @@ fn waiting_reason(
         return format!("no connected agent has {} together", all.join(" and "));
     }
     "every eligible agent is busy".into()
+}
+
+/// Tells an agent to stop an attempt (TERM, then KILL after its own kill grace).
+fn cancel_msg(r: LeaseRef) -> CoordinatorMessage {
+    CoordinatorMessage {
+        msg: Some(coordinator_message::Msg::Cancel(factotum_proto::Cancel {
+            lease: Some(r),
+        })),
+    }
 }
 
 fn lost(reason: String) -> TaskResult {

@@ -43,9 +43,6 @@ struct Args {
     /// How often (seconds) agents send a heartbeat.
     #[arg(long, env = "FACTOTUM_HEARTBEAT_INTERVAL", default_value_t = 2.0)]
     heartbeat_interval: f64,
-    /// On cancel, seconds between TERM and KILL of a task's process group.
-    #[arg(long, env = "FACTOTUM_KILL_GRACE", default_value_t = 10.0)]
-    kill_grace: f64,
     /// etcd client URLs (comma-separated): runs are recorded there and survive restarts.
     /// Without it, runs live in this process's memory only.
     #[arg(long, env = "FACTOTUM_ETCD", value_delimiter = ',', value_name = "URL")]
@@ -137,7 +134,6 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
         webhooks: args.webhook.clone(),
         lost_after: Some(seconds("lost-after", args.lost_after)?),
         agent_heartbeat: seconds("heartbeat-interval", args.heartbeat_interval)?,
-        kill_grace: seconds("kill-grace", args.kill_grace)?,
         failover_grace: seconds("failover-grace", args.failover_grace)?,
         ..EngineConfig::default()
     };

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use factotum_common::constraint::{self, Constraint};
 use factotum_common::format::{error_chain, human};
-use factotum_common::run::JobState;
+use factotum_common::run::{JobState, TaskState};
 use factotum_common::tags::parse_tags;
 use factotum_coordinator::{convert, spec, WatchEvent};
 use factotum_proto as pb;
@@ -390,7 +390,7 @@ pub fn runs(args: Remote) -> u8 {
                 let done = r
                     .tasks
                     .iter()
-                    .filter(|t| t.state != "WAITING" && t.state != "RUNNING")
+                    .filter(|t| TaskState::parse(&t.state).is_some_and(TaskState::is_terminal))
                     .count();
                 [
                     r.run_id.clone(),

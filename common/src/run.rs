@@ -376,24 +376,30 @@ impl RunState {
             .iter()
             .filter(|t| t.state == TaskState::Running)
             .count();
-        for &t in &plan.order {
-            match run.tasks[t as usize].state {
-                TaskState::Failed => {
-                    run.first_failed.get_or_insert(t);
-                }
-                TaskState::SucceededNoOp => {
-                    run.first_no_op.get_or_insert(t);
-                }
-                TaskState::Waiting
-                    if run.tasks[t as usize].unmet == 0
-                        && run.tasks[t as usize].retry_at.is_none()
-                        && run.cancelled.is_none() =>
-                {
-                    run.ready.push(t)
-                }
-                _ => {}
-            }
-        }
+        run.ready = plan
+            .order
+            .iter()
+            .copied()
+            .filter(|&t| run.is_ready(t))
+            .collect();
+        // The first to fail and the first to finish early, as the live run saw them: by when
+        // they ended (ties, and tasks without times, in display order).
+        let first_ended = |state: TaskState| {
+            plan.order
+                .iter()
+                .copied()
+                .filter(|&t| run.tasks[t as usize].state == state)
+                .min_by_key(|&t| {
+                    let r = &run.tasks[t as usize];
+                    let ended = r
+                        .started
+                        .zip(r.duration)
+                        .and_then(|(s, d)| Some(s + chrono::Duration::from_std(d).ok()?));
+                    (ended.is_none(), ended)
+                })
+        };
+        run.first_failed = first_ended(TaskState::Failed);
+        run.first_no_op = first_ended(TaskState::SucceededNoOp);
         run
     }
 
@@ -437,13 +443,7 @@ impl RunState {
 
     /// The ready tasks that may start now: as many as the job's `maxParallel` leaves room for.
     pub fn leasable(&self) -> &[TaskId] {
-        match self.plan.max_parallel {
-            Some(max) => {
-                let room = (max as usize).saturating_sub(self.running);
-                &self.ready[..room.min(self.ready.len())]
-            }
-            None => &self.ready,
-        }
+        &self.ready[..self.room().min(self.ready.len())]
     }
 
     /// When the next timer is due (a task or job timeout, a retry delay), if any.
@@ -473,6 +473,23 @@ impl RunState {
     fn task_deadline(&self, task: TaskId) -> Option<DateTime<Utc>> {
         let t = self.plan.tasks[task as usize].policy().timeout?;
         Some(self.tasks[task as usize].started? + chrono::Duration::from_std(t).ok()?)
+    }
+
+    /// Whether the task may be leased now: waiting, its dependencies met, no retry delay
+    /// pending, and the run not cancelled.
+    fn is_ready(&self, t: TaskId) -> bool {
+        let rec = &self.tasks[t as usize];
+        rec.state == TaskState::Waiting
+            && rec.unmet == 0
+            && rec.retry_at.is_none()
+            && self.cancelled.is_none()
+    }
+
+    /// How many more tasks may run at once (the job's `maxParallel`).
+    fn room(&self) -> usize {
+        self.plan.max_parallel.map_or(usize::MAX, |max| {
+            (max as usize).saturating_sub(self.running)
+        })
     }
 
     /// Whether `dep` no longer holds back its dependents.
@@ -559,9 +576,7 @@ impl RunState {
         }
         if !due.is_empty() {
             self.ready.extend(due);
-            let mut ready = std::mem::take(&mut self.ready);
-            self.plan.sort_display(&mut ready);
-            self.ready = ready;
+            self.plan.sort_display(&mut self.ready);
         }
     }
 
@@ -602,16 +617,10 @@ impl RunState {
         if self.job.is_terminal() || self.cancelled.is_some() {
             return;
         }
-        tasks.retain(|&t| {
-            self.tasks
-                .get(t as usize)
-                .is_some_and(|r| r.state == TaskState::Waiting && r.unmet == 0)
-        });
-        tasks.sort_unstable_by_key(|&t| self.plan.position[t as usize]);
+        tasks.retain(|&t| (t as usize) < self.tasks.len() && self.is_ready(t));
+        self.plan.sort_display(&mut tasks);
         tasks.dedup();
-        if let Some(max) = self.plan.max_parallel {
-            tasks.truncate((max as usize).saturating_sub(self.running));
-        }
+        tasks.truncate(self.room());
         if tasks.is_empty() {
             return;
         }
@@ -672,57 +681,59 @@ impl RunState {
             Outcome::SpawnFailed(_) => Some(-1),
             Outcome::Lost(_) => None,
         };
-        let code = rec.return_code;
         // What the attempt came to; for a failure, its message and what kind of retry may follow.
-        let failure = match (stopping, result.outcome) {
-            (Some(Stop::Cancelled), _) => Some((cancelled.unwrap_or_default(), Retry::Never)),
-            (Some(Stop::TimedOut), _) => Some((
+        // The attempt's verdict: a final success state, or a failure's message and the retry
+        // rule that applies to it.
+        let verdict = match (stopping, result.outcome) {
+            (Some(Stop::Cancelled), _) => Err((cancelled.unwrap_or_default(), Retry::Never)),
+            (Some(Stop::TimedOut), _) => Err((
                 format!(
                     "the task timed out after {}s",
                     spec.policy().timeout.unwrap_or_default().as_secs()
                 ),
                 Retry::Failure(None),
             )),
-            (None, Outcome::Exited(code)) if spec.terminate_job_with_success.contains(&code) => None,
-            (None, Outcome::Exited(code)) if spec.continue_job.contains(&code) => None,
-            (None, Outcome::Exited(code)) => Some((
+            (None, Outcome::Exited(code)) if spec.terminate_job_with_success.contains(&code) => {
+                Ok(TaskState::SucceededNoOp)
+            }
+            (None, Outcome::Exited(code)) if spec.continue_job.contains(&code) => {
+                Ok(TaskState::Succeeded)
+            }
+            (None, Outcome::Exited(code)) => Err((
                 format!(
                     "the task exited with a value not specified in continue_job - {code} (task expects one of the following return codes to continue [{}])",
                     spec.continue_job.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
                 ),
                 Retry::Failure(Some(code)),
             )),
-            (None, Outcome::SpawnFailed(err)) => Some((
+            (None, Outcome::SpawnFailed(err)) => Err((
                 format!("Error executing process - {err}"),
                 Retry::Failure(None),
             )),
-            (None, Outcome::Lost(reason)) => Some((reason, Retry::Lost)),
+            (None, Outcome::Lost(reason)) => Err((reason, Retry::Lost)),
         };
         let policy = spec.policy();
-        let state = match &failure {
-            None if code.is_some_and(|c| spec.terminate_job_with_success.contains(&c)) => {
-                TaskState::SucceededNoOp
+        let (state, error_message) = match verdict {
+            Ok(state) => (state, None),
+            Err((message, kind)) => {
+                let allowed = policy.max_attempts(kind == Retry::Lost);
+                let retry = self.cancelled.is_none()
+                    && attempt < allowed
+                    && match kind {
+                        Retry::Never => false,
+                        Retry::Lost => policy.retry_when_lost,
+                        Retry::Failure(c) => policy.retry.as_ref().is_some_and(|r| r.retries(c)),
+                    };
+                if retry {
+                    self.retry_later(task, attempt, allowed, &message, now, out);
+                    return;
+                }
+                (TaskState::Failed, Some(message))
             }
-            None => TaskState::Succeeded,
-            Some(_) => TaskState::Failed,
         };
-        if let Some((message, kind)) = &failure {
-            let allowed = policy.max_attempts(*kind == Retry::Lost);
-            let retry = self.cancelled.is_none()
-                && attempt < allowed
-                && match kind {
-                    Retry::Never => false,
-                    Retry::Lost => policy.retry_when_lost,
-                    Retry::Failure(c) => policy.retry.as_ref().is_some_and(|r| r.retries(*c)),
-                };
-            if retry {
-                self.retry_later(task, attempt, allowed, message, now, out);
-                return;
-            }
-        }
         let rec = &mut self.tasks[task as usize];
         rec.state = state;
-        rec.error_message = failure.map(|(m, _)| m);
+        rec.error_message = error_message;
         self.running -= 1;
         self.remaining -= 1;
         let cascade = match state {
@@ -802,9 +813,7 @@ impl RunState {
         if delay.is_zero() {
             rec.retry_at = None;
             self.ready.push(task);
-            let mut ready = std::mem::take(&mut self.ready);
-            self.plan.sort_display(&mut ready);
-            self.ready = ready;
+            self.plan.sort_display(&mut self.ready);
         } else {
             rec.retry_at = Some(at);
         }

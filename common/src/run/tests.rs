@@ -575,3 +575,29 @@ fn a_restored_run_continues_where_it_was() {
         "x failed before the failover"
     );
 }
+
+#[test]
+fn a_restored_run_names_the_task_that_failed_first_in_time() {
+    let mut h = Harness::new(&[("early in the list", &[]), ("later in the list", &[])]);
+    h.lease_ready();
+    let end = |h: &mut Harness, name: &str, ms: u64| {
+        let task = h.id(name);
+        h.apply(Event::Finished {
+            task,
+            attempt: 1,
+            result: result(Outcome::Exited(1), "", Duration::from_millis(ms)),
+        });
+    };
+    end(&mut h, "later in the list", 5);
+    end(&mut h, "early in the list", 500);
+    assert_eq!(h.run.first_failed(), Some(h.id("later in the list")));
+    let restored = RunState::restore(
+        Arc::clone(h.run.plan()),
+        t(0),
+        RunOptions::default(),
+        JobState::Failed,
+        None,
+        recorded(&h.run),
+    );
+    assert_eq!(restored.first_failed(), h.run.first_failed());
+}

@@ -233,7 +233,7 @@ pub enum PlanError {
 impl Plan {
     /// The tasks a `--from-failed` rerun runs: every task not in `succeeded`, and their
     /// descendants, in display order.
-    pub fn not_succeeded(&self, succeeded: &[bool]) -> Vec<TaskId> {
+    pub(crate) fn not_succeeded(&self, succeeded: &[bool]) -> Vec<TaskId> {
         let mut keep = vec![false; self.tasks.len()];
         let mut stack: Vec<TaskId> = (0..self.tasks.len() as TaskId)
             .filter(|&t| !succeeded.get(t as usize).copied().unwrap_or(false))

@@ -84,11 +84,6 @@ impl Task {
         };
         self.ext.as_deref().unwrap_or(&NONE)
     }
-
-    /// The extension's fields, to set them.
-    pub fn ext_mut(&mut self) -> &mut TaskExt {
-        self.ext.get_or_insert_with(Default::default)
-    }
 }
 
 /// A task as written: every field inline, unknown ones refused.
@@ -135,8 +130,15 @@ impl From<TaskDoc> for Task {
             arguments: d.arguments,
             depends_on: d.depends_on,
             on_result: d.on_result,
-            ext: (ext != TaskExt::default()).then(|| Box::new(ext)),
+            ext: ext.boxed(),
         }
+    }
+}
+
+impl TaskExt {
+    /// Boxed, or `None` when no field is set.
+    fn boxed(self) -> Option<Box<TaskExt>> {
+        (self != TaskExt::default()).then(|| Box::new(self))
     }
 }
 
@@ -246,12 +248,6 @@ impl Factfile {
         Self::read(text)?.finish(vars)
     }
 
-    /// Reads and schema-checks a factfile without templating it: its `data.tags` are inputs of
-    /// the templating (`{{tag:env}}`), so they are known before it.
-    pub fn read(text: &str) -> Result<Factfile, FactfileError> {
-        Self::parse_schema(text)
-    }
-
     /// Templates what [`Factfile::read`] returned and checks the rules the schema can't express.
     pub fn finish(self, vars: &Vars) -> Result<Factfile, FactfileError> {
         let ff = self.template(vars)?;
@@ -259,15 +255,12 @@ impl Factfile {
         Ok(ff)
     }
 
-    /// Whether the document uses this project's extension schema.
-    pub fn is_extended(&self) -> bool {
-        self.schema == FACTOTUM_SCHEMA
-    }
-
-    /// The document as the schema allows it. Fast path: typed deserialization, which accepts
-    /// exactly what the schema does except the code ranges and the schema URI, checked after.
-    /// Anything it refuses is re-read as a plain JSON value to say precisely what is wrong.
-    fn parse_schema(text: &str) -> Result<Factfile, FactfileError> {
+    /// Reads and schema-checks a factfile without templating it (its `data.tags` are inputs of
+    /// the templating, `{{tag:env}}`, so they are known before it). Fast path: typed
+    /// deserialization, which accepts exactly what the schema does except the ranges and the
+    /// schema URI, checked after. Anything it refuses is re-read as a plain JSON value to say
+    /// precisely what is wrong.
+    pub fn read(text: &str) -> Result<Factfile, FactfileError> {
         let json_error = |e: serde_json::Error| FactfileError::Json {
             message: json_message(&e),
             line: e.line(),
@@ -303,7 +296,7 @@ impl Factfile {
     }
 
     fn extension_in_range(&self) -> bool {
-        let at_least = |v: Option<f64>, min: f64| v.is_none_or(|v| v.is_finite() && v >= min);
+        let at_least = |v: Option<f64>, min: f64| v.is_none_or(|v| v >= min);
         let j = &self.data;
         j.timeout.is_none_or(|t| t >= 1)
             && j.max_parallel.is_none_or(|m| m >= 1)
@@ -341,7 +334,7 @@ impl Factfile {
     /// Reads back a factfile this program produced with [`Factfile::compact_json`]: validated
     /// again, but not templated a second time.
     pub fn parse_compact(text: &str) -> Result<Factfile, FactfileError> {
-        let ff = Self::parse_schema(text)?;
+        let ff = Self::read(text)?;
         ff.check_rules()?;
         Ok(ff)
     }
@@ -351,9 +344,8 @@ impl Factfile {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Renders every string field holding a `{{`. The tasks move into a vector of exactly the
-    /// right size: deserializing grew the old one by doubling, and its slack is given back here.
-    fn template(self, vars: &Vars) -> Result<Factfile, FactfileError> {
+    /// Renders every string field holding a `{{`, in place.
+    fn template(mut self, vars: &Vars) -> Result<Factfile, FactfileError> {
         let render = |what: &dyn Fn() -> String, s: &mut String| -> Result<(), FactfileError> {
             if s.contains("{{") {
                 *s = vars.render(s).map_err(|error| FactfileError::Template {
@@ -363,21 +355,8 @@ impl Factfile {
             }
             Ok(())
         };
-        let Factfile {
-            schema,
-            data:
-                Job {
-                    mut name,
-                    tasks: raw,
-                    tags,
-                    timeout,
-                    placement,
-                    max_parallel,
-                },
-        } = self;
-        render(&|| "the job name".to_string(), &mut name)?;
-        let mut tasks = Vec::with_capacity(raw.len());
-        for (i, mut t) in raw.into_iter().enumerate() {
+        render(&|| "the job name".to_string(), &mut self.data.name)?;
+        for (i, t) in self.data.tasks.iter_mut().enumerate() {
             let field = |f: &str| format!("task {} field '{f}'", i + 1);
             render(&|| field("name"), &mut t.name)?;
             render(&|| field("executor"), &mut t.executor)?;
@@ -389,7 +368,6 @@ impl Factfile {
                 render(&|| field("dependsOn"), d)?;
             }
             let Some(ext) = t.ext.as_deref_mut() else {
-                tasks.push(t);
                 continue;
             };
             for v in ext.env.iter_mut().flat_map(|e| e.values_mut()) {
@@ -398,27 +376,19 @@ impl Factfile {
             if let Some(cwd) = &mut ext.cwd {
                 render(&|| field("cwd"), cwd)?;
             }
-            if let Some(c) = &mut ext.constraints {
-                if let Some(h) = &mut c.host {
-                    render(&|| field("constraints/host"), h)?;
-                }
-                for v in c.labels.iter_mut().flat_map(|l| l.values_mut()) {
-                    render(&|| field("constraints/labels"), v)?;
-                }
+            let Some(c) = &mut ext.constraints else {
+                continue;
+            };
+            if let Some(h) = &mut c.host {
+                render(&|| field("constraints/host"), h)?;
             }
-            tasks.push(t);
+            for v in c.labels.iter_mut().flat_map(|l| l.values_mut()) {
+                render(&|| field("constraints/labels"), v)?;
+            }
         }
-        Ok(Factfile {
-            schema,
-            data: Job {
-                name,
-                tasks,
-                tags,
-                timeout,
-                placement,
-                max_parallel,
-            },
-        })
+        // Deserializing grew the task list by doubling: give the slack back.
+        self.data.tasks.shrink_to_fit();
+        Ok(self)
     }
 
     fn check_rules(&self) -> Result<(), FactfileError> {
@@ -623,10 +593,9 @@ fn check_task(errs: &mut Errors, v: &Value, path: &str, ext: bool) -> Option<Tas
         ..Task::default()
     };
     if ext {
-        check_task_extension(errs, obj, path, task.ext_mut());
-        if task.ext.as_deref() == Some(&TaskExt::default()) {
-            task.ext = None;
-        }
+        let mut fields = TaskExt::default();
+        check_task_extension(errs, obj, path, &mut fields);
+        task.ext = fields.boxed();
         // Name the task in what is wrong with it: `/data/tasks/7` alone is hard to find.
         if !task.name.is_empty() {
             for e in &mut errs.0[before..] {

@@ -126,7 +126,7 @@ pub struct JobArgs {
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 10_000,
+        default_value_t = factotum_common::run::DEFAULT_MAX_OUTPUT,
         env = "FACTOTUM_MAX_STDOUTERR_SIZE"
     )]
     pub max_stdouterr_size: usize,

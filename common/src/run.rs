@@ -268,6 +268,9 @@ pub struct RestoredTask {
     pub retry_at: Option<DateTime<Utc>>,
 }
 
+/// Characters of output kept per stream unless told otherwise (`--max-stdouterr-size`).
+pub const DEFAULT_MAX_OUTPUT: usize = 10_000;
+
 /// Options fixed for a run.
 #[derive(Debug, Clone, Copy)]
 pub struct RunOptions {
@@ -280,7 +283,7 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            max_output: 10_000,
+            max_output: DEFAULT_MAX_OUTPUT,
             snapshots: true,
         }
     }
@@ -580,10 +583,16 @@ impl RunState {
         }
     }
 
-    fn current_attempt(&mut self, task: TaskId, attempt: u32) -> Option<&mut TaskRecord> {
+    /// Whether this is the task's running attempt (results and output of any other are ignored).
+    pub fn is_current(&self, task: TaskId, attempt: u32) -> bool {
         self.tasks
-            .get_mut(task as usize)
-            .filter(|r| r.state == TaskState::Running && r.attempt == attempt)
+            .get(task as usize)
+            .is_some_and(|r| r.state == TaskState::Running && r.attempt == attempt)
+    }
+
+    fn current_attempt(&mut self, task: TaskId, attempt: u32) -> Option<&mut TaskRecord> {
+        self.is_current(task, attempt)
+            .then(|| &mut self.tasks[task as usize])
     }
 
     fn start(&mut self, now: DateTime<Utc>, out: &mut Vec<Action>) {

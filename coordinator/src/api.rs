@@ -154,7 +154,7 @@ impl Jobs for JobsApi {
             allow_concurrent: r.allow_concurrent,
             idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
             max_output: if r.max_output == 0 {
-                10_000
+                factotum_common::run::DEFAULT_MAX_OUTPUT
             } else {
                 r.max_output as usize
             },

@@ -687,7 +687,6 @@ impl<S: Store> Core<S> {
                 } else {
                     tracing::warn!(agent = %agent_id, attempts = running, "agent disconnected with attempts running; waiting for it to come back");
                 }
-                self.forget_sticky(&agent_id);
                 self.dispatch_all().await;
             }
         }
@@ -719,14 +718,13 @@ impl<S: Store> Core<S> {
         // Re-attach what the agent still runs; tell it to stop what is no longer wanted (stale
         // attempts are forgotten; attempts being stopped stay attached until they report).
         let mut stale = vec![];
-        let mut in_use = 0;
         for r in &hello.running {
             let run_id: Arc<str> = Arc::from(r.run_id.as_str());
             let record = self
                 .runs
                 .get(&run_id)
-                .and_then(|run| run.state.task(r.task))
-                .filter(|t| t.attempt == r.attempt && t.state == TaskState::Running);
+                .filter(|run| run.state.is_current(r.task, r.attempt))
+                .and_then(|run| run.state.task(r.task));
             if let Some(t) = record {
                 // Being stopped (timed out, or its run cancelled) while it was away, perhaps
                 // by a leader that has since gone: tell the agent (again).
@@ -742,7 +740,6 @@ impl<S: Store> Core<S> {
                 if let Some(run) = self.runs.get_mut(&run_id) {
                     run.task_agent.insert(r.task, Arc::clone(&agent_id));
                 }
-                in_use += 1;
             } else {
                 stale.push(r.clone());
             }
@@ -772,7 +769,7 @@ impl<S: Store> Core<S> {
                 identity,
                 tx: Some(tx),
                 conn: Some(conn),
-                in_use,
+                in_use: 0, // counted below, with the attempts it re-attached
                 last_heard: Instant::now(),
                 draining: false,
             },
@@ -839,7 +836,6 @@ impl<S: Store> Core<S> {
             .collect();
         self.fail_attempts(lost_attempts, &format!("agent {agent_id} lost"))
             .await;
-        self.forget_sticky(agent_id);
         self.dispatch_all().await;
     }
 
@@ -857,16 +853,6 @@ impl<S: Store> Core<S> {
                 },
             )
             .await;
-        }
-    }
-
-    fn forget_sticky(&mut self, agent_id: &Arc<str>) {
-        for run in self.runs.values_mut() {
-            if run.sticky.as_ref() == Some(agent_id)
-                && !run.task_agent.values().any(|a| a == agent_id)
-            {
-                run.sticky = None;
-            }
         }
     }
 
@@ -974,11 +960,13 @@ impl<S: Store> Core<S> {
         let rec = persist::Recorded::read(keys)?;
         let state = rec.state()?;
         let job = state.job_state().ok_or("unknown job state")?;
-        let (plan, constraints) = resolved(
-            Plan::subset(&rec.factfile, &rec.spec.tasks),
-            rec.constraints(),
-        )
-        .await?;
+        let plan = Plan::subset(&rec.factfile, &rec.spec.tasks);
+        // A finished run is kept for `status` and `runs` only: no host names to look up.
+        let (plan, constraints) = if job.is_terminal() {
+            (Arc::new(plan), rec.constraints())
+        } else {
+            resolved(plan, rec.constraints()).await?
+        };
         let records = (0..plan.len() as u32).map(|t| rec.task(t)).collect();
         let persist::Recorded { spec, compact, .. } = rec;
         let webhooks: Vec<Arc<str>> = self
@@ -1049,17 +1037,6 @@ impl<S: Store> Core<S> {
                 watch: rx,
             });
         }
-        let job_reference =
-            factotum_common::reference::job_reference(&spec.compact_factfile, &spec.tags);
-        if !spec.allow_concurrent {
-            if let Some(active) = self
-                .runs
-                .values()
-                .find(|r| r.meta.job_reference == job_reference)
-            {
-                return Err(EngineError::AlreadyActive(active.id.to_string()));
-            }
-        }
         let now = Utc::now();
         let run_ref = factotum_common::reference::run_reference(&spec.uuid);
         let meta = RunMeta::new(
@@ -1069,6 +1046,15 @@ impl<S: Store> Core<S> {
             run_ref.clone(),
             now,
         );
+        if !spec.allow_concurrent {
+            if let Some(active) = self
+                .runs
+                .values()
+                .find(|r| r.meta.job_reference == meta.job_reference)
+            {
+                return Err(EngineError::AlreadyActive(active.id.to_string()));
+            }
+        }
         let webhooks: Vec<Arc<str>> = self
             .cfg
             .webhooks
@@ -1171,11 +1157,7 @@ impl<S: Store> Core<S> {
             agent_message::Msg::Hello(_) | agent_message::Msg::Started(_) => {}
             agent_message::Msg::Output(o) => {
                 let Some(r) = o.lease else { return };
-                let stream = if o.stream == factotum_proto::Stream::Stderr as i32 {
-                    Stream::Stderr
-                } else {
-                    Stream::Stdout
-                };
+                let stream = crate::convert::stream_from_pb(o.stream);
                 let id: Arc<str> = Arc::from(r.run_id.as_str());
                 let Some(run) = self.runs.get_mut(&id) else {
                     return;
@@ -1183,7 +1165,7 @@ impl<S: Store> Core<S> {
                 let Some(task) = run.state.plan().task(r.task) else {
                     return;
                 };
-                if run.state.task(r.task).map(|t| t.attempt) != Some(r.attempt) {
+                if !run.state.is_current(r.task, r.attempt) {
                     return;
                 }
                 let name = Arc::clone(&task.name);

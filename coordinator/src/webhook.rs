@@ -158,6 +158,12 @@ impl Deliverer {
                 }
             }
         }
+        // The run is closed and its queue delivered: forget it (a long-lived coordinator would
+        // otherwise keep one entry per run and URL forever).
+        let mut queues = lock(&self.queues);
+        if queues.get(&key).is_some_and(|q| q.pending == 0) {
+            queues.remove(&key);
+        }
     }
 
     async fn post(&self, d: &Delivery) -> Result<(), String> {

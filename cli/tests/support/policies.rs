@@ -223,13 +223,14 @@ pub fn task_timeout(r: &dyn Runner) {
     assert!(
         transitions(&p).contains(&"sleeper RUNNING->FAILED | after WAITING->SKIPPED".to_string())
     );
-    // The attempt's recorded duration: the timeout and the TERM, not the 60 s sleep.
+    // The attempt's recorded duration: the timeout and the TERM, not the 60 s sleep. It is
+    // measured from the spawn, a little after the lease the timeout counts from: under 1 s is fine.
     let sleeper = &p.last().unwrap()["data"]["taskStates"][0];
     let secs: f64 = sleeper["duration"]
         .as_str()
         .and_then(|d| d.strip_prefix("PT")?.strip_suffix('S')?.parse().ok())
         .unwrap_or_else(|| panic!("{sleeper}"));
-    assert!((1.0..10.0).contains(&secs), "{sleeper}");
+    assert!((0.5..10.0).contains(&secs), "{sleeper}");
     assert_iglu_valid(&p);
 }
 

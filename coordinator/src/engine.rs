@@ -286,7 +286,6 @@ impl Engine {
             idempotency: HashMap::new(),
             stalled: VecDeque::new(),
             pending_acks: Vec::new(),
-            grouping: false,
             pending: Vec::new(),
             timers: BTreeSet::new(),
         };
@@ -509,8 +508,8 @@ struct Core<S: Store> {
     stalled: VecDeque<Batch>,
     /// Acknowledgements of results, sent once the results are recorded.
     pending_acks: Vec<(Arc<str>, CoordinatorMessage)>,
-    /// While handling a group of commands: their batches, recorded together at the end.
-    grouping: bool,
+    /// Batches of what the loop is handling now, recorded together when it is done (group
+    /// commit: one store transaction for many commands).
     pending: Vec<Batch>,
     /// Each run's next timer (task or job timeout, retry delay), earliest first.
     timers: BTreeSet<(DateTime<Utc>, Arc<str>)>,
@@ -528,9 +527,8 @@ impl<S: Store> Core<S> {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => {
-                        // Group commit: handle what is already queued, then record every batch
-                        // in as few store transactions as possible, then act on them in order.
-                        self.grouping = true;
+                        // Group commit: handle what is already queued too; the batches are
+                        // recorded together below.
                         self.handle(cmd).await;
                         for _ in 1..GROUP {
                             match rx.try_recv() {
@@ -538,8 +536,6 @@ impl<S: Store> Core<S> {
                                 Err(_) => break,
                             }
                         }
-                        self.grouping = false;
-                        self.flush().await;
                     }
                     None => break,
                 },
@@ -549,14 +545,15 @@ impl<S: Store> Core<S> {
                         self.apply(&id, Event::Heartbeat).await;
                     }
                 }
-                                _ = tick(&mut liveness) => self.check_liveness().await,
+                _ = tick(&mut liveness) => self.check_liveness().await,
                 _ = tokio::time::sleep(Duration::from_millis(500)), if !self.stalled.is_empty() => {
                     self.retry_stalled().await;
                 }
                 _ = sleep_until(self.timers.first().map(|(at, _)| *at)) => self.fire_timers().await,
-                                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => break,
                 _ = fenced.cancelled() => break,
             }
+            self.flush().await;
         }
     }
 
@@ -1328,32 +1325,12 @@ impl<S: Store> Core<S> {
             sends,
             finished,
         };
-        self.commit(batch).await;
+        self.commit(batch);
     }
 
-    /// Records a batch, then carries it out. While the store is down, batches queue in order
-    /// (nothing is sent for them, and dispatch pauses) until it is back.
-    async fn commit(&mut self, batch: Batch) {
-        if self.grouping {
-            self.pending.push(batch);
-            return;
-        }
-        if !self.stalled.is_empty() {
-            self.stalled.push_back(batch);
-            return;
-        }
-        match self.write(&batch).await {
-            Ok(()) => self.act(batch).await,
-            Err(StoreError::Fenced) => self.step_down(&batch.run),
-            Err(e) => {
-                tracing::error!(run = %batch.run, error = %e, "the store is unavailable: dispatch pauses until it is back");
-                self.stalled.push_back(batch);
-            }
-        }
-    }
-
-    async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
-        self.write_ops(batch.ops.clone()).await
+    /// Queues a batch, recorded with the others of this turn of the loop ([`Core::flush`]).
+    fn commit(&mut self, batch: Batch) {
+        self.pending.push(batch);
     }
 
     /// Writes in transactions of at most 128 operations and about 1 MiB (etcd's limits).
@@ -1380,7 +1357,8 @@ impl<S: Store> Core<S> {
         Ok(())
     }
 
-    /// Records the batches gathered by a group of commands together, then acts on each.
+    /// Records this turn's batches. While the store is down, batches queue in order behind
+    /// the stalled ones (nothing is sent for them, and dispatch pauses) until it is back.
     async fn flush(&mut self) {
         let batches = std::mem::take(&mut self.pending);
         if batches.is_empty() {
@@ -1390,48 +1368,46 @@ impl<S: Store> Core<S> {
             self.stalled.extend(batches);
             return;
         }
+        if let Err(e @ StoreError::Unavailable(_)) = self.record(batches).await {
+            tracing::error!(error = %e, "the store is unavailable: dispatch pauses until it is back");
+        }
+    }
+
+    /// Retries the stalled batches; once they are recorded, dispatch resumes.
+    async fn retry_stalled(&mut self) {
+        let batches: Vec<Batch> = self.stalled.drain(..).collect();
+        if self.record(batches).await.is_ok() {
+            tracing::info!("the store is back: dispatch resumes");
+            self.dispatch_all().await;
+        }
+    }
+
+    /// Writes the batches in as few transactions as possible, then acts on each in order. A
+    /// fenced write means another coordinator leads: step down. Any other failure puts them
+    /// (back) at the end of the stalled queue.
+    async fn record(&mut self, batches: Vec<Batch>) -> Result<(), StoreError> {
         let ops: Vec<StoreOp> = batches.iter().flat_map(|b| b.ops.iter().cloned()).collect();
         match self.write_ops(ops).await {
             Ok(()) => {
                 for b in batches {
                     self.act(b).await;
                 }
+                Ok(())
             }
             Err(StoreError::Fenced) => {
-                let run = Arc::clone(&batches[0].run);
-                self.step_down(&run);
+                self.step_down();
+                Err(StoreError::Fenced)
             }
             Err(e) => {
-                tracing::error!(error = %e, "the store is unavailable: dispatch pauses until it is back");
                 self.stalled.extend(batches);
+                Err(e)
             }
         }
     }
 
-    /// Retries the queued batches, in order; when all are recorded, dispatch resumes.
-    async fn retry_stalled(&mut self) {
-        while let Some(batch) = self.stalled.front() {
-            match self.write(batch).await {
-                Ok(()) => {
-                    if let Some(batch) = self.stalled.pop_front() {
-                        self.act(batch).await;
-                    }
-                }
-                Err(StoreError::Fenced) => {
-                    let run = Arc::clone(&batch.run);
-                    self.step_down(&run);
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
-        tracing::info!("the store is back: dispatch resumes");
-        self.dispatch_all().await;
-    }
-
-    fn step_down(&mut self, run: &Arc<str>) {
+    fn step_down(&mut self) {
         // Another coordinator leads now: act on nothing more.
-        tracing::error!(run = %run, "a fenced write failed: this coordinator is no longer the leader");
+        tracing::error!("a fenced write failed: this coordinator is no longer the leader");
         self.stalled.clear();
         self.cfg.fenced.cancel();
     }

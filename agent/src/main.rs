@@ -34,7 +34,7 @@ struct Args {
     #[arg(
         long,
         env = "FACTOTUM_COORDINATOR",
-        default_value = "http://127.0.0.1:7400"
+        default_value = factotum_proto::DEFAULT_COORDINATOR
     )]
     coordinator: String,
     /// This agent's name (default: the hostname).
@@ -240,13 +240,11 @@ async fn agent() -> anyhow::Result<()> {
             Err(e) => {
                 // A follower names the leader: go there at once. Otherwise back to the configured
                 // address (a VIP, or the one we were sent to may have gone).
-                let leader = e.downcast_ref::<tonic::Status>().and_then(|s| {
-                    s.metadata()
-                        .get(factotum_proto::LEADER_METADATA)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                });
-                if let Some(leader) = leader.filter(|l| !l.is_empty() && *l != target) {
+                let leader = e
+                    .downcast_ref::<tonic::Status>()
+                    .and_then(factotum_proto::leader_hint)
+                    .flatten();
+                if let Some(leader) = leader.filter(|l| *l != target) {
                     tracing::info!(%leader, "following the leader");
                     target = leader;
                     continue;

@@ -51,7 +51,7 @@ pub struct Remote {
     #[arg(
         long,
         env = "FACTOTUM_COORDINATOR",
-        default_value = "http://127.0.0.1:7400"
+        default_value = factotum_proto::DEFAULT_COORDINATOR
     )]
     pub coordinator: String,
 }

@@ -116,16 +116,7 @@ fn refused(status: tonic::Status) -> Failure {
     };
     // A follower's answer (it names the leader, or no leader yet): worth retrying. Any other
     // UNAVAILABLE (the leader's store is down) is reported at once.
-    let unavailable = status
-        .metadata()
-        .get(factotum_coordinator::api::LEADER_METADATA)
-        .filter(|_| status.code() == tonic::Code::Unavailable)
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        });
+    let unavailable = factotum_proto::leader_hint(&status);
     Failure {
         code,
         message,

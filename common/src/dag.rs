@@ -235,20 +235,13 @@ impl Plan {
     /// descendants, in display order.
     pub(crate) fn not_succeeded(&self, succeeded: &[bool]) -> Vec<TaskId> {
         let mut keep = vec![false; self.tasks.len()];
-        let mut stack: Vec<TaskId> = (0..self.tasks.len() as TaskId)
+        let roots: Vec<TaskId> = (0..self.tasks.len() as TaskId)
             .filter(|&t| !succeeded.get(t as usize).copied().unwrap_or(false))
             .collect();
-        for &t in &stack {
+        for &t in &roots {
             keep[t as usize] = true;
         }
-        while let Some(t) = stack.pop() {
-            for &c in &self.tasks[t as usize].children {
-                if !keep[c as usize] {
-                    keep[c as usize] = true;
-                    stack.push(c);
-                }
-            }
-        }
+        self.mark_below(&roots, &mut keep, |_| {});
         self.order
             .iter()
             .copied()
@@ -291,16 +284,9 @@ impl Plan {
             }
             keep[root] = true;
             reached_from[root] = s;
-            let mut stack = vec![root as TaskId];
-            while let Some(t) = stack.pop() {
-                for &c in &full.tasks[t as usize].children {
-                    if !keep[c as usize] {
-                        keep[c as usize] = true;
-                        reached_from[c as usize] = s;
-                        stack.push(c);
-                    }
-                }
-            }
+            full.mark_below(&[root as TaskId], &mut keep, |c| {
+                reached_from[c as usize] = s
+            });
         }
         for &i in &full.order {
             let i = i as usize;
@@ -391,20 +377,25 @@ impl Plan {
 
     /// Every descendant of `id` (not `id` itself), in display order.
     pub fn descendants(&self, id: TaskId) -> Vec<TaskId> {
-        let mut seen = vec![false; self.tasks.len()];
         let mut out = vec![];
-        let mut stack = vec![id];
+        self.mark_below(&[id], &mut vec![false; self.tasks.len()], |c| out.push(c));
+        self.sort_display(&mut out);
+        out
+    }
+
+    /// Marks every unmarked task below `roots` (not the roots themselves), calling `newly`
+    /// for each one it marks.
+    fn mark_below(&self, roots: &[TaskId], marked: &mut [bool], mut newly: impl FnMut(TaskId)) {
+        let mut stack = roots.to_vec();
         while let Some(t) = stack.pop() {
             for &c in &self.tasks[t as usize].children {
-                if !seen[c as usize] {
-                    seen[c as usize] = true;
-                    out.push(c);
+                if !marked[c as usize] {
+                    marked[c as usize] = true;
+                    newly(c);
                     stack.push(c);
                 }
             }
         }
-        self.sort_display(&mut out);
-        out
     }
 
     pub fn sort_display(&self, ids: &mut [TaskId]) {

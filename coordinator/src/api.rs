@@ -55,7 +55,7 @@ impl From<SpecError> for Status {
     }
 }
 
-pub use factotum_proto::LEADER_METADATA;
+use factotum_proto::LEADER_METADATA;
 /// The gRPC health service name that is SERVING only on the leader.
 pub const LEADER_HEALTH: &str = "factotum.v1.Leader";
 

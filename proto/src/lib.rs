@@ -11,6 +11,26 @@ pub use v1::*;
 /// UNAVAILABLE answers to clients and agents.
 pub const LEADER_METADATA: &str = "factotum-leader";
 
+/// Where clients and agents look for a coordinator unless told otherwise.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7400";
+
+/// A follower's UNAVAILABLE answer: `Some(Some(address))` names the leader, `Some(None)` says
+/// there is none yet (both worth retrying). `None` for any other answer, such as a leader whose
+/// store is down.
+pub fn leader_hint(status: &tonic::Status) -> Option<Option<String>> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let value = status.metadata().get(LEADER_METADATA)?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+    )
+}
+
 /// The encoded file descriptor set, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/factotum_descriptor.bin"));

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use factotum_agent::{run_session, AgentConfig, Link};
-use factotum_common::constraint::{self, Constraint};
+use factotum_common::constraint::{self, Constraint, Identity};
 use factotum_common::dag::Plan;
 use factotum_common::run::JobState;
 use factotum_common::tags::parse_tags;
@@ -79,7 +79,9 @@ pub fn dot(args: DotArgs) -> u8 {
 
 pub fn run(args: RunArgs) -> u8 {
     let console = Console::new(args.job.no_colour);
-    match prepare(&args, &console) {
+    // Who this machine is: for the constraint checks and the in-process agent's hello.
+    let me = factotum_agent::identity::local(Default::default());
+    match prepare(&args, &console, &me) {
         Ok(Some(job)) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -91,7 +93,7 @@ pub fn run(args: RunArgs) -> u8 {
                     return exit::TASK_FAILED;
                 }
             };
-            rt.block_on(execute(job, &args, console))
+            rt.block_on(execute(job, &args, console, me))
         }
         Ok(None) => exit::OK,
         Err(f) => fail(f),
@@ -99,7 +101,7 @@ pub fn run(args: RunArgs) -> u8 {
 }
 
 /// Everything checked before anything runs. `None`: nothing to run (a host constraint did not match).
-fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure> {
+fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<RunSpec>, Failure> {
     let mut constraints = vec![];
     for raw in &args.job.constraint {
         match constraint::parse(raw) {
@@ -129,12 +131,10 @@ fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure
     })?;
     // Factotum's local constraint check: this machine must satisfy every host constraint.
     if !run.constraints.is_empty() {
-        let me = factotum_agent::identity::local(Default::default());
-        if let Some(c) = run.constraints.iter().find(|c| !c.matches(&me)) {
-            let value = match c {
-                Constraint::Host { value, .. } => value.clone(),
-                other => other.to_string(),
-            };
+        // Only host constraints get here (see above).
+        if let Some(Constraint::Host { value, .. }) =
+            run.constraints.iter().find(|c| !c.matches(me))
+        {
             console.warn(&format!(
                 "the specifed host constraint \"{value}\" did not match, no tasks have been executed. Reason: this host is '{}' with addresses [{}], and '{value}' is neither '*', that hostname, nor a name or address of one of those addresses",
                 me.hostname,
@@ -144,9 +144,8 @@ fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure
         }
     }
     // A local run has one place to run tasks: each task's own constraints must hold here.
-    let me = factotum_agent::identity::local(Default::default());
     for t in &run.plan.tasks {
-        if let Some(c) = t.policy().constraints.iter().find(|c| !c.matches(&me)) {
+        if let Some(c) = t.policy().constraints.iter().find(|c| !c.matches(me)) {
             return Err(Failure::args(format!(
                 "Error: the task '{}' may only run where {c} holds, which this machine ('{}') does not satisfy; `factotum run` runs every task here (submit the factfile to a coordinator to place it)",
                 t.name, me.hostname
@@ -169,7 +168,7 @@ fn prepare(args: &RunArgs, console: &Console) -> Result<Option<RunSpec>, Failure
 }
 
 /// Runs the job on the embedded engine with one in-process agent; returns the exit code.
-async fn execute(spec: RunSpec, args: &RunArgs, console: Console) -> u8 {
+async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) -> u8 {
     let shutdown = CancellationToken::new();
     let config = EngineConfig {
         heartbeat_interval: args.heartbeat_interval.map(Duration::from_secs_f64),
@@ -181,7 +180,6 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console) -> u8 {
     let (agent_tx, agent_rx) = tokio::sync::mpsc::channel(4096);
     let (coord_tx, coord_rx) = tokio::sync::mpsc::channel(4096);
     engine.attach_agent(agent_rx, coord_tx);
-    let me = factotum_agent::identity::local(Default::default());
     let agent_cfg = AgentConfig {
         agent_id: "local".into(),
         hostname: me.hostname.clone(),

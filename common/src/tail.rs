@@ -43,7 +43,12 @@ impl Tail {
 
     /// The tail as a payload field: `None` when nothing was written.
     pub fn to_field(&self) -> Option<String> {
-        (!self.is_empty()).then(|| self.as_str().to_string())
+        self.field().map(str::to_string)
+    }
+
+    /// The text as an optional payload field: absent when nothing was written.
+    pub fn field(&self) -> Option<&str> {
+        (!self.is_empty()).then(|| self.as_str())
     }
 }
 

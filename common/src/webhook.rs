@@ -129,8 +129,8 @@ impl<'a> TaskStateJson<'a> {
             state: r.state.as_str(),
             started: r.started.map(timestamp),
             duration: r.duration.map(iso8601),
-            stdout: (!r.stdout.is_empty()).then(|| r.stdout.as_str()),
-            stderr: (!r.stderr.is_empty()).then(|| r.stderr.as_str()),
+            stdout: r.stdout.field(),
+            stderr: r.stderr.field(),
             return_code: r.return_code,
             error_message: r.error_message.as_deref(),
         }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use factotum_common::run::{Outcome, Stream};
 use factotum_proto::{
-    agent_message, coordinator_message, finished, AgentMessage, CoordinatorMessage, Finished,
-    Heartbeat, Hello, Lease, LeaseRef, Output, Started,
+    agent_message, attempt_result, coordinator_message, AgentMessage, AttemptResult,
+    CoordinatorMessage, Heartbeat, Hello, Lease, LeaseRef, Output, Started,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -62,7 +62,7 @@ type Key = (String, u32, u32);
 /// What an attempt's task reports to the agent.
 enum AttemptEvent {
     Message(agent_message::Msg),
-    Done(Key, Finished),
+    Done(Key, AttemptResult),
 }
 
 /// The agent: its running attempts and its unacknowledged results, across sessions.
@@ -70,7 +70,7 @@ pub struct Agent {
     cfg: AgentConfig,
     epoch: u64,
     running: HashMap<Key, (LeaseRef, CancellationToken)>,
-    unacked: HashMap<Key, Finished>,
+    unacked: HashMap<Key, AttemptResult>,
     attempts: JoinSet<()>,
     events_tx: mpsc::Sender<AttemptEvent>,
     events_rx: mpsc::Receiver<AttemptEvent>,
@@ -173,7 +173,7 @@ impl Agent {
             return SessionEnd::Closed;
         }
         for f in self.unacked.values() {
-            if send(&tx, agent_message::Msg::Finished(f.clone()))
+            if send(&tx, agent_message::Msg::AttemptResult(f.clone()))
                 .await
                 .is_err()
             {
@@ -237,7 +237,7 @@ impl Agent {
                         AttemptEvent::Done(key, f) => {
                             self.running.remove(&key);
                             self.unacked.insert(key, f.clone());
-                            agent_message::Msg::Finished(f)
+                            agent_message::Msg::AttemptResult(f)
                         }
                     };
                     if send(&tx, msg).await.is_err() {
@@ -403,7 +403,7 @@ pub async fn run_session(cfg: &AgentConfig, link: Link, shutdown: CancellationTo
         .await;
     agent.stop_all().await;
     for f in agent.unacked.into_values() {
-        let _ = send(&tx, agent_message::Msg::Finished(f)).await;
+        let _ = send(&tx, agent_message::Msg::AttemptResult(f)).await;
     }
     end
 }
@@ -456,8 +456,8 @@ async fn run_attempt(
     };
     let (result, ()) = tokio::join!(execute(&spec, ev_tx, cancel), forward);
     let outcome = match result.outcome {
-        Outcome::Exited(code) => finished::Outcome::ExitCode(code),
-        Outcome::SpawnFailed(err) | Outcome::Lost(err) => finished::Outcome::SpawnError(err),
+        Outcome::Exited(code) => attempt_result::Outcome::ExitCode(code),
+        Outcome::SpawnFailed(err) | Outcome::Lost(err) => attempt_result::Outcome::SpawnError(err),
     };
     let done = finished_msg(&r, outcome, result.stdout, result.stderr, result.duration);
     let _ = events.send(AttemptEvent::Done(r.key(), done)).await;
@@ -483,13 +483,13 @@ fn result_on_disk(
     max: usize,
     pid: Option<i32>,
     killed: bool,
-) -> Option<Finished> {
+) -> Option<AttemptResult> {
     let (outcome, duration) = match shim::read_exit(dir) {
-        Some(done) => (finished::Outcome::ExitCode(done.code), done.duration),
+        Some(done) => (attempt_result::Outcome::ExitCode(done.code), done.duration),
         None if pid.is_some_and(|p| shim::shim_alive(p, dir)) => return None,
-        None if killed => (finished::Outcome::ExitCode(1), Duration::ZERO),
+        None if killed => (attempt_result::Outcome::ExitCode(1), Duration::ZERO),
         None => (
-            finished::Outcome::SpawnError(
+            attempt_result::Outcome::SpawnError(
                 "the task's supervisor ended without recording an exit code (was it killed?)"
                     .into(),
             ),
@@ -502,12 +502,12 @@ fn result_on_disk(
 
 fn finished_msg(
     r: &LeaseRef,
-    outcome: finished::Outcome,
+    outcome: attempt_result::Outcome,
     stdout: String,
     stderr: String,
     d: Duration,
-) -> Finished {
-    Finished {
+) -> AttemptResult {
+    AttemptResult {
         lease: Some(r.clone()),
         outcome: Some(outcome),
         stdout_tail: stdout,

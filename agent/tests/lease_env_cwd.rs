@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use factotum_agent::{shim, Agent, AgentConfig, Link};
 use factotum_proto::{
-    agent_message, coordinator_message, finished, CoordinatorMessage, Finished, Lease, LeaseRef,
-    Welcome,
+    agent_message, attempt_result, coordinator_message, AttemptResult, CoordinatorMessage, Lease,
+    LeaseRef, Welcome,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -81,7 +81,7 @@ fn lease(command_line: &str, env: &[(&str, &str)], cwd: &Path) -> Lease {
 }
 
 /// Runs `lease` in a session of a fresh agent; returns its result and its output lines.
-async fn run(cfg: AgentConfig, lease: Lease) -> (Finished, Vec<String>) {
+async fn run(cfg: AgentConfig, lease: Lease) -> (AttemptResult, Vec<String>) {
     let (agent_tx, mut from_agent) = mpsc::channel(1024);
     let (to_agent, agent_rx) = mpsc::channel(16);
     let session = tokio::spawn(async move {
@@ -113,7 +113,7 @@ async fn run(cfg: AgentConfig, lease: Lease) -> (Finished, Vec<String>) {
                 Some(agent_message::Msg::Output(o)) => {
                     lines.push(format!("{}:{}", o.stream, o.line))
                 }
-                Some(agent_message::Msg::Finished(f)) => return f,
+                Some(agent_message::Msg::AttemptResult(f)) => return f,
                 Some(_) => {}
                 None => panic!("the session ended without a result"),
             }
@@ -140,7 +140,7 @@ async fn lease_env_and_cwd_reach_the_task() {
         let (f, lines) = run(config(mode, &state), l).await;
         assert_eq!(
             f.outcome,
-            Some(finished::Outcome::ExitCode(0)),
+            Some(attempt_result::Outcome::ExitCode(0)),
             "{mode:?}: {f:?}"
         );
         let work = std::fs::canonicalize(&work).unwrap();
@@ -181,7 +181,7 @@ async fn an_unusable_lease_cwd_is_a_spawn_failure() {
         let (f, lines) = run(config(mode, &base.join("state")), l).await;
         assert_eq!(
             f.outcome,
-            Some(finished::Outcome::SpawnError(format!(
+            Some(attempt_result::Outcome::SpawnError(format!(
                 "cannot use '{}' as the working directory: No such file or directory (os error 2)",
                 missing.display()
             ))),
@@ -200,7 +200,7 @@ async fn an_empty_lease_cwd_is_the_agents_own() {
         lease("pwd", &[], Path::new("")),
     )
     .await;
-    assert_eq!(f.outcome, Some(finished::Outcome::ExitCode(0)));
+    assert_eq!(f.outcome, Some(attempt_result::Outcome::ExitCode(0)));
     assert_eq!(
         PathBuf::from(f.stdout_tail),
         std::fs::canonicalize(std::env::current_dir().unwrap()).unwrap()

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use factotum_common::constraint::Placement;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -85,14 +86,6 @@ pub struct RerunArgs {
     pub no_colour: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PlacementArg {
-    /// All tasks of the run go to the agent that took its first task.
-    Sticky,
-    /// Each task goes to any eligible agent.
-    Spread,
-}
-
 /// What to run and how: the flags `run` and `submit` share (Factotum's `run` flags).
 #[derive(Debug, Args)]
 pub struct JobArgs {
@@ -140,8 +133,8 @@ pub struct SubmitArgs {
     pub remote: Remote,
     /// Keep the run on one agent (sticky) or place each task anywhere eligible (default: the
     /// factfile's `placement`, else sticky).
-    #[arg(long, value_enum)]
-    pub placement: Option<PlacementArg>,
+    #[arg(long, value_name = "sticky|spread", value_parser = placement)]
+    pub placement: Option<Placement>,
     /// Stream the run's output like `factotum run` and exit with its exit code.
     #[arg(long)]
     pub wait: bool,
@@ -190,6 +183,11 @@ pub struct DotArgs {
     /// Replace the --output file if it exists.
     #[arg(long)]
     pub overwrite: bool,
+}
+
+/// `--placement sticky|spread`, as the factfile spells it.
+fn placement(s: &str) -> Result<Placement, String> {
+    s.parse()
 }
 
 fn positive_seconds(s: &str) -> Result<f64, String> {

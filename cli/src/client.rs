@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use factotum_common::constraint::{self, Constraint};
+use factotum_common::constraint::{self, Constraint, Placement};
 use factotum_common::format::{error_chain, human};
 use factotum_common::run::{JobState, TaskState};
 use factotum_common::tags::parse_tags;
@@ -12,7 +12,7 @@ use factotum_proto as pb;
 use factotum_proto::jobs_client::JobsClient;
 use tonic::transport::Channel;
 
-use crate::cli::{PlacementArg, Remote, RerunArgs, RunRef, SubmitArgs};
+use crate::cli::{Remote, RerunArgs, RunRef, SubmitArgs};
 use crate::console::Console;
 use crate::exit;
 use crate::load::Failure;
@@ -188,8 +188,8 @@ fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
         webhooks: args.job.webhook.clone(),
         constraints,
         placement: args.placement.map(|p| match p {
-            PlacementArg::Sticky => pb::Placement::Sticky as i32,
-            PlacementArg::Spread => pb::Placement::Spread as i32,
+            Placement::Sticky => pb::Placement::Sticky as i32,
+            Placement::Spread => pb::Placement::Spread as i32,
         }),
         max_output: u32::try_from(args.job.max_stdouterr_size).unwrap_or(u32::MAX),
         dry_run: args.job.dry_run,

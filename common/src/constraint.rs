@@ -4,6 +4,49 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+/// How a run's tasks are spread over agents: the one shape of this choice, from the factfile's
+/// `placement` through the engine and the store's records to the CLI's `--placement`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Placement {
+    /// Every task goes to the agent that took the run's first task, while it is connected
+    /// (Factotum's "a job runs on one box").
+    #[default]
+    Sticky,
+    /// Each task goes to any eligible agent with a free slot.
+    Spread,
+}
+
+impl Placement {
+    pub const NAMES: [&'static str; 2] = ["sticky", "spread"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Sticky => "sticky",
+            Placement::Spread => "spread",
+        }
+    }
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Placement, String> {
+        match s {
+            "sticky" => Ok(Placement::Sticky),
+            "spread" => Ok(Placement::Spread),
+            _ => Err(format!("'{s}' is not a placement: sticky or spread")),
+        }
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a machine is, for matching: its hostname, non-loopback addresses and labels.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {

@@ -16,6 +16,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::constraint::Placement;
 use crate::template::{TemplateError, Vars};
 
 pub const SNOWPLOW_SCHEMA: &str = "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0";
@@ -48,7 +49,7 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub placement: Option<PlacementName>,
+    pub placement: Option<Placement>,
     /// Tasks of one run running at once, at most.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<u32>,
@@ -198,13 +199,6 @@ pub struct TaskConstraints {
 pub enum OnLost {
     Fail,
     Retry,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum PlacementName {
-    Sticky,
-    Spread,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1064,7 +1058,7 @@ mod tests {
         let load = &ff.data.tasks[0];
         assert_eq!(load.ext().env.as_ref().unwrap()["TARGET"], "prod");
         assert_eq!(load.ext().retry.as_ref().unwrap().delay_seconds, Some(1.5));
-        assert_eq!(ff.data.placement, Some(PlacementName::Spread));
+        assert_eq!(ff.data.placement, Some(Placement::Spread));
         assert_eq!(Factfile::parse_compact(&ff.compact_json()).unwrap(), ff);
         // A Snowplow factfile's compact JSON has none of the extension's fields.
         let plain = parse(&doc(vec![task("a", &[])])).unwrap();

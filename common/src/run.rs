@@ -149,8 +149,8 @@ pub enum Event {
         stream: Stream,
         line: String,
     },
-    /// An attempt ended.
-    Finished {
+    /// An attempt ended (its agent's report, or a lost agent's verdict).
+    AttemptEnded {
         task: TaskId,
         attempt: u32,
         result: TaskResult,
@@ -185,7 +185,7 @@ pub enum Action {
     /// One webhook payload's worth of change, in order.
     Emit(Update),
     /// The run reached its final state.
-    Finished(JobState),
+    RunEnded(JobState),
 }
 
 /// One transition notice: a `job_update` or a `task_update`.
@@ -523,7 +523,7 @@ impl RunState {
                     }
                 }
             }
-            Event::Finished {
+            Event::AttemptEnded {
                 task,
                 attempt,
                 result,
@@ -918,7 +918,7 @@ impl RunState {
             self.set_job(JobState::Running, now, out);
         }
         self.set_job(end, now, out);
-        out.push(Action::Finished(end));
+        out.push(Action::RunEnded(end));
     }
 
     fn set_job(&mut self, state: JobState, now: DateTime<Utc>, out: &mut Vec<Action>) {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+pub use factotum_common::constraint::Placement;
 use factotum_common::constraint::{Constraint, Identity};
 use factotum_common::dag::{Plan, TaskId};
 use factotum_common::run::{
@@ -19,7 +20,8 @@ use factotum_common::run::{
 };
 use factotum_common::webhook::{payload, RunMeta};
 use factotum_proto::{
-    agent_message, coordinator_message, finished, AgentMessage, CoordinatorMessage, Hello, LeaseRef,
+    agent_message, attempt_result, coordinator_message, AgentMessage, CoordinatorMessage, Hello,
+    LeaseRef,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -89,16 +91,6 @@ pub struct RunSpec {
     pub uuid: String,
     /// The run this one re-runs (`factotum rerun`).
     pub rerun_of: Option<String>,
-}
-
-/// How a run's tasks are spread over agents.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Placement {
-    /// Every task goes to the agent that took the run's first task, while it is connected.
-    #[default]
-    Sticky,
-    /// Each task goes to any eligible agent with a free slot.
-    Spread,
 }
 
 /// A run as `status` shows it.
@@ -450,7 +442,7 @@ impl Run {
 }
 
 /// A finished run, kept for `status`, `runs` and late watchers.
-struct Finished {
+struct FinishedRun {
     info: RunInfo,
     summary: RunSummary,
     history: Option<VecDeque<WatchEvent>>,
@@ -493,7 +485,7 @@ struct Core<S: Store> {
     store: S,
     deliverer: Deliverer,
     runs: HashMap<Arc<str>, Run>,
-    finished: HashMap<Arc<str>, Finished>,
+    finished: HashMap<Arc<str>, FinishedRun>,
     finished_order: VecDeque<Arc<str>>,
     agents: HashMap<Arc<str>, Agent>,
     /// Which agent each live connection speaks for.
@@ -843,7 +835,7 @@ impl<S: Store> Core<S> {
             let result = lost(reason.to_string());
             self.apply(
                 &run,
-                Event::Finished {
+                Event::AttemptEnded {
                     task,
                     attempt,
                     result,
@@ -880,7 +872,7 @@ impl<S: Store> Core<S> {
                     finished.push((
                         run.state.started_at(),
                         Arc::clone(&id),
-                        Finished {
+                        FinishedRun {
                             info: info(&run),
                             summary,
                             history: None,
@@ -999,7 +991,7 @@ impl<S: Store> Core<S> {
             max_output: u32::try_from(spec.max_output).unwrap_or(u32::MAX),
             dry_run: spec.dry_run,
             constraints,
-            placement: persist::placement_of(spec.spread),
+            placement: spec.placement,
             watchers: vec![],
             sticky: None,
             task_agent: HashMap::new(),
@@ -1076,7 +1068,7 @@ impl<S: Store> Core<S> {
                 .iter()
                 .map(persist::ConstraintRecord::from_constraint)
                 .collect(),
-            spread: spec.placement == Placement::Spread,
+            placement: spec.placement,
             max_output: spec.max_output,
             dry_run: spec.dry_run,
             tasks: spec.plan.tasks.iter().map(|t| t.name.to_string()).collect(),
@@ -1181,7 +1173,7 @@ impl<S: Store> Core<S> {
                     line: o.line,
                 });
             }
-            agent_message::Msg::Finished(f) => {
+            agent_message::Msg::AttemptResult(f) => {
                 let Some(r) = f.lease else { return };
                 let id: Arc<str> = Arc::from(r.run_id.as_str());
                 let key = (Arc::clone(&id), r.task, r.attempt);
@@ -1204,8 +1196,8 @@ impl<S: Store> Core<S> {
                     let _ = tx.send(ack).await;
                 }
                 let outcome = match f.outcome {
-                    Some(finished::Outcome::ExitCode(c)) => Outcome::Exited(c),
-                    Some(finished::Outcome::SpawnError(e)) => Outcome::SpawnFailed(e),
+                    Some(attempt_result::Outcome::ExitCode(c)) => Outcome::Exited(c),
+                    Some(attempt_result::Outcome::SpawnError(e)) => Outcome::SpawnFailed(e),
                     None => Outcome::SpawnFailed("the agent reported no outcome".into()),
                 };
                 let result = TaskResult {
@@ -1216,7 +1208,7 @@ impl<S: Store> Core<S> {
                 };
                 self.apply(
                     &id,
-                    Event::Finished {
+                    Event::AttemptEnded {
                         task: r.task,
                         attempt: r.attempt,
                         result,
@@ -1300,7 +1292,7 @@ impl<S: Store> Core<S> {
                         sends.push((Arc::clone(agent), cancel_msg(r)));
                     }
                 }
-                Action::Finished(state) => finished = Some(state),
+                Action::RunEnded(state) => finished = Some(state),
             }
         }
         // The run's state record goes with every batch (job state, outbox sequence, cancel).
@@ -1438,7 +1430,7 @@ impl<S: Store> Core<S> {
                 let history = Some(std::mem::take(&mut run.history));
                 self.finished.insert(
                     Arc::clone(id),
-                    Finished {
+                    FinishedRun {
                         info: info(&run),
                         summary,
                         history,
@@ -1549,7 +1541,7 @@ impl<S: Store> Core<S> {
             max_output: spec.max_output,
             dry_run: spec.dry_run,
             constraints,
-            placement: persist::placement_of(spec.spread),
+            placement: spec.placement,
             allow_concurrent: false,
             idempotency_key: None,
             uuid: uuid::Uuid::new_v4().to_string(),

@@ -15,7 +15,7 @@ use factotum_common::run::{JobState, RestoredTask, TaskRecord, TaskState};
 use factotum_common::webhook::TaskStateJson;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Placement;
+use factotum_common::constraint::Placement;
 
 /// Factfiles larger than this are stored compressed.
 const COMPRESS_ABOVE: usize = 64 * 1024;
@@ -31,7 +31,7 @@ pub struct SpecRecord {
     /// The run's own webhooks (the coordinator's are added again at load).
     pub webhooks: Vec<String>,
     pub constraints: Vec<ConstraintRecord>,
-    pub spread: bool,
+    pub placement: Placement,
     pub max_output: usize,
     pub dry_run: bool,
     /// The planned tasks (all, or the sub-tree of `--start`).
@@ -71,14 +71,6 @@ impl ConstraintRecord {
                 value: value.clone(),
             },
         }
-    }
-}
-
-pub fn placement_of(spread: bool) -> Placement {
-    if spread {
-        Placement::Spread
-    } else {
-        Placement::Sticky
     }
 }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use factotum_common::constraint::Constraint;
 use factotum_common::dag::Plan;
-use factotum_common::factfile::PlacementName;
 use factotum_common::template::Vars;
 use factotum_common::{Factfile, FactfileError};
 use serde_json::Value;
@@ -171,10 +170,7 @@ pub fn prepare(sub: Submission) -> Result<RunSpec, SpecError> {
     let (ff, tags) = parse_factfile(&sub.factfile, &sub.factfile_name, &env, &sub.tags)?;
     let plan =
         Plan::from_starts(&ff, &sub.start).map_err(|e| SpecError::BadArgument(e.to_string()))?;
-    let placement = sub.placement.unwrap_or(match ff.data.placement {
-        Some(PlacementName::Spread) => Placement::Spread,
-        _ => Placement::Sticky,
-    });
+    let placement = sub.placement.or(ff.data.placement).unwrap_or_default();
     Ok(RunSpec {
         compact_factfile: ff.compact_json(),
         plan: Arc::new(resolve_plan(plan)),

@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::Parser;
 use factotum_proto::agents_client::AgentsClient;
 use factotum_proto::{
-    agent_message, coordinator_message, finished, AgentMessage, Finished, Heartbeat, Hello,
+    agent_message, attempt_result, coordinator_message, AgentMessage, AttemptResult, Heartbeat,
+    Hello,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -110,8 +111,8 @@ async fn session(
                     }
                 }
                 Some(coordinator_message::Msg::Lease(l)) => {
-                    let done = Finished { lease: l.lease, outcome: Some(finished::Outcome::ExitCode(0)), ..Default::default() };
-                    tx.send(AgentMessage { msg: Some(agent_message::Msg::Finished(done)) }).await?;
+                    let done = AttemptResult { lease: l.lease, outcome: Some(attempt_result::Outcome::ExitCode(0)), ..Default::default() };
+                    tx.send(AgentMessage { msg: Some(agent_message::Msg::AttemptResult(done)) }).await?;
                 }
                 Some(_) => {}
                 None => anyhow::bail!("the coordinator closed the session"),

@@ -110,7 +110,7 @@ impl Harness {
     fn finish(&mut self, name: &str, code: i32) -> Vec<Action> {
         let id = self.id(name);
         let attempt = self.run.task(id).unwrap().attempt;
-        self.apply(Event::Finished {
+        self.apply(Event::AttemptEnded {
             task: id,
             attempt,
             result: result(
@@ -182,7 +182,7 @@ fn recorded(run: &RunState) -> Vec<Option<RestoredTask>> {
 
 fn finished_state(actions: &[Action]) -> Option<JobState> {
     actions.iter().find_map(|a| match a {
-        Action::Finished(s) => Some(*s),
+        Action::RunEnded(s) => Some(*s),
         _ => None,
     })
 }
@@ -313,14 +313,14 @@ fn early_finish_is_branch_local() {
 fn stale_and_unknown_results_are_ignored() {
     let mut h = Harness::new(&[("a", &[])]);
     h.lease_ready();
-    let stale = h.apply(Event::Finished {
+    let stale = h.apply(Event::AttemptEnded {
         task: 0,
         attempt: 7,
         result: result(Outcome::Exited(1), "", Duration::ZERO),
     });
     assert!(stale.is_empty());
     assert_eq!(h.state("a"), TaskState::Running);
-    let unknown = h.apply(Event::Finished {
+    let unknown = h.apply(Event::AttemptEnded {
         task: 99,
         attempt: 1,
         result: result(Outcome::Exited(0), "", Duration::ZERO),
@@ -341,7 +341,7 @@ fn stale_and_unknown_results_are_ignored() {
 fn spawn_failure_is_minus_one() {
     let mut h = Harness::new(&[("a", &[]), ("b", &["a"])]);
     h.lease_ready();
-    h.apply(Event::Finished {
+    h.apply(Event::AttemptEnded {
         task: 0,
         attempt: 1,
         result: result(
@@ -478,7 +478,7 @@ fn attempts_are_numbered_and_snapshots_optional() {
         attempt: 1
     }));
     run.apply(
-        Event::Finished {
+        Event::AttemptEnded {
             task: 0,
             attempt: 1,
             result: result(Outcome::Exited(0), "abcdefgh", Duration::from_millis(3)),
@@ -493,7 +493,7 @@ fn attempts_are_numbered_and_snapshots_optional() {
 fn lost_attempt_fails_with_its_reason() {
     let mut h = Harness::new(&[("a", &[]), ("b", &["a"])]);
     h.lease_ready();
-    h.apply(Event::Finished {
+    h.apply(Event::AttemptEnded {
         task: 0,
         attempt: 1,
         result: result(
@@ -542,7 +542,7 @@ fn a_restored_run_continues_where_it_was() {
         let id = h.id(name);
         let attempt = restored.task(id).unwrap().attempt;
         restored.apply(
-            Event::Finished {
+            Event::AttemptEnded {
                 task: id,
                 attempt,
                 result: result(Outcome::Exited(0), "", Duration::ZERO),
@@ -562,7 +562,7 @@ fn a_restored_run_continues_where_it_was() {
         attempt: 1
     }));
     let end = restored.apply(
-        Event::Finished {
+        Event::AttemptEnded {
             task: h.id("d"),
             attempt: 1,
             result: result(Outcome::Exited(0), "", Duration::ZERO),
@@ -582,7 +582,7 @@ fn a_restored_run_names_the_task_that_failed_first_in_time() {
     h.lease_ready();
     let end = |h: &mut Harness, name: &str, ms: u64| {
         let task = h.id(name);
-        h.apply(Event::Finished {
+        h.apply(Event::AttemptEnded {
             task,
             attempt: 1,
             result: result(Outcome::Exited(1), "", Duration::from_millis(ms)),

@@ -14,7 +14,7 @@ fn kills(actions: &[Action]) -> usize {
 fn lose(h: &mut Harness, name: &str) -> Vec<Action> {
     let id = h.id(name);
     let attempt = h.run.task(id).unwrap().attempt;
-    h.apply(Event::Finished {
+    h.apply(Event::AttemptEnded {
         task: id,
         attempt,
         result: result(Outcome::Lost("agent a1 lost".into()), "", Duration::ZERO),
@@ -307,7 +307,7 @@ fn a_stale_result_of_a_retried_attempt_is_ignored() {
     h.lease_ready();
     h.finish("a", 1);
     h.lease_ready();
-    let stale = h.apply(Event::Finished {
+    let stale = h.apply(Event::AttemptEnded {
         task: h.id("a"),
         attempt: 1,
         result: result(Outcome::Exited(0), "", Duration::ZERO),

@@ -1,0 +1,14 @@
+//! Plumbing the Factotum binaries share, so it is written once: logging set-up ([`logging`]),
+//! signals turned into one cancellation token and a tracker for every task spawned
+//! ([`lifecycle`]), and the one parser behind every duration flag and variable ([`duration`]).
+//!
+//! It knows nothing of runs, agents or the protocol: the coordinator, the agent and the CLI all
+//! import it, and it imports none of them.
+
+pub mod duration;
+pub mod lifecycle;
+pub mod logging;
+
+pub use duration::{parse_duration, DurationRange};
+pub use lifecycle::Lifecycle;
+pub use logging::LogFormat;

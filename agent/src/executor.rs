@@ -1,6 +1,5 @@
 //! Runs one task attempt: `sh -c "<command line>"` in its own process group.
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -11,6 +10,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::frame::{self, exit_code, strip_newline, Frame};
+use crate::kill::Escalation;
 
 /// How long to keep reading output after the task exited, for lines still in the pipes. A
 /// background process that inherited the pipes can hold them open forever; we don't wait for it.
@@ -120,7 +122,7 @@ pub async fn execute(
     let mut stdout = Tail::new(spec.max_output);
     let mut stderr = Tail::new(spec.max_output);
     let mut status = None;
-    let mut killing: Option<tokio::time::Instant> = None;
+    let mut stopping = Escalation::new(pid, spec.kill_grace);
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     // Until the process has exited and its pipes are closed (or, after the exit, a short drain
     // time has passed), forward lines and honour cancellation.
@@ -129,7 +131,7 @@ pub async fn execute(
         if status.is_some() && !open {
             break;
         }
-        let kill_deadline = killing.map(|d| d + spec.kill_grace);
+        let kill_at = stopping.kill_at();
         let [out, err] = &mut pipes;
         let line = tokio::select! {
             s = child.wait(), if status.is_none() => {
@@ -140,23 +142,21 @@ pub async fn execute(
             }
             l = next_line(out) => l,
             l = next_line(err) => l,
-            _ = cancel.cancelled(), if killing.is_none() && status.is_none() => {
-                signal_group(pid, libc::SIGTERM);
-                killing = Some(tokio::time::Instant::now());
+            _ = cancel.cancelled(), if !stopping.stopping() && status.is_none() => {
+                stopping.stop(tokio::time::Instant::now());
                 None
             }
-            _ = sleep_until(kill_deadline), if kill_deadline.is_some() && status.is_none() => {
-                signal_group(pid, libc::SIGKILL);
-                killing = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+            _ = sleep_until(kill_at), if kill_at.is_some() && status.is_none() => {
+                stopping.tick(tokio::time::Instant::now());
                 None
             }
             _ = sleep_until(drain_deadline), if drain_deadline.is_some() => break,
         };
         // Through a shim, stdout carries framed events (see crate::shim).
         let line = match line {
-            Some((Stream::Stdout, l)) if framed => match crate::shim::parse_frame(&l) {
-                Some(crate::shim::Frame::Line(stream, text)) => Some((stream, text.to_string())),
-                Some(crate::shim::Frame::Exit(recorded)) => {
+            Some((Stream::Stdout, l)) if framed => match frame::parse_frame(&l) {
+                Some(Frame::Line(stream, text)) => Some((stream, text.to_string())),
+                Some(Frame::Exit(recorded)) => {
                     shim_code = Some(recorded.code);
                     None
                 }
@@ -177,10 +177,8 @@ pub async fn execute(
             }
         }
     }
-    if killing.is_some() {
-        // Leave nothing of the group behind once we were asked to stop.
-        signal_group(pid, libc::SIGKILL);
-    }
+    // Leave nothing of the group behind once we were asked to stop.
+    stopping.finish();
     let outcome = match shim_code {
         Some(code) => Outcome::Exited(code),
         None => from_status(status),
@@ -218,24 +216,6 @@ fn spawn_error(e: &std::io::Error, cwd: Option<&Path>) -> String {
         // A directory we may not enter, or a problem with the program itself.
         Ok(_) => format!("{e} (working directory '{}')", cwd.display()),
     }
-}
-
-/// A process's exit code as Factotum counts it: killed by a signal is 1.
-pub(crate) fn exit_code(s: std::process::ExitStatus) -> i32 {
-    s.code()
-        .unwrap_or(if s.signal().is_some() { 1 } else { -1 })
-}
-
-/// Drops a line's terminator (`\n` or `\r\n`); returns whether there was one.
-pub(crate) fn strip_newline(line: &mut Vec<u8>) -> bool {
-    if line.last() != Some(&b'\n') {
-        return false;
-    }
-    line.pop();
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    true
 }
 
 fn from_status(status: Option<std::io::Result<std::process::ExitStatus>>) -> Outcome {
@@ -290,21 +270,6 @@ async fn next_line(pipe: &mut Option<Pipe>) -> Option<(Stream, String)> {
         p.closed = true; // a last line without a newline: EOF follows
     }
     Some((p.stream, String::from_utf8_lossy(&line).into_owned()))
-}
-
-/// Signals the task's process group — never our own group, never pid 0 or 1.
-pub(crate) fn signal_group(pid: Option<u32>, signal: i32) {
-    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
-        return;
-    };
-    let ours = nix::unistd::getpgrp().as_raw();
-    if pid <= 1 || pid == ours {
-        return;
-    }
-    let Ok(sig) = nix::sys::signal::Signal::try_from(signal) else {
-        return;
-    };
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
 }
 
 #[cfg(test)]

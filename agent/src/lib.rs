@@ -1,14 +1,30 @@
 //! The Factotum agent: runs leased tasks and reports on them.
 //!
-//! [`executor`] runs one command line (`sh -c`, own process group, streamed lines, bounded tails,
-//! TERM then KILL on cancel). [`session`] speaks the agent side of the session protocol over any
-//! transport that can carry `AgentMessage`s out and `CoordinatorMessage`s in: in-process channels
-//! for `factotum run`, a gRPC stream in the fleet.
+//! The modules, from the wire down (each imports only those below it):
+//!
+//! - [`daemon`]: the agent's life as a library, [`run`]`(config, endpoints, shutdown)`; the
+//!   binary is flags ([`config`]) plus `run`. It performs what [`reconnect`]'s pure state
+//!   machine decides and tells systemd ([`notify`]).
+//! - [`session`]: the agent side of the session protocol over any transport (in-process
+//!   channels for `factotum run`, a gRPC stream in the fleet): leases, cancels, acks, results.
+//! - [`attempt`]: supervising attempts: spawn, adopt after a restart, recover results on disk.
+//! - [`executor`] runs one command line (`sh -c`, own process group, streamed lines, bounded
+//!   tails); [`shim`] is the per-task supervisor process that lets a task outlive the agent.
+//! - [`kill`]: TERM, grace, KILL; [`frame`]: the shim's line framing; [`identity`].
 
+pub mod attempt;
+pub mod config;
+pub mod daemon;
 pub mod executor;
+pub mod frame;
 pub mod identity;
+pub mod kill;
+pub mod notify;
+pub mod reconnect;
 pub mod session;
 pub mod shim;
 
+pub use config::{AgentArgs, Config, Endpoints};
+pub use daemon::run;
 pub use executor::{execute, ExecSpec};
 pub use session::{run_session, Agent, AgentConfig, Link, SessionEnd};

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use factotum_agent::{shim, Agent, AgentConfig, Link};
+use factotum_agent::{attempt, shim, Agent, AgentConfig, Link};
 use factotum_proto::{
     agent_message, attempt_result, coordinator_message, AttemptResult, CoordinatorMessage, Lease,
     LeaseRef, Welcome,
@@ -163,8 +163,12 @@ async fn lease_env_and_cwd_reach_the_task() {
         assert_eq!(made, ["made"], "{mode:?}");
         if !matches!(mode, Mode::Direct) {
             let dir = shim::attempt_dir(&state, "run", 0, 1);
-            assert_eq!(shim::read_exit(&dir).map(|r| r.code), Some(0), "{mode:?}");
-            let (out, err) = shim::read_tails(&dir, 10_000);
+            assert_eq!(
+                attempt::read_exit(&dir).map(|r| r.code),
+                Some(0),
+                "{mode:?}"
+            );
+            let (out, err) = attempt::read_tails(&dir, 10_000);
             assert_eq!(out, f.stdout_tail, "{mode:?}");
             assert_eq!(err, "oops", "{mode:?}");
         }

@@ -1,0 +1,472 @@
+//! Attempt supervision: starting a leased attempt (as the agent's child, or under a shim that
+//! records it in its attempt directory), adopting one a previous agent process started, finding
+//! after a restart what ended meanwhile, and stopping them. What the session needs to know comes
+//! out of [`Attempts::next`] as [`AttemptEvent`]s, already shaped as protocol messages.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use factotum_common::run::{Outcome, Stream};
+use factotum_common::tail::Tail;
+use factotum_proto::{agent_message, attempt_result, AttemptResult, Lease, LeaseRef, Started};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{execute, ExecEvent, ExecSpec};
+use crate::frame::{self, Frame, Recorded};
+use crate::kill::Escalation;
+use crate::shim;
+
+/// `(run, task, attempt)`.
+pub type Key = (String, u32, u32);
+
+/// What an attempt reports.
+#[derive(Debug)]
+pub enum AttemptEvent {
+    /// A message for the coordinator while it runs (started, output).
+    Message(agent_message::Msg),
+    /// It ended, with its result.
+    Done(Key, AttemptResult),
+}
+
+/// How attempts are run.
+#[derive(Debug, Clone)]
+pub struct Supervision {
+    /// Time between TERM and KILL when an attempt is stopped.
+    pub kill_grace: Duration,
+    /// Where attempts are recorded (absolute), with the shim that records them.
+    pub state_dir: Option<PathBuf>,
+    pub shim_exe: Option<PathBuf>,
+}
+
+/// The attempts running on this agent, each a task of its own with a cancel token.
+#[derive(Debug)]
+pub struct Attempts {
+    how: Supervision,
+    running: HashMap<Key, (LeaseRef, CancellationToken)>,
+    tasks: JoinSet<()>,
+    events_tx: mpsc::Sender<AttemptEvent>,
+    events_rx: mpsc::Receiver<AttemptEvent>,
+}
+
+impl Attempts {
+    pub fn new(how: Supervision) -> Attempts {
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        Attempts {
+            how,
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+            events_tx,
+            events_rx,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    pub fn contains(&self, key: &Key) -> bool {
+        self.running.contains_key(key)
+    }
+
+    /// The leases of the attempts running, for a `Hello`.
+    pub fn leases(&self) -> impl Iterator<Item = &LeaseRef> {
+        self.running.values().map(|(r, _)| r)
+    }
+
+    /// Starts the leased attempt.
+    pub fn spawn(&mut self, lease: Lease, r: LeaseRef) {
+        let cancel = CancellationToken::new();
+        self.running.insert(r.key(), (r.clone(), cancel.clone()));
+        let shim = self.record(&lease, &r);
+        let events = self.events_tx.clone();
+        let grace = self.how.kill_grace;
+        self.tasks
+            .spawn(run_attempt(lease, r, grace, shim, events, cancel));
+    }
+
+    /// Stops one attempt (TERM, grace, KILL); its result comes as usual.
+    pub fn cancel(&self, key: &Key) {
+        if let Some((_, token)) = self.running.get(key) {
+            token.cancel();
+        }
+    }
+
+    /// Stops every attempt.
+    pub fn cancel_all(&self) {
+        for (_, token) in self.running.values() {
+            token.cancel();
+        }
+    }
+
+    /// The next event of any attempt; `None` once none is left to come (no attempt running
+    /// and nothing queued). Cancel-safe.
+    pub async fn next(&mut self) -> Option<AttemptEvent> {
+        loop {
+            if self.tasks.is_empty() {
+                return self.events_rx.try_recv().ok().inspect(|ev| self.ended(ev));
+            }
+            tokio::select! {
+                biased;
+                Some(ev) = self.events_rx.recv() => {
+                    self.ended(&ev);
+                    return Some(ev);
+                }
+                Some(_) = self.tasks.join_next() => {}
+            }
+        }
+    }
+
+    fn ended(&mut self, ev: &AttemptEvent) {
+        if let AttemptEvent::Done(key, _) = ev {
+            self.running.remove(key);
+        }
+    }
+
+    /// The coordinator has the attempt's result: its directory can go.
+    pub fn forget(&self, r: &LeaseRef) {
+        if let Some(state) = &self.how.state_dir {
+            let _ = fs::remove_dir_all(shim::attempt_dir(state, &r.run_id, r.task, r.attempt));
+        }
+    }
+
+    /// Records the lease in its attempt directory; `None` (run without a shim) when there is no
+    /// state dir or it cannot be written.
+    fn record(&self, lease: &Lease, r: &LeaseRef) -> Option<(PathBuf, PathBuf)> {
+        let (state, exe) = (self.how.state_dir.as_ref()?, self.how.shim_exe.as_ref()?);
+        let dir = shim::attempt_dir(state, &r.run_id, r.task, r.attempt);
+        let written = fs::create_dir_all(&dir)
+            .and_then(|()| fs::write(dir.join(shim::LEASE), prost::Message::encode_to_vec(lease)));
+        match written {
+            Ok(()) => Some((exe.clone(), dir)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot record the attempt; it will not survive an agent restart");
+                None
+            }
+        }
+    }
+
+    /// After a restart: adopts the tasks still running under their shims and returns the
+    /// results of those that ended while the agent was away. Call before the first session.
+    pub fn recover(&mut self) -> Vec<AttemptResult> {
+        let mut ended = vec![];
+        let Some(state) = self.how.state_dir.clone() else {
+            return ended;
+        };
+        let Ok(entries) = fs::read_dir(state.join("attempts")) else {
+            return ended;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let lease = fs::read(dir.join(shim::LEASE))
+                .ok()
+                .and_then(|b| <Lease as prost::Message>::decode(b.as_slice()).ok());
+            let Some((lease, r)) = lease.and_then(|l| l.lease.clone().map(|r| (l, r))) else {
+                let _ = fs::remove_dir_all(&dir);
+                continue;
+            };
+            let max = lease.max_output as usize;
+            let pid = fs::read_to_string(dir.join(shim::PID))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            if let Some(f) = result_on_disk(&dir, &r, max, pid, false) {
+                tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, "found an attempt that ended while away");
+                ended.push(f);
+            } else if let Some(pid) = pid {
+                // `result_on_disk` is `None` only while the shim runs.
+                tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, pid, "adopting a task still running");
+                let cancel = CancellationToken::new();
+                self.running.insert(r.key(), (r.clone(), cancel.clone()));
+                let (grace, events) = (self.how.kill_grace, self.events_tx.clone());
+                self.tasks
+                    .spawn(adopt(dir, r, max, pid, grace, events, cancel));
+            }
+        }
+        ended
+    }
+}
+
+async fn run_attempt(
+    lease: Lease,
+    r: LeaseRef,
+    kill_grace: Duration,
+    shim: Option<(PathBuf, PathBuf)>,
+    events: mpsc::Sender<AttemptEvent>,
+    cancel: CancellationToken,
+) {
+    let pid_file = shim.as_ref().map(|(_, dir)| dir.join(shim::PID));
+    let spec = ExecSpec {
+        command_line: lease.command_line,
+        max_output: lease.max_output as usize,
+        dry_run: lease.dry_run,
+        kill_grace,
+        shim,
+        env: {
+            let mut env: Vec<(String, String)> = lease.env.into_iter().collect();
+            env.sort_unstable();
+            env
+        },
+        cwd: (!lease.cwd.is_empty()).then(|| PathBuf::from(lease.cwd)),
+    };
+    let (ev_tx, mut ev_rx) = mpsc::channel::<ExecEvent>(256);
+    let forward = {
+        let events = events.clone();
+        let r = r.clone();
+        async move {
+            while let Some(ev) = ev_rx.recv().await {
+                let msg = match ev {
+                    ExecEvent::Started { pid } => {
+                        if let Some(f) = &pid_file {
+                            let _ = fs::write(f, pid.to_string());
+                        }
+                        agent_message::Msg::Started(Started {
+                            lease: Some(r.clone()),
+                            pid,
+                        })
+                    }
+                    ExecEvent::Line { stream, line } => output_msg(&r, stream, line),
+                };
+                if events.send(AttemptEvent::Message(msg)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(execute(&spec, ev_tx, cancel), forward);
+    let outcome = match result.outcome {
+        Outcome::Exited(code) => attempt_result::Outcome::ExitCode(code),
+        Outcome::SpawnFailed(err) | Outcome::Lost(err) => attempt_result::Outcome::SpawnError(err),
+    };
+    let done = result_msg(&r, outcome, result.stdout, result.stderr, result.duration);
+    let _ = events.send(AttemptEvent::Done(r.key(), done)).await;
+}
+
+/// Follows a task that a previous agent process started under a shim: new output lines from
+/// its output file, its end from its exit file; a cancel stops its process group.
+async fn adopt(
+    dir: PathBuf,
+    r: LeaseRef,
+    max_output: usize,
+    pid: i32,
+    kill_grace: Duration,
+    events: mpsc::Sender<AttemptEvent>,
+    cancel: CancellationToken,
+) {
+    use std::io::Seek;
+    const POLL: Duration = Duration::from_millis(50);
+    let output = dir.join(shim::OUTPUT);
+    // Lines already written were seen (or lost) with the previous agent: follow from the end.
+    let mut offset = fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    let mut stopping = Escalation::new(u32::try_from(pid).ok(), kill_grace);
+    loop {
+        if let Ok(mut f) = fs::File::open(&output) {
+            if f.seek(std::io::SeekFrom::Start(offset)).is_ok() {
+                let mut reader = BufReader::new(f);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line.ends_with('\n') {
+                    offset += line.len() as u64;
+                    // Output lines only: the closing `X<code>` line is read from `exit`.
+                    if let Some(Frame::Line(stream, text)) =
+                        frame::parse_frame(line.trim_end_matches('\n'))
+                    {
+                        let msg = output_msg(&r, stream, text.to_string());
+                        if events.send(AttemptEvent::Message(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    line.clear();
+                }
+            }
+        }
+        if let Some(f) = result_on_disk(&dir, &r, max_output, Some(pid), stopping.stopping()) {
+            let _ = events.send(AttemptEvent::Done(r.key(), f)).await;
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if cancel.is_cancelled() {
+            stopping.stop(now);
+        }
+        stopping.tick(now);
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How an attempt run under a shim ended, from its directory: the recorded exit; or, the shim
+/// gone without one, a kill (`killed`: we stopped it, and a signal counts as 1) or a supervisor
+/// that died. `None` while the shim (`pid`) still runs.
+fn result_on_disk(
+    dir: &Path,
+    r: &LeaseRef,
+    max: usize,
+    pid: Option<i32>,
+    killed: bool,
+) -> Option<AttemptResult> {
+    let (outcome, duration) = match read_exit(dir) {
+        Some(done) => (attempt_result::Outcome::ExitCode(done.code), done.duration),
+        None if pid.is_some_and(|p| shim_alive(p, dir)) => return None,
+        None if killed => (attempt_result::Outcome::ExitCode(1), Duration::ZERO),
+        None => (
+            attempt_result::Outcome::SpawnError(
+                "the task's supervisor ended without recording an exit code (was it killed?)"
+                    .into(),
+            ),
+            Duration::ZERO,
+        ),
+    };
+    let (out, err) = read_tails(dir, max);
+    Some(result_msg(r, outcome, out, err, duration))
+}
+
+/// Reads `<dir>/exit`, if the task has ended.
+pub fn read_exit(dir: &Path) -> Option<Recorded> {
+    frame::parse_exit(&fs::read_to_string(dir.join(shim::EXIT)).ok()?)
+}
+
+/// The last `max` characters of each stream in `<dir>/output`.
+pub fn read_tails(dir: &Path, max: usize) -> (String, String) {
+    let (mut out, mut err) = (Tail::new(max), Tail::new(max));
+    if let Ok(f) = fs::File::open(dir.join(shim::OUTPUT)) {
+        for line in BufReader::new(f).lines().map_while(Result::ok) {
+            match frame::parse_frame(&line) {
+                Some(Frame::Line(Stream::Stdout, text)) => out.push_line(text),
+                Some(Frame::Line(Stream::Stderr, text)) => err.push_line(text),
+                _ => {}
+            }
+        }
+    }
+    (out.as_str().to_string(), err.as_str().to_string())
+}
+
+/// Whether `pid` is a live shim for `dir` (not a zombie, not a recycled pid of something else:
+/// its command line names the attempt directory). The agent names it by an absolute path; a
+/// relative one (from an older agent) is taken against the shim's own working directory.
+pub fn shim_alive(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    !zombie
+        && cmdline.split(|b| *b == 0).any(|arg| {
+            let arg = Path::new(std::ffi::OsStr::from_bytes(arg));
+            arg == dir
+                || (!arg.as_os_str().is_empty()
+                    && arg.is_relative()
+                    && cwd.as_ref().is_some_and(|cwd| cwd.join(arg) == dir))
+        })
+}
+
+fn output_msg(r: &LeaseRef, stream: Stream, line: String) -> agent_message::Msg {
+    agent_message::Msg::Output(factotum_proto::Output {
+        lease: Some(r.clone()),
+        stream: match stream {
+            Stream::Stdout => factotum_proto::Stream::Stdout as i32,
+            Stream::Stderr => factotum_proto::Stream::Stderr as i32,
+        },
+        line,
+    })
+}
+
+fn result_msg(
+    r: &LeaseRef,
+    outcome: attempt_result::Outcome,
+    stdout: String,
+    stderr: String,
+    d: Duration,
+) -> AttemptResult {
+    AttemptResult {
+        lease: Some(r.clone()),
+        outcome: Some(outcome),
+        stdout_tail: stdout,
+        stderr_tail: stderr,
+        duration_nanos: u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn a_shim_is_recognised_by_an_absolute_or_a_relative_directory() {
+        let base = std::env::temp_dir().join(format!("factotum-shim-alive-{}", std::process::id()));
+        let dir = base.join("attempts").join("run-0-1");
+        fs::create_dir_all(&dir).unwrap();
+        // Stand-ins for shims: one named by the absolute path, one (from an older agent) by a
+        // path relative to its working directory. `; :` keeps sh from exec'ing sleep.
+        let mut children = [
+            (dir.clone(), None),
+            (PathBuf::from("attempts/run-0-1"), Some(&base)),
+        ]
+        .map(|(arg, cwd)| {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", "sleep 30; :", "shim"]).arg(arg);
+            if let Some(cwd) = cwd {
+                c.current_dir(cwd);
+            }
+            c.spawn().unwrap()
+        });
+        for child in &children {
+            let pid = i32::try_from(child.id()).unwrap();
+            // Right after the spawn, exec may not have set up the command line yet.
+            for _ in 0..200 {
+                if fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(b"\0")) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(shim_alive(pid, &dir));
+            assert!(!shim_alive(pid, &base.join("attempts").join("run-0-2")));
+        }
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(!shim_alive(i32::try_from(child.id()).unwrap(), &dir));
+        }
+        let _ = fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn an_attempt_directory_reads_back_its_exit_and_tails() {
+        let dir = std::env::temp_dir().join(format!("factotum-attempt-dir-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let lines = [
+            frame::line(Stream::Stdout, "one"),
+            frame::line(Stream::Stderr, "two"),
+            frame::line(Stream::Stdout, "three"),
+        ];
+        fs::write(dir.join(shim::OUTPUT), lines.join("\n") + "\n").unwrap();
+        assert_eq!(read_exit(&dir), None);
+        fs::write(
+            dir.join(shim::EXIT),
+            frame::exit(4, Duration::from_secs(1)) + "\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_exit(&dir),
+            Some(Recorded {
+                code: 4,
+                duration: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(
+            read_tails(&dir, 100),
+            ("one\nthree".to_string(), "two".to_string())
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,222 @@
+//! The agent's flags (each with its `FACTOTUM_*` variable), checked and turned into what
+//! [`crate::run`] takes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use factotum_service::{DurationRange, LogFormat};
+
+use crate::session::AgentConfig;
+
+/// The Factotum agent: takes task leases from a coordinator and runs them with `sh -c`, each in
+/// its own process group.
+///
+/// It tries its coordinators in order and follows a follower to the leader; a change of leader
+/// makes it reconnect at once, and only repeated failures make it back off (jittered
+/// exponential, up to 10 s). It keeps its tasks running meanwhile; after `--disconnect-limit`
+/// without a coordinator it stops them (TERM, then KILL) and reports them once it is back.
+/// SIGTERM drains: no new leases, running tasks get `--drain-grace` to finish, then they are
+/// stopped and reported.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "factotum-agent", version)]
+pub struct AgentArgs {
+    /// A coordinator's gRPC address (repeatable; comma-separated in the env var), tried in order.
+    #[arg(
+        long,
+        env = "FACTOTUM_COORDINATOR",
+        value_delimiter = ',',
+        value_name = "URL",
+        default_value = factotum_proto::DEFAULT_COORDINATOR
+    )]
+    pub coordinator: Vec<String>,
+    /// This agent's name (default: the hostname).
+    #[arg(long, env = "FACTOTUM_NAME")]
+    pub name: Option<String>,
+    /// A label `key=value` for label constraints (repeatable; comma-separated in the env var).
+    #[arg(
+        long = "label",
+        env = "FACTOTUM_LABELS",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    pub labels: Vec<String>,
+    /// Tasks run at once (default: the number of CPUs; 0: no limit).
+    #[arg(long, env = "FACTOTUM_SLOTS")]
+    pub slots: Option<u32>,
+    /// On SIGTERM, how long running tasks get to finish before they are stopped (seconds, or
+    /// with units: 500ms, 15s, 2m, 1h30m).
+    #[arg(long, env = "FACTOTUM_DRAIN_GRACE", value_name = "DURATION", default_value = "60",
+          value_parser = DurationRange::ANY.parser())]
+    pub drain_grace: Duration,
+    /// How long without a coordinator before running tasks are stopped (seconds, or with
+    /// units: 500ms, 15s, 2m, 1h30m).
+    #[arg(long, env = "FACTOTUM_DISCONNECT_LIMIT", value_name = "DURATION", default_value = "60",
+          value_parser = DurationRange::ANY.parser())]
+    pub disconnect_limit: Duration,
+    /// Time between TERM and KILL when a task is stopped (seconds, or with units: 500ms, 15s,
+    /// 2m, 1h30m).
+    #[arg(long, env = "FACTOTUM_KILL_GRACE", value_name = "DURATION", default_value = "10",
+          value_parser = DurationRange::ANY.parser())]
+    pub kill_grace: Duration,
+    /// Record running tasks here (one directory each) and run them under a small supervisor,
+    /// so they outlive the agent: a restarted agent reports what ended meanwhile and re-attaches
+    /// what still runs. Without it, tasks are the agent's children and die with it.
+    #[arg(long, env = "FACTOTUM_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(
+        long,
+        env = "FACTOTUM_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// What [`crate::run`] needs besides the coordinators' addresses.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub agent: AgentConfig,
+    /// Without a coordinator this long, running tasks are stopped.
+    pub disconnect_limit: Duration,
+}
+
+/// The coordinators' addresses, checked, without duplicates, in the order given. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints(Vec<String>);
+
+impl Endpoints {
+    pub fn new(urls: impl IntoIterator<Item = String>) -> anyhow::Result<Endpoints> {
+        let mut list: Vec<String> = vec![];
+        for url in urls {
+            let url = url.trim().to_string();
+            if url.is_empty() {
+                continue;
+            }
+            crate::daemon::endpoint(&url)?;
+            if !list.contains(&url) {
+                list.push(url);
+            }
+        }
+        if list.is_empty() {
+            bail!("--coordinator needs at least one address (like http://127.0.0.1:7400)");
+        }
+        Ok(Endpoints(list))
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl AgentArgs {
+    /// Checks the flags and looks this machine up (hostname, addresses).
+    pub fn config(&self) -> anyhow::Result<(Config, Endpoints)> {
+        let mut labels = HashMap::new();
+        for l in &self.labels {
+            match l.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    labels.insert(k.trim().to_string(), v.trim().to_string());
+                }
+                _ => bail!("--label must be key=value, not '{l}'"),
+            }
+        }
+        let endpoints = Endpoints::new(self.coordinator.iter().cloned())?;
+        let me = crate::identity::local(labels.clone());
+        let agent = AgentConfig {
+            agent_id: self.name.clone().unwrap_or_else(|| me.hostname.clone()),
+            hostname: me.hostname.clone(),
+            ips: me.ips.iter().map(|i| i.to_string()).collect(),
+            labels,
+            slots: self.slots.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+            }),
+            kill_grace: self.kill_grace,
+            drain_grace: self.drain_grace,
+            shim_exe: match &self.state_dir {
+                Some(_) => Some(shim_exe()?),
+                None => None,
+            },
+            state_dir: self.state_dir.clone(),
+        };
+        let config = Config {
+            agent,
+            disconnect_limit: self.disconnect_limit,
+        };
+        Ok((config, endpoints))
+    }
+}
+
+/// The task supervisor: `factotum-shim` beside this binary, else this binary itself (`--shim`).
+fn shim_exe() -> anyhow::Result<PathBuf> {
+    let me =
+        std::env::current_exe().context("cannot find my own executable for the task supervisor")?;
+    let small = me.with_file_name("factotum-shim");
+    Ok(if small.exists() { small } else { me })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<AgentArgs, clap::Error> {
+        AgentArgs::try_parse_from(std::iter::once("factotum-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn coordinators_repeat_and_keep_their_order() {
+        let a = parse(&["--coordinator", "http://b:1", "--coordinator", "http://a:1"]).unwrap();
+        assert_eq!(a.coordinator, ["http://b:1", "http://a:1"]);
+        let a = parse(&["--coordinator", "http://b:1,http://a:1,http://b:1"]).unwrap();
+        let e = Endpoints::new(a.coordinator).unwrap();
+        assert_eq!(e.as_slice(), ["http://b:1", "http://a:1"]);
+        assert_eq!(
+            parse(&[]).unwrap().coordinator,
+            [factotum_proto::DEFAULT_COORDINATOR]
+        );
+    }
+
+    #[test]
+    fn a_bad_coordinator_url_is_refused_up_front() {
+        let e = Endpoints::new(["not a url".to_string()]).unwrap_err();
+        assert!(e.to_string().contains("is not a coordinator URL"), "{e}");
+        assert!(Endpoints::new([String::new()]).is_err());
+    }
+
+    #[test]
+    fn durations_are_seconds_or_take_units() {
+        let a = parse(&[
+            "--drain-grace",
+            "1.5",
+            "--disconnect-limit",
+            "500ms",
+            "--kill-grace",
+            "1h30m",
+        ])
+        .unwrap();
+        assert_eq!(a.drain_grace, Duration::from_millis(1500));
+        assert_eq!(a.disconnect_limit, Duration::from_millis(500));
+        assert_eq!(a.kill_grace, Duration::from_secs(5400));
+        let d = parse(&[]).unwrap();
+        assert_eq!(
+            (d.drain_grace, d.disconnect_limit, d.kill_grace),
+            (
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+                Duration::from_secs(10)
+            )
+        );
+        let e = parse(&["--kill-grace", "soon"]).unwrap_err().to_string();
+        assert!(e.contains("like 15 (seconds), 500ms"), "{e}");
+    }
+
+    #[test]
+    fn labels_must_be_key_value() {
+        let a = parse(&["--label", "zone=a,=b"]).unwrap();
+        let e = a.config().unwrap_err().to_string();
+        assert_eq!(e, "--label must be key=value, not '=b'");
+    }
+}

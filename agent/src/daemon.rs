@@ -1,0 +1,231 @@
+//! `factotum-agent`'s life as a library: recover what an earlier process left, connect, run
+//! sessions, reconnect, and on shutdown drain and report before returning. Which coordinator to
+//! try next and how long to wait is [`crate::reconnect`]'s pure state machine; this loop only
+//! performs what it says.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use factotum_proto::agents_client::AgentsClient;
+use factotum_service::Lifecycle;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Endpoints};
+use crate::notify::{self, Systemd};
+use crate::reconnect::{Backoff, Conn, Delay, Event};
+use crate::session::{Agent, Link, SessionEnd};
+
+/// After the drain grace, time allowed to report the stopped tasks' results.
+const REPORT_GRACE: Duration = Duration::from_secs(10);
+
+/// Longest a connection attempt (TCP, HTTP/2, the session's answer) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the agent against `endpoints` until `shutdown` fires and it has drained: running tasks
+/// finish (or are stopped after the drain grace) and their results are reported (or the report
+/// grace is over). Every task it spawns is tracked and ended before it returns.
+pub async fn run(
+    config: Config,
+    endpoints: Endpoints,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let life = Lifecycle::new();
+    let result = serve(config, &endpoints, &shutdown, &life).await;
+    if !life.shut_down(Duration::from_secs(2)).await {
+        tracing::warn!("some of the agent's tasks did not end in time");
+    }
+    result
+}
+
+async fn serve(
+    config: Config,
+    endpoints: &Endpoints,
+    shutdown: &CancellationToken,
+    life: &Lifecycle,
+) -> anyhow::Result<()> {
+    let Config {
+        agent: cfg,
+        disconnect_limit,
+    } = config;
+    if let Some(dir) = &cfg.state_dir {
+        std::fs::create_dir_all(dir.join("attempts"))
+            .with_context(|| format!("cannot use --state-dir {}", dir.display()))?;
+    }
+    tracing::info!(agent = %cfg.agent_id, host = %cfg.hostname, slots = cfg.slots, coordinators = ?endpoints.as_slice(), "agent starting");
+    notify::watchdog(life);
+    notify::stopping_on(life, shutdown.clone());
+    let mut systemd = Systemd::default();
+    let mut agent = Agent::new(cfg);
+    agent.recover();
+    let configured = endpoints.as_slice();
+    let backoff = Backoff::default();
+    let mut conn = Conn::start(configured);
+    let mut link: Option<Link> = None;
+    let mut disconnected_since: Option<Instant> = None;
+    loop {
+        if let Some(deadline) = agent.drain_until() {
+            if agent.running() > 0 && Instant::now() >= deadline {
+                tracing::warn!(
+                    running = agent.running(),
+                    "drain grace over: stopping the running tasks"
+                );
+                agent.stop_all().await;
+            }
+            if agent.running() == 0 && agent.unacked() == 0 {
+                break;
+            }
+            if Instant::now() >= deadline + REPORT_GRACE {
+                tracing::warn!(
+                    unreported = agent.unacked(),
+                    "could not report every result before exiting"
+                );
+                break;
+            }
+        }
+        if let Some(since) = disconnected_since {
+            if agent.running() > 0 && since.elapsed() >= disconnect_limit {
+                tracing::warn!(
+                    running = agent.running(),
+                    "no coordinator for too long: stopping the running tasks"
+                );
+                agent.stop_all().await;
+            }
+        }
+        let event = match &conn {
+            Conn::Connecting { target, .. } => match connect(target, life).await {
+                Ok(l) => {
+                    systemd.connected(target);
+                    tracing::info!(coordinator = %target, running = agent.running(), "connected");
+                    disconnected_since = None;
+                    link = Some(l);
+                    Event::Connected
+                }
+                Err(e) => {
+                    disconnected_since.get_or_insert_with(Instant::now);
+                    let leader_hint = e
+                        .downcast_ref::<tonic::Status>()
+                        .and_then(factotum_proto::leader_hint);
+                    match &leader_hint {
+                        Some(Some(leader)) => {
+                            tracing::info!(%leader, via = %target, "following the leader")
+                        }
+                        Some(None) => {
+                            tracing::info!(coordinator = %target, "no leader elected yet")
+                        }
+                        None => {
+                            tracing::warn!(coordinator = %target, error = %e, "cannot reach the coordinator")
+                        }
+                    }
+                    systemd.unreachable(target, &format!("{e:#}"));
+                    Event::Failed { leader_hint }
+                }
+            },
+            Conn::Connected { target, .. } => {
+                let welcomed = match link.take() {
+                    Some(l) => {
+                        // `shutdown` (SIGTERM) drains inside the session: no new leases, tasks
+                        // still running after the drain grace stopped, results still reported.
+                        let end = agent.session(l, &CancellationToken::new(), shutdown).await;
+                        if end == SessionEnd::Closed {
+                            tracing::warn!(coordinator = %target, "the session ended");
+                        }
+                        agent.welcomed()
+                    }
+                    None => false,
+                };
+                disconnected_since.get_or_insert_with(Instant::now);
+                Event::SessionEnded { welcomed }
+            }
+            Conn::Waiting { delay, .. } => {
+                if shutdown.is_cancelled() && agent.drain_until().is_none() {
+                    // Asked to stop while away: drain now, and try to report at once.
+                    agent.start_draining();
+                } else {
+                    let pause = draw(*delay).min(until_next_deadline(
+                        &agent,
+                        disconnected_since.map(|s| s + disconnect_limit),
+                    ));
+                    tracing::debug!(?pause, "waiting before the next pass");
+                    tokio::select! {
+                        _ = agent.wait_for_attempts(pause), if agent.running() > 0 => {}
+                        _ = tokio::time::sleep(pause), if agent.running() == 0 => {}
+                        _ = shutdown.cancelled(), if agent.drain_until().is_none() => {}
+                    }
+                }
+                Event::Waited
+            }
+        };
+        conn = conn.on(event, configured, &backoff);
+    }
+    tracing::info!(unreported = agent.unacked(), "agent stopped");
+    Ok(())
+}
+
+/// How long until the loop has something to do besides reconnecting: the disconnect limit or
+/// the drain grace for running tasks, the report grace once draining.
+fn until_next_deadline(agent: &Agent, disconnect_deadline: Option<Instant>) -> Duration {
+    let mut next: Vec<Instant> = vec![];
+    if agent.running() > 0 {
+        next.extend(disconnect_deadline);
+        next.extend(agent.drain_until());
+    }
+    next.extend(agent.drain_until().map(|d| d + REPORT_GRACE));
+    next.into_iter().min().map_or(Duration::MAX, |at| {
+        at.saturating_duration_since(Instant::now())
+    })
+}
+
+/// A wait drawn uniformly within `delay`.
+fn draw(delay: Delay) -> Duration {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let (lo, hi) = (ms(delay.min), ms(delay.max).max(ms(delay.min)));
+    Duration::from_millis(rand::rng().random_range(lo..=hi))
+}
+
+/// The gRPC endpoint for a coordinator URL.
+pub(crate) fn endpoint(url: &str) -> anyhow::Result<tonic::transport::Endpoint> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("'{url}' is not a coordinator URL (like http://127.0.0.1:7400)"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20)))
+}
+
+/// Opens a session stream to `url` and pumps it into a [`Link`] (the pump is tracked by `life`
+/// and ends with the stream or with `life`). A follower answers with an error naming the leader.
+async fn connect(url: &str, life: &Lifecycle) -> anyhow::Result<Link> {
+    let endpoint = endpoint(url)?;
+    let (out_tx, out_rx) = mpsc::channel(1024);
+    let open = async {
+        let channel = endpoint.connect().await?;
+        let response = AgentsClient::new(channel)
+            .agent_session(ReceiverStream::new(out_rx))
+            .await?;
+        anyhow::Ok(response.into_inner())
+    };
+    let mut inbound = tokio::time::timeout(CONNECT_TIMEOUT, open)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
+    let (in_tx, in_rx) = mpsc::channel(1024);
+    let end = life.token.clone();
+    life.spawn(async move {
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(msg)) => if in_tx.send(msg).await.is_err() { return },
+                    _ => return,
+                },
+                _ = end.cancelled() => return,
+            }
+        }
+    });
+    Ok(Link {
+        tx: out_tx,
+        rx: in_rx,
+    })
+}

@@ -11,12 +11,11 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::constraint::Placement;
+use crate::graph::{Graph, GraphError};
 use crate::template::{TemplateError, Vars};
 
 pub const SNOWPLOW_SCHEMA: &str = "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0";
@@ -224,14 +223,9 @@ pub enum FactfileError {
     NoContinue(String),
     #[error("the task '{0}' has conflicting actions.")]
     ConflictingActions(String),
-    #[error("the task name '{0}' is used by more than one task")]
-    DuplicateName(String),
-    #[error("the task '{0}' depends on itself")]
-    SelfDependency(String),
-    #[error("the task '{task}' depends on '{dependency}', which is not a task in this factfile")]
-    UnknownDependency { task: String, dependency: String },
-    #[error("the tasks form a cycle: {0}")]
-    Cycle(String),
+    /// A duplicate name, a self or unknown dependency, or a cycle.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
     #[error("{what}: {error}")]
     Template { what: String, error: TemplateError },
 }
@@ -398,41 +392,11 @@ impl Factfile {
                 return Err(FactfileError::ConflictingActions(t.name.clone()));
             }
         }
-        let mut index: FxHashMap<&str, usize> = FxHashMap::default();
-        index.reserve(self.data.tasks.len());
-        for (i, t) in self.data.tasks.iter().enumerate() {
-            if index.insert(t.name.as_str(), i).is_some() {
-                return Err(FactfileError::DuplicateName(t.name.clone()));
-            }
+        let (_, problem) = Graph::resolve(&self.data.tasks, |t| &t.name, |t| &t.depends_on);
+        match problem {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
         }
-        let mut deps: Vec<Vec<u32>> = Vec::with_capacity(self.data.tasks.len());
-        for t in &self.data.tasks {
-            let mut mine = Vec::with_capacity(t.depends_on.len());
-            for d in &t.depends_on {
-                if d == &t.name {
-                    return Err(FactfileError::SelfDependency(t.name.clone()));
-                }
-                match index.get(d.as_str()) {
-                    Some(&i) => mine.push(i as u32),
-                    None => {
-                        return Err(FactfileError::UnknownDependency {
-                            task: t.name.clone(),
-                            dependency: d.clone(),
-                        })
-                    }
-                }
-            }
-            deps.push(mine);
-        }
-        if let Some(cycle) = crate::dag::find_cycle(&deps) {
-            let mut names: Vec<String> = cycle
-                .iter()
-                .map(|&i| format!("'{}'", self.data.tasks[i].name))
-                .collect();
-            names.push(names[0].clone());
-            return Err(FactfileError::Cycle(names.join(" -> ")));
-        }
-        Ok(())
     }
 }
 

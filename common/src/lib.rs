@@ -8,6 +8,7 @@ pub mod dag;
 pub mod dot;
 pub mod factfile;
 pub mod format;
+pub mod graph;
 pub mod reference;
 pub mod run;
 pub mod tags;

@@ -95,7 +95,7 @@ impl Endpoints {
             if url.is_empty() {
                 continue;
             }
-            crate::daemon::endpoint(&url)?;
+            endpoint(&url)?;
             if !list.contains(&url) {
                 list.push(url);
             }
@@ -147,6 +147,19 @@ impl AgentArgs {
         };
         Ok((config, endpoints))
     }
+}
+
+/// Longest a connection attempt (TCP, HTTP/2, the session's answer) may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The gRPC endpoint for a coordinator URL.
+pub(crate) fn endpoint(url: &str) -> anyhow::Result<tonic::transport::Endpoint> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("'{url}' is not a coordinator URL (like http://127.0.0.1:7400)"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20)))
 }
 
 /// The task supervisor: `factotum-shim` beside this binary, else this binary itself (`--shim`).

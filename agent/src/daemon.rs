@@ -14,16 +14,13 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Endpoints};
+use crate::config::{endpoint, Config, Endpoints, CONNECT_TIMEOUT};
 use crate::notify::{self, Systemd};
 use crate::reconnect::{Backoff, Conn, Delay, Event};
 use crate::session::{Agent, Link, SessionEnd};
 
 /// After the drain grace, time allowed to report the stopped tasks' results.
 const REPORT_GRACE: Duration = Duration::from_secs(10);
-
-/// Longest a connection attempt (TCP, HTTP/2, the session's answer) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the agent against `endpoints` until `shutdown` fires and it has drained: running tasks
 /// finish (or are stopped after the drain grace) and their results are reported (or the report
@@ -184,16 +181,6 @@ fn draw(delay: Delay) -> Duration {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let (lo, hi) = (ms(delay.min), ms(delay.max).max(ms(delay.min)));
     Duration::from_millis(rand::rng().random_range(lo..=hi))
-}
-
-/// The gRPC endpoint for a coordinator URL.
-pub(crate) fn endpoint(url: &str) -> anyhow::Result<tonic::transport::Endpoint> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("'{url}' is not a coordinator URL (like http://127.0.0.1:7400)"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20)))
 }
 
 /// Opens a session stream to `url` and pumps it into a [`Link`] (the pump is tracked by `life`

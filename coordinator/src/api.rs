@@ -5,20 +5,20 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use factotum_common::constraint::Constraint;
 use factotum_proto as pb;
 use factotum_proto::agents_server::{Agents, AgentsServer};
 use factotum_proto::jobs_server::{Jobs, JobsServer};
+use factotum_service::Lifecycle;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_stream::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::convert;
-use crate::engine::{Engine, EngineError, Placement};
+use crate::engine::Engine;
+use crate::model::EngineError;
 use crate::spec::{prepare, SpecError, Submission};
+use crate::wire;
 
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Status {
@@ -59,17 +59,18 @@ use factotum_proto::LEADER_METADATA;
 /// The gRPC health service name that is SERVING only on the leader.
 pub const LEADER_HEALTH: &str = "factotum.v1.Leader";
 
-/// Leader or follower: the engine while this coordinator leads, and where the leader is.
+/// Where calls go: the engine while this coordinator leads, and where the leader is while it
+/// follows (published by [`crate::node`]).
 #[derive(Debug, Clone)]
-pub struct Role {
+pub struct Routing {
     pub engine: watch::Receiver<Option<Engine>>,
     pub leader: watch::Receiver<Option<String>>,
 }
 
-impl Role {
+impl Routing {
     /// A coordinator that leads from the start (no election: the memory store).
-    pub fn leading(engine: Engine) -> Role {
-        Role {
+    pub fn leading(engine: Engine) -> Routing {
+        Routing {
             engine: watch::channel(Some(engine)).1,
             leader: watch::channel(None).1,
         }
@@ -98,23 +99,7 @@ impl Role {
 /// The `Jobs` service.
 #[derive(Debug, Clone)]
 pub struct JobsApi {
-    role: Role,
-}
-
-fn constraint_from_pb(c: pb::Constraint) -> Result<Constraint, Status> {
-    match c.kind {
-        Some(pb::constraint::Kind::Host(value)) if !value.is_empty() => Ok(Constraint::Host {
-            value,
-            resolved: vec![],
-        }),
-        Some(pb::constraint::Kind::Label(l)) if !l.key.is_empty() => Ok(Constraint::Label {
-            key: l.key,
-            value: l.value,
-        }),
-        _ => Err(Status::invalid_argument(
-            "a constraint needs a host value or a label key",
-        )),
-    }
+    role: Routing,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
@@ -130,8 +115,9 @@ impl Jobs for JobsApi {
         let constraints = r
             .constraints
             .into_iter()
-            .map(constraint_from_pb)
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(wire::constraint_from_pb)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
         let sub = Submission {
             factfile: r.factfile,
             factfile_name: if r.factfile_name.is_empty() {
@@ -144,13 +130,7 @@ impl Jobs for JobsApi {
             start: r.start,
             webhooks: r.webhooks,
             constraints,
-            placement: r.placement.map(|p| {
-                if p == pb::Placement::Spread as i32 {
-                    Placement::Spread
-                } else {
-                    Placement::Sticky
-                }
-            }),
+            placement: r.placement.map(wire::placement_from_pb),
             allow_concurrent: r.allow_concurrent,
             idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
             max_output: if r.max_output == 0 {
@@ -194,7 +174,7 @@ impl Jobs for JobsApi {
             .engine()?
             .get_run(&request.into_inner().run_id)
             .await?;
-        Ok(Response::new(convert::run_status(&info)))
+        Ok(Response::new(wire::run_status(&info)))
     }
 
     async fn list_runs(
@@ -203,7 +183,7 @@ impl Jobs for JobsApi {
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let runs = self.role.engine()?.list_runs().await?;
         Ok(Response::new(pb::ListRunsResponse {
-            runs: runs.iter().map(convert::run_status).collect(),
+            runs: runs.iter().map(wire::run_status).collect(),
         }))
     }
 
@@ -218,7 +198,7 @@ impl Jobs for JobsApi {
             .engine()?
             .watch(&request.into_inner().run_id)
             .await?;
-        let stream = UnboundedReceiverStream::new(rx).map(|ev| Ok(convert::event_to_pb(ev)));
+        let stream = UnboundedReceiverStream::new(rx).map(|ev| Ok(wire::event_to_pb(ev)));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -239,7 +219,7 @@ impl Jobs for JobsApi {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let agents = self.role.engine()?.list_agents().await?;
         Ok(Response::new(pb::ListAgentsResponse {
-            agents: agents.iter().map(convert::agent_status).collect(),
+            agents: agents.iter().map(wire::agent_status).collect(),
         }))
     }
 }
@@ -247,8 +227,8 @@ impl Jobs for JobsApi {
 /// The `Agents` service: each session's stream is pumped into the engine.
 #[derive(Debug, Clone)]
 pub struct AgentsApi {
-    role: Role,
-    shutdown: CancellationToken,
+    role: Routing,
+    life: Lifecycle,
 }
 
 #[tonic::async_trait]
@@ -263,8 +243,8 @@ impl Agents for AgentsApi {
         let (in_tx, in_rx) = mpsc::channel(1024);
         let (out_tx, out_rx) = mpsc::channel(1024);
         self.role.engine()?.attach_agent(in_rx, out_tx);
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        let shutdown = self.life.token.clone();
+        self.life.spawn(async move {
             loop {
                 tokio::select! {
                     msg = inbound.message() => match msg {
@@ -281,11 +261,11 @@ impl Agents for AgentsApi {
     }
 }
 
-/// Serves the coordinator's gRPC API on `listener` until `shutdown` fires.
+/// Serves the coordinator's gRPC API on `listener` until `life`'s token fires.
 pub async fn serve(
-    role: Role,
+    role: Routing,
     listener: TcpListener,
-    shutdown: CancellationToken,
+    life: Lifecycle,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobsServer<JobsApi>>().await;
@@ -296,7 +276,8 @@ pub async fn serve(
     // `factotum.v1.Leader` is SERVING only while this replica leads (for VIPs routing by health).
     {
         let (health, mut engine) = (health.clone(), role.engine.clone());
-        tokio::spawn(async move {
+        let stop = life.token.clone();
+        life.spawn(async move {
             loop {
                 let status = if engine.borrow_and_update().is_some() {
                     tonic_health::ServingStatus::Serving
@@ -304,8 +285,9 @@ pub async fn serve(
                     tonic_health::ServingStatus::NotServing
                 };
                 health.set_service_status(LEADER_HEALTH, status).await;
-                if engine.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = engine.changed() => if changed.is_err() { return },
+                    _ = stop.cancelled() => return,
                 }
             }
         });
@@ -315,10 +297,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1();
     let jobs = JobsServer::new(JobsApi { role: role.clone() });
-    let agents = AgentsServer::new(AgentsApi {
-        role,
-        shutdown: shutdown.clone(),
-    });
+    let shutdown = life.token.clone();
+    let agents = AgentsServer::new(AgentsApi { role, life });
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));

@@ -1,11 +1,12 @@
 //! The etcd store: the same key layout as the memory store under a prefix, every batch one etcd
 //! transaction, fenced on the leader key when the coordinator holds leadership.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 
+use crate::fence::Fence;
 use crate::store::{last_write_per_key, Store, StoreError, StoreOp, MAX_OPS_PER_COMMIT};
 
 /// How to reach etcd.
@@ -21,15 +22,13 @@ pub struct EtcdConfig {
     pub cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
-/// The leader key and its create revision: every write of a leader is conditional on it.
-pub type Fence = Arc<RwLock<Option<(Vec<u8>, i64)>>>;
-
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
     election_client: Client,
     prefix: String,
-    fence: Fence,
+    /// Set on a leader's copy of the store: every write is conditional on it.
+    fence: Option<Arc<Fence>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -86,7 +85,7 @@ impl EtcdStore {
             client,
             election_client,
             prefix,
-            fence: Fence::default(),
+            fence: None,
         })
     }
 
@@ -104,9 +103,12 @@ impl EtcdStore {
         &self.prefix
     }
 
-    /// The fence shared with the leader election.
-    pub fn fence(&self) -> Fence {
-        self.fence.clone()
+    /// This store with every write fenced on `fence` (a leader's store).
+    pub fn fenced(&self, fence: Fence) -> EtcdStore {
+        EtcdStore {
+            fence: Some(Arc::new(fence)),
+            ..self.clone()
+        }
     }
 
     fn key(&self, key: &str) -> String {
@@ -116,7 +118,6 @@ impl EtcdStore {
 
 impl Store for EtcdStore {
     async fn commit(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
-        let fence = self.fence.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut kv = self.client.kv_client();
         // etcd refuses a transaction that names a key twice: keep each key's last write.
         let ops = last_write_per_key(ops);
@@ -128,11 +129,11 @@ impl Store for EtcdStore {
                     StoreOp::Delete { key } => TxnOp::delete(self.key(key), None),
                 })
                 .collect();
-            let txn = match &fence {
-                Some((key, rev)) => Txn::new().when(vec![Compare::create_revision(
-                    key.clone(),
+            let txn = match &self.fence {
+                Some(fence) => Txn::new().when(vec![Compare::create_revision(
+                    fence.key(),
                     CompareOp::Equal,
-                    *rev,
+                    fence.revision(),
                 )]),
                 None => Txn::new(),
             }
@@ -143,6 +144,10 @@ impl Store for EtcdStore {
             }
         }
         Ok(())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.fence.as_ref().map_or(0, |f| f.epoch())
     }
 
     async fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

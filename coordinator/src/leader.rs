@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use etcd_client::{Client, LeaderKey, ResignOptions};
+use factotum_service::Lifecycle;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,18 +40,20 @@ pub fn election_name(prefix: &str) -> String {
 }
 
 /// Grants a lease, keeps it alive in the background, and campaigns until this coordinator
-/// leads (or `stop` fires). `value` is the advertised address followers send clients to.
+/// leads (or `life`'s token fires; it also ends the keep-alive, and so the term). `value` is
+/// the advertised address followers send clients to.
 pub async fn campaign(
     client: &Client,
     name: &str,
     value: &str,
     ttl: Duration,
-    stop: &CancellationToken,
+    life: &Lifecycle,
 ) -> Result<Leadership, LeaderError> {
+    let stop = &life.token;
     let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
     let lease = client.lease_client().grant(ttl_secs, None).await?.id();
     let lost = CancellationToken::new();
-    tokio::spawn(keep_alive(
+    life.spawn(keep_alive(
         client.clone(),
         lease,
         ttl,

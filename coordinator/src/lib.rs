@@ -1,22 +1,40 @@
 //! The Factotum coordinator: the engine that owns every run, its store, dispatch to agents, and
 //! webhook delivery. `factotum run` embeds it with the memory store and one in-process agent.
+//!
+//! The rooms, from the bottom up (arrows point down only; see docs/ARCHITECTURE.md):
+//! [`model`] (the vocabulary) and [`clock`]; [`placement`] (pure); [`spec`], [`persist`],
+//! [`store`], [`wire`] (conversions) and [`webhook`]; [`engine`] (one interpreter over small
+//! owners); [`api`] (gRPC); [`node`] (leadership) and [`server`] (a process).
 
 pub mod api;
-pub mod convert;
+pub mod clock;
 pub mod engine;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod fence;
 #[cfg(feature = "etcd")]
 pub mod leader;
+pub mod model;
+#[cfg(feature = "etcd")]
+pub mod node;
 pub mod persist;
+pub mod placement;
+#[cfg(feature = "etcd")]
+pub mod server;
 pub mod spec;
 pub mod store;
 pub mod webhook;
+pub mod wire;
 
-pub use engine::{
-    AgentInfo, Engine, EngineConfig, EngineError, Placement, RunInfo, RunSpec, RunSummary,
-    Submitted, TaskChange, TaskInfo, WatchEvent,
+pub use clock::Clock;
+pub use engine::{Engine, EngineConfig};
+pub use fence::Fence;
+pub use model::{
+    AgentInfo, EngineError, Placement, RunInfo, RunSpec, RunSummary, Submitted, TaskChange,
+    TaskInfo, WatchEvent,
 };
 pub use spec::{prepare, SpecError, Submission};
 pub use store::{MemoryStore, Store, StoreError, StoreOp};
 pub use webhook::{Deliverer, Undelivered};
+/// The former name of [`wire`], for callers not yet moved.
+pub use wire as convert;

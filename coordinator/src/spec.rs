@@ -12,7 +12,7 @@ use factotum_common::template::Vars;
 use factotum_common::{Factfile, FactfileError};
 use serde_json::Value;
 
-use crate::engine::{Placement, RunSpec};
+use crate::model::{Placement, RunSpec};
 
 /// What to run and how.
 #[derive(Debug, Clone, Default)]

@@ -29,6 +29,11 @@ pub enum StoreError {
 pub trait Store: Clone + Send + Sync + 'static {
     /// Applies `ops` atomically, in order.
     fn commit(&self, ops: Vec<StoreOp>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The fencing epoch its writes are conditional on, stamped on leases (0: not fenced, a
+    /// single node).
+    fn epoch(&self) -> u64 {
+        0
+    }
     /// Every key (and value) under `prefix`, in key order.
     fn scan(
         &self,

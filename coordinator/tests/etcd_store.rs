@@ -4,7 +4,7 @@
 mod support;
 
 use factotum_coordinator::etcd::{EtcdConfig, EtcdStore};
-use factotum_coordinator::{Store, StoreError, StoreOp};
+use factotum_coordinator::{Fence, Store, StoreError, StoreOp};
 
 fn put(k: &str, v: &str) -> StoreOp {
     StoreOp::Put {
@@ -61,11 +61,17 @@ async fn a_failed_fence_refuses_the_write() {
         endpoints: vec![etcd.endpoint.clone()],
         ..Default::default()
     };
-    let store = EtcdStore::connect(&cfg).await.unwrap();
-    let mut kv = store.client().kv_client();
+    let unfenced = EtcdStore::connect(&cfg).await.unwrap();
+    let mut kv = unfenced.client().kv_client();
     let leader = kv.put("/factotum/leader", "me", None).await.unwrap();
     let rev = leader.header().unwrap().revision();
-    *store.fence().write().unwrap() = Some((b"/factotum/leader".to_vec(), rev));
+    let store = unfenced.fenced(Fence::new(b"/factotum/leader".to_vec(), rev));
+    assert_eq!(
+        store.epoch(),
+        rev as u64,
+        "the epoch leases carry is the fence's"
+    );
+    assert_eq!(unfenced.epoch(), 0);
     store.commit(vec![put("k", "1")]).await.unwrap();
     // Someone else becomes leader: the key is re-created with a newer revision.
     kv.delete("/factotum/leader", None).await.unwrap();

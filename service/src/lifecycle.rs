@@ -61,6 +61,13 @@ impl Lifecycle {
     }
 }
 
+impl From<CancellationToken> for Lifecycle {
+    /// A lifecycle that shuts down with `token`, tracking its tasks on its own.
+    fn from(token: CancellationToken) -> Lifecycle {
+        Lifecycle::with_token(token)
+    }
+}
+
 /// Cancels `token` on the first SIGINT or SIGTERM (from a tracked task).
 pub fn cancel_on_signal(lifecycle: &Lifecycle, token: CancellationToken) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;

@@ -1,15 +1,20 @@
-//! Between the engine's types and the wire's (`factotum.v1`), both ways: the coordinator sends
-//! what the CLI turns back into the very values its console prints for a local run.
+//! Every conversion between the domain's types and the wire's (`factotum.v1`), both ways, in
+//! one place: what clients see of runs and agents, what agents are sent (welcome, leases,
+//! cancels, acknowledgements) and what their reports mean. The coordinator sends what the CLI
+//! turns back into the very values its console prints for a local run.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use factotum_common::constraint::{Constraint, Placement};
+use factotum_common::dag::{PlanTask, TaskId};
 use factotum_common::format::{iso8601, timestamp};
-use factotum_common::run::{JobState, Stream, TaskState};
+use factotum_common::run::{JobState, Outcome, Stream, TaskResult, TaskState};
 use factotum_proto as pb;
+use pb::{coordinator_message::Msg as ToAgent, CoordinatorMessage, LeaseRef};
 
-use crate::engine::{AgentInfo, RunInfo, RunSummary, TaskChange, TaskInfo, WatchEvent};
+use crate::model::{AgentInfo, RunInfo, RunSummary, TaskChange, TaskInfo, WatchEvent};
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -175,4 +180,107 @@ pub fn event_from_pb(ev: pb::RunEvent, run_id: &str) -> Option<WatchEvent> {
             first_no_op: non_empty(e.first_no_op).map(|s| Arc::from(s.as_str())),
         }),
     })
+}
+
+/// A constraint as a client sent it (host names not resolved yet).
+pub fn constraint_from_pb(c: pb::Constraint) -> Result<Constraint, String> {
+    match c.kind {
+        Some(pb::constraint::Kind::Host(value)) if !value.is_empty() => Ok(Constraint::Host {
+            value,
+            resolved: vec![],
+        }),
+        Some(pb::constraint::Kind::Label(l)) if !l.key.is_empty() => Ok(Constraint::Label {
+            key: l.key,
+            value: l.value,
+        }),
+        _ => Err("a constraint needs a host value or a label key".into()),
+    }
+}
+
+pub fn placement_from_pb(p: i32) -> Placement {
+    if p == pb::Placement::Spread as i32 {
+        Placement::Spread
+    } else {
+        Placement::Sticky
+    }
+}
+
+pub fn placement_to_pb(p: Placement) -> i32 {
+    match p {
+        Placement::Sticky => pb::Placement::Sticky as i32,
+        Placement::Spread => pb::Placement::Spread as i32,
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// The first message of every session: the leader's epoch and the agent's timings.
+pub fn welcome(
+    epoch: u64,
+    heartbeat: Duration,
+    lost_after: Option<Duration>,
+) -> CoordinatorMessage {
+    CoordinatorMessage {
+        msg: Some(ToAgent::Welcome(pb::Welcome {
+            epoch,
+            heartbeat_ms: millis(heartbeat),
+            lost_after_ms: lost_after.map_or(0, millis),
+        })),
+    }
+}
+
+/// Which attempt a message is about, stamped with the leader's epoch.
+pub fn lease_ref(run_id: &str, task: TaskId, attempt: u32, epoch: u64) -> LeaseRef {
+    LeaseRef {
+        run_id: run_id.to_string(),
+        task,
+        attempt,
+        epoch,
+    }
+}
+
+/// What an agent needs to run one attempt of a task.
+pub fn lease(r: LeaseRef, spec: &PlanTask, max_output: u32, dry_run: bool) -> CoordinatorMessage {
+    CoordinatorMessage {
+        msg: Some(ToAgent::Lease(pb::Lease {
+            lease: Some(r),
+            task_name: spec.name.to_string(),
+            command_line: spec.command_line.clone(),
+            max_output,
+            dry_run,
+            env: spec.policy().env.iter().cloned().collect(),
+            cwd: spec.policy().cwd.clone().unwrap_or_default(),
+        })),
+    }
+}
+
+/// Tells an agent to stop an attempt (TERM, then KILL after its own kill grace).
+pub fn cancel(r: LeaseRef) -> CoordinatorMessage {
+    CoordinatorMessage {
+        msg: Some(ToAgent::Cancel(pb::Cancel { lease: Some(r) })),
+    }
+}
+
+/// Tells an agent a result is recorded: it may forget it.
+pub fn ack(r: LeaseRef) -> CoordinatorMessage {
+    CoordinatorMessage {
+        msg: Some(ToAgent::Ack(pb::Ack { lease: Some(r) })),
+    }
+}
+
+/// What an agent's report of an ended attempt means for the run.
+pub fn result_from_pb(f: pb::AttemptResult) -> TaskResult {
+    let outcome = match f.outcome {
+        Some(pb::attempt_result::Outcome::ExitCode(c)) => Outcome::Exited(c),
+        Some(pb::attempt_result::Outcome::SpawnError(e)) => Outcome::SpawnFailed(e),
+        None => Outcome::SpawnFailed("the agent reported no outcome".into()),
+    };
+    TaskResult {
+        outcome,
+        stdout: f.stdout_tail,
+        stderr: f.stderr_tail,
+        duration: Duration::from_nanos(f.duration_nanos),
+    }
 }

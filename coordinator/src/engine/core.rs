@@ -1,0 +1,575 @@
+//! The interpreter: the engine's one loop. Each command's arm is one call; each call applies
+//! events to a run's state machine, asks the owners what should happen, and performs it —
+//! store writes (group-committed, see [`super::commit`]), messages to agents, webhook
+//! deliveries. Owners never call back in here.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use factotum_common::dag::TaskId;
+use factotum_common::run::{Action, Event, Outcome, TaskResult};
+use factotum_proto::{agent_message, AttemptResult, CoordinatorMessage, Hello, LeaseRef, Output};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::agents::{key_of, Agents, AttemptKey, Claim, Gone};
+use super::commit::{ops_of, transactions, Batch, Commits};
+use super::runs::{self, Runs};
+use super::timers::Timers;
+use super::{recovery, Command, EngineConfig};
+use crate::model::{EngineError, RunSpec, Submitted};
+use crate::placement::{self, Ask, Want};
+use crate::store::{Store, StoreError, StoreOp};
+use crate::webhook::Deliverer;
+use crate::wire;
+
+/// Commands handled before their store writes are committed together (group commit).
+const GROUP: usize = 256;
+
+pub(super) struct Core<S: Store> {
+    cfg: EngineConfig,
+    store: S,
+    deliverer: Deliverer,
+    runs: Runs,
+    agents: Agents,
+    commits: Commits,
+    timers: Timers,
+}
+
+fn answer<T>(reply: super::Reply<T>, result: Result<T, EngineError>) {
+    let _ = reply.send(result);
+}
+
+impl<S: Store> Core<S> {
+    pub fn new(cfg: EngineConfig, store: S, deliverer: Deliverer) -> Core<S> {
+        Core {
+            runs: Runs::new(cfg.keep_finished),
+            cfg,
+            store,
+            deliverer,
+            agents: Agents::default(),
+            commits: Commits::default(),
+            timers: Timers::default(),
+        }
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, stop: CancellationToken) {
+        let mut beat = self.cfg.heartbeat_interval.map(every);
+        let fenced = self.cfg.fenced.clone();
+        let clock = self.cfg.clock;
+        let mut liveness = self
+            .cfg
+            .lost_after
+            .map(|d| every((d / 4).max(Duration::from_millis(50))));
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => {
+                        // Group commit: handle what is already queued too; the batches are
+                        // recorded together below.
+                        self.handle(cmd).await;
+                        for _ in 1..GROUP {
+                            match rx.try_recv() {
+                                Ok(cmd) => self.handle(cmd).await,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick(&mut beat) => self.heartbeat(),
+                _ = tick(&mut liveness) => self.check_liveness(),
+                _ = tokio::time::sleep(Duration::from_millis(500)), if self.commits.is_stalled() => {
+                    self.retry_stalled().await;
+                }
+                _ = clock.sleep_until(self.timers.next()) => self.fire_timers(),
+                _ = stop.cancelled() => break,
+                _ = fenced.cancelled() => break,
+            }
+            self.flush().await;
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        let now = self.cfg.clock.now();
+        match cmd {
+            Command::Submit { spec, reply } => answer(reply, self.submit(*spec).await),
+            Command::Cancel {
+                run_id,
+                reason,
+                reply,
+            } => answer(reply, self.cancel(&run_id, reason)),
+            Command::Rerun {
+                run_id,
+                from_failed,
+                reply,
+            } => answer(reply, self.rerun(&run_id, from_failed).await),
+            Command::Watch { run_id, reply } => answer(reply, self.runs.watch(&run_id)),
+            Command::GetRun { run_id, reply } => answer(reply, self.runs.info(&run_id, now)),
+            Command::ListRuns { reply } => answer(reply, Ok(self.runs.list(now))),
+            Command::ListAgents { reply } => {
+                answer(reply, Ok(self.agents.infos(self.cfg.clock.instant())))
+            }
+            Command::Recover { reply } => answer(reply, self.recover().await),
+            Command::AgentHello { conn, hello, tx } => self.hello(conn, hello, tx).await,
+            Command::FromAgent { conn, msg } => self.agent_said(conn, msg).await,
+            Command::AgentGone { conn } => self.agent_gone(conn),
+        }
+    }
+
+    async fn submit(&mut self, spec: RunSpec) -> Result<Submitted, EngineError> {
+        if let Some(existing) = spec
+            .idempotency_key
+            .as_deref()
+            .and_then(|k| self.runs.by_idempotency_key(k))
+        {
+            return Ok(existing);
+        }
+        let (allow_concurrent, key) = (spec.allow_concurrent, spec.idempotency_key.clone());
+        let (mut run, ops) = runs::submitted(spec, self.cfg.clock.now(), &self.cfg.webhooks);
+        if !allow_concurrent {
+            if let Some(active) = self.runs.active_of_job(&run.meta.job_reference) {
+                return Err(EngineError::AlreadyActive(active.id.to_string()));
+            }
+        }
+        // Acknowledged only once recorded: what was asked, the factfile, the initial state.
+        self.store.commit(ops).await?;
+        let id = Arc::clone(&run.id);
+        if let Some(key) = key {
+            self.runs.remember_key(key, id.to_string());
+        }
+        let submitted = Submitted {
+            run_id: id.to_string(),
+            job_reference: run.meta.job_reference.clone(),
+            existing: false,
+            watch: run.watch(),
+        };
+        self.runs.active.insert(Arc::clone(&id), run);
+        self.apply(&id, Event::Start);
+        self.dispatch(&id);
+        Ok(submitted)
+    }
+
+    fn cancel(&mut self, run_id: &str, reason: String) -> Result<(), EngineError> {
+        let id: Arc<str> = Arc::from(run_id);
+        if !self.runs.active.contains_key(&id) {
+            return match self.runs.is_finished(run_id) {
+                true => Ok(()),
+                false => Err(EngineError::NoSuchRun(run_id.to_string())),
+            };
+        }
+        self.apply(&id, Event::Cancel { reason });
+        Ok(())
+    }
+
+    async fn rerun(&mut self, old: &str, from_failed: bool) -> Result<Submitted, EngineError> {
+        if self.runs.active.contains_key(old) {
+            return Err(EngineError::StillActive(old.to_string()));
+        }
+        let spec = recovery::rerun_spec(&self.store, old, from_failed).await?;
+        self.submit(spec).await
+    }
+
+    /// Takes over the active runs recorded in the store.
+    async fn recover(&mut self) -> Result<usize, EngineError> {
+        let now = self.cfg.clock.now();
+        let active = &self.runs.active;
+        let found = recovery::load(
+            &self.store,
+            &self.cfg.webhooks,
+            |id| active.contains_key(id),
+            now,
+        )
+        .await?;
+        let grace = self.cfg.clock.instant() + self.cfg.failover_grace;
+        let taken = found.active.len();
+        for run in found.active {
+            for (task, attempt) in recovery::running_attempts(&run) {
+                self.agents
+                    .expect((Arc::clone(&run.id), task, attempt), grace);
+            }
+            // Deadlines are absolute times from the records: due ones fire at once.
+            self.timers.set(&run.id, run.state.next_deadline());
+            self.runs.active.insert(Arc::clone(&run.id), run);
+        }
+        self.runs.keep_all(found.finished);
+        for (key, run) in found.idempotency {
+            self.runs.remember_key(key, run);
+        }
+        let mut closed = HashSet::new();
+        for d in found.outbox {
+            if !self.runs.active.contains_key(&d.run_id) {
+                closed.insert(Arc::clone(&d.run_id));
+            }
+            self.deliverer.send(d);
+        }
+        for run in closed {
+            self.deliverer.close_run(&run);
+        }
+        self.dispatch_all();
+        Ok(taken)
+    }
+
+    async fn hello(&mut self, conn: u64, hello: Hello, tx: mpsc::Sender<CoordinatorMessage>) {
+        let agent_id: Arc<str> = Arc::from(hello.agent_id.as_str());
+        tracing::info!(agent = %agent_id, host = %hello.hostname, slots = hello.slots, "agent connected");
+        let welcome = wire::welcome(
+            self.store.epoch(),
+            self.cfg.agent_heartbeat,
+            self.cfg.lost_after,
+        );
+        let _ = tx.send(welcome).await;
+        let claims: Vec<Claim> = hello.running.iter().map(|r| self.claim(r)).collect();
+        let now = self.cfg.clock.instant();
+        let welcomed = self.agents.hello(conn, hello, tx.clone(), &claims, now);
+        for (run, task, _) in &welcomed.attached {
+            if let Some(run) = self.runs.get_mut(run) {
+                run.task_agent.insert(*task, Arc::clone(&agent_id));
+            }
+        }
+        for r in welcomed.cancels {
+            let _ = tx.send(wire::cancel(r)).await;
+        }
+        let reason = format!("agent {agent_id} restarted without the task");
+        self.fail(welcomed.vanished, &reason);
+        self.dispatch_all();
+    }
+
+    /// What an attempt an agent says it runs is to the runs.
+    fn claim(&self, r: &LeaseRef) -> Claim {
+        let record = self
+            .runs
+            .active
+            .get(r.run_id.as_str())
+            .filter(|run| run.state.is_current(r.task, r.attempt))
+            .and_then(|run| run.state.task(r.task));
+        match record {
+            Some(t) if t.stopping.is_some() => Claim::Stopping,
+            Some(_) => Claim::Current,
+            None => Claim::Stale,
+        }
+    }
+
+    async fn agent_said(&mut self, conn: u64, msg: agent_message::Msg) {
+        let Some(agent) = self.agents.heard(conn, self.cfg.clock.instant()) else {
+            return;
+        };
+        match msg {
+            agent_message::Msg::Heartbeat(hb) => self.agents.set_draining(&agent, hb.draining),
+            agent_message::Msg::Hello(_) | agent_message::Msg::Started(_) => {}
+            agent_message::Msg::Output(o) => self.output(o),
+            agent_message::Msg::AttemptResult(r) => self.attempt_result(&agent, r).await,
+        }
+    }
+
+    fn output(&mut self, o: Output) {
+        let Some(r) = o.lease else { return };
+        let now = self.cfg.clock.now();
+        let Some(run) = self.runs.get_mut(&r.run_id) else {
+            return;
+        };
+        let Some(task) = run.state.plan().task(r.task) else {
+            return;
+        };
+        if !run.state.is_current(r.task, r.attempt) {
+            return;
+        }
+        let name = Arc::clone(&task.name);
+        let stream = wire::stream_from_pb(o.stream);
+        if self.cfg.heartbeat_interval.is_some() {
+            let ev = Event::Output {
+                task: r.task,
+                attempt: r.attempt,
+                stream,
+                line: o.line.clone(),
+            };
+            run.state.apply(ev, now);
+        }
+        run.tell(crate::model::WatchEvent::Output {
+            task: name,
+            stream,
+            line: o.line,
+        });
+    }
+
+    async fn attempt_result(&mut self, agent: &Arc<str>, result: AttemptResult) {
+        let Some(r) = result.lease.clone() else {
+            return;
+        };
+        let key = key_of(&r);
+        self.agents.ended(agent, &key);
+        // The agent may forget the result once it is recorded: acknowledge with the batch
+        // that records it (at once for a run this coordinator does not know).
+        let ack = wire::ack(r.clone());
+        if self.runs.active.contains_key(&key.0) {
+            self.commits.ack_after_next(Arc::clone(agent), ack);
+        } else if let Some(tx) = self.agents.sender(agent) {
+            let _ = tx.send(ack).await;
+        }
+        let event = Event::AttemptEnded {
+            task: r.task,
+            attempt: r.attempt,
+            result: wire::result_from_pb(result),
+        };
+        self.apply(&key.0, event);
+        self.dispatch_all();
+    }
+
+    fn agent_gone(&mut self, conn: u64) {
+        match self.agents.gone(conn, self.cfg.lost_after.is_some()) {
+            Gone::Nothing => return,
+            Gone::LoseNow(id) => self.lose(&id),
+            Gone::Forgotten | Gone::Waiting => {}
+        }
+        self.dispatch_all();
+    }
+
+    /// Fails the attempts of agents silent for longer than `lost_after`, and those no agent
+    /// re-attached within the failover grace.
+    fn check_liveness(&mut self) {
+        let now = self.cfg.clock.instant();
+        let (unclaimed, silent) = self.agents.expired(now, self.cfg.lost_after);
+        if !unclaimed.is_empty() {
+            self.fail(
+                unclaimed,
+                "agent lost: no agent re-attached the task after a coordinator failover",
+            );
+        }
+        for id in silent {
+            self.lose(&id);
+        }
+    }
+
+    fn lose(&mut self, agent: &Arc<str>) {
+        let attempts = self.agents.lose(agent);
+        self.fail(attempts, &format!("agent {agent} lost"));
+        self.dispatch_all();
+    }
+
+    /// Ends these attempts without a result: FAILED with `reason`, and the usual cascade.
+    fn fail(&mut self, attempts: Vec<AttemptKey>, reason: &str) {
+        for key in attempts {
+            self.agents.release(&key);
+            let (run, task, attempt) = key;
+            let result = TaskResult {
+                outcome: Outcome::Lost(reason.to_string()),
+                stdout: String::new(),
+                stderr: String::new(),
+                duration: Duration::ZERO,
+            };
+            self.apply(
+                &run,
+                Event::AttemptEnded {
+                    task,
+                    attempt,
+                    result,
+                },
+            );
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        let ids: Vec<Arc<str>> = self.runs.active.keys().cloned().collect();
+        for id in ids {
+            self.apply(&id, Event::Heartbeat);
+        }
+    }
+
+    /// Fires every timer that is due: the runs see the time, then ready tasks are placed.
+    fn fire_timers(&mut self) {
+        for id in self.timers.due(self.cfg.clock.now()) {
+            self.apply(&id, Event::Tick);
+            self.dispatch(&id);
+        }
+    }
+
+    /// Applies one event to one run and carries out the actions.
+    fn apply(&mut self, id: &Arc<str>, event: Event) {
+        let now = self.cfg.clock.now();
+        let Some(run) = self.runs.get_mut(id) else {
+            return;
+        };
+        let actions = run.state.apply(event, now);
+        self.perform(id, actions, &[]);
+    }
+
+    /// Turns a run's actions into one batch: store writes and webhook events now, messages to
+    /// agents once they are recorded. `placed` names the agent of each task being leased.
+    fn perform(&mut self, id: &Arc<str>, actions: Vec<Action>, placed: &[(TaskId, Arc<str>)]) {
+        let Some(run) = self.runs.active.get_mut(id) else {
+            return;
+        };
+        let placed: HashMap<TaskId, &Arc<str>> = placed.iter().map(|(t, a)| (*t, a)).collect();
+        let epoch = self.store.epoch();
+        let mut batch = Batch {
+            run: Some(Arc::clone(id)),
+            ..Batch::default()
+        };
+        for action in actions {
+            match action {
+                Action::Emit(update) => run.record(&update, &mut batch.ops, &mut batch.deliveries),
+                Action::Dispatch { task, attempt } => {
+                    let (Some(agent), Some(spec)) =
+                        (placed.get(&task), run.state.plan().task(task))
+                    else {
+                        continue;
+                    };
+                    let r = wire::lease_ref(id, task, attempt, epoch);
+                    let lease = wire::lease(r, spec, run.max_output, run.dry_run);
+                    self.agents.lease((Arc::clone(id), task, attempt), agent);
+                    run.task_agent.insert(task, Arc::clone(agent));
+                    batch.sends.push((Arc::clone(agent), lease));
+                }
+                Action::Kill { task, attempt } => {
+                    if let Some(agent) = self.agents.holder(&(Arc::clone(id), task, attempt)) {
+                        let r = wire::lease_ref(id, task, attempt, epoch);
+                        batch.sends.push((Arc::clone(agent), wire::cancel(r)));
+                    }
+                }
+                Action::RunEnded(state) => batch.ended = Some(state),
+            }
+        }
+        batch.ops.push(run.state_op());
+        self.timers.set(id, run.state.next_deadline());
+        self.commits.push(batch);
+    }
+
+    fn dispatch_all(&mut self) {
+        for id in self.runs.with_ready() {
+            self.dispatch(&id);
+        }
+    }
+
+    /// Leases the run's ready tasks (as many as its `maxParallel` allows) where placement puts
+    /// them, and remembers why the others wait.
+    fn dispatch(&mut self, id: &Arc<str>) {
+        if self.commits.is_stalled() {
+            return; // no new leases while the store cannot record them
+        }
+        let Some(run) = self.runs.active.get_mut(id) else {
+            return;
+        };
+        if run.state.ready().is_empty() {
+            return;
+        }
+        let plan = Arc::clone(run.state.plan());
+        let ask = Ask {
+            placement: run.placement,
+            constraints: &run.constraints,
+            sticky: run.sticky.as_ref(),
+            tasks: run
+                .state
+                .leasable()
+                .iter()
+                .map(|&t| {
+                    let task = &plan.tasks[t as usize];
+                    Want {
+                        task: t,
+                        name: &task.name,
+                        constraints: &task.policy().constraints,
+                    }
+                })
+                .collect(),
+            held_back: run.state.ready().len() - run.state.leasable().len(),
+            max_parallel: plan.max_parallel.unwrap_or_default(),
+        };
+        let placed = placement::place(&ask, &self.agents.candidates());
+        if let Some(agent) = placed.new_sticky {
+            run.sticky = Some(agent);
+        }
+        run.waiting_reason = placed.waiting;
+        if placed.leases.is_empty() {
+            return;
+        }
+        let tasks: Vec<TaskId> = placed.leases.iter().map(|(t, _)| *t).collect();
+        let actions = run
+            .state
+            .apply(Event::Lease { tasks }, self.cfg.clock.now());
+        self.perform(id, actions, &placed.leases);
+    }
+
+    /// Records this turn's batches. While the store is down, batches queue in order behind
+    /// the stalled ones (nothing is sent for them, and dispatch pauses) until it is back.
+    async fn flush(&mut self) {
+        let Some(batches) = self.commits.take_turn() else {
+            return;
+        };
+        if let Err(e @ StoreError::Unavailable(_)) = self.record(batches).await {
+            tracing::error!(error = %e, "the store is unavailable: dispatch pauses until it is back");
+        }
+    }
+
+    /// Retries the stalled batches; once they are recorded, dispatch resumes.
+    async fn retry_stalled(&mut self) {
+        let batches = self.commits.take_stalled();
+        if self.record(batches).await.is_ok() {
+            tracing::info!("the store is back: dispatch resumes");
+            self.dispatch_all();
+        }
+    }
+
+    /// Writes the batches in as few transactions as possible, then acts on each in order. A
+    /// fenced write means another coordinator leads: step down. Any other failure puts them
+    /// (back) at the end of the stalled queue.
+    async fn record(&mut self, batches: Vec<Batch>) -> Result<(), StoreError> {
+        match self.write(ops_of(&batches)).await {
+            Ok(()) => {
+                for b in batches {
+                    self.act(b).await;
+                }
+                Ok(())
+            }
+            Err(StoreError::Fenced) => {
+                // Another coordinator leads now: act on nothing more.
+                tracing::error!("a fenced write failed: this coordinator is no longer the leader");
+                self.commits.abandon();
+                self.cfg.fenced.cancel();
+                Err(StoreError::Fenced)
+            }
+            Err(e) => {
+                self.commits.stall(batches);
+                Err(e)
+            }
+        }
+    }
+
+    async fn write(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        for txn in transactions(ops) {
+            self.store.commit(txn).await?;
+        }
+        Ok(())
+    }
+
+    /// What a recorded batch says to do: webhooks, messages to agents, a run's end.
+    async fn act(&mut self, batch: Batch) {
+        for d in batch.deliveries {
+            self.deliverer.send(d);
+        }
+        for (agent, msg) in batch.sends {
+            if let Some(tx) = self.agents.sender(&agent) {
+                let _ = tx.send(msg).await;
+            }
+        }
+        if let (Some(state), Some(id)) = (batch.ended, batch.run) {
+            self.runs.retire(&id, state, self.cfg.clock.now());
+            self.timers.set(&id, None);
+            self.deliverer.close_run(&id);
+        }
+    }
+}
+
+fn every(d: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
+async fn tick(beat: &mut Option<tokio::time::Interval>) {
+    match beat {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,258 @@
+//! The engine: the single writer over every run.
+//!
+//! One task owns all run state. Everything that happens — a submission, an agent's message, a
+//! cancel, a heartbeat tick — arrives as a [`Command`] on one channel. The interpreter
+//! ([`core`]) turns it into events for the runs' pure state machines and asks small owners what
+//! should happen: [`runs`] (active and finished runs, watchers), [`agents`] (sessions, leases,
+//! liveness), [`crate::placement`] (which agent takes which task), [`timers`] (deadlines),
+//! [`commit`] (group commit), [`recovery`] (what the store holds). Only the interpreter
+//! writes to the store, sends to agents, queues webhooks and spawns.
+
+mod agents;
+mod commit;
+mod core;
+mod recovery;
+mod runs;
+mod timers;
+
+use std::time::Duration;
+
+use factotum_proto::{agent_message, AgentMessage, CoordinatorMessage, Hello};
+use factotum_service::Lifecycle;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use self::commit::{transactions, MAX_TXN_BYTES};
+use crate::clock::Clock;
+pub use crate::model::{
+    AgentInfo, EngineError, Placement, RunInfo, RunSpec, RunSummary, Submitted, TaskChange,
+    TaskInfo, WatchEvent,
+};
+use crate::store::Store;
+use crate::webhook::{Deliverer, Undelivered};
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Webhook URLs every run reports to (in addition to each run's own).
+    pub webhooks: Vec<String>,
+    /// Send RUNNING → RUNNING task updates with the output so far at this interval.
+    pub heartbeat_interval: Option<Duration>,
+    /// An agent silent for this long is lost and its attempts fail (`None`: never).
+    pub lost_after: Option<Duration>,
+    /// How often agents are asked to send a heartbeat.
+    pub agent_heartbeat: Duration,
+    /// Finished runs kept for `status` and `runs`.
+    pub keep_finished: usize,
+    /// After loading runs from the store, how long agents have to re-attach the attempts
+    /// recorded as running before those count as lost.
+    pub failover_grace: Duration,
+    /// Cancelled by the engine when a fenced write fails: it is no longer the leader and stops.
+    pub fenced: CancellationToken,
+    /// Where the engine reads the time (tests follow Tokio's paused clock).
+    pub clock: Clock,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            webhooks: vec![],
+            heartbeat_interval: None,
+            lost_after: None,
+            agent_heartbeat: Duration::from_secs(2),
+            keep_finished: 1000,
+            failover_grace: Duration::from_secs(30),
+            fenced: CancellationToken::new(),
+            clock: Clock::System,
+        }
+    }
+}
+
+/// A handle to the engine; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Command>,
+    deliverer: Deliverer,
+    life: Lifecycle,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// Everything the engine is asked, one variant per verb.
+enum Command {
+    Submit {
+        spec: Box<RunSpec>,
+        reply: Reply<Submitted>,
+    },
+    Cancel {
+        run_id: String,
+        reason: String,
+        reply: Reply<()>,
+    },
+    Rerun {
+        run_id: String,
+        from_failed: bool,
+        reply: Reply<Submitted>,
+    },
+    Watch {
+        run_id: String,
+        reply: Reply<mpsc::UnboundedReceiver<WatchEvent>>,
+    },
+    GetRun {
+        run_id: String,
+        reply: Reply<RunInfo>,
+    },
+    ListRuns {
+        reply: Reply<Vec<RunInfo>>,
+    },
+    ListAgents {
+        reply: Reply<Vec<AgentInfo>>,
+    },
+    Recover {
+        reply: Reply<usize>,
+    },
+    AgentHello {
+        conn: u64,
+        hello: Hello,
+        tx: mpsc::Sender<CoordinatorMessage>,
+    },
+    FromAgent {
+        conn: u64,
+        msg: agent_message::Msg,
+    },
+    AgentGone {
+        conn: u64,
+    },
+}
+
+impl Engine {
+    /// Starts the engine task (tracked by `life`). It stops when `life`'s token fires, or when
+    /// a fenced write fails (`config.fenced`).
+    pub fn start<S: Store>(config: EngineConfig, store: S, life: impl Into<Lifecycle>) -> Engine {
+        let life = life.into();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let deliverer = Deliverer::new(store.clone(), life.token.clone());
+        let core = core::Core::new(config, store, deliverer.clone());
+        life.spawn(core.run(rx, life.token.clone()));
+        Engine {
+            tx,
+            deliverer,
+            life,
+        }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Starts a run; returns once it is committed.
+    pub async fn submit(&self, spec: RunSpec) -> Result<Submitted, EngineError> {
+        self.ask(|reply| Command::Submit {
+            spec: Box::new(spec),
+            reply,
+        })
+        .await
+    }
+
+    /// Cancels a run: nothing more starts, running attempts are killed, the rest is skipped.
+    pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<(), EngineError> {
+        self.ask(|reply| Command::Cancel {
+            run_id: run_id.to_string(),
+            reason: reason.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Starts a new run of a finished run's factfile, variables and tags: all of its tasks, or
+    /// with `from_failed` only those that did not succeed and their descendants.
+    pub async fn rerun(&self, run_id: &str, from_failed: bool) -> Result<Submitted, EngineError> {
+        self.ask(|reply| Command::Rerun {
+            run_id: run_id.to_string(),
+            from_failed,
+            reply,
+        })
+        .await
+    }
+
+    /// What happens to a run from now on (after what happened so far); a finished run's
+    /// stream holds what is kept of its history, then its end.
+    pub async fn watch(
+        &self,
+        run_id: &str,
+    ) -> Result<mpsc::UnboundedReceiver<WatchEvent>, EngineError> {
+        self.ask(|reply| Command::Watch {
+            run_id: run_id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn get_run(&self, run_id: &str) -> Result<RunInfo, EngineError> {
+        self.ask(|reply| Command::GetRun {
+            run_id: run_id.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Active runs, then finished ones, newest first.
+    pub async fn list_runs(&self) -> Result<Vec<RunInfo>, EngineError> {
+        self.ask(|reply| Command::ListRuns { reply }).await
+    }
+
+    /// Loads the store's active runs (after a restart or a failover) and queues their pending
+    /// webhooks; returns how many runs it took over.
+    pub async fn recover(&self) -> Result<usize, EngineError> {
+        self.ask(|reply| Command::Recover { reply }).await
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentInfo>, EngineError> {
+        self.ask(|reply| Command::ListAgents { reply }).await
+    }
+
+    /// Connects an agent session: `from_agent` carries its messages in (the first must be
+    /// `Hello`), `to_agent` takes the engine's messages out. The engine holds the only sender
+    /// of `to_agent`: when it forgets the agent, the outgoing stream ends.
+    pub fn attach_agent(
+        &self,
+        mut from_agent: mpsc::Receiver<AgentMessage>,
+        to_agent: mpsc::Sender<CoordinatorMessage>,
+    ) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let conn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tx = self.tx.clone();
+        self.life.spawn(async move {
+            let mut to_agent = Some(to_agent);
+            while let Some(msg) = from_agent.recv().await {
+                let Some(msg) = msg.msg else { continue };
+                let cmd = match (msg, to_agent.take()) {
+                    (agent_message::Msg::Hello(hello), Some(tx)) => {
+                        Command::AgentHello { conn, hello, tx }
+                    }
+                    (_, Some(_)) => {
+                        tracing::warn!(conn, "agent spoke before Hello; closing its session");
+                        break;
+                    }
+                    (msg, None) => Command::FromAgent { conn, msg },
+                };
+                if tx.send(cmd).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Command::AgentGone { conn });
+        });
+    }
+
+    /// Waits (at most `timeout`) for queued webhooks; returns what is still undelivered.
+    pub async fn flush_webhooks(&self, timeout: Duration) -> Vec<Undelivered> {
+        self.deliverer.flush(timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

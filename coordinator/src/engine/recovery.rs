@@ -1,0 +1,233 @@
+//! Recovery: what a new leader (or a restarted single node) loads from the store — active runs
+//! to take over, finished runs to show, idempotency keys, webhooks not yet delivered — and the
+//! rerun of a recorded run. Reads only: the interpreter installs what it returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use factotum_common::constraint::Constraint;
+use factotum_common::dag::{Plan, TaskId};
+use factotum_common::run::{RunOptions, RunState, TaskState};
+use factotum_common::webhook::RunMeta;
+
+use super::runs::{webhooks, FinishedRun, Run, RunParts};
+use crate::model::{EngineError, RunSpec};
+use crate::persist;
+use crate::store::{keys, Store};
+use crate::webhook::Delivery;
+
+/// What the store holds for a new leader.
+#[derive(Default)]
+pub(super) struct Recovered {
+    /// Runs still active, to take over.
+    pub active: Vec<Run>,
+    /// Runs that ended before: shown by `status` and `runs`.
+    pub finished: Vec<(chrono::DateTime<chrono::Utc>, Arc<str>, FinishedRun)>,
+    pub idempotency: Vec<(String, String)>,
+    /// Webhook events not yet delivered, in order per run, with their original event ids.
+    pub outbox: Vec<Delivery>,
+}
+
+/// Reads every run, key and outbox entry under the store (except runs already `known`).
+pub(super) async fn load<S: Store>(
+    store: &S,
+    engine_webhooks: &[String],
+    known: impl Fn(&str) -> bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Recovered, EngineError> {
+    let mut by_run: BTreeMap<String, HashMap<String, Vec<u8>>> = BTreeMap::new();
+    for (key, value) in store.scan("runs/").await? {
+        let Some((id, rest)) = key.strip_prefix("runs/").and_then(|k| k.split_once('/')) else {
+            continue;
+        };
+        by_run
+            .entry(id.to_string())
+            .or_default()
+            .insert(rest.to_string(), value);
+    }
+    let mut out = Recovered::default();
+    for (id, keys) in by_run {
+        if known(&id) {
+            continue;
+        }
+        let id: Arc<str> = Arc::from(id.as_str());
+        match restore_run(&id, keys, engine_webhooks).await {
+            Ok(run) if run.state.job_state().is_terminal() => {
+                // Finished before the failover: kept for `status` and `runs`.
+                let state = run.state.job_state();
+                let finished = FinishedRun {
+                    info: run.info(now),
+                    summary: run.summarize(state, now),
+                    history: None,
+                };
+                out.finished.push((run.state.started_at(), id, finished));
+            }
+            Ok(run) => out.active.push(run),
+            Err(why) => tracing::error!(run = %id, "cannot take over the run: {why}"),
+        }
+    }
+    for (key, value) in store.scan("idempotency/").await? {
+        if let (Some(k), Ok(run)) = (
+            key.strip_prefix("idempotency/").and_then(keys::unhex),
+            String::from_utf8(value),
+        ) {
+            out.idempotency.push((k, run));
+        }
+    }
+    for (key, value) in store.scan("outbox/").await? {
+        let parts: Vec<&str> = key.splitn(4, '/').collect();
+        let [_, run, seq, _] = parts.as_slice() else {
+            continue;
+        };
+        let Some((url, body)) = persist::unpack_outbox(&value) else {
+            continue;
+        };
+        out.outbox.push(Delivery {
+            url: Arc::from(url.as_str()),
+            run_id: Arc::from(*run),
+            event_id: format!(
+                "{run}-{}",
+                seq.trim_start_matches('0').parse::<u64>().unwrap_or(0)
+            ),
+            body: Arc::from(body.as_str()),
+            outbox_key: key.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// The attempts a restored run records as running: an agent must re-attach them.
+pub(super) fn running_attempts(run: &Run) -> Vec<(TaskId, u32)> {
+    run.state
+        .tasks()
+        .iter()
+        .enumerate()
+        .filter(|(_, rec)| rec.state == TaskState::Running)
+        .map(|(t, rec)| (t as TaskId, rec.attempt))
+        .collect()
+}
+
+/// One recorded run, rebuilt.
+async fn restore_run(
+    id: &Arc<str>,
+    keys: HashMap<String, Vec<u8>>,
+    engine_webhooks: &[String],
+) -> Result<Run, String> {
+    let rec = persist::Recorded::read(keys)?;
+    let state = rec.state()?;
+    let job = state.job_state().ok_or("unknown job state")?;
+    let plan = Plan::subset(&rec.factfile, &rec.spec.tasks);
+    // A finished run is kept for `status` and `runs` only: no host names to look up.
+    let (plan, constraints) = if job.is_terminal() {
+        (Arc::new(plan), rec.constraints())
+    } else {
+        resolved(plan, rec.constraints()).await?
+    };
+    let records = (0..plan.len() as u32).map(|t| rec.task(t)).collect();
+    let persist::Recorded { spec, compact, .. } = rec;
+    let webhooks = webhooks(engine_webhooks, &spec.webhooks);
+    let opts = RunOptions {
+        max_output: spec.max_output,
+        snapshots: !webhooks.is_empty(),
+    };
+    let meta = RunMeta::new(
+        &compact,
+        &spec.job_name,
+        spec.tags.clone(),
+        id.to_string(),
+        spec.start_time,
+    );
+    Ok(Run::new(RunParts {
+        id: Arc::clone(id),
+        state: RunState::restore(
+            plan,
+            spec.start_time,
+            opts,
+            job,
+            state.cancelled.clone(),
+            records,
+        ),
+        meta,
+        webhooks,
+        max_output: spec.max_output,
+        dry_run: spec.dry_run,
+        constraints,
+        placement: spec.placement,
+        outbox_seq: state.outbox_seq,
+        rerun_of: spec.rerun_of.clone(),
+    }))
+}
+
+/// A new run of a finished run's recorded factfile (already templated with its variables),
+/// tags, webhooks, constraints and options: all its tasks, or with `from_failed` those that
+/// did not succeed and their descendants.
+pub(super) async fn rerun_spec<S: Store>(
+    store: &S,
+    old: &str,
+    from_failed: bool,
+) -> Result<RunSpec, EngineError> {
+    let prefix = format!("runs/{old}/");
+    let keys: HashMap<String, Vec<u8>> = store
+        .scan(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v)))
+        .collect();
+    if keys.is_empty() {
+        return Err(EngineError::NoSuchRun(old.to_string()));
+    }
+    let why = |w: String| EngineError::CannotRerun {
+        run: old.to_string(),
+        why: w,
+    };
+    let rec = persist::Recorded::read(keys).map_err(why)?;
+    let names: Vec<String> = if from_failed {
+        let old_plan = Plan::subset(&rec.factfile, &rec.spec.tasks);
+        let states: Vec<TaskState> = (0..old_plan.len() as u32)
+            .map(|t| rec.task(t).map(|r| r.state).unwrap_or_default())
+            .collect();
+        factotum_common::run::rerun_set(&old_plan, &states)
+            .into_iter()
+            .map(|t| old_plan.tasks[t as usize].name.to_string())
+            .collect()
+    } else {
+        rec.spec.tasks.clone()
+    };
+    if names.is_empty() {
+        return Err(EngineError::NothingToRerun(old.to_string()));
+    }
+    let (plan, constraints) = resolved(Plan::subset(&rec.factfile, &names), rec.constraints())
+        .await
+        .map_err(why)?;
+    let persist::Recorded { spec, compact, .. } = rec;
+    Ok(RunSpec {
+        compact_factfile: compact,
+        plan,
+        tags: spec.tags,
+        webhooks: spec.webhooks,
+        max_output: spec.max_output,
+        dry_run: spec.dry_run,
+        constraints,
+        placement: spec.placement,
+        allow_concurrent: false,
+        idempotency_key: None,
+        uuid: uuid::Uuid::new_v4().to_string(),
+        rerun_of: Some(old.to_string()),
+    })
+}
+
+/// A recorded plan and constraints with their host names resolved (off the async workers: name
+/// lookups block).
+async fn resolved(
+    plan: Plan,
+    constraints: Vec<Constraint>,
+) -> Result<(Arc<Plan>, Vec<Constraint>), String> {
+    tokio::task::spawn_blocking(move || {
+        (
+            Arc::new(crate::spec::resolve_plan(plan)),
+            crate::spec::resolve_constraints(constraints),
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())
+}

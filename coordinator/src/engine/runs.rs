@@ -1,0 +1,496 @@
+//! The runs owner: every active run with its state machine, watchers and placement memory, the
+//! finished runs kept for `status` and late watchers, and idempotency keys.
+//!
+//! Its verbs *return* what should happen (store writes, webhook deliveries, watch events); the
+//! interpreter in [`super::core`] performs them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use factotum_common::constraint::{Constraint, Placement};
+use factotum_common::dag::TaskId;
+use factotum_common::run::{JobState, RunOptions, RunState, TaskState, Update, UpdateKind};
+use factotum_common::webhook::{payload, RunMeta};
+use tokio::sync::mpsc;
+
+use crate::model::{EngineError, RunInfo, RunSpec, RunSummary, TaskChange, TaskInfo, WatchEvent};
+use crate::persist;
+use crate::store::{keys, StoreOp};
+use crate::webhook::Delivery;
+
+/// Events of a run replayed to late watchers, at most.
+const HISTORY: usize = 10_000;
+/// Finished runs whose history is kept for late watchers.
+const FINISHED_WITH_HISTORY: usize = 50;
+
+pub(super) struct Run {
+    pub id: Arc<str>,
+    pub state: RunState,
+    pub meta: RunMeta,
+    pub webhooks: Vec<Arc<str>>,
+    pub max_output: u32,
+    pub dry_run: bool,
+    pub constraints: Vec<Constraint>,
+    pub placement: Placement,
+    watchers: Vec<mpsc::UnboundedSender<WatchEvent>>,
+    /// The agent that took the run's first task (sticky placement).
+    pub sticky: Option<Arc<str>>,
+    /// The agent of each task's current attempt.
+    pub task_agent: HashMap<TaskId, Arc<str>>,
+    pub waiting_reason: Option<String>,
+    pub outbox_seq: u64,
+    /// What watchers have been told, replayed to a watcher that comes late (bounded).
+    history: VecDeque<WatchEvent>,
+    pub rerun_of: Option<String>,
+}
+
+/// What a run is built from: a new submission or a store's records.
+pub(super) struct RunParts {
+    pub id: Arc<str>,
+    pub state: RunState,
+    pub meta: RunMeta,
+    pub webhooks: Vec<Arc<str>>,
+    pub max_output: usize,
+    pub dry_run: bool,
+    pub constraints: Vec<Constraint>,
+    pub placement: Placement,
+    pub outbox_seq: u64,
+    pub rerun_of: Option<String>,
+}
+
+impl Run {
+    pub fn new(p: RunParts) -> Run {
+        Run {
+            id: p.id,
+            state: p.state,
+            meta: p.meta,
+            webhooks: p.webhooks,
+            max_output: u32::try_from(p.max_output).unwrap_or(u32::MAX),
+            dry_run: p.dry_run,
+            constraints: p.constraints,
+            placement: p.placement,
+            watchers: vec![],
+            sticky: None,
+            task_agent: HashMap::new(),
+            waiting_reason: None,
+            outbox_seq: p.outbox_seq,
+            history: VecDeque::new(),
+            rerun_of: p.rerun_of,
+        }
+    }
+
+    /// A watcher from now on, after what watchers have been told so far.
+    pub fn watch(&mut self) -> mpsc::UnboundedReceiver<WatchEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for ev in &self.history {
+            let _ = tx.send(ev.clone());
+        }
+        self.watchers.push(tx);
+        rx
+    }
+
+    /// Tells every watcher, and remembers it for the ones to come.
+    pub fn tell(&mut self, ev: WatchEvent) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(ev.clone());
+        tell(&mut self.watchers, ev);
+    }
+
+    /// Store writes and webhook deliveries for one update; watchers are told.
+    pub fn record(&mut self, update: &Update, ops: &mut Vec<StoreOp>, out: &mut Vec<Delivery>) {
+        match &update.kind {
+            UpdateKind::Job { .. } => {} // the state record is written with every batch
+            UpdateKind::Tasks(ts) => {
+                for t in ts {
+                    if t.previous == t.current && t.current == TaskState::Running {
+                        continue; // heartbeats change nothing worth storing
+                    }
+                    if let (Some(rec), Some(spec)) =
+                        (self.state.task(t.task), self.state.plan().task(t.task))
+                    {
+                        let doc = persist::TaskOut::new(&spec.name, rec);
+                        ops.push(StoreOp::Put {
+                            key: keys::task(&self.id, t.task),
+                            value: serde_json::to_vec(&doc).unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+        }
+        let ev = self.watch_event(update);
+        self.tell(ev);
+        if self.webhooks.is_empty() {
+            return;
+        }
+        let plan = Arc::clone(self.state.plan());
+        let names = move |t: u32| plan.task(t).map(|t| t.name.to_string()).unwrap_or_default();
+        let Some(body) = payload(&self.meta, update, &names) else {
+            return;
+        };
+        let body: Arc<str> = Arc::from(body);
+        let seq = self.outbox_seq;
+        self.outbox_seq += 1;
+        for (i, url) in self.webhooks.iter().enumerate() {
+            let outbox_key = format!("{}/{i}", keys::outbox(&self.id, seq));
+            ops.push(StoreOp::Put {
+                key: outbox_key.clone(),
+                value: persist::pack_outbox(url, &body),
+            });
+            out.push(Delivery {
+                url: Arc::clone(url),
+                run_id: Arc::clone(&self.id),
+                event_id: format!("{}-{seq}", self.id),
+                body: Arc::clone(&body),
+                outbox_key,
+            });
+        }
+    }
+
+    /// The run's state record, written with every batch (job state, outbox sequence, cancel).
+    pub fn state_op(&self) -> StoreOp {
+        let state = persist::StateRecord {
+            state: self.state.job_state().as_str().into(),
+            outbox_seq: self.outbox_seq,
+            cancelled: self.state.cancelled().map(str::to_string),
+        };
+        StoreOp::Put {
+            key: keys::run_state(&self.id),
+            value: serde_json::to_vec(&state).unwrap_or_default(),
+        }
+    }
+
+    fn watch_event(&self, update: &Update) -> WatchEvent {
+        match &update.kind {
+            UpdateKind::Job { previous, current } => WatchEvent::Job {
+                previous: *previous,
+                current: *current,
+            },
+            UpdateKind::Tasks(ts) => WatchEvent::Tasks(
+                ts.iter()
+                    .filter_map(|t| {
+                        let rec = self.state.task(t.task)?;
+                        Some(TaskChange {
+                            name: Arc::clone(&self.state.plan().task(t.task)?.name),
+                            previous: t.previous,
+                            current: t.current,
+                            started: rec.started,
+                            duration: rec.duration,
+                            return_code: rec.return_code,
+                            error_message: rec.error_message.clone(),
+                        })
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    pub fn info(&self, now: DateTime<Utc>) -> RunInfo {
+        let plan = self.state.plan();
+        RunInfo {
+            run_id: self.id.to_string(),
+            job_name: plan.job_name.clone(),
+            job_reference: self.meta.job_reference.clone(),
+            state: self.state.job_state(),
+            start_time: self.state.started_at(),
+            duration: (now - self.state.started_at()).to_std().unwrap_or_default(),
+            waiting_reason: self.waiting_reason.clone(),
+            tasks: plan
+                .order
+                .iter()
+                .filter_map(|&t| {
+                    let rec = self.state.task(t)?;
+                    Some(TaskInfo {
+                        name: Arc::clone(&plan.task(t)?.name),
+                        state: rec.state,
+                        attempt: rec.attempt,
+                        agent: self.task_agent.get(&t).map(|a| a.to_string()),
+                        started: rec.started,
+                        duration: rec.duration,
+                        return_code: rec.return_code,
+                        error_message: rec.error_message.clone(),
+                    })
+                })
+                .collect(),
+            tags: self.meta.tags.clone(),
+            rerun_of: self.rerun_of.clone(),
+        }
+    }
+
+    pub fn summarize(&self, state: JobState, now: DateTime<Utc>) -> RunSummary {
+        let plan = self.state.plan();
+        let name = |t: Option<TaskId>| t.and_then(|t| plan.task(t)).map(|t| Arc::clone(&t.name));
+        RunSummary {
+            run_id: self.id.to_string(),
+            state,
+            tasks: plan
+                .order
+                .iter()
+                .filter_map(|&t| Some((Arc::clone(&plan.task(t)?.name), self.state.task(t)?.state)))
+                .collect(),
+            duration: (now - self.state.started_at()).to_std().unwrap_or_default(),
+            first_failed: name(self.state.first_failed()),
+            first_no_op: name(self.state.first_no_op()),
+        }
+    }
+}
+
+/// A new run from a submission, and the records that must be committed before it is
+/// acknowledged (what was asked, the factfile, the initial state, the idempotency key).
+pub(super) fn submitted(
+    spec: RunSpec,
+    now: DateTime<Utc>,
+    engine_webhooks: &[String],
+) -> (Run, Vec<StoreOp>) {
+    let run_ref = factotum_common::reference::run_reference(&spec.uuid);
+    let meta = RunMeta::new(
+        &spec.compact_factfile,
+        &spec.plan.job_name,
+        spec.tags.clone(),
+        run_ref.clone(),
+        now,
+    );
+    let webhooks = webhooks(engine_webhooks, &spec.webhooks);
+    let opts = RunOptions {
+        max_output: spec.max_output,
+        snapshots: !webhooks.is_empty(),
+    };
+    let id: Arc<str> = Arc::from(run_ref.as_str());
+    let record = persist::SpecRecord {
+        job_name: spec.plan.job_name.clone(),
+        job_reference: meta.job_reference.clone(),
+        start_time: now,
+        tags: spec.tags.clone(),
+        webhooks: spec.webhooks.clone(),
+        constraints: spec
+            .constraints
+            .iter()
+            .map(persist::ConstraintRecord::from_constraint)
+            .collect(),
+        placement: spec.placement,
+        max_output: spec.max_output,
+        dry_run: spec.dry_run,
+        tasks: spec.plan.tasks.iter().map(|t| t.name.to_string()).collect(),
+        rerun_of: spec.rerun_of.clone(),
+    };
+    let initial = persist::StateRecord {
+        state: JobState::Waiting.as_str().into(),
+        outbox_seq: 0,
+        cancelled: None,
+    };
+    let mut ops = vec![
+        StoreOp::Put {
+            key: keys::run_spec(&id),
+            value: serde_json::to_vec(&record).unwrap_or_default(),
+        },
+        StoreOp::Put {
+            key: keys::run_factfile(&id),
+            value: persist::pack_factfile(&spec.compact_factfile),
+        },
+        StoreOp::Put {
+            key: keys::run_state(&id),
+            value: serde_json::to_vec(&initial).unwrap_or_default(),
+        },
+    ];
+    ops.extend(spec.idempotency_key.as_ref().map(|k| StoreOp::Put {
+        key: keys::idempotency(k),
+        value: id.as_bytes().to_vec(),
+    }));
+    let run = Run::new(RunParts {
+        id,
+        state: RunState::new(Arc::clone(&spec.plan), now, opts),
+        meta,
+        webhooks,
+        max_output: spec.max_output,
+        dry_run: spec.dry_run,
+        constraints: spec.constraints,
+        placement: spec.placement,
+        outbox_seq: 0,
+        rerun_of: spec.rerun_of,
+    });
+    (run, ops)
+}
+
+/// The engine's webhooks, then the run's own.
+pub(super) fn webhooks(engine: &[String], run: &[String]) -> Vec<Arc<str>> {
+    engine
+        .iter()
+        .chain(run)
+        .map(|u| Arc::from(u.as_str()))
+        .collect()
+}
+
+/// A finished run, kept for `status`, `runs` and late watchers.
+pub(super) struct FinishedRun {
+    pub info: RunInfo,
+    pub summary: RunSummary,
+    pub history: Option<VecDeque<WatchEvent>>,
+}
+
+/// Every run this engine knows.
+pub(super) struct Runs {
+    pub active: HashMap<Arc<str>, Run>,
+    finished: HashMap<Arc<str>, FinishedRun>,
+    finished_order: VecDeque<Arc<str>>,
+    keep_finished: usize,
+    /// Idempotency keys of submissions, and the runs they started.
+    idempotency: HashMap<String, String>,
+}
+
+impl Runs {
+    pub fn new(keep_finished: usize) -> Runs {
+        Runs {
+            active: HashMap::new(),
+            finished: HashMap::new(),
+            finished_order: VecDeque::new(),
+            keep_finished,
+            idempotency: HashMap::new(),
+        }
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Run> {
+        self.active.get_mut(id)
+    }
+
+    pub fn is_finished(&self, id: &str) -> bool {
+        self.finished.contains_key(id)
+    }
+
+    /// Runs with ready tasks: the ones placement should look at.
+    pub fn with_ready(&self) -> Vec<Arc<str>> {
+        self.active
+            .iter()
+            .filter(|(_, r)| !r.state.ready().is_empty())
+            .map(|(k, _)| Arc::clone(k))
+            .collect()
+    }
+
+    /// An active run of the same job (same `jobReference`).
+    pub fn active_of_job(&self, job_reference: &str) -> Option<&Run> {
+        self.active
+            .values()
+            .find(|r| r.meta.job_reference == job_reference)
+    }
+
+    /// The run a repeated idempotency key started, watched from now on.
+    pub fn by_idempotency_key(&mut self, key: &str) -> Option<crate::model::Submitted> {
+        let run_id = self.idempotency.get(key)?.clone();
+        let (watch, job_reference) = match self.active.get_mut(run_id.as_str()) {
+            Some(run) => (run.watch(), run.meta.job_reference.clone()),
+            None => {
+                let reference = self
+                    .finished
+                    .get(run_id.as_str())
+                    .map(|f| f.info.job_reference.clone())
+                    .unwrap_or_default();
+                (mpsc::unbounded_channel().1, reference)
+            }
+        };
+        Some(crate::model::Submitted {
+            run_id,
+            job_reference,
+            existing: true,
+            watch,
+        })
+    }
+
+    pub fn remember_key(&mut self, key: String, run: String) {
+        self.idempotency.insert(key, run);
+    }
+
+    pub fn watch(&mut self, id: &str) -> Result<mpsc::UnboundedReceiver<WatchEvent>, EngineError> {
+        if let Some(run) = self.active.get_mut(id) {
+            return Ok(run.watch());
+        }
+        let f = self
+            .finished
+            .get(id)
+            .ok_or_else(|| EngineError::NoSuchRun(id.to_string()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        for ev in f.history.iter().flatten() {
+            let _ = tx.send(ev.clone());
+        }
+        let _ = tx.send(WatchEvent::Done(f.summary.clone()));
+        Ok(rx)
+    }
+
+    pub fn info(&self, id: &str, now: DateTime<Utc>) -> Result<RunInfo, EngineError> {
+        match (self.active.get(id), self.finished.get(id)) {
+            (Some(run), _) => Ok(run.info(now)),
+            (None, Some(f)) => Ok(f.info.clone()),
+            _ => Err(EngineError::NoSuchRun(id.to_string())),
+        }
+    }
+
+    /// Active runs, newest first, then finished ones, newest first.
+    pub fn list(&self, now: DateTime<Utc>) -> Vec<RunInfo> {
+        let mut list: Vec<RunInfo> = self.active.values().map(|r| r.info(now)).collect();
+        list.sort_by_key(|r| std::cmp::Reverse(r.start_time));
+        list.extend(
+            self.finished_order
+                .iter()
+                .rev()
+                .filter_map(|id| self.finished.get(id))
+                .map(|f| f.info.clone()),
+        );
+        list
+    }
+
+    /// Moves an ended run to the finished ones: watchers get its end; the oldest finished
+    /// runs (and, past the newest few, their histories) are forgotten.
+    pub fn retire(&mut self, id: &Arc<str>, state: JobState, now: DateTime<Utc>) {
+        let Some(mut run) = self.active.remove(id) else {
+            return;
+        };
+        let summary = run.summarize(state, now);
+        tell(&mut run.watchers, WatchEvent::Done(summary.clone()));
+        let finished = FinishedRun {
+            info: run.info(now),
+            summary,
+            history: Some(std::mem::take(&mut run.history)),
+        };
+        self.keep(Arc::clone(id), finished);
+        let n = self.finished_order.len();
+        if n > FINISHED_WITH_HISTORY {
+            let old = &self.finished_order[n - FINISHED_WITH_HISTORY - 1];
+            if let Some(f) = self.finished.get_mut(old) {
+                f.history = None;
+            }
+        }
+    }
+
+    /// Keeps a finished run (newest last), forgetting the oldest past the limit.
+    pub fn keep(&mut self, id: Arc<str>, f: FinishedRun) {
+        self.finished_order.push_back(Arc::clone(&id));
+        self.finished.insert(id, f);
+        while self.finished_order.len() > self.keep_finished {
+            if let Some(old) = self.finished_order.pop_front() {
+                self.finished.remove(&old);
+            }
+        }
+    }
+
+    /// Finished runs loaded from the store, oldest first; only the newest `keep_finished` stay.
+    pub fn keep_all(&mut self, mut finished: Vec<(DateTime<Utc>, Arc<str>, FinishedRun)>) {
+        finished.sort_by_key(|(start, ..)| *start);
+        let skip = finished.len().saturating_sub(self.keep_finished);
+        for (_, id, f) in finished.into_iter().skip(skip) {
+            self.keep(id, f);
+        }
+    }
+}
+
+/// Sends to every watcher, forgetting the ones that went away.
+fn tell(watchers: &mut Vec<mpsc::UnboundedSender<WatchEvent>>, ev: WatchEvent) {
+    match watchers.len() {
+        0 => {}
+        1 => {
+            if watchers[0].send(ev).is_err() {
+                watchers.clear();
+            }
+        }
+        _ => watchers.retain(|w| w.send(ev.clone()).is_ok()),
+    }
+}

@@ -1,0 +1,153 @@
+//! The engine's vocabulary: what is asked of it ([`RunSpec`]), what it shows ([`RunInfo`],
+//! [`AgentInfo`]), what watchers see ([`WatchEvent`]) and how it refuses ([`EngineError`]).
+//!
+//! Plain data with no behaviour, so the submission parser, the store records, the wire
+//! conversions and the engine can all speak it without importing one another.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use factotum_common::constraint::Constraint;
+pub use factotum_common::constraint::Placement;
+use factotum_common::dag::Plan;
+use factotum_common::run::{JobState, Stream, TaskState};
+use tokio::sync::mpsc;
+
+/// A run to start.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The templated compact factfile (for `jobReference` and the payloads' `factfile`).
+    pub compact_factfile: String,
+    pub plan: Arc<Plan>,
+    pub tags: BTreeMap<String, String>,
+    /// This run's own webhook URLs.
+    pub webhooks: Vec<String>,
+    /// Characters of output kept per stream.
+    pub max_output: usize,
+    /// Simulate every task with exit code 0.
+    pub dry_run: bool,
+    /// Every one must hold for an agent to take the run's tasks.
+    pub constraints: Vec<Constraint>,
+    pub placement: Placement,
+    /// Start even if a run of the same job (same `jobReference`) is still active.
+    pub allow_concurrent: bool,
+    /// A repeated submission with this key gets the run the first one started.
+    pub idempotency_key: Option<String>,
+    /// A fresh UUIDv4 string; the run's reference is its SHA-256.
+    pub uuid: String,
+    /// The run this one re-runs (`factotum rerun`).
+    pub rerun_of: Option<String>,
+}
+
+/// A run as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub job_name: String,
+    pub job_reference: String,
+    pub state: JobState,
+    pub start_time: DateTime<Utc>,
+    pub duration: Duration,
+    /// Why ready tasks are not running.
+    pub waiting_reason: Option<String>,
+    pub tasks: Vec<TaskInfo>,
+    pub tags: BTreeMap<String, String>,
+    /// The run this one re-runs.
+    pub rerun_of: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskInfo {
+    pub name: Arc<str>,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub agent: Option<String>,
+    pub started: Option<DateTime<Utc>>,
+    pub duration: Option<Duration>,
+    pub return_code: Option<i32>,
+    pub error_message: Option<String>,
+}
+
+/// An agent as `agents` shows it.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub agent_id: String,
+    pub hostname: String,
+    pub ips: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub slots: u32,
+    pub in_use: u32,
+    pub last_heard: Duration,
+    pub version: String,
+    pub connected: bool,
+}
+
+/// What a watcher of a run sees, in order.
+#[derive(Debug, Clone)]
+pub enum WatchEvent {
+    Job {
+        previous: Option<JobState>,
+        current: JobState,
+    },
+    Tasks(Vec<TaskChange>),
+    Output {
+        task: Arc<str>,
+        stream: Stream,
+        line: String,
+    },
+    Done(RunSummary),
+}
+
+/// A task transition with what is known about the task right after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskChange {
+    pub name: Arc<str>,
+    pub previous: TaskState,
+    pub current: TaskState,
+    pub started: Option<DateTime<Utc>>,
+    pub duration: Option<Duration>,
+    pub return_code: Option<i32>,
+    pub error_message: Option<String>,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub state: JobState,
+    /// Every task with its final state, in display order.
+    pub tasks: Vec<(Arc<str>, TaskState)>,
+    pub duration: Duration,
+    pub first_failed: Option<Arc<str>>,
+    pub first_no_op: Option<Arc<str>>,
+}
+
+/// A submitted run: its id and the stream of what happens to it.
+#[derive(Debug)]
+pub struct Submitted {
+    pub run_id: String,
+    pub job_reference: String,
+    /// The run an idempotency key pointed at, rather than a new one.
+    pub existing: bool,
+    pub watch: mpsc::UnboundedReceiver<WatchEvent>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the engine has stopped")]
+    Stopped,
+    #[error("no run '{0}'")]
+    NoSuchRun(String),
+    #[error("a run of this job (same factfile and tags) is still active: {0}")]
+    AlreadyActive(String),
+    #[error("run {0} has not finished: cancel it or wait for it before re-running it")]
+    StillActive(String),
+    #[error("run {0} has no task that did not succeed: nothing to re-run")]
+    NothingToRerun(String),
+    #[error("run {run} cannot be re-run: {why}")]
+    CannotRerun { run: String, why: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}

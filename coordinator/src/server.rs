@@ -1,0 +1,243 @@
+//! A coordinator process: its flags ([`Config`]) and [`run`], which serves the gRPC API on a
+//! listener and leads — alone in memory, or in an etcd election ([`crate::node`]) — until
+//! `shutdown` fires. The binary parses flags and calls this; tests call it in-process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use factotum_service::{DurationRange, Lifecycle, LogFormat};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineConfig};
+use crate::etcd::{EtcdConfig, EtcdStore};
+use crate::node::{Node, NodeError};
+use crate::store::{MemoryStore, StoreError};
+use crate::{api, spec};
+
+/// The Factotum coordinator: accepts runs over gRPC and leases their tasks to agents.
+///
+/// It listens on loopback by default. There is no authentication yet, so it refuses any other
+/// address unless `--insecure` is given: anyone who can reach the port can run shell commands on
+/// every agent. State is kept in memory (a single node) unless `--etcd` is given.
+///
+/// Durations take units (`500ms`, `15s`, `2m`, `1h30m`); a bare number is seconds.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "factotum-coordinator", version)]
+pub struct Config {
+    /// Address for the gRPC API (clients and agents).
+    #[arg(long, env = "FACTOTUM_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// The address other replicas and clients should use for this one (default: --listen).
+    #[arg(long, env = "FACTOTUM_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Allow listening on a non-loopback address without authentication.
+    #[arg(long, env = "FACTOTUM_INSECURE")]
+    pub insecure: bool,
+    /// POST every transition of every run to this URL (repeatable; comma-separated in the env var).
+    #[arg(long, env = "FACTOTUM_WEBHOOK", value_delimiter = ',')]
+    pub webhook: Vec<String>,
+    /// An agent silent this long is lost; its running tasks fail.
+    #[arg(long, env = "FACTOTUM_LOST_AFTER", value_name = "DURATION", default_value = "15s",
+          value_parser = DurationRange::POSITIVE.parser())]
+    pub lost_after: Duration,
+    /// How often agents send a heartbeat.
+    #[arg(long, env = "FACTOTUM_HEARTBEAT_INTERVAL", value_name = "DURATION", default_value = "2s",
+          value_parser = DurationRange::POSITIVE.parser())]
+    pub heartbeat_interval: Duration,
+    /// etcd client URLs (comma-separated): runs are recorded there and survive restarts.
+    /// Without it, runs live in this process's memory only.
+    #[arg(long, env = "FACTOTUM_ETCD", value_delimiter = ',', value_name = "URL")]
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd (coordinators sharing it share their runs).
+    #[arg(long, env = "FACTOTUM_ETCD_PREFIX", default_value = "/factotum")]
+    pub etcd_prefix: String,
+    /// etcd user (with --etcd-password).
+    #[arg(long, env = "FACTOTUM_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    #[arg(long, env = "FACTOTUM_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// CA certificate (PEM) to trust for https:// etcd URLs.
+    #[arg(long, env = "FACTOTUM_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for etcd mutual TLS.
+    #[arg(long, env = "FACTOTUM_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, env = "FACTOTUM_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// The leader's etcd lease (whole seconds, from 1s): a leader that stops renewing it loses
+    /// leadership after this long, and a standby takes over.
+    #[arg(long, env = "FACTOTUM_LEASE_TTL", value_name = "DURATION", default_value = "5s",
+          value_parser = DurationRange::from(Duration::from_secs(1)).parser())]
+    pub lease_ttl: Duration,
+    /// After taking over runs from etcd, how long agents have to re-attach running tasks
+    /// before those count as lost.
+    #[arg(long, env = "FACTOTUM_FAILOVER_GRACE", value_name = "DURATION", default_value = "30s",
+          value_parser = DurationRange::POSITIVE.parser())]
+    pub failover_grace: Duration,
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(
+        long,
+        env = "FACTOTUM_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("refusing to listen on {0} without authentication: anyone reaching it could run commands on every agent. Listen on loopback, or pass --insecure if the network is trusted")]
+    Insecure(SocketAddr),
+    #[error("{0}")]
+    BadWebhook(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot reach etcd at {endpoints}: {source}")]
+    Etcd {
+        endpoints: String,
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("the gRPC server failed: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+impl Config {
+    /// What is refused before anything starts.
+    pub fn check(&self) -> Result<(), ServeError> {
+        if !api::is_loopback(&self.listen) && !self.insecure {
+            return Err(ServeError::Insecure(self.listen));
+        }
+        for url in &self.webhook {
+            spec::check_webhook_url(url).map_err(|e| ServeError::BadWebhook(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Binds `--listen` (after [`Config::check`]).
+    pub async fn bind(&self) -> Result<TcpListener, ServeError> {
+        self.check()?;
+        TcpListener::bind(self.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: self.listen,
+                source,
+            })
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            webhooks: self.webhook.clone(),
+            lost_after: Some(self.lost_after),
+            agent_heartbeat: self.heartbeat_interval,
+            failover_grace: self.failover_grace,
+            ..EngineConfig::default()
+        }
+    }
+
+    fn etcd(&self) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: self.etcd.clone(),
+            prefix: self.etcd_prefix.clone(),
+            user: self
+                .etcd_user
+                .clone()
+                .map(|u| (u, self.etcd_password.clone().unwrap_or_default())),
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+        }
+    }
+}
+
+/// Time open streams get to close once the coordinator stops.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves on `listener` and leads (or follows) until `shutdown` fires, then resigns, stops
+/// serving and waits (boundedly) for everything it spawned.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    config.check()?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    tracing::info!(%addr, %advertise, "coordinator listening");
+    let life = Lifecycle::new();
+    let (engine_tx, engine_rx) = watch::channel(None);
+    let (leader_tx, leader_rx) = watch::channel(None);
+    let routing = api::Routing {
+        engine: engine_rx,
+        leader: leader_rx,
+    };
+    let server = life.spawn(api::serve(routing, listener, life.clone()));
+    let outcome = if config.etcd.is_empty() {
+        tracing::warn!(
+            "no --etcd: runs are kept in memory on this single node and are lost on restart"
+        );
+        let engine = Engine::start(config.engine(), MemoryStore::new(), life.child());
+        let _ = engine_tx.send(Some(engine));
+        shutdown.cancelled().await;
+        Ok(())
+    } else {
+        lead(
+            &config,
+            advertise,
+            engine_tx.clone(),
+            leader_tx,
+            &life,
+            &shutdown,
+        )
+        .await
+    };
+    tracing::info!("shutting down");
+    let _ = engine_tx.send(None);
+    if !life.shut_down(DRAIN).await {
+        tracing::warn!("open streams did not close within 10 s; exiting anyway");
+    }
+    if server.is_finished() {
+        if let Ok(Err(e)) = server.await {
+            tracing::error!(error = %e, "the gRPC server failed");
+        }
+    }
+    outcome
+}
+
+async fn lead(
+    config: &Config,
+    advertise: String,
+    engine_tx: watch::Sender<Option<Engine>>,
+    leader_tx: watch::Sender<Option<String>>,
+    life: &Lifecycle,
+    shutdown: &CancellationToken,
+) -> Result<(), ServeError> {
+    let store = EtcdStore::connect(&config.etcd())
+        .await
+        .map_err(|source| ServeError::Etcd {
+            endpoints: config.etcd.join(","),
+            source,
+        })?;
+    let node = Node {
+        store,
+        engine: config.engine(),
+        advertise,
+        lease_ttl: config.lease_ttl,
+        engine_tx,
+        leader_tx,
+    };
+    Ok(node.run(life, shutdown).await?)
+}

@@ -3,7 +3,12 @@
 loopback, and the coordinator's cost with thousands of connected (simulated) agents.
 
 Usage: python3 bench/fleet.py [--runs N] [--bin DIR] [--scale 1000,5000]
-Needs the release binaries: cargo build --release --workspace
+       python3 bench/fleet.py --etcd --only failover [--lease-ttl default,2]
+Needs the release binaries: cargo build --release --workspace --bins
+
+Failover (with --etcd): kill -9 of the leader of three coordinators; it ends at the first lease the
+agent accepts with the new leader's epoch (the agent's debug line `lease accepted`), not at the
+first spawn after the kill, which may be a task the dead leader leased.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
@@ -218,12 +223,73 @@ def submit_10k(bin_dir, runs):
           f"{statistics.median(times):.0f} ms", flush=True)
 
 
-def failover(bin_dir, runs, etcd):
-    """kill -9 of the leader of three; time from the kill to the next task spawn."""
-    results = []
+def json_records(log):
+    """The agent's JSON log lines (`--log-format json`), parsed; other lines skipped."""
+    out = []
+    with open(log) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out
+
+
+def agent_leases(log):
+    """(time s, epoch, run, task, attempt) of each `lease accepted` the agent logged (debug level,
+    target factotum_agent), in time order."""
+    out = []
+    for rec in json_records(log):
+        fields = rec.get("fields", {})
+        if fields.get("message") != "lease accepted":
+            continue
+        if "epoch" not in fields:
+            sys.exit(f"failover: a `lease accepted` line without an epoch field in {log}: {rec}")
+        out.append((parse_time(rec["timestamp"]), int(fields["epoch"]), fields.get("run"),
+                    fields.get("task"), fields.get("attempt")))
+    return sorted(out, key=lambda lease: lease[0])
+
+
+def leading_at(err_log):
+    """When a coordinator logged `leading` (its pretty log's first field is the time), or None."""
+    with open(err_log) as f:
+        for line in f:
+            if " leading" in line:
+                try:
+                    return parse_time(line.split()[0])
+                except ValueError:
+                    return None
+    return None
+
+
+def wait_for(secs, check):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < secs:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    return None
+
+
+# The agent line a failover is measured by: the agent logs it at debug level for every lease it
+# takes, with the leader's epoch (fencing token).
+LEASE_LOG = "info,factotum_agent=debug"
+
+
+def failover(bin_dir, runs, etcd, ttl):
+    """kill -9 of the leader of three, the agent connected to it. A failover ends at the first
+    lease stamped with a newer epoch than the dead leader's (a task the old leader leased just
+    before it died, spawned after the kill, does not count). Reported: kill to that lease as the
+    agent logged it, and kill to the spawn of its task; kill to the new leader's `leading` too."""
+    to_lease, to_spawn, to_leading = [], [], []
+    ttl_flag = ("--lease-ttl", ttl) if ttl is not None else ()
     with tempfile.TemporaryDirectory() as work:
         ff = os.path.join(work, "beat.factfile")
-        factfile(ff, "beat", [(f"t{i}", [f"t{i-1}"] if i else []) for i in range(400)])
+        # Long enough to outlast the failover at any TTL measured (1000 × 50 ms ≥ 50 s).
+        factfile(ff, "beat", [(f"t{i}", [f"t{i-1}"] if i else []) for i in range(1000)])
         with open(ff) as f:
             doc = json.load(f)
         for t in doc["data"]["tasks"]:
@@ -231,49 +297,91 @@ def failover(bin_dir, runs, etcd):
         with open(ff, "w") as f:
             json.dump(doc, f)
         for r in range(runs):
-            prefix = f"/failover{r}"
+            prefix = f"/failover-{ttl}-{r}"
             coords = []
             for i in range(3):
                 out = os.path.join(work, f"c{r}-{i}.out")
                 err = os.path.join(work, f"c{r}-{i}.err")
                 p = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0",
-                                      "--etcd", etcd.endpoint, "--etcd-prefix", prefix, "--lease-ttl", "2"],
+                                      "--etcd", etcd.endpoint, "--etcd-prefix", prefix, *ttl_flag],
                                      stdout=open(out, "w"), stderr=open(err, "w"))
                 coords.append((p, out, err))
                 time.sleep(0.3 if i == 0 else 0)
-            time.sleep(1)
             urls = []
             for p, out, err in coords:
-                for _ in range(100):
+                def listening():
                     line = open(out).readline()
-                    if line.startswith("listening on "):
-                        urls.append("http://" + line.split()[-1])
-                        break
-                    time.sleep(0.05)
-            leader = next(i for i, (p, o, e) in enumerate(coords) if " leading" in open(e).read())
-            log = os.path.join(work, f"agent-{r}.log")
+                    return line.startswith("listening on ") and "http://" + line.split()[-1]
+                url = wait_for(10, listening)
+                if not url:
+                    sys.exit(f"failover: a coordinator did not start; see {err}")
+                urls.append(url)
+            leader = wait_for(30, lambda: next(
+                (str(i) for i, (p, o, e) in enumerate(coords) if " leading" in open(e).read()), None))
+            if leader is None:
+                sys.exit("failover: no coordinator logged ` leading` within 30 s")
+            leader = int(leader)
+            log = os.path.join(work, f"agent-{ttl}-{r}.log")
             agent = subprocess.Popen([os.path.join(bin_dir, "factotum-agent"), "--coordinator", urls[(leader + 1) % 3],
                                       "--log-format", "json"], stdout=subprocess.DEVNULL, stderr=open(log, "w"),
-                                     env=dict(os.environ, RUST_LOG="factotum_agent::executor=debug"))
+                                     env=dict(os.environ, RUST_LOG=LEASE_LOG))
             time.sleep(1)
-            subprocess.run([os.path.join(bin_dir, "factotum"), "submit", ff, "--coordinator", urls[leader]],
+            # Every coordinator, the leader first: the CLI tries them in order.
+            order = [urls[leader]] + [u for i, u in enumerate(urls) if i != leader]
+            subprocess.run([os.path.join(bin_dir, "factotum"), "submit", ff,
+                            *[a for u in order for a in ("--coordinator", u)]],
                            stdout=subprocess.DEVNULL, check=True)
+            if not wait_for(10, lambda: agent_spawns(log)):
+                sys.exit(f"failover: the agent spawned nothing within 10 s of the submission; see {log}")
             time.sleep(1.5)
+            before = agent_leases(log)
+            if not before:
+                sys.exit(f"failover: the agent ran tasks but logged no `lease accepted` line (debug, "
+                         f"target factotum_agent, fields run, task, attempt, epoch) with RUST_LOG={LEASE_LOG}; "
+                         f"this agent does not log it, so the failover cannot be measured. See {log}")
+            old_epoch = max(e for _, e, *_ in before)
             t_kill = time.time()
             coords[leader][0].kill()
-            time.sleep(6)
-            after = [t for t in agent_spawns(log) if t > t_kill]
+            newer = wait_for(ttl_or_default(ttl) + 30, lambda: next(
+                (lease for lease in agent_leases(log) if lease[1] > old_epoch), None))
+            time.sleep(0.5)
+            spawns = agent_spawns(log)
+            new_leader = next((i for i, (p, o, e) in enumerate(coords) if i != leader and " leading" in open(e).read()), None)
             agent.kill()
             for p, _, _ in coords:
                 p.kill()
-            if after:
-                results.append((after[0] - t_kill) * 1000)
-    if results:
-        print(f"failover (kill -9 of the leader of three, lease TTL 2 s) to the next dispatch: "
-              f"median {statistics.median(results):.0f} ms over {len(results)} runs "
-              f"({', '.join(f'{x:.0f}' for x in results)} ms)", flush=True)
-    else:
-        print("failover: no dispatch after the kill", flush=True)
+                p.wait()
+            agent.wait()
+            if newer is None:
+                sys.exit(f"failover: no lease with an epoch above {old_epoch} within {ttl_or_default(ttl) + 30} s "
+                         f"of the kill; see {log}")
+            t_lease = newer[0]
+            to_lease.append((t_lease - t_kill) * 1000)
+            spawn = next((t for t in spawns if t >= t_lease), None)
+            if spawn is not None:
+                to_spawn.append((spawn - t_kill) * 1000)
+            if new_leader is not None:
+                t_leading = leading_at(coords[new_leader][2])
+                if t_leading is not None:
+                    to_leading.append((t_leading - t_kill) * 1000)
+
+    def show(xs):
+        return (f"median {statistics.median(xs):.0f} ms ({', '.join(f'{x:.0f}' for x in xs)})"
+                if xs else "not seen")
+    label = f"--lease-ttl {ttl}" if ttl is not None else "default lease TTL (5 s)"
+    print(f"failover (kill -9 of the leader of three, {label}, {runs} runs): to the first lease of the "
+          f"new epoch {show(to_lease)}; to its task's spawn {show(to_spawn)}; "
+          f"to the new leader's `leading` {show(to_leading)}", flush=True)
+
+
+def ttl_or_default(ttl):
+    """Seconds: `ttl` as given to --lease-ttl (`2`, `2s`, `500ms`), or the default 5."""
+    if ttl is None:
+        return 5.0
+    for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if ttl.endswith(unit):
+            return float(ttl[:-len(unit)]) * scale
+    return float(ttl)
 
 
 def proc_stats(pid):
@@ -326,6 +434,9 @@ def main():
     ap.add_argument("--state-dir", action="store_true", help="agents run tasks under their supervisor (--state-dir)")
     ap.add_argument("--etcd", action="store_true", help="coordinators record runs in a throwaway etcd")
     ap.add_argument("--policies", action="store_true", help="every task has a timeout and a retry (timers)")
+    ap.add_argument("--lease-ttl", default="default,2", metavar="TTLS",
+                    help="failover (with --etcd): the coordinators' --lease-ttl values to measure, "
+                         "comma-separated; `default` passes none (5 s) (default: default,2)")
     args = ap.parse_args()
     if args.policies:
         global POLICIES
@@ -349,7 +460,8 @@ def main():
     if args.only in (None, "submit"):
         submit_10k(args.bin, args.runs)
     if args.only in (None, "failover") and args.etcd:
-        failover(args.bin, args.runs, etcd)
+        for ttl in args.lease_ttl.split(","):
+            failover(args.bin, args.runs, etcd, None if ttl == "default" else ttl)
     if etcd:
         etcd.stop()
 

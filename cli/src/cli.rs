@@ -1,9 +1,11 @@
 //! The command line, as Factotum 0.7 had it (plus a few flags of ours, marked as such).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use factotum_common::constraint::Placement;
+use factotum_service::DurationRange;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,13 +50,16 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct Remote {
-    /// The coordinator's gRPC address.
+    /// A coordinator's gRPC address (repeatable; comma-separated in the variable). They are
+    /// tried in order until one answers; a follower's answer leads to the leader it names.
     #[arg(
         long,
+        value_name = "URL",
         env = "FACTOTUM_COORDINATOR",
+        value_delimiter = ',',
         default_value = factotum_proto::DEFAULT_COORDINATOR
     )]
-    pub coordinator: String,
+    pub coordinator: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -150,15 +155,35 @@ pub struct SubmitArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub job: JobArgs,
-    /// Send a RUNNING task update with the output so far every this many seconds (off by default).
-    #[arg(long, value_name = "SECONDS", env = "FACTOTUM_HEARTBEAT_INTERVAL", value_parser = positive_seconds)]
-    pub heartbeat_interval: Option<f64>,
-    /// (Ours) At the end, wait at most this many seconds for webhooks still being delivered.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, env = "FACTOTUM_WEBHOOK_TIMEOUT", value_parser = non_negative_seconds)]
-    pub webhook_timeout: f64,
-    /// (Ours) On cancel, seconds between TERM and KILL of a task's process group.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, env = "FACTOTUM_KILL_GRACE", value_parser = non_negative_seconds)]
-    pub kill_grace: f64,
+    /// Send a RUNNING task update with the output so far at this interval (off by default).
+    /// A bare number is seconds; units work too: 500ms, 15s, 2m, 1h30m.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "FACTOTUM_HEARTBEAT_INTERVAL",
+        value_parser = DurationRange::POSITIVE.parser()
+    )]
+    pub heartbeat_interval: Option<Duration>,
+    /// (Ours) At the end, wait at most this long for webhooks still being delivered (a bare
+    /// number is seconds; units work too: 500ms, 15s, 2m).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        env = "FACTOTUM_WEBHOOK_TIMEOUT",
+        value_parser = DurationRange::ANY.parser()
+    )]
+    pub webhook_timeout: Duration,
+    /// (Ours) On cancel, the time between TERM and KILL of a task's process group (a bare
+    /// number is seconds; units work too: 500ms, 15s, 2m).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        env = "FACTOTUM_KILL_GRACE",
+        value_parser = DurationRange::ANY.parser()
+    )]
+    pub kill_grace: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -188,18 +213,4 @@ pub struct DotArgs {
 /// `--placement sticky|spread`, as the factfile spells it.
 fn placement(s: &str) -> Result<Placement, String> {
     s.parse()
-}
-
-fn positive_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if (0.01..1e9).contains(&v) => Ok(v),
-        _ => Err(format!("'{s}' is not a number of seconds from 0.01 up")),
-    }
-}
-
-fn non_negative_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v >= 0.0 && v.is_finite() && v < 1e9 => Ok(v),
-        _ => Err(format!("'{s}' is not a number of seconds (0 or more)")),
-    }
 }

@@ -28,41 +28,36 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         })
 }
 
-/// Runs one client command, printing its failure and returning the exit code. A coordinator
-/// that cannot serve it (a follower, or one between leaders) is retried for up to 30 s: at the
-/// leader it names, or later.
+/// Runs one client command, printing its failure and returning the exit code. The given
+/// coordinators are tried in order (see [`Route`]); one that cannot serve it now (a follower, or
+/// one between leaders) is retried for up to 30 s: at the leader it names, or later.
 fn with_client<F>(remote: &Remote, f: impl Fn(JobsClient<Channel>) -> F) -> u8
 where
     F: std::future::Future<Output = Result<u8, Failure>>,
 {
-    let result = runtime().and_then(|rt| {
-        rt.block_on(async {
+    let result = addresses(remote).and_then(|given| {
+        runtime()?.block_on(async {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            let mut url = remote.coordinator.clone();
+            let mut route = Route::new(given);
             loop {
-                let attempt = match connect(&url).await {
-                    Ok(client) => f(client).await,
-                    // A leader we were sent to may have just died: back to the given address.
-                    Err(e) if url != remote.coordinator => Err(Failure {
-                        unavailable: Some(None),
-                        ..e
-                    }),
-                    Err(e) => Err(e),
+                let url = route.url().to_string();
+                let (failure, found) = match connect(&url).await {
+                    Ok(client) => match f(client).await {
+                        Err(e) => match e.unavailable.clone() {
+                            Some(leader) => (e, Found::Follower(leader)),
+                            None => return Err(e),
+                        },
+                        done => return done,
+                    },
+                    Err(why) => (unreachable(&[(url, why.clone())]), Found::Unreachable(why)),
                 };
-                match attempt {
-                    Err(Failure {
-                        unavailable: Some(leader),
-                        ..
-                    }) if deadline > tokio::time::Instant::now() => {
-                        match leader.filter(|l| *l != url) {
-                            Some(l) => url = l,
-                            None => {
-                                url = remote.coordinator.clone();
-                                tokio::time::sleep(Duration::from_millis(300)).await;
-                            }
-                        }
-                    }
-                    other => return other,
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(failure);
+                }
+                match route.after(found) {
+                    Step::Now => {}
+                    Step::AfterPause => tokio::time::sleep(Duration::from_millis(300)).await,
+                    Step::GiveUp => return Err(unreachable(route.unreachable())),
                 }
             }
         })
@@ -76,26 +71,156 @@ where
     }
 }
 
-async fn connect(url: &str) -> Result<JobsClient<Channel>, Failure> {
-    let unreachable = |e: &dyn std::fmt::Display| {
-        Failure {
-        code: exit::COORDINATOR,
-        message: format!("Error: cannot reach the coordinator at {url}: {e} (set --coordinator or FACTOTUM_COORDINATOR)"),
-        unavailable: None,
+/// The addresses given (`--coordinator`, repeated or comma-separated), each checked to be a URL.
+fn addresses(remote: &Remote) -> Result<Vec<String>, Failure> {
+    let given: Vec<String> = remote
+        .coordinator
+        .iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    if given.is_empty() {
+        return Err(Failure::args(
+            "Error: no coordinator address given (set --coordinator or FACTOTUM_COORDINATOR)",
+        ));
     }
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| {
+    for url in &given {
+        tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| {
             Failure::args(format!(
                 "Error: '{url}' is not a coordinator URL like http://127.0.0.1:7400 ({e})"
             ))
-        })?
+        })?;
+    }
+    Ok(given)
+}
+
+/// The coordinators that could not be reached, and why: one failure for them all.
+fn unreachable(tried: &[(String, String)]) -> Failure {
+    let message = match tried {
+        [(url, why)] => format!(
+            "Error: cannot reach the coordinator at {url}: {why} (set --coordinator or FACTOTUM_COORDINATOR)"
+        ),
+        _ => format!(
+            "Error: cannot reach any of the coordinators: {} (set --coordinator or FACTOTUM_COORDINATOR)",
+            tried
+                .iter()
+                .map(|(url, why)| format!("{url}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    };
+    Failure {
+        code: exit::COORDINATOR,
+        message,
+        unavailable: None,
+    }
+}
+
+/// Where a client command's next attempt goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// The i-th address given, in the order given.
+    Given(usize),
+    /// The leader a follower named.
+    Leader(String),
+}
+
+/// What an attempt at the current target found (an answer that settles the command ends the
+/// route instead).
+#[derive(Debug)]
+enum Found {
+    /// No connection: the error.
+    Unreachable(String),
+    /// A coordinator that cannot serve the request now, naming the leader or no one.
+    Follower(Option<String>),
+}
+
+/// What to do after [`Route::after`].
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Try the new target at once.
+    Now,
+    /// Try the new target after a short pause (a new round, or a leader between terms).
+    AfterPause,
+    /// Every given address was unreachable this round: report them.
+    GiveUp,
+}
+
+/// The given coordinators, tried in order: an unreachable one passes to the next; a follower's
+/// answer sends the command to the leader it names (naming none: on to the next address). A
+/// round in which no given address could be reached gives up; any other round starts again at
+/// the first address after a pause. A leader we were sent to that fails us starts a new round
+/// too (it may have just died). Moved forward only by [`Route::after`]; no IO, no clock.
+#[derive(Debug)]
+struct Route {
+    given: Vec<String>,
+    at: Target,
+    /// This round's unreachable given addresses, with why.
+    unreachable: Vec<(String, String)>,
+}
+
+impl Route {
+    fn new(given: Vec<String>) -> Route {
+        assert!(!given.is_empty(), "a route needs an address");
+        Route {
+            given,
+            at: Target::Given(0),
+            unreachable: vec![],
+        }
+    }
+
+    fn url(&self) -> &str {
+        match &self.at {
+            Target::Given(i) => &self.given[*i],
+            Target::Leader(url) => url,
+        }
+    }
+
+    fn unreachable(&self) -> &[(String, String)] {
+        &self.unreachable
+    }
+
+    fn after(&mut self, found: Found) -> Step {
+        match (self.at.clone(), found) {
+            (_, Found::Follower(Some(leader))) if leader != self.url() => {
+                self.at = Target::Leader(leader);
+                Step::Now
+            }
+            (Target::Given(i), Found::Unreachable(why)) => {
+                self.unreachable.push((self.given[i].clone(), why));
+                self.next_given(i)
+            }
+            (Target::Given(i), Found::Follower(_)) => self.next_given(i),
+            (Target::Leader(_), _) => self.new_round(),
+        }
+    }
+
+    fn next_given(&mut self, i: usize) -> Step {
+        if i + 1 < self.given.len() {
+            self.at = Target::Given(i + 1);
+            Step::Now
+        } else if self.unreachable.len() == self.given.len() {
+            Step::GiveUp
+        } else {
+            self.new_round()
+        }
+    }
+
+    fn new_round(&mut self) -> Step {
+        self.at = Target::Given(0);
+        self.unreachable.clear();
+        Step::AfterPause
+    }
+}
+
+/// Connects to one coordinator; the error says why not.
+async fn connect(url: &str) -> Result<JobsClient<Channel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("not a URL ({e})"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| unreachable(&error_chain(&e)))?;
+    let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
     Ok(JobsClient::new(channel))
 }
 
@@ -477,4 +602,71 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(given: &[&str]) -> Route {
+        Route::new(given.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn down() -> Found {
+        Found::Unreachable("connection refused".into())
+    }
+
+    #[test]
+    fn an_unreachable_address_passes_to_the_next() {
+        let mut r = route(&["http://a", "http://b"]);
+        assert_eq!(r.after(down()), Step::Now);
+        assert_eq!(r.url(), "http://b");
+    }
+
+    #[test]
+    fn a_round_where_nothing_answers_gives_up_naming_every_address() {
+        let mut r = route(&["http://a", "http://b"]);
+        r.after(down());
+        assert_eq!(r.after(down()), Step::GiveUp);
+        let named: Vec<&str> = r.unreachable().iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(named, ["http://a", "http://b"]);
+        assert_eq!(route(&["http://a"]).after(down()), Step::GiveUp);
+    }
+
+    #[test]
+    fn a_follower_sends_us_to_the_leader_it_names() {
+        let mut r = route(&["http://a", "http://b"]);
+        assert_eq!(r.after(Found::Follower(Some("http://l".into()))), Step::Now);
+        assert_eq!(r.url(), "http://l");
+        // The leader moved on: follow again.
+        assert_eq!(r.after(Found::Follower(Some("http://m".into()))), Step::Now);
+        assert_eq!(r.url(), "http://m");
+    }
+
+    #[test]
+    fn a_leader_that_fails_us_starts_a_new_round_after_a_pause() {
+        let mut r = route(&["http://a", "http://b"]);
+        r.after(down());
+        r.after(Found::Follower(Some("http://l".into())));
+        assert_eq!(r.after(down()), Step::AfterPause);
+        assert_eq!(r.url(), "http://a");
+        assert!(r.unreachable().is_empty(), "a new round forgets the last");
+    }
+
+    #[test]
+    fn a_follower_without_a_leader_passes_on_then_the_round_starts_again() {
+        let mut r = route(&["http://a", "http://b"]);
+        assert_eq!(r.after(Found::Follower(None)), Step::Now);
+        assert_eq!(r.url(), "http://b");
+        // b unreachable, but a answered this round: not a give-up.
+        assert_eq!(r.after(down()), Step::AfterPause);
+        assert_eq!(r.url(), "http://a");
+        // One address naming itself or no one: the same address again, after a pause.
+        let mut one = route(&["http://a"]);
+        assert_eq!(
+            one.after(Found::Follower(Some("http://a".into()))),
+            Step::AfterPause
+        );
+        assert_eq!(one.url(), "http://a");
+    }
 }

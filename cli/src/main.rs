@@ -42,14 +42,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging();
     let code = match args.command {
         cli::Command::Run(a) => run::run(a),
         cli::Command::Validate(a) => run::validate(a),
@@ -63,4 +56,19 @@ fn main() -> ExitCode {
         cli::Command::Agents(a) => client::agents(a),
     };
     ExitCode::from(code)
+}
+
+/// The services' logging set-up, quieter by default: a command line prints its own messages,
+/// so the libraries' logs show only from `warn` up unless `RUST_LOG` asks for more. (The
+/// variable is set only while the subscriber reads it, before any thread or task exists, so the
+/// tasks `run` starts see the environment they were given.)
+fn logging() {
+    let quiet = std::env::var_os("RUST_LOG").is_none();
+    if quiet {
+        std::env::set_var("RUST_LOG", "warn");
+    }
+    factotum_service::logging::init(factotum_service::LogFormat::Pretty);
+    if quiet {
+        std::env::remove_var("RUST_LOG");
+    }
 }

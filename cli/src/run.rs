@@ -13,6 +13,7 @@ use factotum_coordinator::spec;
 use factotum_coordinator::{
     Engine, EngineConfig, MemoryStore, Placement, RunSpec, Submission, WatchEvent,
 };
+use factotum_service::Lifecycle;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -171,12 +172,14 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
 async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) -> u8 {
     let shutdown = CancellationToken::new();
     let config = EngineConfig {
-        heartbeat_interval: args.heartbeat_interval.map(Duration::from_secs_f64),
+        heartbeat_interval: args.heartbeat_interval,
         ..EngineConfig::default()
     };
     let engine = Engine::start(config, MemoryStore::new(), shutdown.clone());
 
-    // The in-process agent: the same session protocol as a remote agent, over channels.
+    // The in-process agent: the same session protocol as a remote agent, over channels. It is
+    // tracked, so every way out below stops it and waits for it (its tasks killed, TERM then
+    // KILL after --kill-grace) before the webhooks are flushed.
     let (agent_tx, agent_rx) = tokio::sync::mpsc::channel(4096);
     let (coord_tx, coord_rx) = tokio::sync::mpsc::channel(4096);
     engine.attach_agent(agent_rx, coord_tx);
@@ -186,27 +189,47 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) 
         ips: me.ips.iter().map(|i| i.to_string()).collect(),
         labels: Default::default(),
         slots: 0,
-        kill_grace: Duration::from_secs_f64(args.kill_grace),
+        kill_grace: args.kill_grace,
         drain_grace: Duration::ZERO,
         state_dir: None,
         shim_exe: None,
     };
-    let agent_stop = CancellationToken::new();
-    let agent = {
-        let stop = agent_stop.clone();
-        tokio::spawn(async move {
-            let _ = run_session(
-                &agent_cfg,
-                Link {
-                    tx: agent_tx,
-                    rx: coord_rx,
-                },
-                stop,
-            )
-            .await;
-        })
-    };
+    let agent = Lifecycle::new();
+    let stop = agent.token.clone();
+    agent.spawn(async move {
+        let link = Link {
+            tx: agent_tx,
+            rx: coord_rx,
+        };
+        let _ = run_session(&agent_cfg, link, stop).await;
+    });
 
+    let code = follow(&engine, spec, &console).await;
+
+    if !agent.shut_down(args.kill_grace + AGENT_STOP_SLACK).await {
+        console.warn("the local agent did not stop in time; its tasks may still be running");
+    }
+    for u in engine.flush_webhooks(args.webhook_timeout).await {
+        console.warn(&format!(
+            "{} webhook payload(s) for run {} were not delivered to {}{}",
+            u.pending,
+            u.run_id,
+            u.url,
+            u.last_error
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        ));
+    }
+    shutdown.cancel();
+    code
+}
+
+/// How long past `--kill-grace` the local agent gets to stop its tasks and report them.
+const AGENT_STOP_SLACK: Duration = Duration::from_secs(5);
+
+/// Submits the run and prints its events until it ends; SIGINT/SIGTERM cancel it. Returns the
+/// exit code.
+async fn follow(engine: &Engine, spec: RunSpec, console: &Console) -> u8 {
     let submitted = match engine.submit(spec).await {
         Ok(s) => s,
         Err(e) => {
@@ -257,21 +280,6 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) 
                 .await;
         }
     }
-    agent_stop.cancel();
-    let _ = agent.await;
-    let timeout = Duration::from_secs_f64(args.webhook_timeout);
-    for u in engine.flush_webhooks(timeout).await {
-        console.warn(&format!(
-            "{} webhook payload(s) for run {} were not delivered to {}{}",
-            u.pending,
-            u.run_id,
-            u.url,
-            u.last_error
-                .map(|e| format!(" (last error: {e})"))
-                .unwrap_or_default()
-        ));
-    }
-    shutdown.cancel();
     if outcome == JobState::Succeeded {
         exit::OK
     } else {

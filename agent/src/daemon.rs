@@ -64,6 +64,9 @@ async fn serve(
     let mut link: Option<Link> = None;
     let mut disconnected_since: Option<Instant> = None;
     loop {
+        if shutdown.is_cancelled() {
+            agent.start_draining(); // once; a session does it itself when it sees the signal
+        }
         if let Some(deadline) = agent.drain_until() {
             if agent.running() > 0 && Instant::now() >= deadline {
                 tracing::warn!(
@@ -138,20 +141,16 @@ async fn serve(
                 Event::SessionEnded { welcomed }
             }
             Conn::Waiting { delay, .. } => {
-                if shutdown.is_cancelled() && agent.drain_until().is_none() {
-                    // Asked to stop while away: drain now, and try to report at once.
-                    agent.start_draining();
-                } else {
-                    let pause = draw(*delay).min(until_next_deadline(
-                        &agent,
-                        disconnected_since.map(|s| s + disconnect_limit),
-                    ));
-                    tracing::debug!(?pause, "waiting before the next pass");
-                    tokio::select! {
-                        _ = agent.wait_for_attempts(pause), if agent.running() > 0 => {}
-                        _ = tokio::time::sleep(pause), if agent.running() == 0 => {}
-                        _ = shutdown.cancelled(), if agent.drain_until().is_none() => {}
-                    }
+                let pause = draw(*delay).min(until_next_deadline(
+                    &agent,
+                    disconnected_since.map(|s| s + disconnect_limit),
+                ));
+                tracing::debug!(?pause, "waiting before the next pass");
+                tokio::select! {
+                    _ = agent.wait_for_attempts(pause), if agent.running() > 0 => {}
+                    _ = tokio::time::sleep(pause), if agent.running() == 0 => {}
+                    // Asked to stop while away: drain, and try to report at once.
+                    _ = shutdown.cancelled(), if agent.drain_until().is_none() => {}
                 }
                 Event::Waited
             }

@@ -7,7 +7,7 @@ use factotum_common::constraint::{self, Constraint, Placement};
 use factotum_common::format::{error_chain, human};
 use factotum_common::run::{JobState, TaskState};
 use factotum_common::tags::parse_tags;
-use factotum_coordinator::{convert, spec, WatchEvent};
+use factotum_coordinator::{spec, wire, WatchEvent};
 use factotum_proto as pb;
 use factotum_proto::jobs_client::JobsClient;
 use tonic::transport::Channel;
@@ -371,7 +371,7 @@ async fn follow(
         let name = tokio::select! {
             msg = stream.message() => match msg {
                 Ok(Some(ev)) => {
-                    match convert::event_from_pb(ev, run_id) {
+                    match wire::event_from_pb(ev, run_id) {
                         Some(WatchEvent::Tasks(changes)) => console.task_changes(&changes),
                         Some(WatchEvent::Output { task, stream, line }) => console.output(&task, stream, &line),
                         Some(WatchEvent::Done(summary)) => {

@@ -15,7 +15,6 @@ use factotum_coordinator::{
 };
 use factotum_service::Lifecycle;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::{DotArgs, RunArgs, ValidateArgs};
 use crate::console::{command_table, Console};
@@ -170,12 +169,12 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
 
 /// Runs the job on the embedded engine with one in-process agent; returns the exit code.
 async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) -> u8 {
-    let shutdown = CancellationToken::new();
     let config = EngineConfig {
         heartbeat_interval: args.heartbeat_interval,
         ..EngineConfig::default()
     };
-    let engine = Engine::start(config, MemoryStore::new(), shutdown.clone());
+    let service = Lifecycle::new();
+    let engine = Engine::start(config, MemoryStore::new(), service.clone());
 
     // The in-process agent: the same session protocol as a remote agent, over channels. It is
     // tracked, so every way out below stops it and waits for it (its tasks killed, TERM then
@@ -220,12 +219,17 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) 
                 .unwrap_or_default()
         ));
     }
-    shutdown.cancel();
+    if !service.shut_down(ENGINE_STOP).await {
+        console.warn("the engine did not stop in time");
+    }
     code
 }
 
 /// How long past `--kill-grace` the local agent gets to stop its tasks and report them.
 const AGENT_STOP_SLACK: Duration = Duration::from_secs(5);
+
+/// How long the engine gets to stop once the run is over and its webhooks flushed.
+const ENGINE_STOP: Duration = Duration::from_secs(5);
 
 /// Submits the run and prints its events until it ends; SIGINT/SIGTERM cancel it. Returns the
 /// exit code.

@@ -867,7 +867,7 @@ fn sigterm_on_the_leader_hands_over_to_a_standby_at_once() {
 }
 
 #[test]
-fn a_paused_leader_steps_down_when_it_wakes_up() {
+fn a_paused_leader_steps_down_when_it_wakes_up_and_follows_again() {
     let etcd = support::fleet::Etcd::start();
     let mut cs = three_coordinators(&etcd, &[]);
     let leader = the_leader(&cs);
@@ -881,17 +881,22 @@ fn a_paused_leader_steps_down_when_it_wakes_up() {
         "no standby took over"
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    let exited = eventually(Duration::from_secs(10), || {
-        matches!(paused.proc.0.try_wait(), Ok(Some(_)))
+    // It notices it no longer leads and campaigns again as a follower: it does not exit.
+    let log = || std::fs::read_to_string(&paused.log).unwrap_or_default();
+    let following = eventually(Duration::from_secs(10), || {
+        let log = log();
+        log.contains("stepping down to follow")
+            && log.matches("campaigning for leadership").count() >= 2
     });
-    assert!(exited, "the deposed leader kept running");
-    assert_ne!(
-        paused.proc.0.try_wait().unwrap().and_then(|s| s.code()),
-        Some(0),
-        "it stepped down with an error"
+    assert!(following, "the deposed leader did not follow again: {}", log());
+    assert!(
+        matches!(paused.proc.0.try_wait(), Ok(None)),
+        "the deposed leader exited: {}",
+        log()
     );
-    let log = std::fs::read_to_string(&paused.log).unwrap();
-    assert!(log.contains("stepping down"), "{log}");
+    // As a follower it still answers: the CLI is sent on to the new leader.
+    let o = run(&["runs", "--coordinator", &paused.url]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
 #[test]

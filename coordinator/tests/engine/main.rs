@@ -1,0 +1,11 @@
+//! The engine in-process: the memory store (or a store that fails on purpose), scripted fake
+//! agents over the same session channels `factotum run` uses, and Tokio's paused clock, so a
+//! 15-second liveness rule takes no 15 seconds. What needs real processes (signals, etcd,
+//! failover, namespaces) stays in the process tests.
+
+mod support;
+
+mod commit;
+mod liveness;
+mod placement;
+mod timers;

@@ -11,6 +11,7 @@ fmt-check:
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
+	python3 scripts/check-imports.py
 
 # The extended factfile's JSON Schema and the samples against it (and Snowplow's in ../shared).
 schemas:

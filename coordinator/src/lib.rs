@@ -36,5 +36,3 @@ pub use model::{
 pub use spec::{prepare, SpecError, Submission};
 pub use store::{MemoryStore, Store, StoreError, StoreOp};
 pub use webhook::{Deliverer, Undelivered};
-/// The former name of [`wire`], for callers not yet moved.
-pub use wire as convert;

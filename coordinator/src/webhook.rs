@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use factotum_common::format::error_chain;
+use factotum_service::Lifecycle;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, StoreOp};
 
@@ -56,7 +56,8 @@ pub struct Deliverer {
     queues: Arc<Mutex<HashMap<QueueKey, Queue>>>,
     pending_total: watch::Sender<usize>,
     client: reqwest::Client,
-    shutdown: CancellationToken,
+    /// Workers and outbox deletes are tracked here and end with its token.
+    life: Lifecycle,
     delete: Arc<dyn Fn(String) + Send + Sync>,
 }
 
@@ -67,10 +68,11 @@ impl std::fmt::Debug for Deliverer {
 }
 
 impl Deliverer {
-    pub fn new<S: Store>(store: S, shutdown: CancellationToken) -> Deliverer {
+    pub fn new<S: Store>(store: S, life: Lifecycle) -> Deliverer {
+        let spawner = life.clone();
         let delete = Arc::new(move |key: String| {
             let store = store.clone();
-            tokio::spawn(async move {
+            spawner.spawn(async move {
                 if let Err(e) = store.commit(vec![StoreOp::Delete { key }]).await {
                     tracing::warn!(error = %e, "could not clear a delivered webhook from the outbox");
                 }
@@ -85,7 +87,7 @@ impl Deliverer {
                 .user_agent(concat!("factotum/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .unwrap_or_default(),
-            shutdown,
+            life,
             delete,
         }
     }
@@ -98,7 +100,7 @@ impl Deliverer {
         let mut workers = lock(&self.workers);
         let tx = workers.entry(key.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(self.clone().worker(key, rx));
+            self.life.spawn(self.clone().worker(key, rx));
             tx
         });
         let _ = tx.send(d);
@@ -151,7 +153,7 @@ impl Deliverer {
                         let pause = Duration::from_millis(rand::rng().random_range(ms / 2..=ms));
                         tokio::select! {
                             _ = tokio::time::sleep(pause) => {}
-                            _ = self.shutdown.cancelled() => return,
+                            _ = self.life.token.cancelled() => return,
                         }
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }

@@ -131,7 +131,7 @@ impl Engine {
     pub fn start<S: Store>(config: EngineConfig, store: S, life: impl Into<Lifecycle>) -> Engine {
         let life = life.into();
         let (tx, rx) = mpsc::unbounded_channel();
-        let deliverer = Deliverer::new(store.clone(), life.token.clone());
+        let deliverer = Deliverer::new(store.clone(), life.clone());
         let core = core::Core::new(config, store, deliverer.clone());
         life.spawn(core.run(rx, life.token.clone()));
         Engine {

@@ -47,10 +47,8 @@ async fn a_large_turn_is_written_in_transactions_of_at_most_128_operations_outbo
                     !in_batch_body,
                     "an outbox entry after a record of its batch: {k}"
                 );
-            } else if k.ends_with("/state") {
-                in_batch_body = false;
             } else {
-                in_batch_body = true;
+                in_batch_body = !k.ends_with("/state");
             }
         }
     }

@@ -46,6 +46,8 @@ enum TermEnd {
     Stop,
     LeaseExpired,
     Fenced,
+    /// The recorded runs could not be loaded: resign, so another replica may try.
+    RecoverFailed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +89,15 @@ impl Node {
                     let end = self.lead(&term, stop).await;
                     let _ = self.engine_tx.send(None);
                     term.life.token.cancel();
-                    if end == TermEnd::Stop {
+                    if matches!(end, TermEnd::Stop | TermEnd::RecoverFailed) {
                         match leader::resign(&client, &term.leadership).await {
                             Ok(()) => tracing::info!("resigned leadership"),
                             Err(e) => {
                                 tracing::warn!(error = %e, "could not resign; a standby takes over when the lease expires")
                             }
                         }
+                    }
+                    if end == TermEnd::Stop {
                         return Ok(());
                     }
                     Role::Following
@@ -164,8 +168,8 @@ impl Node {
         match term.engine.recover().await {
             Ok(taken) => tracing::info!(runs = taken, epoch = term.fence.epoch(), "leading"),
             Err(e) => {
-                tracing::error!(error = %e, "cannot load the runs recorded in etcd: stepping down");
-                return TermEnd::Fenced;
+                tracing::error!(error = %e, "cannot load the runs recorded in etcd: stepping down to follow");
+                return TermEnd::RecoverFailed;
             }
         }
         let _ = self.engine_tx.send(Some(term.engine.clone()));

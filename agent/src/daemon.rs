@@ -63,6 +63,7 @@ async fn serve(
     let mut conn = Conn::start(configured);
     let mut link: Option<Link> = None;
     let mut disconnected_since: Option<Instant> = None;
+    let mut last_error = String::new();
     loop {
         if shutdown.is_cancelled() {
             agent.start_draining(); // once; a session does it itself when it sees the signal
@@ -109,18 +110,9 @@ async fn serve(
                     let leader_hint = e
                         .downcast_ref::<tonic::Status>()
                         .and_then(factotum_proto::leader_hint);
-                    match &leader_hint {
-                        Some(Some(leader)) => {
-                            tracing::info!(%leader, via = %target, "following the leader")
-                        }
-                        Some(None) => {
-                            tracing::info!(coordinator = %target, "no leader elected yet")
-                        }
-                        None => {
-                            tracing::warn!(coordinator = %target, error = %e, "cannot reach the coordinator")
-                        }
-                    }
+                    tracing::debug!(coordinator = %target, error = %format!("{e:#}"), "no session");
                     systemd.unreachable(target, &format!("{e:#}"));
+                    last_error = format!("{target}: {e:#}");
                     Event::Failed { leader_hint }
                 }
             },
@@ -131,7 +123,7 @@ async fn serve(
                         // still running after the drain grace stopped, results still reported.
                         let end = agent.session(l, &CancellationToken::new(), shutdown).await;
                         if end == SessionEnd::Closed {
-                            tracing::warn!(coordinator = %target, "the session ended");
+                            tracing::warn!(coordinator = %target, "the session ended: trying every coordinator again");
                         }
                         agent.welcomed()
                     }
@@ -155,7 +147,20 @@ async fn serve(
                 Event::Waited
             }
         };
+        let was_waiting = matches!(conn, Conn::Waiting { .. });
         conn = conn.on(event, configured, &backoff);
+        match &conn {
+            Conn::Connecting {
+                target,
+                via: Some(via),
+                ..
+            } => tracing::info!(leader = %target, %via, "following the leader"),
+            // Every failed pass counts; the log gets the 1st, 2nd, 4th, 8th...
+            Conn::Waiting { delay, failed, .. } if !was_waiting && failed.is_power_of_two() => {
+                tracing::warn!(failed_passes = *failed, retry_in = ?delay.max, last_error = %last_error, "no coordinator took the session");
+            }
+            _ => {}
+        }
     }
     tracing::info!(unreported = agent.unacked(), "agent stopped");
     Ok(())

@@ -110,13 +110,14 @@ impl Pass {
     }
 
     /// A follower named `leader`: try it next, unless this pass tried it already or it is the
-    /// leader just lost.
-    fn follow(&mut self, leader: String) {
+    /// leader just lost. Whether it will be tried next.
+    fn follow(&mut self, leader: String) -> bool {
         if self.tried.contains(&leader) || self.lost.as_ref() == Some(&leader) {
-            return;
+            return false;
         }
         self.queue.retain(|a| *a != leader);
         self.queue.push_front(leader);
+        true
     }
 }
 
@@ -126,6 +127,8 @@ pub enum Conn {
     /// Trying `target`, then the rest of `pass`.
     Connecting {
         target: String,
+        /// The follower that named `target` as the leader (`None`: its turn in the pass).
+        via: Option<String>,
         pass: Pass,
         /// Passes failed in a row before this one.
         failed: u32,
@@ -158,7 +161,7 @@ pub enum Event {
 impl Conn {
     /// The first state: the first configured address. `configured` must not be empty.
     pub fn start(configured: &[String]) -> Conn {
-        Pass::new(configured, None).into_conn(0)
+        Pass::new(configured, None).into_conn(0, None)
     }
 
     /// The one place the link moves forward. Events that do not fit the state leave it as is.
@@ -172,14 +175,16 @@ impl Conn {
                     target,
                     mut pass,
                     failed,
+                    ..
                 },
                 Event::Failed { leader_hint },
             ) => {
-                pass.tried.push(target);
+                pass.tried.push(target.clone());
+                let mut via = None;
                 if let Some(hint) = leader_hint {
                     pass.followers_answered = true;
-                    if let Some(leader) = hint {
-                        pass.follow(leader);
+                    if hint.is_some_and(|leader| pass.follow(leader)) {
+                        via = Some(target);
                     }
                 }
                 if pass.queue.is_empty() {
@@ -190,7 +195,7 @@ impl Conn {
                         failed,
                     }
                 } else {
-                    pass.into_conn(failed)
+                    pass.into_conn(failed, via)
                 }
             }
             (Conn::Connected { target, failed }, Event::SessionEnded { welcomed }) => {
@@ -210,17 +215,18 @@ impl Conn {
                     }
                 }
             }
-            (Conn::Waiting { next, failed, .. }, Event::Waited) => next.into_conn(failed),
+            (Conn::Waiting { next, failed, .. }, Event::Waited) => next.into_conn(failed, None),
             (state, _) => state,
         }
     }
 }
 
 impl Pass {
-    fn into_conn(mut self, failed: u32) -> Conn {
+    fn into_conn(mut self, failed: u32, via: Option<String>) -> Conn {
         match self.queue.pop_front() {
             Some(target) => Conn::Connecting {
                 target,
+                via,
                 pass: self,
                 failed,
             },
@@ -412,6 +418,10 @@ mod tests {
         );
         assert_eq!(seen, [A, C, B], "B once, in its configured turn (last)");
         assert!(
+            matches!(&state, Conn::Waiting { .. }),
+            "B refused too: {state:?}"
+        );
+        assert!(
             matches!(state, Conn::Waiting { failed: 1, .. }),
             "{state:?}"
         );
@@ -471,6 +481,17 @@ mod tests {
             &cfg,
         );
         assert_eq!(seen, [A, "http://new"]);
+        let followed =
+            Conn::start(&cfg).on(follower(Some("http://new")), &cfg, &Backoff::default());
+        assert!(
+            matches!(&followed, Conn::Connecting { target, via: Some(v), .. } if target == "http://new" && v == A),
+            "{followed:?}"
+        );
+        let in_turn = Conn::start(&cfg).on(follower(Some(A)), &cfg, &Backoff::default());
+        assert!(
+            matches!(&in_turn, Conn::Connecting { target, via: None, .. } if target == B),
+            "a hint naming the address just tried is not followed: {in_turn:?}"
+        );
         assert_eq!(
             state,
             Conn::Connected {

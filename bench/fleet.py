@@ -284,8 +284,7 @@ def failover(bin_dir, runs, etcd, ttl):
     lease stamped with a newer epoch than the dead leader's (a task the old leader leased just
     before it died, spawned after the kill, does not count). Reported: kill to that lease as the
     agent logged it, and kill to the spawn of its task; kill to the new leader's `leading` too."""
-    to_lease, to_spawn, to_leading = [], [], []
-    ttl_flag = ("--lease-ttl", ttl) if ttl is not None else ()
+    to_lease, to_spawn, to_leading, first_spawn = [], [], [], []
     with tempfile.TemporaryDirectory() as work:
         ff = os.path.join(work, "beat.factfile")
         # Long enough to outlast the failover at any TTL measured (1000 × 50 ms ≥ 50 s).
@@ -297,73 +296,20 @@ def failover(bin_dir, runs, etcd, ttl):
         with open(ff, "w") as f:
             json.dump(doc, f)
         for r in range(runs):
-            prefix = f"/failover-{ttl}-{r}"
-            coords = []
-            for i in range(3):
-                out = os.path.join(work, f"c{r}-{i}.out")
-                err = os.path.join(work, f"c{r}-{i}.err")
-                p = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0",
-                                      "--etcd", etcd.endpoint, "--etcd-prefix", prefix, *ttl_flag],
-                                     stdout=open(out, "w"), stderr=open(err, "w"))
-                coords.append((p, out, err))
-                time.sleep(0.3 if i == 0 else 0)
-            urls = []
-            for p, out, err in coords:
-                def listening():
-                    line = open(out).readline()
-                    return line.startswith("listening on ") and "http://" + line.split()[-1]
-                url = wait_for(10, listening)
-                if not url:
-                    sys.exit(f"failover: a coordinator did not start; see {err}")
-                urls.append(url)
-            leader = wait_for(30, lambda: next(
-                (str(i) for i, (p, o, e) in enumerate(coords) if " leading" in open(e).read()), None))
-            if leader is None:
-                sys.exit("failover: no coordinator logged ` leading` within 30 s")
-            leader = int(leader)
-            log = os.path.join(work, f"agent-{ttl}-{r}.log")
-            agent = subprocess.Popen([os.path.join(bin_dir, "factotum-agent"), "--coordinator", urls[(leader + 1) % 3],
-                                      "--log-format", "json"], stdout=subprocess.DEVNULL, stderr=open(log, "w"),
-                                     env=dict(os.environ, RUST_LOG=LEASE_LOG))
-            time.sleep(1)
-            # Every coordinator, the leader first: the CLI tries them in order.
-            order = [urls[leader]] + [u for i, u in enumerate(urls) if i != leader]
-            subprocess.run([os.path.join(bin_dir, "factotum"), "submit", ff,
-                            *[a for u in order for a in ("--coordinator", u)]],
-                           stdout=subprocess.DEVNULL, check=True)
-            if not wait_for(10, lambda: agent_spawns(log)):
-                sys.exit(f"failover: the agent spawned nothing within 10 s of the submission; see {log}")
-            time.sleep(1.5)
-            before = agent_leases(log)
-            if not before:
-                sys.exit(f"failover: the agent ran tasks but logged no `lease accepted` line (debug, "
-                         f"target factotum_agent, fields run, task, attempt, epoch) with RUST_LOG={LEASE_LOG}; "
-                         f"this agent does not log it, so the failover cannot be measured. See {log}")
-            old_epoch = max(e for _, e, *_ in before)
-            t_kill = time.time()
-            coords[leader][0].kill()
-            newer = wait_for(ttl_or_default(ttl) + 30, lambda: next(
-                (lease for lease in agent_leases(log) if lease[1] > old_epoch), None))
-            time.sleep(0.5)
-            spawns = agent_spawns(log)
-            new_leader = next((i for i, (p, o, e) in enumerate(coords) if i != leader and " leading" in open(e).read()), None)
-            agent.kill()
-            for p, _, _ in coords:
-                p.kill()
-                p.wait()
-            agent.wait()
-            if newer is None:
-                sys.exit(f"failover: no lease with an epoch above {old_epoch} within {ttl_or_default(ttl) + 30} s "
-                         f"of the kill; see {log}")
-            t_lease = newer[0]
-            to_lease.append((t_lease - t_kill) * 1000)
-            spawn = next((t for t in spawns if t >= t_lease), None)
-            if spawn is not None:
-                to_spawn.append((spawn - t_kill) * 1000)
-            if new_leader is not None:
-                t_leading = leading_at(coords[new_leader][2])
-                if t_leading is not None:
-                    to_leading.append((t_leading - t_kill) * 1000)
+            procs = []  # killed however the run ends (a failed check included)
+            try:
+                got = failover_once(bin_dir, work, ff, etcd, ttl, r, procs)
+            finally:
+                for p in procs:
+                    p.kill()
+                    p.wait()
+            to_lease.append(got["lease"])
+            if "spawn" in got:
+                to_spawn.append(got["spawn"])
+            if "leading" in got:
+                to_leading.append(got["leading"])
+            if "first" in got:
+                first_spawn.append(got["first"])
 
     def show(xs):
         return (f"median {statistics.median(xs):.0f} ms ({', '.join(f'{x:.0f}' for x in xs)})"
@@ -371,7 +317,93 @@ def failover(bin_dir, runs, etcd, ttl):
     label = f"--lease-ttl {ttl}" if ttl is not None else "default lease TTL (5 s)"
     print(f"failover (kill -9 of the leader of three, {label}, {runs} runs): to the first lease of the "
           f"new epoch {show(to_lease)}; to its task's spawn {show(to_spawn)}; "
-          f"to the new leader's `leading` {show(to_leading)}", flush=True)
+          f"to the new leader's `leading` {show(to_leading)} (the first spawn after the kill, "
+          f"whoever leased it, as measured before: {show(first_spawn)})", flush=True)
+
+
+def tail(path, n=20):
+    try:
+        with open(path) as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+def failover_once(bin_dir, work, ff, etcd, ttl, r, procs):
+    """One failover; the ms from the kill to each mark. Every process started goes in `procs`."""
+    def fail(why, log=None):
+        sys.exit(f"failover: {why}" + (f"\n--- the last lines of {os.path.basename(log)}:\n{tail(log)}" if log else ""))
+
+    ttl_flag = ("--lease-ttl", ttl) if ttl is not None else ()
+    prefix = f"/failover-{ttl}-{r}"
+    coords = []
+    for i in range(3):
+        out = os.path.join(work, f"c{r}-{i}.out")
+        err = os.path.join(work, f"c{r}-{i}.err")
+        p = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0",
+                              "--etcd", etcd.endpoint, "--etcd-prefix", prefix, *ttl_flag],
+                             stdout=open(out, "w"), stderr=open(err, "w"))
+        procs.append(p)
+        coords.append((p, out, err))
+        time.sleep(0.3 if i == 0 else 0)
+    urls = []
+    for p, out, err in coords:
+        def listening():
+            line = open(out).readline()
+            return line.startswith("listening on ") and "http://" + line.split()[-1]
+        url = wait_for(10, listening)
+        if not url:
+            fail("a coordinator did not start", err)
+        urls.append(url)
+    leader = wait_for(30, lambda: next(
+        (str(i) for i, (p, o, e) in enumerate(coords) if " leading" in open(e).read()), None))
+    if leader is None:
+        fail("no coordinator logged ` leading` within 30 s", coords[0][2])
+    leader = int(leader)
+    log = os.path.join(work, f"agent-{ttl}-{r}.log")
+    agent = subprocess.Popen([os.path.join(bin_dir, "factotum-agent"), "--coordinator", urls[(leader + 1) % 3],
+                              "--log-format", "json"], stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                             env=dict(os.environ, RUST_LOG=LEASE_LOG))
+    procs.insert(0, agent)
+    time.sleep(1)
+    # Every coordinator, the leader first: the CLI tries them in order.
+    order = [urls[leader]] + [u for i, u in enumerate(urls) if i != leader]
+    sub = subprocess.run([os.path.join(bin_dir, "factotum"), "submit", ff,
+                          *[a for u in order for a in ("--coordinator", u)]],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if sub.returncode != 0:
+        fail(f"factotum submit exited with {sub.returncode}: {sub.stderr.strip()}")
+    if not wait_for(10, lambda: agent_spawns(log)):
+        fail("the agent spawned nothing within 10 s of the submission", log)
+    time.sleep(1.5)
+    before = agent_leases(log)
+    if not before:
+        fail(f"the agent ran tasks but logged no `lease accepted` line (debug, target factotum_agent, "
+             f"fields run, task, attempt, epoch) with RUST_LOG={LEASE_LOG}: this agent does not log it, "
+             f"so the failover cannot be measured", log)
+    old_epoch = max(e for _, e, *_ in before)
+    t_kill = time.time()
+    coords[leader][0].kill()
+    limit = ttl_or_default(ttl) + 30
+    newer = wait_for(limit, lambda: next((lease for lease in agent_leases(log) if lease[1] > old_epoch), None))
+    if newer is None:
+        fail(f"no lease with an epoch above {old_epoch} within {limit:.0f} s of the kill", log)
+    time.sleep(0.5)
+    t_lease = newer[0]
+    got = {"lease": (t_lease - t_kill) * 1000}
+    spawns = agent_spawns(log)
+    spawn = next((t for t in spawns if t >= t_lease), None)
+    if spawn is not None:
+        got["spawn"] = (spawn - t_kill) * 1000
+    # The old measure, for comparison: the first spawn after the kill, whoever leased it.
+    first = next((t for t in spawns if t > t_kill), None)
+    if first is not None:
+        got["first"] = (first - t_kill) * 1000
+    new_leader = next((i for i, (p, o, e) in enumerate(coords) if i != leader and " leading" in open(e).read()), None)
+    t_leading = leading_at(coords[new_leader][2]) if new_leader is not None else None
+    if t_leading is not None:
+        got["leading"] = (t_leading - t_kill) * 1000
+    return got
 
 
 def ttl_or_default(ttl):
@@ -451,6 +483,14 @@ def main():
     if args.state_dir:
         global STATE
         STATE = lambda work: ("--state-dir", os.path.join(work, f"state-{time.monotonic_ns()}"))
+    try:
+        measure(args, etcd)
+    finally:
+        if etcd:
+            etcd.stop()
+
+
+def measure(args, etcd):
     if args.only in (None, "hop"):
         hop_latency(args.bin, args.runs)
     if args.only in (None, "throughput"):
@@ -462,8 +502,6 @@ def main():
     if args.only in (None, "failover") and args.etcd:
         for ttl in args.lease_ttl.split(","):
             failover(args.bin, args.runs, etcd, None if ttl == "default" else ttl)
-    if etcd:
-        etcd.stop()
 
 
 if __name__ == "__main__":

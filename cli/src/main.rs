@@ -59,16 +59,7 @@ fn main() -> ExitCode {
 }
 
 /// The services' logging set-up, quieter by default: a command line prints its own messages,
-/// so the libraries' logs show only from `warn` up unless `RUST_LOG` asks for more. (The
-/// variable is set only while the subscriber reads it, before any thread or task exists, so the
-/// tasks `run` starts see the environment they were given.)
+/// so the libraries' logs show only from `warn` up unless `RUST_LOG` asks for more.
 fn logging() {
-    let quiet = std::env::var_os("RUST_LOG").is_none();
-    if quiet {
-        std::env::set_var("RUST_LOG", "warn");
-    }
-    factotum_service::logging::init(factotum_service::LogFormat::Pretty);
-    if quiet {
-        std::env::remove_var("RUST_LOG");
-    }
+    factotum_service::logging::init_with_default(factotum_service::LogFormat::Pretty, "warn");
 }

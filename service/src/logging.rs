@@ -10,11 +10,17 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; a second call (tests starting several services in one
-/// process) keeps the first.
+/// Installs the global subscriber (level `info` unless `RUST_LOG` says otherwise); a second
+/// call (tests starting several services in one process) keeps the first.
 pub fn init(format: LogFormat) {
+    init_with_default(format, "info")
+}
+
+/// The same, with another level when `RUST_LOG` is unset (a command line that prints its own
+/// messages shows the libraries' logs only from `warn` up).
+pub fn init_with_default(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = match format {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::factfile::{Factfile, Task};
-use crate::graph::{Graph, GraphError};
+use crate::graph::{mark_below, Graph, GraphError};
 use crate::template::command_line;
 
 pub use crate::graph::TaskId;
@@ -95,6 +95,7 @@ impl Plan {
         if starts.is_empty() {
             return Ok(Self::build(ff, graph, None));
         }
+        let children = graph.children();
         let tasks = &ff.data.tasks;
         let mut keep = vec![false; tasks.len()];
         let mut is_start = vec![false; tasks.len()];
@@ -110,12 +111,21 @@ impl Plan {
             }
             keep[root] = true;
             reached_from[root] = s;
-            graph.mark_below(&[root as TaskId], &mut keep, |c| {
-                reached_from[c as usize] = s
-            });
+            mark_below(
+                |t| &children[t as usize],
+                &[root as TaskId],
+                &mut keep,
+                |c| reached_from[c as usize] = s,
+            );
         }
         // The first offender in display order names its start.
-        for i in display_order(&graph) {
+        let order = display_order(
+            graph.len(),
+            &graph.topo,
+            |t| &graph.deps[t],
+            |t| &children[t],
+        );
+        for i in order {
             let i = i as usize;
             if keep[i] && !is_start[i] && graph.deps[i].iter().any(|&d| !keep[d as usize]) {
                 return Err(PlanError::PriorTasks(starts[reached_from[i]].clone()));
@@ -138,15 +148,10 @@ impl Plan {
 
     /// The plan of the tasks in `keep` (all: `None`) over the factfile's resolved graph.
     fn build(ff: &Factfile, graph: Graph, keep: Option<&[bool]>) -> Plan {
-        let graph = match keep {
+        let Graph { deps, topo } = match keep {
             Some(k) => graph.induced(k),
             None => graph,
         };
-        let order = display_order(&graph);
-        let mut position = vec![0u32; graph.len()];
-        for (p, &t) in order.iter().enumerate() {
-            position[t as usize] = p as u32;
-        }
         let src = ff
             .data
             .tasks
@@ -154,18 +159,35 @@ impl Plan {
             .enumerate()
             .filter(|(i, _)| keep.is_none_or(|k| k[*i]))
             .map(|(_, t)| t);
-        let tasks: Vec<PlanTask> = src
-            .zip(graph.deps.into_iter().zip(graph.children))
-            .map(|(t, (deps, children))| PlanTask {
+        let mut tasks: Vec<PlanTask> = src
+            .zip(deps)
+            .map(|(t, deps)| PlanTask {
                 name: Arc::from(t.name.as_str()),
                 command_line: command_line(&t.command, &t.arguments),
                 continue_job: t.on_result.continue_job.clone(),
                 terminate_job_with_success: t.on_result.terminate_job_with_success.clone(),
                 deps,
-                children,
+                children: vec![],
                 policy: TaskPolicy::of(t),
             })
             .collect();
+        for i in 0..tasks.len() {
+            for j in 0..tasks[i].deps.len() {
+                let d = tasks[i].deps[j];
+                tasks[d as usize].children.push(i as TaskId);
+            }
+        }
+        let order = display_order(
+            tasks.len(),
+            &topo,
+            |t| &tasks[t].deps,
+            |t| &tasks[t].children,
+        );
+        drop(topo);
+        let mut position = vec![0u32; tasks.len()];
+        for (p, &t) in order.iter().enumerate() {
+            position[t as usize] = p as u32;
+        }
         Plan {
             job_name: ff.data.name.clone(),
             timeout: ff.data.timeout.map(Duration::from_secs),
@@ -203,12 +225,7 @@ impl Plan {
     /// Marks every unmarked task below `roots` (not the roots themselves), calling `newly`
     /// for each one it marks.
     fn mark_below(&self, roots: &[TaskId], marked: &mut [bool], newly: impl FnMut(TaskId)) {
-        crate::graph::mark_below(
-            |t| self.tasks[t as usize].children.as_slice(),
-            roots,
-            marked,
-            newly,
-        )
+        mark_below(|t| &self.tasks[t as usize].children, roots, marked, newly)
     }
 
     pub fn sort_display(&self, ids: &mut [TaskId]) {
@@ -219,20 +236,24 @@ impl Plan {
 /// Factotum lists tasks level by level (a task's level is its longest dependency path from a
 /// root); inside a level, in the order a depth-first walk from the roots first reaches them, where
 /// each node's children are visited newest edge first (petgraph's order, which Factotum exposed).
-fn display_order(graph: &Graph) -> Vec<TaskId> {
-    let n = graph.len();
+fn display_order<'g>(
+    n: usize,
+    topo: &[TaskId],
+    deps: impl Fn(usize) -> &'g Vec<TaskId>,
+    children: impl Fn(usize) -> &'g Vec<TaskId>,
+) -> Vec<TaskId> {
     // Levels along the topological order (the graph is acyclic by now).
     let mut level = vec![0u32; n];
-    for &t in &graph.topo {
+    for &t in topo {
         let t = t as usize;
-        for &c in &graph.children[t] {
+        for &c in children(t) {
             level[c as usize] = level[c as usize].max(level[t] + 1);
         }
     }
     // Depth-first preorder from a virtual root whose children are the roots, newest first.
     let roots: Vec<TaskId> = (0..n as TaskId)
         .rev()
-        .filter(|&t| graph.deps[t as usize].is_empty())
+        .filter(|&t| deps(t as usize).is_empty())
         .collect();
     let mut visited = vec![false; n];
     let mut preorder = Vec::with_capacity(n);
@@ -240,7 +261,7 @@ fn display_order(graph: &Graph) -> Vec<TaskId> {
     while let Some((node, next)) = stack.last_mut() {
         let children: &[TaskId] = match node {
             None => &roots,
-            Some(t) => &graph.children[*t as usize],
+            Some(t) => children(*t as usize),
         };
         let reversed = node.is_some();
         if *next >= children.len() {

@@ -7,6 +7,7 @@
 //! This module knows task names and dependency lists only, not the factfile's types: the arrows
 //! go `factfile → graph` and `dag → graph`, never back.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashSet;
 
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -39,13 +40,11 @@ fn cycle_text(names: &[String]) -> String {
     parts.join(" -> ")
 }
 
-/// Tasks and their edges, both ways.
+/// Tasks and their dependency edges, and an order that respects them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Graph {
     /// `deps[t]`: the tasks `t` depends on, in the order it names them.
     pub deps: Vec<Vec<TaskId>>,
-    /// `children[t]`: the tasks depending on `t`, in task order (once per naming).
-    pub children: Vec<Vec<TaskId>>,
     /// Every task after its dependencies (Kahn's order); shorter than the graph if it has a cycle.
     pub topo: Vec<TaskId>,
 }
@@ -69,10 +68,13 @@ impl Graph {
         index.reserve(tasks.len());
         for (i, t) in tasks.iter().enumerate() {
             let n = name(t);
-            if index.contains_key(n) {
-                problem.get_or_insert_with(|| GraphError::DuplicateName(n.to_string()));
-            } else {
-                index.insert(n, i as TaskId);
+            match index.entry(n) {
+                Entry::Occupied(_) => {
+                    problem.get_or_insert_with(|| GraphError::DuplicateName(n.to_string()));
+                }
+                Entry::Vacant(v) => {
+                    v.insert(i as TaskId);
+                }
             }
         }
         let mut deps: Vec<Vec<TaskId>> = Vec::with_capacity(tasks.len());
@@ -113,13 +115,27 @@ impl Graph {
     /// The graph with these dependency edges (already resolved to indices).
     pub fn from_deps(deps: Vec<Vec<TaskId>>) -> Graph {
         let n = deps.len();
-        let mut children: Vec<Vec<TaskId>> = vec![vec![]; n];
-        for (t, ds) in deps.iter().enumerate() {
+        // Children in one flat array (`flat[first[t]..first[t + 1]]`): Kahn's pass needs them
+        // only for a moment, and 100,000 small vectors would outlive it in the allocator.
+        let mut first = vec![0u32; n + 1];
+        for ds in &deps {
             for &d in ds {
-                children[d as usize].push(t as TaskId);
+                first[d as usize + 1] += 1;
             }
         }
-        let mut unmet: Vec<usize> = deps.iter().map(Vec::len).collect();
+        for t in 0..n {
+            first[t + 1] += first[t];
+        }
+        let mut flat = vec![0 as TaskId; first[n] as usize];
+        let mut fill = first.clone();
+        for (t, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                flat[fill[d as usize] as usize] = t as TaskId;
+                fill[d as usize] += 1;
+            }
+        }
+        drop(fill);
+        let mut unmet: Vec<u32> = deps.iter().map(|ds| ds.len() as u32).collect();
         let mut topo: Vec<TaskId> = (0..n as TaskId)
             .filter(|&t| unmet[t as usize] == 0)
             .collect();
@@ -128,18 +144,20 @@ impl Graph {
         while head < topo.len() {
             let t = topo[head] as usize;
             head += 1;
-            for &c in &children[t] {
+            for &c in &flat[first[t] as usize..first[t + 1] as usize] {
                 unmet[c as usize] -= 1;
                 if unmet[c as usize] == 0 {
                     topo.push(c);
                 }
             }
         }
-        Graph {
-            deps,
-            children,
-            topo,
-        }
+        Graph { deps, topo }
+    }
+
+    /// `children[t]`: the tasks depending on `t`, in task order (once per naming). Not kept in
+    /// the graph: a plan keeps its own, and a 100,000-task graph would pay for both.
+    pub fn children(&self) -> Vec<Vec<TaskId>> {
+        children(&self.deps)
     }
 
     pub fn len(&self) -> usize {
@@ -168,18 +186,13 @@ impl Graph {
             .filter(|(t, _)| keep[*t])
             .map(|(_, ds)| ds.iter().filter_map(|&d| new_id[d as usize]).collect())
             .collect();
-        Graph::from_deps(deps)
-    }
-
-    /// Marks every unmarked task below `roots` (not the roots themselves), calling `newly` for
-    /// each one it marks.
-    pub fn mark_below(&self, roots: &[TaskId], marked: &mut [bool], newly: impl FnMut(TaskId)) {
-        mark_below(
-            |t| self.children[t as usize].as_slice(),
-            roots,
-            marked,
-            newly,
-        )
+        // A topological order restricted to some tasks is still one.
+        let topo = self
+            .topo
+            .iter()
+            .filter_map(|&t| new_id[t as usize])
+            .collect();
+        Graph { deps, topo }
     }
 
     /// The tasks of one cycle, if there is one. Petgraph's strongly connected components find it;
@@ -214,10 +227,20 @@ impl Graph {
     }
 }
 
+fn children(deps: &[Vec<TaskId>]) -> Vec<Vec<TaskId>> {
+    let mut children: Vec<Vec<TaskId>> = vec![vec![]; deps.len()];
+    for (t, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            children[d as usize].push(t as TaskId);
+        }
+    }
+    children
+}
+
 /// Marks every unmarked task below `roots` (not the roots themselves) in the graph whose edges
 /// `children` gives, calling `newly` for each one it marks. Iterative: chains of any depth.
 pub fn mark_below<'g>(
-    children: impl Fn(TaskId) -> &'g [TaskId],
+    children: impl Fn(TaskId) -> &'g Vec<TaskId>,
     roots: &[TaskId],
     marked: &mut [bool],
     mut newly: impl FnMut(TaskId),

@@ -1,0 +1,189 @@
+use super::*;
+use crate::constraint::Placement;
+use crate::template::Vars;
+use serde_json::{json, Value};
+
+fn task(name: &str, deps: &[&str]) -> Value {
+    json!({"name": name, "executor": "shell", "command": "echo", "arguments": [name],
+           "dependsOn": deps, "onResult": {"terminateJobWithSuccess": [3], "continueJob": [0]}})
+}
+
+fn doc(tasks: Vec<Value>) -> String {
+    json!({"schema": SNOWPLOW_SCHEMA, "data": {"name": "j", "tasks": tasks}}).to_string()
+}
+
+fn parse(text: &str) -> Result<Factfile, FactfileError> {
+    Factfile::parse(text, &Vars::new(&Value::Null, &Tags::new()).unwrap())
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn forward_references_are_allowed() {
+    let ff = parse(&doc(vec![task("b", &["a"]), task("a", &[])])).unwrap();
+    assert_eq!(ff.data.tasks.len(), 2);
+}
+
+#[test]
+fn empty_task_list_is_valid() {
+    assert!(parse(&doc(vec![])).unwrap().data.tasks.is_empty());
+}
+
+#[test]
+fn invalid_json_message() {
+    assert_eq!(
+        err("xyz\nmore"),
+        "invalid JSON - expected value at line 1, column 1"
+    );
+}
+
+#[test]
+fn factotum_rule_messages() {
+    let mut t = task("continue", &[]);
+    t["onResult"]["continueJob"] = json!([]);
+    assert_eq!(
+        err(&doc(vec![t])),
+        "the task 'continue' has no way to continue successfully."
+    );
+    let mut t = task("ambi", &[]);
+    t["onResult"] = json!({"terminateJobWithSuccess": [0], "continueJob": [0]});
+    assert_eq!(
+        err(&doc(vec![t])),
+        "the task 'ambi' has conflicting actions."
+    );
+}
+
+#[test]
+fn graph_errors_are_clear() {
+    assert_eq!(
+        err(&doc(vec![task("a", &[]), task("a", &[])])),
+        "the task name 'a' is used by more than one task"
+    );
+    assert_eq!(
+        err(&doc(vec![task("a", &["a"])])),
+        "the task 'a' depends on itself"
+    );
+    assert_eq!(
+        err(&doc(vec![task("a", &["zz"])])),
+        "the task 'a' depends on 'zz', which is not a task in this factfile"
+    );
+    let e = err(&doc(vec![
+        task("a", &["c"]),
+        task("b", &["a"]),
+        task("c", &["b"]),
+        task("d", &[]),
+    ]));
+    assert!(e.starts_with("the tasks form a cycle: "), "{e}");
+    for n in ["'a'", "'b'", "'c'"] {
+        assert!(e.contains(n), "{e}");
+    }
+    assert!(!e.contains("'d'"), "{e}");
+}
+
+#[test]
+fn schema_errors_name_the_path() {
+    let mut t = task("a", &[]);
+    t["onResult"]["terminateJobWithSuccess"] = json!(["this isn't a number!"]);
+    assert_eq!(
+        err(&doc(vec![t])),
+        "'/data/tasks/0/onResult/terminateJobWithSuccess/0' - Type of the value is wrong (The value must be integer)"
+    );
+    let no_name = json!({"schema": SNOWPLOW_SCHEMA, "data": {"tasks": []}}).to_string();
+    assert_eq!(err(&no_name), "'/data/name' - This property is required");
+    let mut t = task("a", &[]);
+    t["timeout"] = json!(5);
+    assert!(err(&doc(vec![t]))
+        .starts_with("'/data/tasks/0/timeout' - Additional properties are not allowed"));
+    let mut t = task("a", &[]);
+    t["onResult"]["continueJob"] = json!([0, 40000, -1]);
+    let e = err(&doc(vec![t]));
+    assert!(
+        e.contains("'/data/tasks/0/onResult/continueJob/1' - Maximum"),
+        "{e}"
+    );
+    assert!(
+        e.contains("'/data/tasks/0/onResult/continueJob/2' - Minimum"),
+        "{e}"
+    );
+    assert!(err("[1]").starts_with("'/' - Type of the value is wrong"));
+    let other = json!({"schema": "iglu:com.acme/factfile/jsonschema/1-0-0", "data": {"name": "x", "tasks": []}});
+    assert!(err(&other.to_string()).starts_with("'/schema' - Unsupported schema"));
+}
+
+#[test]
+fn templating_applies_to_names_args_deps_and_command() {
+    let text = json!({"schema": SNOWPLOW_SCHEMA, "data": {"name": "job {{ tag:env }}", "tasks": [
+        {"name": "a {{x}}", "executor": "shell", "command": "echo {{x}}", "arguments": ["{{ x }}"],
+         "dependsOn": [], "onResult": {"terminateJobWithSuccess": [], "continueJob": [0]}},
+        {"name": "b", "executor": "shell", "command": "echo", "arguments": [],
+         "dependsOn": ["a {{x}}"], "onResult": {"terminateJobWithSuccess": [], "continueJob": [0]}}]}})
+    .to_string();
+    let tags = Tags::from([("env".to_string(), "prod".to_string())]);
+    let ff = Factfile::parse(&text, &Vars::new(&json!({"x": "1"}), &tags).unwrap()).unwrap();
+    assert_eq!(ff.data.name, "job prod");
+    assert_eq!(ff.data.tasks[0].name, "a 1");
+    assert_eq!(ff.data.tasks[0].command, "echo 1");
+    assert_eq!(ff.data.tasks[0].arguments, vec!["1"]);
+    assert_eq!(ff.data.tasks[1].depends_on, vec!["a 1"]);
+}
+
+#[test]
+fn the_extension_parses_and_round_trips_through_its_compact_json() {
+    let mut t = task("load", &[]);
+    t["timeout"] = json!(30);
+    t["retry"] = json!({"attempts": 3, "delaySeconds": 1.5, "onReturnCodes": [75]});
+    t["env"] = json!({"TARGET": "{{ tag:env }}"});
+    t["cwd"] = json!("/tmp");
+    t["constraints"] = json!({"host": "etl-1", "labels": {"disk": "ssd"}});
+    t["onLost"] = json!("retry");
+    t["continueOnFailure"] = json!(true);
+    let text = json!({"schema": FACTOTUM_SCHEMA, "data": {"name": "j", "tasks": [t],
+        "tags": {"env": "{{ not templated }}"}, "timeout": 600, "placement": "spread",
+        "maxParallel": 4}})
+    .to_string();
+    let raw = Factfile::read(&text).unwrap();
+    assert_eq!(
+        raw.data.tags.as_ref().unwrap()["env"],
+        "{{ not templated }}"
+    );
+    let tags = Tags::from([("env".to_string(), "prod".to_string())]);
+    let ff = raw
+        .finish(&Vars::new(&Value::Null, &tags).unwrap())
+        .unwrap();
+    let load = &ff.data.tasks[0];
+    assert_eq!(load.ext().env.as_ref().unwrap()["TARGET"], "prod");
+    assert_eq!(load.ext().retry.as_ref().unwrap().delay_seconds, Some(1.5));
+    assert_eq!(ff.data.placement, Some(Placement::Spread));
+    assert_eq!(Factfile::parse_compact(&ff.compact_json()).unwrap(), ff);
+    // A Snowplow factfile's compact JSON has none of the extension's fields.
+    let plain = parse(&doc(vec![task("a", &[])])).unwrap();
+    assert!(!plain.compact_json().contains("timeout"));
+}
+
+#[test]
+fn extension_values_out_of_range_are_named() {
+    let mut t = task("t", &[]);
+    t["timeout"] = json!(0);
+    t["retry"] = json!({"attempts": 2, "backoff": 0.5});
+    t["cwd"] = json!("");
+    let text = json!({"schema": FACTOTUM_SCHEMA, "data": {"name": "j", "tasks": [t]}}).to_string();
+    let e = err(&text);
+    for want in [
+        "'/data/tasks/0/timeout' - Minimum condition is not met (the value must be at least 1) (task 't')",
+        "'/data/tasks/0/retry/backoff' - Minimum condition is not met (the value must be at least 1) (task 't')",
+        "'/data/tasks/0/cwd' - MinLength condition is not met (the value must not be empty) (task 't')",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in {e}");
+    }
+}
+
+#[test]
+fn compact_json_is_factotums_and_gives_the_vector_references() {
+    let text = doc(vec![task("echo alpha", &[])]);
+    let ff = parse(&text).unwrap();
+    assert!(ff.compact_json().starts_with(
+        "{\"schema\":\"iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0\",\"data\":{\"name\":\"j\",\"tasks\":[{\"name\":\"echo alpha\",\"executor\":\"shell\",\"command\":\"echo\",\"arguments\":[\"echo alpha\"],\"dependsOn\":[],\"onResult\":{\"terminateJobWithSuccess\":[3],\"continueJob\":[0]}}"
+    ));
+}

@@ -3,6 +3,8 @@ use crate::constraint::Placement;
 use crate::template::Vars;
 use serde_json::{json, Value};
 
+mod schema_agreement;
+
 fn task(name: &str, deps: &[&str]) -> Value {
     json!({"name": name, "executor": "shell", "command": "echo", "arguments": [name],
            "dependsOn": deps, "onResult": {"terminateJobWithSuccess": [3], "continueJob": [0]}})

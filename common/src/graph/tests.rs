@@ -1,1 +1,162 @@
+use super::*;
+use crate::dag::tests::ff;
+use crate::dag::Plan;
+use crate::factfile::{Factfile, FactfileError, Tags};
+use crate::template::Vars;
 
+/// (name, dependencies) pairs.
+fn resolve(spec: &[(&str, &[&str])]) -> (Graph, Option<GraphError>) {
+    let tasks: Vec<(String, Vec<String>)> = spec
+        .iter()
+        .map(|(n, ds)| (n.to_string(), ds.iter().map(|d| d.to_string()).collect()))
+        .collect();
+    Graph::resolve(&tasks, |t| &t.0, |t| &t.1)
+}
+
+fn problem(spec: &[(&str, &[&str])]) -> Option<GraphError> {
+    resolve(spec).1
+}
+
+#[test]
+fn a_valid_graph_resolves_forward_references_and_orders_dependencies_first() {
+    let (g, e) = resolve(&[("b", &["a"]), ("a", &[]), ("c", &["b", "a"])]);
+    assert_eq!(e, None);
+    assert_eq!(g.deps, vec![vec![1], vec![], vec![0, 1]]);
+    assert_eq!(g.topo, vec![1, 0, 2]);
+    assert_eq!(g.children(), vec![vec![2], vec![0, 2], vec![]]);
+}
+
+#[test]
+fn a_duplicate_name_is_reported_before_any_dependency_problem() {
+    assert_eq!(
+        problem(&[("x", &["nope"]), ("a", &[]), ("a", &[])]),
+        Some(GraphError::DuplicateName("a".into()))
+    );
+}
+
+#[test]
+fn a_self_dependency_is_named() {
+    assert_eq!(
+        problem(&[("a", &[]), ("b", &["a", "b"])]),
+        Some(GraphError::SelfDependency("b".into()))
+    );
+}
+
+#[test]
+fn an_unknown_dependency_is_named_with_its_task() {
+    assert_eq!(
+        problem(&[("a", &["zz"])]),
+        Some(GraphError::UnknownDependency {
+            task: "a".into(),
+            dependency: "zz".into()
+        })
+    );
+}
+
+#[test]
+fn dependency_problems_come_in_task_order_then_dependency_order() {
+    assert_eq!(
+        problem(&[("a", &["zz", "a"]), ("b", &["b"])]),
+        Some(GraphError::UnknownDependency {
+            task: "a".into(),
+            dependency: "zz".into()
+        })
+    );
+}
+
+#[test]
+fn a_cycle_is_walked_from_its_earliest_task() {
+    let e = problem(&[("d", &[]), ("a", &["c"]), ("b", &["a"]), ("c", &["b"])]).unwrap();
+    assert_eq!(
+        e,
+        GraphError::Cycle(vec!["a".into(), "b".into(), "c".into()])
+    );
+    assert_eq!(
+        e.to_string(),
+        "the tasks form a cycle: 'a' -> 'b' -> 'c' -> 'a'"
+    );
+    let (g, _) = resolve(&[("x", &["y"]), ("y", &["x"]), ("z", &[])]);
+    assert_eq!(g.topo, vec![2], "tasks on a cycle never become ready");
+}
+
+#[test]
+fn a_cycle_is_looked_for_only_when_nothing_else_is_wrong() {
+    assert_eq!(
+        problem(&[("x", &["y"]), ("y", &["x"]), ("z", &["nope"])]),
+        Some(GraphError::UnknownDependency {
+            task: "z".into(),
+            dependency: "nope".into()
+        })
+    );
+}
+
+#[test]
+fn a_graph_with_a_problem_is_still_usable() {
+    let (g, e) = resolve(&[("a", &["a", "zz"]), ("b", &["a"]), ("a", &[])]);
+    assert!(e.is_some());
+    // The self and unknown dependencies are left out; `a` means the first `a`.
+    assert_eq!(g.deps, vec![vec![], vec![0], vec![]]);
+}
+
+#[test]
+fn an_induced_graph_renumbers_and_drops_edges_to_tasks_left_out() {
+    let (g, _) = resolve(&[("a", &[]), ("b", &["a"]), ("c", &["b", "a"]), ("d", &["c"])]);
+    let sub = g.induced(&[false, true, true, true]);
+    assert_eq!(sub.deps, vec![vec![], vec![0], vec![1]]);
+    assert_eq!(sub.topo, vec![0, 1, 2]);
+}
+
+#[test]
+fn mark_below_walks_every_descendant_once() {
+    let (g, _) = resolve(&[("a", &[]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"])]);
+    let children = g.children();
+    let mut marked = vec![false; 4];
+    let mut seen = vec![];
+    mark_below(
+        |t| &children[t as usize],
+        &[0],
+        &mut marked,
+        |t| seen.push(t),
+    );
+    seen.sort();
+    assert_eq!(seen, vec![1, 2, 3]);
+    assert!(!marked[0]);
+}
+
+/// Every kind of graph problem, as a factfile spec.
+fn broken_graphs() -> Vec<Vec<(&'static str, &'static [&'static str])>> {
+    vec![
+        vec![("a", &[]), ("a", &[])],
+        vec![("a", &["a"])],
+        vec![("a", &["zz"])],
+        vec![("a", &["c"]), ("b", &["a"]), ("c", &["b"]), ("d", &[])],
+        vec![("x", &["y"]), ("y", &["x"]), ("z", &["nope"])],
+    ]
+}
+
+#[test]
+fn validation_and_planning_report_the_same_problem() {
+    let vars = Vars::new(&serde_json::Value::Null, &Tags::new()).unwrap();
+    for spec in broken_graphs() {
+        let hand_built = ff(&spec);
+        let planned = Plan::try_new(&hand_built).unwrap_err();
+        let read = Factfile::read(&hand_built.compact_json()).unwrap();
+        let validated = read.finish(&vars).unwrap_err();
+        assert_eq!(validated, FactfileError::Graph(planned.clone()), "{spec:?}");
+        assert_eq!(validated.to_string(), planned.to_string());
+    }
+}
+
+#[test]
+fn planning_a_valid_factfile_agrees_with_the_lenient_plan() {
+    let f = ff(&[("a", &[]), ("b", &["a"]), ("c", &["a", "b"])]);
+    assert_eq!(Plan::try_new(&f).unwrap(), Plan::new(&f));
+}
+
+#[test]
+fn planning_a_broken_hand_built_factfile_does_not_panic() {
+    for spec in broken_graphs() {
+        let p = Plan::new(&ff(&spec));
+        assert_eq!(p.len(), spec.len());
+    }
+}

@@ -1,8 +1,4 @@
 use super::*;
-use crate::dag::tests::ff;
-use crate::dag::Plan;
-use crate::factfile::{Factfile, FactfileError, Tags};
-use crate::template::Vars;
 
 /// (name, dependencies) pairs.
 fn resolve(spec: &[(&str, &[&str])]) -> (Graph, Option<GraphError>) {
@@ -121,42 +117,4 @@ fn mark_below_walks_every_descendant_once() {
     seen.sort();
     assert_eq!(seen, vec![1, 2, 3]);
     assert!(!marked[0]);
-}
-
-/// Every kind of graph problem, as a factfile spec.
-fn broken_graphs() -> Vec<Vec<(&'static str, &'static [&'static str])>> {
-    vec![
-        vec![("a", &[]), ("a", &[])],
-        vec![("a", &["a"])],
-        vec![("a", &["zz"])],
-        vec![("a", &["c"]), ("b", &["a"]), ("c", &["b"]), ("d", &[])],
-        vec![("x", &["y"]), ("y", &["x"]), ("z", &["nope"])],
-    ]
-}
-
-#[test]
-fn validation_and_planning_report_the_same_problem() {
-    let vars = Vars::new(&serde_json::Value::Null, &Tags::new()).unwrap();
-    for spec in broken_graphs() {
-        let hand_built = ff(&spec);
-        let planned = Plan::try_new(&hand_built).unwrap_err();
-        let read = Factfile::read(&hand_built.compact_json()).unwrap();
-        let validated = read.finish(&vars).unwrap_err();
-        assert_eq!(validated, FactfileError::Graph(planned.clone()), "{spec:?}");
-        assert_eq!(validated.to_string(), planned.to_string());
-    }
-}
-
-#[test]
-fn planning_a_valid_factfile_agrees_with_the_lenient_plan() {
-    let f = ff(&[("a", &[]), ("b", &["a"]), ("c", &["a", "b"])]);
-    assert_eq!(Plan::try_new(&f).unwrap(), Plan::new(&f));
-}
-
-#[test]
-fn planning_a_broken_hand_built_factfile_does_not_panic() {
-    for spec in broken_graphs() {
-        let p = Plan::new(&ff(&spec));
-        assert_eq!(p.len(), spec.len());
-    }
 }

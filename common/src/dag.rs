@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::factfile::{Factfile, Task};
-use crate::graph::{mark_below, Graph, GraphError};
+use crate::graph::{mark_below, topological_order, Graph, GraphError};
 use crate::template::command_line;
 
 pub use crate::graph::TaskId;
@@ -75,10 +75,8 @@ impl Plan {
     /// Plans the whole factfile, or says what is wrong with its graph: the same answer
     /// validation gives, from the same resolution.
     pub fn try_new(ff: &Factfile) -> Result<Plan, GraphError> {
-        match resolve(ff) {
-            (graph, None) => Ok(Self::build(ff, graph, None)),
-            (_, Some(e)) => Err(e),
-        }
+        let graph = Graph::check(&ff.data.tasks, |t| &t.name, |t| &t.depends_on)?;
+        Ok(Self::build(ff, graph, None))
     }
 
     /// Plans `start` and its descendants. Factotum's rule: every descendant's dependencies must be
@@ -119,12 +117,7 @@ impl Plan {
             );
         }
         // The first offender in display order names its start.
-        let order = display_order(
-            graph.len(),
-            &graph.topo,
-            |t| &graph.deps[t],
-            |t| &children[t],
-        );
+        let order = display_order(graph.len(), |t| &graph.deps[t], |t| &children[t]);
         for i in order {
             let i = i as usize;
             if keep[i] && !is_start[i] && graph.deps[i].iter().any(|&d| !keep[d as usize]) {
@@ -148,7 +141,7 @@ impl Plan {
 
     /// The plan of the tasks in `keep` (all: `None`) over the factfile's resolved graph.
     fn build(ff: &Factfile, graph: Graph, keep: Option<&[bool]>) -> Plan {
-        let Graph { deps, topo } = match keep {
+        let Graph { deps } = match keep {
             Some(k) => graph.induced(k),
             None => graph,
         };
@@ -177,13 +170,7 @@ impl Plan {
                 tasks[d as usize].children.push(i as TaskId);
             }
         }
-        let order = display_order(
-            tasks.len(),
-            &topo,
-            |t| &tasks[t].deps,
-            |t| &tasks[t].children,
-        );
-        drop(topo);
+        let order = display_order(tasks.len(), |t| &tasks[t].deps, |t| &tasks[t].children);
         let mut position = vec![0u32; tasks.len()];
         for (p, &t) in order.iter().enumerate() {
             position[t as usize] = p as u32;
@@ -238,13 +225,12 @@ impl Plan {
 /// each node's children are visited newest edge first (petgraph's order, which Factotum exposed).
 fn display_order<'g>(
     n: usize,
-    topo: &[TaskId],
     deps: impl Fn(usize) -> &'g Vec<TaskId>,
     children: impl Fn(usize) -> &'g Vec<TaskId>,
 ) -> Vec<TaskId> {
-    // Levels along the topological order (the graph is acyclic by now).
+    // Levels along a topological order (the graph is acyclic by now).
     let mut level = vec![0u32; n];
-    for &t in topo {
+    for t in topological_order(n, |t| deps(t).len(), |t| children(t)) {
         let t = t as usize;
         for &c in children(t) {
             level[c as usize] = level[c as usize].max(level[t] + 1);

@@ -1,8 +1,9 @@
 //! The task graph of a factfile, resolved once: names to indices, dependencies to edges, and the
 //! four ways a graph can be wrong (a duplicate name, a self dependency, an unknown dependency, a
-//! cycle). Validation ([`crate::factfile`]) reports [`Graph::resolve`]'s first problem; planning
-//! ([`crate::dag::Plan`]) builds on the graph it resolved. Both ask the same function, so they
-//! cannot disagree about what a dependency means.
+//! cycle). Validation ([`crate::factfile`]) and [`crate::dag::Plan::try_new`] report
+//! [`Graph::check`]'s first problem; planning builds on the graph [`Graph::resolve`] (the same
+//! resolution, without the cycle search) gives. So they cannot disagree about what a dependency
+//! means.
 //!
 //! This module knows task names and dependency lists only, not the factfile's types: the arrows
 //! go `factfile → graph` and `dag → graph`, never back.
@@ -40,20 +41,40 @@ fn cycle_text(names: &[String]) -> String {
     parts.join(" -> ")
 }
 
-/// Tasks and their dependency edges, and an order that respects them.
+/// Tasks and their dependency edges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Graph {
     /// `deps[t]`: the tasks `t` depends on, in the order it names them.
     pub deps: Vec<Vec<TaskId>>,
-    /// Every task after its dependencies (Kahn's order); shorter than the graph if it has a cycle.
-    pub topo: Vec<TaskId>,
 }
 
 impl Graph {
-    /// Resolves `tasks` (each with a name and the names it depends on) and returns the graph with
-    /// its first problem, in the order validation has always reported them: every duplicate name
-    /// first, then each task's dependencies in order (itself, then unknown names), then a cycle
-    /// (looked for only when there is nothing else wrong).
+    /// Resolves `tasks` (each with a name and the names it depends on) and says whether the
+    /// graph is valid: the first problem, in the order validation has always reported them (every
+    /// duplicate name first, then each task's dependencies in order: itself, then unknown names),
+    /// else a cycle if there is one.
+    pub fn check<T>(
+        tasks: &[T],
+        name: impl Fn(&T) -> &str,
+        depends_on: impl Fn(&T) -> &[String],
+    ) -> Result<Graph, GraphError> {
+        let (graph, problem) = Self::resolve(tasks, &name, depends_on);
+        if let Some(e) = problem {
+            return Err(e);
+        }
+        match graph.cycle() {
+            Some(cycle) => Err(GraphError::Cycle(
+                cycle
+                    .iter()
+                    .map(|&t| name(&tasks[t as usize]).to_string())
+                    .collect(),
+            )),
+            None => Ok(graph),
+        }
+    }
+
+    /// Resolves `tasks` and returns the graph with its first problem other than a cycle (which
+    /// [`Graph::check`] looks for). Planning a validated factfile needs no more.
     ///
     /// The graph is usable even with a problem: a duplicate name means its first task, and self
     /// and unknown dependencies are left out. Only validated factfiles are planned, so this
@@ -98,66 +119,7 @@ impl Graph {
             }
             deps.push(mine);
         }
-        drop(index);
-        let graph = Graph::from_deps(deps);
-        if problem.is_none() && graph.topo.len() < graph.len() {
-            let cycle = graph.cycle().unwrap_or_default();
-            problem = Some(GraphError::Cycle(
-                cycle
-                    .iter()
-                    .map(|&t| name(&tasks[t as usize]).to_string())
-                    .collect(),
-            ));
-        }
-        (graph, problem)
-    }
-
-    /// The graph with these dependency edges (already resolved to indices).
-    pub fn from_deps(deps: Vec<Vec<TaskId>>) -> Graph {
-        let n = deps.len();
-        // Children in one flat array (`flat[first[t]..first[t + 1]]`): Kahn's pass needs them
-        // only for a moment, and 100,000 small vectors would outlive it in the allocator.
-        let mut first = vec![0u32; n + 1];
-        for ds in &deps {
-            for &d in ds {
-                first[d as usize + 1] += 1;
-            }
-        }
-        for t in 0..n {
-            first[t + 1] += first[t];
-        }
-        let mut flat = vec![0 as TaskId; first[n] as usize];
-        let mut fill = first.clone();
-        for (t, ds) in deps.iter().enumerate() {
-            for &d in ds {
-                flat[fill[d as usize] as usize] = t as TaskId;
-                fill[d as usize] += 1;
-            }
-        }
-        drop(fill);
-        let mut unmet: Vec<u32> = deps.iter().map(|ds| ds.len() as u32).collect();
-        let mut topo: Vec<TaskId> = (0..n as TaskId)
-            .filter(|&t| unmet[t as usize] == 0)
-            .collect();
-        topo.reserve(n - topo.len());
-        let mut head = 0;
-        while head < topo.len() {
-            let t = topo[head] as usize;
-            head += 1;
-            for &c in &flat[first[t] as usize..first[t + 1] as usize] {
-                unmet[c as usize] -= 1;
-                if unmet[c as usize] == 0 {
-                    topo.push(c);
-                }
-            }
-        }
-        Graph { deps, topo }
-    }
-
-    /// `children[t]`: the tasks depending on `t`, in task order (once per naming). Not kept in
-    /// the graph: a plan keeps its own, and a 100,000-task graph would pay for both.
-    pub fn children(&self) -> Vec<Vec<TaskId>> {
-        children(&self.deps)
+        (Graph { deps }, problem)
     }
 
     pub fn len(&self) -> usize {
@@ -166,6 +128,17 @@ impl Graph {
 
     pub fn is_empty(&self) -> bool {
         self.deps.is_empty()
+    }
+
+    /// `children[t]`: the tasks depending on `t`, in task order (once per naming).
+    pub fn children(&self) -> Vec<Vec<TaskId>> {
+        let mut children: Vec<Vec<TaskId>> = vec![vec![]; self.len()];
+        for (t, ds) in self.deps.iter().enumerate() {
+            for &d in ds {
+                children[d as usize].push(t as TaskId);
+            }
+        }
+        children
     }
 
     /// The graph of the tasks marked in `keep`, renumbered in order; edges to tasks left out are
@@ -186,19 +159,42 @@ impl Graph {
             .filter(|(t, _)| keep[*t])
             .map(|(_, ds)| ds.iter().filter_map(|&d| new_id[d as usize]).collect())
             .collect();
-        // A topological order restricted to some tasks is still one.
-        let topo = self
-            .topo
-            .iter()
-            .filter_map(|&t| new_id[t as usize])
-            .collect();
-        Graph { deps, topo }
+        Graph { deps }
     }
 
-    /// The tasks of one cycle, if there is one. Petgraph's strongly connected components find it;
-    /// it is walked from its earliest task along dependency edges, the earliest next task first.
+    /// The tasks of one cycle, if there is one. A Kahn pass decides (over the children in one
+    /// flat array: it needs them only for a moment, and 100,000 small vectors would outlive it
+    /// in the allocator); petgraph's strongly connected components find the cycle, walked from
+    /// its earliest task along dependency edges, the earliest next task first.
     fn cycle(&self) -> Option<Vec<TaskId>> {
         let n = self.len();
+        let mut first = vec![0u32; n + 1];
+        for ds in &self.deps {
+            for &d in ds {
+                first[d as usize + 1] += 1;
+            }
+        }
+        for t in 0..n {
+            first[t + 1] += first[t];
+        }
+        let mut flat = vec![0 as TaskId; first[n] as usize];
+        let mut fill = first.clone();
+        for (t, ds) in self.deps.iter().enumerate() {
+            for &d in ds {
+                flat[fill[d as usize] as usize] = t as TaskId;
+                fill[d as usize] += 1;
+            }
+        }
+        drop(fill);
+        let sorted = topological_order(
+            n,
+            |t| self.deps[t].len(),
+            |t| &flat[first[t] as usize..first[t + 1] as usize],
+        );
+        if sorted.len() == n {
+            return None;
+        }
+        drop((flat, first, sorted));
         let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(n, n);
         for i in 0..n {
             g.add_node(i);
@@ -227,14 +223,30 @@ impl Graph {
     }
 }
 
-fn children(deps: &[Vec<TaskId>]) -> Vec<Vec<TaskId>> {
-    let mut children: Vec<Vec<TaskId>> = vec![vec![]; deps.len()];
-    for (t, ds) in deps.iter().enumerate() {
-        for &d in ds {
-            children[d as usize].push(t as TaskId);
+/// Kahn's order: every task after its dependencies, given each task's number of dependencies
+/// and its children. Shorter than `n` when there is a cycle (its tasks never become ready).
+pub fn topological_order<'g>(
+    n: usize,
+    dep_count: impl Fn(usize) -> usize,
+    children: impl Fn(usize) -> &'g [TaskId],
+) -> Vec<TaskId> {
+    let mut unmet: Vec<u32> = (0..n).map(|t| dep_count(t) as u32).collect();
+    let mut order: Vec<TaskId> = (0..n as TaskId)
+        .filter(|&t| unmet[t as usize] == 0)
+        .collect();
+    order.reserve(n - order.len());
+    let mut head = 0;
+    while head < order.len() {
+        let t = order[head] as usize;
+        head += 1;
+        for &c in children(t) {
+            unmet[c as usize] -= 1;
+            if unmet[c as usize] == 0 {
+                order.push(c);
+            }
         }
     }
-    children
+    order
 }
 
 /// Marks every unmarked task below `roots` (not the roots themselves) in the graph whose edges

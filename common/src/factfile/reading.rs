@@ -124,7 +124,7 @@ impl Factfile {
                 return Err(FactfileError::ConflictingActions(t.name.clone()));
             }
         }
-        let (_, problem) = Graph::resolve(&self.data.tasks, |t| &t.name, |t| &t.depends_on);
-        problem.map_or(Ok(()), |e| Err(e.into()))
+        Graph::check(&self.data.tasks, |t| &t.name, |t| &t.depends_on)?;
+        Ok(())
     }
 }

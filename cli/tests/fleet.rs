@@ -888,7 +888,11 @@ fn a_paused_leader_steps_down_when_it_wakes_up_and_follows_again() {
         log.contains("stepping down to follow")
             && log.matches("campaigning for leadership").count() >= 2
     });
-    assert!(following, "the deposed leader did not follow again: {}", log());
+    assert!(
+        following,
+        "the deposed leader did not follow again: {}",
+        log()
+    );
     assert!(
         matches!(paused.proc.0.try_wait(), Ok(None)),
         "the deposed leader exited: {}",

@@ -18,7 +18,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             _ => Err(format!("'{text}' is not a number of seconds")),
         };
     }
-    humantime::parse_duration(s).map_err(|e| format!("'{text}' is not a duration ({e})"))
+    // humantime's own words list every unit it knows; ours name the forms people use.
+    humantime::parse_duration(s).map_err(|_| format!("'{text}' is not a duration"))
 }
 
 /// No practical maximum (about 31 years).

@@ -52,13 +52,17 @@ async fn a_silent_agent_is_lost_after_lost_after_and_a_heartbeating_one_is_not()
 
 #[tokio::test(start_paused = true)]
 async fn an_agent_that_reconnects_reattaches_its_attempt_and_nothing_runs_twice() {
-    let engine = memory_engine(with_lost_after(15));
-    let mut a = FakeAgent::connect(&engine, AgentSpec::named("a")).await;
-    let run = engine
-        .submit(spec(vec![task("t", &[], json!({}))], json!({})))
-        .await
-        .unwrap();
-    let lease = a.lease().await;
+    let Started {
+        engine,
+        agent: a,
+        run,
+        lease,
+    } = started(
+        with_lost_after(15),
+        vec![task("t", &[], json!({}))],
+        json!({}),
+    )
+    .await;
     drop(a); // the session breaks
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut a = FakeAgent::connect(
@@ -74,38 +78,46 @@ async fn an_agent_that_reconnects_reattaches_its_attempt_and_nothing_runs_twice(
         "re-attached: no second lease, no cancel"
     );
     a.finish(&lease, 0).await;
-    let info = finished(&engine, &run.run_id).await;
+    let info = finished(&engine, &run).await;
     assert_eq!(state_of(&info, "t"), "SUCCEEDED");
     assert_eq!(info.tasks[0].attempt, 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_agent_back_without_its_task_fails_it() {
-    let engine = memory_engine(with_lost_after(15));
-    let mut a = FakeAgent::connect(&engine, AgentSpec::named("a")).await;
-    let run = engine
-        .submit(spec(vec![task("t", &[], json!({}))], json!({})))
-        .await
-        .unwrap();
-    a.lease().await;
+    let Started {
+        engine,
+        agent: a,
+        run,
+        lease: _lease,
+    } = started(
+        with_lost_after(15),
+        vec![task("t", &[], json!({}))],
+        json!({}),
+    )
+    .await;
     drop(a);
     let _a = FakeAgent::connect(&engine, AgentSpec::named("a")).await;
-    let info = finished(&engine, &run.run_id).await;
+    let info = finished(&engine, &run).await;
     assert_eq!(state_of(&info, "t"), "FAILED");
     assert_eq!(error_of(&info, "t"), "agent a restarted without the task");
 }
 
 #[tokio::test(start_paused = true)]
 async fn without_lost_after_a_disconnected_agent_is_lost_at_once() {
-    let engine = memory_engine(EngineConfig::default());
-    let mut a = FakeAgent::connect(&engine, AgentSpec::named("a")).await;
-    let run = engine
-        .submit(spec(vec![task("t", &[], json!({}))], json!({})))
-        .await
-        .unwrap();
-    a.lease().await;
+    let Started {
+        engine,
+        agent: a,
+        run,
+        lease: _lease,
+    } = started(
+        EngineConfig::default(),
+        vec![task("t", &[], json!({}))],
+        json!({}),
+    )
+    .await;
     drop(a);
-    let info = finished(&engine, &run.run_id).await;
+    let info = finished(&engine, &run).await;
     assert_eq!(error_of(&info, "t"), "agent a lost");
 }
 
@@ -134,11 +146,13 @@ async fn an_attempt_nobody_wants_is_cancelled_when_its_agent_says_hello() {
 
 #[tokio::test(start_paused = true)]
 async fn on_lost_retry_runs_a_new_attempt_on_another_agent() {
-    let engine = memory_engine(with_lost_after(15));
-    let mut a = FakeAgent::connect(&engine, AgentSpec::named("a")).await;
     let t = task("t", &[], json!({"onLost": "retry"}));
-    let run = engine.submit(spec(vec![t], json!({}))).await.unwrap();
-    let first = a.lease().await;
+    let Started {
+        engine,
+        agent: a,
+        run,
+        lease: first,
+    } = started(with_lost_after(15), vec![t], json!({})).await;
     let mut b = FakeAgent::connect(&engine, AgentSpec::named("b")).await;
     drop(a);
     // b heartbeats while a stays away; after lost_after, attempt 2 goes to b.
@@ -156,8 +170,5 @@ async fn on_lost_retry_runs_a_new_attempt_on_another_agent() {
     assert_eq!(second.lease.as_ref().unwrap().attempt, 2);
     assert_ne!(first.lease, second.lease);
     b.finish(&second, 0).await;
-    assert_eq!(
-        state_of(&finished(&engine, &run.run_id).await, "t"),
-        "SUCCEEDED"
-    );
+    assert_eq!(state_of(&finished(&engine, &run).await, "t"), "SUCCEEDED");
 }

@@ -171,6 +171,27 @@ impl FakeAgent {
     }
 }
 
+/// An engine with one agent, `a`, holding the lease of the first task of a run of `tasks`.
+pub struct Started {
+    pub engine: Engine,
+    pub agent: FakeAgent,
+    pub run: String,
+    pub lease: Lease,
+}
+
+pub async fn started(config: EngineConfig, tasks: Vec<Value>, job: Value) -> Started {
+    let engine = memory_engine(config);
+    let mut agent = FakeAgent::connect(&engine, AgentSpec::named("a")).await;
+    let run = engine.submit(spec(tasks, job)).await.unwrap().run_id;
+    let lease = agent.lease().await;
+    Started {
+        engine,
+        agent,
+        run,
+        lease,
+    }
+}
+
 /// Waits for the run's end; returns its task states by name.
 pub async fn finished(engine: &Engine, run: &str) -> RunInfo {
     let mut watch = engine.watch(run).await.unwrap();

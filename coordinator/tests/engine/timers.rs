@@ -10,16 +10,13 @@ use crate::support::*;
 
 #[tokio::test(start_paused = true)]
 async fn a_task_timeout_cancels_the_attempt_and_fails_it() {
-    let engine = memory_engine(EngineConfig::default());
-    let mut a = FakeAgent::connect(&engine, AgentSpec::named("a")).await;
-    let run = engine
-        .submit(spec(
-            vec![task("slow", &[], json!({"timeout": 30}))],
-            json!({}),
-        ))
-        .await
-        .unwrap();
-    let lease = a.lease().await;
+    let slow = task("slow", &[], json!({"timeout": 30}));
+    let Started {
+        engine,
+        agent: mut a,
+        run,
+        lease,
+    } = started(EngineConfig::default(), vec![slow], json!({})).await;
     let leased = tokio::time::Instant::now();
     match a.next().await {
         Some(Msg::Cancel(c)) => assert_eq!(c.lease, lease.lease),
@@ -31,7 +28,7 @@ async fn a_task_timeout_cancels_the_attempt_and_fails_it() {
         "cancelled after {waited:?}"
     );
     a.finish(&lease, 143).await; // what TERM makes of it
-    let info = finished(&engine, &run.run_id).await;
+    let info = finished(&engine, &run).await;
     assert_eq!(state_of(&info, "slow"), "FAILED");
     assert_eq!(
         info.tasks[0].error_message.as_deref(),
@@ -41,15 +38,17 @@ async fn a_task_timeout_cancels_the_attempt_and_fails_it() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_starts_after_its_delay_and_not_before() {
-    let engine = memory_engine(EngineConfig::default());
-    let mut a = FakeAgent::connect(&engine, AgentSpec::named("a")).await;
     let flaky = task(
         "flaky",
         &[],
         json!({"retry": {"attempts": 3, "delaySeconds": 40, "backoff": 2}}),
     );
-    let run = engine.submit(spec(vec![flaky], json!({}))).await.unwrap();
-    let mut lease = a.lease().await;
+    let Started {
+        engine,
+        agent: mut a,
+        run,
+        mut lease,
+    } = started(EngineConfig::default(), vec![flaky], json!({})).await;
     for (attempt, delay) in [(2, 40), (3, 80)] {
         a.finish(&lease, 1).await;
         let failed = tokio::time::Instant::now();
@@ -62,30 +61,29 @@ async fn a_retry_starts_after_its_delay_and_not_before() {
         );
     }
     a.finish(&lease, 0).await;
-    let info = finished(&engine, &run.run_id).await;
+    let info = finished(&engine, &run).await;
     assert_eq!(state_of(&info, "flaky"), "SUCCEEDED");
     assert_eq!(info.tasks[0].attempt, 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_job_timeout_stops_what_runs_and_skips_the_rest() {
-    let engine = memory_engine(EngineConfig::default());
-    let mut a = FakeAgent::connect(&engine, AgentSpec::named("a")).await;
     let tasks = vec![
         task("first", &[], json!({})),
         task("second", &["first"], json!({})),
     ];
-    let run = engine
-        .submit(spec(tasks, json!({"timeout": 60})))
-        .await
-        .unwrap();
-    let lease = a.lease().await;
+    let Started {
+        engine,
+        agent: mut a,
+        run,
+        lease,
+    } = started(EngineConfig::default(), tasks, json!({"timeout": 60})).await;
     match a.next().await {
         Some(Msg::Cancel(_)) => {}
         other => panic!("expected a cancel, got {other:?}"),
     }
     a.finish(&lease, 143).await;
-    let info = finished(&engine, &run.run_id).await;
+    let info = finished(&engine, &run).await;
     assert_eq!(info.state.as_str(), "FAILED");
     assert_eq!(state_of(&info, "second"), "SKIPPED");
     assert!(

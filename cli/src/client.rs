@@ -378,6 +378,7 @@ async fn follow(
                             console.summary(&summary);
                             return Ok(if summary.state == JobState::Succeeded { exit::OK } else { exit::TASK_FAILED });
                         }
+                        Some(WatchEvent::Lagged { skipped }) => console.lagged(skipped),
                         Some(WatchEvent::Job { .. }) | None => {}
                     }
                     continue;

@@ -131,6 +131,13 @@ impl Console {
         eprintln!("{}", self.paint(YELLOW, &format!("Warn: {text}")));
     }
 
+    /// This watcher fell behind the run's output and some lines were not sent to it.
+    pub fn lagged(&self, skipped: u64) {
+        self.warn(&format!(
+            "{skipped} output line(s) skipped: this watcher fell behind (the coordinator's --watch-buffer)"
+        ));
+    }
+
     pub fn error(&self, text: &str) {
         eprintln!("{}", self.paint(RED, &format!("Error: {text}")));
     }

@@ -11,7 +11,7 @@ use factotum_proto::jobs_server::{Jobs, JobsServer};
 use factotum_service::Lifecycle;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -198,7 +198,7 @@ impl Jobs for JobsApi {
             .engine()?
             .watch(&request.into_inner().run_id)
             .await?;
-        let stream = UnboundedReceiverStream::new(rx).map(|ev| Ok(wire::event_to_pb(ev)));
+        let stream = rx.map(|ev| Ok(wire::event_to_pb(ev)));
         Ok(Response::new(Box::pin(stream)))
     }
 

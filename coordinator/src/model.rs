@@ -5,7 +5,10 @@
 //! conversions and the engine can all speak it without importing one another.
 
 use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -98,6 +101,11 @@ pub enum WatchEvent {
         line: String,
     },
     Done(RunSummary),
+    /// This watcher fell behind: `skipped` output lines were not queued for it (transitions
+    /// and the end are never skipped).
+    Lagged {
+        skipped: u64,
+    },
 }
 
 /// A task transition with what is known about the task right after it.
@@ -131,7 +139,53 @@ pub struct Submitted {
     pub job_reference: String,
     /// The run an idempotency key pointed at, rather than a new one.
     pub existing: bool,
-    pub watch: mpsc::UnboundedReceiver<WatchEvent>,
+    pub watch: Watch,
+}
+
+/// What a watcher receives, in order. The engine never waits for a watcher: it queues at most
+/// `--watch-buffer` bytes of output lines for one (counted in `queued`, given back as they
+/// are read); past that, lines are skipped and a [`WatchEvent::Lagged`] says how many.
+#[derive(Debug)]
+pub struct Watch {
+    rx: mpsc::UnboundedReceiver<WatchEvent>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Watch {
+    pub fn new(rx: mpsc::UnboundedReceiver<WatchEvent>, queued: Arc<AtomicUsize>) -> Watch {
+        Watch { rx, queued }
+    }
+
+    /// A watch that has ended (nothing more will come).
+    pub fn ended() -> Watch {
+        Watch::new(mpsc::unbounded_channel().1, Arc::default())
+    }
+
+    /// The next event; `None` once the engine has nothing more for this watcher.
+    pub async fn recv(&mut self) -> Option<WatchEvent> {
+        std::future::poll_fn(|cx| self.poll_next_event(cx)).await
+    }
+
+    /// Bytes of output lines queued for this watcher and not read yet.
+    pub fn queued_output(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<WatchEvent>> {
+        let ev = std::task::ready!(self.rx.poll_recv(cx));
+        if let Some(WatchEvent::Output { line, .. }) = &ev {
+            self.queued.fetch_sub(line.len(), Ordering::Relaxed);
+        }
+        Poll::Ready(ev)
+    }
+}
+
+impl tokio_stream::Stream for Watch {
+    type Item = WatchEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WatchEvent>> {
+        self.get_mut().poll_next_event(cx)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -78,6 +78,12 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_FAILOVER_GRACE", value_name = "DURATION", default_value = "30s",
           value_parser = DurationRange::POSITIVE.parser())]
     pub failover_grace: Duration,
+    /// Bytes of output lines queued for one watcher (`watch`, `submit --wait`, WatchRun) and
+    /// kept per run for late ones; a watcher that falls behind skips lines and is told how
+    /// many. Sizes take units (`512KiB`, `4MiB`); a bare number is bytes.
+    #[arg(long, env = "FACTOTUM_WATCH_BUFFER", value_name = "BYTES", default_value = "4MiB",
+          value_parser = factotum_service::size::at_least(1024))]
+    pub watch_buffer: usize,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(
         long,
@@ -139,6 +145,7 @@ impl Config {
             lost_after: Some(self.lost_after),
             agent_heartbeat: self.heartbeat_interval,
             failover_grace: self.failover_grace,
+            watch_buffer: self.watch_buffer,
             ..EngineConfig::default()
         }
     }

@@ -116,6 +116,7 @@ pub fn event_to_pb(ev: WatchEvent) -> pb::RunEvent {
             stream: stream_to_pb(stream),
             line,
         }),
+        WatchEvent::Lagged { skipped } => Event::Lagged(pb::Lagged { skipped }),
         WatchEvent::Done(s) => Event::End(pb::RunEnd {
             state: s.state.as_str().into(),
             duration_nanos: nanos(s.duration),
@@ -167,6 +168,7 @@ pub fn event_from_pb(ev: pb::RunEvent, run_id: &str) -> Option<WatchEvent> {
             stream: stream_from_pb(o.stream),
             line: o.line,
         },
+        Event::Lagged(l) => WatchEvent::Lagged { skipped: l.skipped },
         Event::End(e) => WatchEvent::Done(RunSummary {
             run_id: run_id.to_string(),
             state: JobState::parse(&e.state)?,

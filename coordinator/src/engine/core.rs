@@ -127,7 +127,12 @@ impl<S: Store> Core<S> {
             return Ok(existing);
         }
         let (allow_concurrent, key) = (spec.allow_concurrent, spec.idempotency_key.clone());
-        let (mut run, ops) = runs::submitted(spec, self.cfg.clock.now(), &self.cfg.webhooks);
+        let (mut run, ops) = runs::submitted(
+            spec,
+            self.cfg.clock.now(),
+            &self.cfg.webhooks,
+            self.cfg.watch_buffer,
+        );
         if !allow_concurrent {
             if let Some(active) = self.runs.active_of_job(&run.meta.job_reference) {
                 return Err(EngineError::AlreadyActive(active.id.to_string()));
@@ -175,13 +180,8 @@ impl<S: Store> Core<S> {
     async fn recover(&mut self) -> Result<usize, EngineError> {
         let now = self.cfg.clock.now();
         let active = &self.runs.active;
-        let found = recovery::load(
-            &self.store,
-            &self.cfg.webhooks,
-            |id| active.contains_key(id),
-            now,
-        )
-        .await?;
+        let found =
+            recovery::load(&self.store, &self.cfg, |id| active.contains_key(id), now).await?;
         let grace = self.cfg.clock.instant() + self.cfg.failover_grace;
         let taken = found.active.len();
         for run in found.active {

@@ -14,6 +14,7 @@ mod core;
 mod recovery;
 mod runs;
 mod timers;
+mod watchers;
 
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ pub use self::commit::{transactions, MAX_TXN_BYTES};
 use crate::clock::Clock;
 pub use crate::model::{
     AgentInfo, EngineError, Placement, RunInfo, RunSpec, RunSummary, Submitted, TaskChange,
-    TaskInfo, WatchEvent,
+    TaskInfo, Watch, WatchEvent,
 };
 use crate::store::Store;
 use crate::webhook::{Deliverer, Undelivered};
@@ -51,7 +52,13 @@ pub struct EngineConfig {
     pub fenced: CancellationToken,
     /// Where the engine reads the time (tests follow Tokio's paused clock).
     pub clock: Clock,
+    /// Bytes of output lines queued for one watcher (past it, lines are skipped and the
+    /// watcher told how many), and kept per run for late watchers.
+    pub watch_buffer: usize,
 }
+
+/// The default `watch_buffer`: 4 MiB of output per watcher.
+pub const DEFAULT_WATCH_BUFFER: usize = 4 << 20;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -64,6 +71,7 @@ impl Default for EngineConfig {
             failover_grace: Duration::from_secs(30),
             fenced: CancellationToken::new(),
             clock: Clock::System,
+            watch_buffer: DEFAULT_WATCH_BUFFER,
         }
     }
 }
@@ -96,7 +104,7 @@ enum Command {
     },
     Watch {
         run_id: String,
-        reply: Reply<mpsc::UnboundedReceiver<WatchEvent>>,
+        reply: Reply<Watch>,
     },
     GetRun {
         run_id: String,
@@ -181,10 +189,7 @@ impl Engine {
 
     /// What happens to a run from now on (after what happened so far); a finished run's
     /// stream holds what is kept of its history, then its end.
-    pub async fn watch(
-        &self,
-        run_id: &str,
-    ) -> Result<mpsc::UnboundedReceiver<WatchEvent>, EngineError> {
+    pub async fn watch(&self, run_id: &str) -> Result<Watch, EngineError> {
         self.ask(|reply| Command::Watch {
             run_id: run_id.to_string(),
             reply,

@@ -31,7 +31,7 @@ pub(super) struct Recovered {
 /// Reads every run, key and outbox entry under the store (except runs already `known`).
 pub(super) async fn load<S: Store>(
     store: &S,
-    engine_webhooks: &[String],
+    cfg: &super::EngineConfig,
     known: impl Fn(&str) -> bool,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Recovered, EngineError> {
@@ -51,7 +51,7 @@ pub(super) async fn load<S: Store>(
             continue;
         }
         let id: Arc<str> = Arc::from(id.as_str());
-        match restore_run(&id, keys, engine_webhooks).await {
+        match restore_run(&id, keys, cfg).await {
             Ok(run) if run.state.job_state().is_terminal() => {
                 // Finished before the failover: kept for `status` and `runs`.
                 let state = run.state.job_state();
@@ -59,6 +59,7 @@ pub(super) async fn load<S: Store>(
                     info: run.info(now),
                     summary: run.summarize(state, now),
                     history: None,
+                    forgotten: 0,
                 };
                 out.finished.push((run.state.started_at(), id, finished));
             }
@@ -111,7 +112,7 @@ pub(super) fn running_attempts(run: &Run) -> Vec<(TaskId, u32)> {
 async fn restore_run(
     id: &Arc<str>,
     keys: HashMap<String, Vec<u8>>,
-    engine_webhooks: &[String],
+    cfg: &super::EngineConfig,
 ) -> Result<Run, String> {
     let rec = persist::Recorded::read(keys)?;
     let state = rec.state()?;
@@ -125,7 +126,7 @@ async fn restore_run(
     };
     let records = (0..plan.len() as u32).map(|t| rec.task(t)).collect();
     let persist::Recorded { spec, compact, .. } = rec;
-    let webhooks = webhooks(engine_webhooks, &spec.webhooks);
+    let webhooks = webhooks(&cfg.webhooks, &spec.webhooks);
     let opts = RunOptions {
         max_output: spec.max_output,
         snapshots: !webhooks.is_empty(),
@@ -155,6 +156,7 @@ async fn restore_run(
         placement: spec.placement,
         outbox_seq: state.outbox_seq,
         rerun_of: spec.rerun_of.clone(),
+        watch_buffer: cfg.watch_buffer,
     }))
 }
 

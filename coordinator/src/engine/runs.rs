@@ -12,15 +12,15 @@ use factotum_common::constraint::{Constraint, Placement};
 use factotum_common::dag::TaskId;
 use factotum_common::run::{JobState, RunOptions, RunState, TaskState, Update, UpdateKind};
 use factotum_common::webhook::{payload, RunMeta};
-use tokio::sync::mpsc;
 
-use crate::model::{EngineError, RunInfo, RunSpec, RunSummary, TaskChange, TaskInfo, WatchEvent};
+use super::watchers::Watchers;
+use crate::model::{
+    EngineError, RunInfo, RunSpec, RunSummary, TaskChange, TaskInfo, Watch, WatchEvent,
+};
 use crate::persist;
 use crate::store::{keys, StoreOp};
 use crate::webhook::Delivery;
 
-/// Events of a run replayed to late watchers, at most.
-const HISTORY: usize = 10_000;
 /// Finished runs whose history is kept for late watchers.
 const FINISHED_WITH_HISTORY: usize = 50;
 
@@ -33,15 +33,13 @@ pub(super) struct Run {
     pub dry_run: bool,
     pub constraints: Vec<Constraint>,
     pub placement: Placement,
-    watchers: Vec<mpsc::UnboundedSender<WatchEvent>>,
+    watchers: Watchers,
     /// The agent that took the run's first task (sticky placement).
     pub sticky: Option<Arc<str>>,
     /// The agent of each task's current attempt.
     pub task_agent: HashMap<TaskId, Arc<str>>,
     pub waiting_reason: Option<String>,
     pub outbox_seq: u64,
-    /// What watchers have been told, replayed to a watcher that comes late (bounded).
-    history: VecDeque<WatchEvent>,
     pub rerun_of: Option<String>,
 }
 
@@ -57,6 +55,8 @@ pub(super) struct RunParts {
     pub placement: Placement,
     pub outbox_seq: u64,
     pub rerun_of: Option<String>,
+    /// Bytes of output lines queued for one watcher, and kept for late ones.
+    pub watch_buffer: usize,
 }
 
 impl Run {
@@ -70,33 +70,23 @@ impl Run {
             dry_run: p.dry_run,
             constraints: p.constraints,
             placement: p.placement,
-            watchers: vec![],
+            watchers: Watchers::new(p.watch_buffer),
             sticky: None,
             task_agent: HashMap::new(),
             waiting_reason: None,
             outbox_seq: p.outbox_seq,
-            history: VecDeque::new(),
             rerun_of: p.rerun_of,
         }
     }
 
     /// A watcher from now on, after what watchers have been told so far.
-    pub fn watch(&mut self) -> mpsc::UnboundedReceiver<WatchEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        for ev in &self.history {
-            let _ = tx.send(ev.clone());
-        }
-        self.watchers.push(tx);
-        rx
+    pub fn watch(&mut self) -> Watch {
+        self.watchers.watch()
     }
 
     /// Tells every watcher, and remembers it for the ones to come.
     pub fn tell(&mut self, ev: WatchEvent) {
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back(ev.clone());
-        tell(&mut self.watchers, ev);
+        self.watchers.tell(ev);
     }
 
     /// Store writes and webhook deliveries for one update; watchers are told.
@@ -243,6 +233,7 @@ pub(super) fn submitted(
     spec: RunSpec,
     now: DateTime<Utc>,
     engine_webhooks: &[String],
+    watch_buffer: usize,
 ) -> (Run, Vec<StoreOp>) {
     let run_ref = factotum_common::reference::run_reference(&spec.uuid);
     let meta = RunMeta::new(
@@ -309,6 +300,7 @@ pub(super) fn submitted(
         placement: spec.placement,
         outbox_seq: 0,
         rerun_of: spec.rerun_of,
+        watch_buffer,
     });
     (run, ops)
 }
@@ -327,6 +319,8 @@ pub(super) struct FinishedRun {
     pub info: RunInfo,
     pub summary: RunSummary,
     pub history: Option<VecDeque<WatchEvent>>,
+    /// Output lines no longer in `history`.
+    pub forgotten: u64,
 }
 
 /// Every run this engine knows.
@@ -385,7 +379,7 @@ impl Runs {
                     .get(run_id.as_str())
                     .map(|f| f.info.job_reference.clone())
                     .unwrap_or_default();
-                (mpsc::unbounded_channel().1, reference)
+                (Watch::ended(), reference)
             }
         };
         Some(crate::model::Submitted {
@@ -400,7 +394,7 @@ impl Runs {
         self.idempotency.insert(key, run);
     }
 
-    pub fn watch(&mut self, id: &str) -> Result<mpsc::UnboundedReceiver<WatchEvent>, EngineError> {
+    pub fn watch(&mut self, id: &str) -> Result<Watch, EngineError> {
         if let Some(run) = self.active.get_mut(id) {
             return Ok(run.watch());
         }
@@ -408,12 +402,19 @@ impl Runs {
             .finished
             .get(id)
             .ok_or_else(|| EngineError::NoSuchRun(id.to_string()))?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        for ev in f.history.iter().flatten() {
-            let _ = tx.send(ev.clone());
+        // A finished run's history is already bounded: replay it whole, then its end.
+        let mut replay = Watchers::new(usize::MAX);
+        let watch = replay.watch();
+        if f.forgotten > 0 {
+            replay.tell(WatchEvent::Lagged {
+                skipped: f.forgotten,
+            });
         }
-        let _ = tx.send(WatchEvent::Done(f.summary.clone()));
-        Ok(rx)
+        for ev in f.history.iter().flatten() {
+            replay.tell(ev.clone());
+        }
+        replay.end(WatchEvent::Done(f.summary.clone()));
+        Ok(watch)
     }
 
     pub fn info(&self, id: &str, now: DateTime<Utc>) -> Result<RunInfo, EngineError> {
@@ -445,11 +446,12 @@ impl Runs {
             return;
         };
         let summary = run.summarize(state, now);
-        tell(&mut run.watchers, WatchEvent::Done(summary.clone()));
+        run.watchers.end(WatchEvent::Done(summary.clone()));
         let finished = FinishedRun {
             info: run.info(now),
             summary,
-            history: Some(std::mem::take(&mut run.history)),
+            history: Some(run.watchers.history()),
+            forgotten: run.watchers.forgotten(),
         };
         self.keep(Arc::clone(id), finished);
         let n = self.finished_order.len();
@@ -479,18 +481,5 @@ impl Runs {
         for (_, id, f) in finished.into_iter().skip(skip) {
             self.keep(id, f);
         }
-    }
-}
-
-/// Sends to every watcher, forgetting the ones that went away.
-fn tell(watchers: &mut Vec<mpsc::UnboundedSender<WatchEvent>>, ev: WatchEvent) {
-    match watchers.len() {
-        0 => {}
-        1 => {
-            if watchers[0].send(ev).is_err() {
-                watchers.clear();
-            }
-        }
-        _ => watchers.retain(|w| w.send(ev.clone()).is_ok()),
     }
 }

@@ -9,3 +9,4 @@ mod commit;
 mod liveness;
 mod placement;
 mod timers;
+mod watchers;

@@ -6,23 +6,92 @@
 //! (`{{#x}}…{{/x}}`), inverted sections (`{{^x}}…{{/x}}`), comments, dotted names and `{{.}}` are
 //! supported; partials and delimiter changes are reported as errors. Our own renderer, so no
 //! input can make it panic.
+//!
+//! **Bounded.** Nested sections over long lists multiply (three over 1,000 items: 10⁹ copies),
+//! so every render has a size it may not pass ([`Limits`]: `--max-rendered-size` per field,
+//! `--max-rendered-total` per factfile). The renderer checks before each write and stops at
+//! the first one that would pass it: memory stays within the limit whatever the template. A
+//! pass over a section that writes nothing counts as one byte, so sections that render nothing
+//! over long lists are bounded in time as well.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde_json::{Map, Value};
 
-/// Template variables.
+/// The default `--max-rendered-size`: one templated field renders to at most 1 MiB.
+pub const DEFAULT_MAX_RENDERED_SIZE: usize = 1 << 20;
+/// The default `--max-rendered-total`: a factfile's templated fields together render to at most
+/// 64 MiB.
+pub const DEFAULT_MAX_RENDERED_TOTAL: usize = 64 << 20;
+
+/// How large templating may make a factfile: each templated field at most `field` bytes
+/// (`--max-rendered-size`), all of them together at most `total` (`--max-rendered-total`).
+/// Fields without a `{{` are not rendered and do not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub field: usize,
+    pub total: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            field: DEFAULT_MAX_RENDERED_SIZE,
+            total: DEFAULT_MAX_RENDERED_TOTAL,
+        }
+    }
+}
+
+/// A size as people read it: `1 MiB`, `512 KiB`, `1000 bytes`.
+pub struct Size(pub usize);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, scale) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if n >= scale && n.is_multiple_of(scale) {
+                return write!(f, "{} {unit}", n / scale);
+            }
+        }
+        match n {
+            1 => f.write_str("1 byte"),
+            n => write!(f, "{n} bytes"),
+        }
+    }
+}
+
+/// Template variables, and the [`Limits`] their renders keep to.
 #[derive(Debug, Clone)]
 pub struct Vars {
     root: Value,
+    limits: Limits,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
 pub struct TemplateError(pub String);
 
+/// Why [`Vars::render_at_most`] stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderError {
+    /// The template is malformed.
+    Template(TemplateError),
+    /// The output would pass the size it was given; nothing larger was built.
+    TooLarge,
+}
+
+/// A render that kept to its size: the text, and what it cost (its bytes, plus one for each
+/// pass over a section that wrote nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub text: String,
+    pub cost: usize,
+}
+
 impl Vars {
-    /// `env` must be a JSON object (or null for none); tags become `tag:<key>`.
+    /// `env` must be a JSON object (or null for none); tags become `tag:<key>`. Renders keep to
+    /// the default [`Limits`].
     pub fn new(env: &Value, tags: &BTreeMap<String, String>) -> Result<Vars, TemplateError> {
         let mut map: Map<String, Value> = match env {
             Value::Null => Map::new(),
@@ -34,19 +103,77 @@ impl Vars {
         }
         Ok(Vars {
             root: Value::Object(map),
+            limits: Limits::default(),
         })
     }
 
-    /// Renders `text`; a string with no `{{` is returned as is.
+    /// The same variables under other limits.
+    pub fn with_limits(self, limits: Limits) -> Vars {
+        Vars { limits, ..self }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Renders `text` (one field: at most `--max-rendered-size`); a string with no `{{` is
+    /// returned as is.
     pub fn render(&self, text: &str) -> Result<String, TemplateError> {
-        if !text.contains("{{") {
-            return Ok(text.to_string());
+        match self.render_at_most(text, self.limits.field) {
+            Ok(r) => Ok(r.text),
+            Err(RenderError::Template(e)) => Err(e),
+            Err(RenderError::TooLarge) => Err(TemplateError(format!(
+                "the rendered text is larger than --max-rendered-size ({})",
+                Size(self.limits.field)
+            ))),
         }
-        let nodes = parse(text)?;
-        let mut out = String::with_capacity(text.len());
+    }
+
+    /// Renders `text` into at most `max` bytes, stopping at the first write that would pass
+    /// them. A string with no `{{` is returned as is (cost 0: it is no larger than the input).
+    pub fn render_at_most(&self, text: &str, max: usize) -> Result<Rendered, RenderError> {
+        if !text.contains("{{") {
+            return Ok(Rendered {
+                text: text.to_string(),
+                cost: 0,
+            });
+        }
+        let nodes = parse(text).map_err(RenderError::Template)?;
+        let mut out = Out {
+            text: String::with_capacity(text.len().min(max)),
+            empty: 0,
+            max,
+        };
         let mut stack = vec![&self.root];
-        render(&nodes, &mut stack, &mut out);
-        Ok(out)
+        render(&nodes, &mut stack, &mut out)?;
+        Ok(Rendered {
+            cost: out.text.len() + out.empty,
+            text: out.text,
+        })
+    }
+}
+
+/// The output of one render, and what it may still take.
+struct Out {
+    text: String,
+    /// Passes over a section that wrote nothing: each costs one byte of `max`.
+    empty: usize,
+    max: usize,
+}
+
+impl Out {
+    /// Fails if `n` more bytes would pass the limit.
+    fn room(&self, n: usize) -> Result<(), RenderError> {
+        match self.text.len().saturating_add(self.empty).saturating_add(n) {
+            used if used <= self.max => Ok(()),
+            _ => Err(RenderError::TooLarge),
+        }
+    }
+
+    fn push(&mut self, s: &str) -> Result<(), RenderError> {
+        self.room(s.len())?;
+        self.text.push_str(s);
+        Ok(())
     }
 }
 
@@ -160,29 +287,46 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
-fn render(nodes: &[Node<'_>], stack: &mut Vec<&Value>, out: &mut String) {
+/// What `{{x}}` writes for `c`.
+fn escaped(c: char) -> Option<&'static str> {
+    match c {
+        '&' => Some("&amp;"),
+        '<' => Some("&lt;"),
+        '>' => Some("&gt;"),
+        '"' => Some("&quot;"),
+        '\'' => Some("&#39;"),
+        _ => None,
+    }
+}
+
+fn render(nodes: &[Node<'_>], stack: &mut Vec<&Value>, out: &mut Out) -> Result<(), RenderError> {
     for node in nodes {
         match node {
-            Node::Text(t) => out.push_str(t),
+            Node::Text(t) => out.push(t)?,
             Node::Var { name, escape } => {
+                let owned;
                 let text = match lookup(stack, name) {
                     None | Some(Value::Null) => continue,
-                    Some(Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
+                    Some(Value::String(s)) => s.as_str(),
+                    Some(other) => {
+                        owned = other.to_string();
+                        owned.as_str()
+                    }
                 };
                 if *escape {
+                    let len = text
+                        .chars()
+                        .map(|c| escaped(c).map_or(c.len_utf8(), str::len))
+                        .sum();
+                    out.room(len)?;
                     for c in text.chars() {
-                        match c {
-                            '&' => out.push_str("&amp;"),
-                            '<' => out.push_str("&lt;"),
-                            '>' => out.push_str("&gt;"),
-                            '"' => out.push_str("&quot;"),
-                            '\'' => out.push_str("&#39;"),
-                            c => out.push(c),
+                        match escaped(c) {
+                            Some(e) => out.text.push_str(e),
+                            None => out.text.push(c),
                         }
                     }
                 } else {
-                    out.push_str(&text);
+                    out.push(text)?;
                 }
             }
             Node::Section {
@@ -192,26 +336,30 @@ fn render(nodes: &[Node<'_>], stack: &mut Vec<&Value>, out: &mut String) {
             } => {
                 let value = lookup(stack, name);
                 let on = value.is_some_and(truthy);
-                match (inverted, value) {
-                    (true, _) if !on => render(children, stack, out),
-                    (true, _) => {}
-                    (false, Some(Value::Array(items))) => {
-                        for item in items {
-                            stack.push(item);
-                            render(children, stack, out);
-                            stack.pop();
-                        }
+                let items: &[Value] = match (inverted, value) {
+                    (true, _) if !on => {
+                        render(children, stack, out)?;
+                        continue;
                     }
-                    (false, Some(v)) if on => {
-                        stack.push(v);
-                        render(children, stack, out);
-                        stack.pop();
+                    (false, Some(Value::Array(items))) => items,
+                    (false, Some(v)) if on => std::slice::from_ref(v),
+                    _ => continue,
+                };
+                for item in items {
+                    let before = out.text.len();
+                    stack.push(item);
+                    let done = render(children, stack, out);
+                    stack.pop();
+                    done?;
+                    if out.text.len() == before {
+                        out.room(1)?;
+                        out.empty += 1;
                     }
-                    _ => {}
                 }
             }
         }
     }
+    Ok(())
 }
 
 /// The command line run by `sh -c`: the command, then ` "<arg>"` per argument. The double quotes
@@ -356,5 +504,147 @@ mod sections {
         assert!(v.render("{{#a}}{{/b}}").is_err());
         assert!(v.render("{{/a}}").is_err());
         assert!(v.render("{{>p}}").is_err());
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+
+    const BOMB: &str = "{{#xs}}{{#xs}}{{#xs}}x{{/xs}}{{/xs}}{{/xs}}";
+
+    fn thousand() -> Vars {
+        let xs: Vec<u32> = (1..=1000).collect();
+        Vars::new(&json!({ "xs": xs, "lt": "<" }), &BTreeMap::new()).unwrap()
+    }
+
+    /// Renders like `render_at_most`, and returns the buffer's capacity when it stopped.
+    fn capacity_at_stop(vars: &Vars, text: &str, max: usize) -> (Result<(), RenderError>, usize) {
+        let nodes = parse(text).unwrap();
+        let mut out = Out {
+            text: String::new(),
+            empty: 0,
+            max,
+        };
+        let done = render(&nodes, &mut vec![&vars.root], &mut out);
+        (done, out.text.capacity())
+    }
+
+    /// Three nested sections over 1,000 items would be 10⁹ bytes: the render stops at the
+    /// limit, at once, having built no more than it.
+    #[test]
+    fn a_nested_section_bomb_stops_at_the_limit() {
+        let vars = thousand();
+        let started = Instant::now();
+        assert_eq!(
+            vars.render_at_most(BOMB, 1 << 20),
+            Err(RenderError::TooLarge)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let (done, capacity) = capacity_at_stop(&vars, BOMB, 1 << 20);
+        assert_eq!(done, Err(RenderError::TooLarge));
+        assert!(capacity <= 2 << 20, "the buffer grew to {capacity} bytes");
+        let err = vars.render(BOMB).unwrap_err();
+        assert_eq!(
+            err.0,
+            "the rendered text is larger than --max-rendered-size (1 MiB)"
+        );
+    }
+
+    /// Sections that write nothing still cost a byte per pass: 10⁹ empty passes are no way
+    /// round the limit.
+    #[test]
+    fn a_bomb_that_writes_nothing_stops_too() {
+        let vars = thousand();
+        let started = Instant::now();
+        for quiet in [
+            "{{#xs}}{{#xs}}{{#xs}}{{/xs}}{{/xs}}{{/xs}}",
+            "{{#xs}}{{#xs}}{{#xs}}{{missing}}{{^xs}}no{{/xs}}{{/xs}}{{/xs}}{{/xs}}",
+        ] {
+            assert_eq!(
+                vars.render_at_most(quiet, 1 << 20),
+                Err(RenderError::TooLarge),
+                "{quiet}"
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn the_limit_is_exact_and_counts_escapes() {
+        let vars = thousand();
+        let ten = "{{#xs}}{{#lt}}x{{/lt}}{{/xs}}";
+        let vars10 = Vars::new(
+            &json!({"xs": (1..=10).collect::<Vec<_>>(), "lt": "<"}),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            vars10.render_at_most(ten, 10),
+            Ok(Rendered {
+                text: "x".repeat(10),
+                cost: 10
+            })
+        );
+        assert_eq!(vars10.render_at_most(ten, 9), Err(RenderError::TooLarge));
+        // `{{lt}}` writes `&lt;`: four bytes, not one.
+        assert_eq!(vars.render_at_most("{{lt}}", 4).unwrap().text, "&lt;");
+        assert_eq!(vars.render_at_most("{{lt}}", 3), Err(RenderError::TooLarge));
+        assert_eq!(vars.render_at_most("{{{lt}}}", 1).unwrap().text, "<");
+        // Text without a tag is returned as it is, whatever its size.
+        assert_eq!(vars.render_at_most("plain", 0).unwrap().cost, 0);
+        // An empty pass costs one.
+        assert_eq!(
+            vars10.render_at_most("{{#xs}}{{/xs}}", 10).unwrap(),
+            Rendered {
+                text: String::new(),
+                cost: 10
+            }
+        );
+    }
+
+    /// Under the limits nothing changes.
+    #[test]
+    fn templates_under_the_limit_render_as_before() {
+        let vars = Vars::new(
+            &json!({"list": ["a", "b"], "x": "<a & \"b\">", "n": 3}),
+            &BTreeMap::from([("env".to_string(), "prod".to_string())]),
+        )
+        .unwrap()
+        .with_limits(Limits {
+            field: 64,
+            total: 64,
+        });
+        assert_eq!(vars.render("{{#list}}[{{.}}]{{/list}}").unwrap(), "[a][b]");
+        assert_eq!(
+            vars.render("{{x}}").unwrap(),
+            "&lt;a &amp; &quot;b&quot;&gt;"
+        );
+        assert_eq!(vars.render("n={{n}} {{tag:env}}").unwrap(), "n=3 prod");
+        assert!(vars
+            .render("{{#list}}{{#list}}{{#list}}{{x}}{{/list}}{{/list}}{{/list}}")
+            .unwrap_err()
+            .0
+            .ends_with("--max-rendered-size (64 bytes)"));
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(Size(1 << 20).to_string(), "1 MiB");
+        assert_eq!(Size(64 << 20).to_string(), "64 MiB");
+        assert_eq!(Size(512 << 10).to_string(), "512 KiB");
+        assert_eq!(Size(1_000_000).to_string(), "1000000 bytes");
+        assert_eq!(Size(1).to_string(), "1 byte");
+        assert_eq!(Size(3 << 30).to_string(), "3 GiB");
     }
 }

@@ -122,8 +122,16 @@ async fn serve(
                         // `shutdown` (SIGTERM) drains inside the session: no new leases, tasks
                         // still running after the drain grace stopped, results still reported.
                         let end = agent.session(l, &CancellationToken::new(), shutdown).await;
-                        if end == SessionEnd::Closed {
-                            tracing::warn!(coordinator = %target, "the session ended: trying every coordinator again");
+                        match end {
+                            SessionEnd::Closed => {
+                                tracing::warn!(coordinator = %target, "the session ended: trying every coordinator again")
+                            }
+                            // Not welcomed: a failed pass, with its backoff.
+                            SessionEnd::Refused => {
+                                last_error =
+                                    format!("{target}: {}", agent.refused().unwrap_or_default());
+                            }
+                            SessionEnd::Stopped => {}
                         }
                         agent.welcomed()
                     }
@@ -209,6 +217,15 @@ async fn connect(url: &str, life: &Lifecycle) -> anyhow::Result<Link> {
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(msg)) => if in_tx.send(msg).await.is_err() { return },
+                    // Another agent of our name is connected: the session tells why.
+                    Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                        let refused = factotum_proto::Refused { reason: status.message().to_string() };
+                        let msg = factotum_proto::CoordinatorMessage {
+                            msg: Some(factotum_proto::coordinator_message::Msg::Refused(refused)),
+                        };
+                        let _ = in_tx.send(msg).await;
+                        return;
+                    }
                     _ => return,
                 },
                 _ = end.cancelled() => return,

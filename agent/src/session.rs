@@ -53,6 +53,8 @@ pub enum SessionEnd {
     Closed,
     /// Our `stop` token fired.
     Stopped,
+    /// The coordinator refused the session (another agent of the same name is connected).
+    Refused,
 }
 
 /// The agent: its running attempts and its unacknowledged results, across sessions.
@@ -68,6 +70,12 @@ pub struct Agent {
     drain_until: Option<tokio::time::Instant>,
     /// The tasks still running at `drain_until` have been told to stop.
     drain_stopped: bool,
+    /// This process, to the coordinator: new for every agent process.
+    instance_id: String,
+    /// This agent's state directory, to the coordinator (empty without one).
+    state_id: String,
+    /// Why the last session was refused, if it was (logged once per streak of refusals).
+    refused: Option<String>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -94,6 +102,13 @@ impl Agent {
             state_dir: cfg.state_dir.clone(),
             shim_exe: cfg.shim_exe.clone(),
         });
+        let state_id = match &cfg.state_dir {
+            Some(dir) => state_id(dir).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, dir = %dir.display(), "cannot keep this agent's id in its state directory");
+                String::new()
+            }),
+            None => String::new(),
+        };
         Agent {
             cfg,
             epoch: 0,
@@ -102,6 +117,9 @@ impl Agent {
             welcomed: false,
             drain_until: None,
             drain_stopped: false,
+            instance_id: random_id(),
+            state_id,
+            refused: None,
         }
     }
 
@@ -143,6 +161,11 @@ impl Agent {
         self.welcomed
     }
 
+    /// Why the coordinator refused the last session, if it did.
+    pub fn refused(&self) -> Option<&str> {
+        self.refused.as_deref()
+    }
+
     /// Runs one session until the link closes or `stop` fires, or, once `drain` has fired,
     /// until every attempt has ended and been reported. Attempts keep running when it returns.
     pub async fn session(
@@ -166,6 +189,8 @@ impl Agent {
                 .values()
                 .filter_map(|f| f.lease.clone())
                 .collect(),
+            instance_id: self.instance_id.clone(),
+            state_id: self.state_id.clone(),
         };
         if send(&tx, agent_message::Msg::Hello(hello)).await.is_err() {
             return SessionEnd::Closed;
@@ -205,6 +230,9 @@ impl Agent {
                 msg = rx.recv() => match msg.and_then(|m| m.msg) {
                     Some(coordinator_message::Msg::Welcome(w)) => {
                         self.welcomed = true;
+                        if self.refused.take().is_some() {
+                            tracing::info!("the coordinator took the session: the name clash is over");
+                        }
                         self.epoch = self.epoch.max(w.epoch);
                         if w.heartbeat_ms > 0 {
                             let d = Duration::from_millis(u64::from(w.heartbeat_ms));
@@ -225,6 +253,16 @@ impl Agent {
                         if self.drained() {
                             return SessionEnd::Stopped; // everything reported
                         }
+                    }
+                    Some(coordinator_message::Msg::Refused(r)) => {
+                        // Once per streak: the agent keeps trying (backing off) quietly.
+                        if self.refused.is_none() {
+                            tracing::error!(agent = %self.cfg.agent_id, "the coordinator refused this agent: {} (give each agent its own --name; retrying with backoff)", r.reason);
+                        } else {
+                            tracing::debug!(reason = %r.reason, "refused again");
+                        }
+                        self.refused = Some(r.reason);
+                        return SessionEnd::Refused;
                     }
                     None => return SessionEnd::Closed,
                 },
@@ -331,6 +369,28 @@ pub async fn run_session(cfg: &AgentConfig, link: Link, shutdown: CancellationTo
         let _ = send(&tx, agent_message::Msg::AttemptResult(f)).await;
     }
     end
+}
+
+/// A random 128-bit id, in hex.
+fn random_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// This agent's id kept in `dir/agent-id`: read, or created once.
+fn state_id(dir: &std::path::Path) -> std::io::Result<String> {
+    let path = dir.join("agent-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(dir)?;
+    let id = random_id();
+    let tmp = dir.join("agent-id.tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -256,7 +256,11 @@ impl Agents for AgentsApi {
             }
         });
         // The engine holds the only sender: the stream ends when the engine forgets the agent or stops.
-        let outbound = ReceiverStream::new(out_rx).map(Ok);
+        // A refused session ends with ALREADY_EXISTS and the engine's reason.
+        let outbound = ReceiverStream::new(out_rx).map(|m| match m.msg {
+            Some(pb::coordinator_message::Msg::Refused(r)) => Err(Status::already_exists(r.reason)),
+            _ => Ok(m),
+        });
         Ok(Response::new(Box::pin(outbound)))
     }
 }

@@ -85,6 +85,24 @@ pub(super) struct Agents {
 }
 
 impl Agents {
+    /// One live session per agent name: if `hello`'s name has a live session that this one
+    /// may not take over, the host that session comes from. The same process reconnecting
+    /// (same `instance_id`) or the agent restarted with its state (same `state_id`) takes
+    /// over; an agent that does not say its instance (older than instance ids) does too.
+    pub fn clash(&self, hello: &Hello) -> Option<&str> {
+        let live = self.agents.get(hello.agent_id.as_str())?;
+        if live.tx.as_ref().is_none_or(|tx| tx.is_closed()) || hello.instance_id.is_empty() {
+            return None;
+        }
+        let same = |a: &str, b: &str| !a.is_empty() && a == b;
+        if same(&live.hello.instance_id, &hello.instance_id)
+            || same(&live.hello.state_id, &hello.state_id)
+        {
+            return None;
+        }
+        Some(&live.hello.hostname)
+    }
+
     /// Registers a session's `Hello`: the agent (again) with what it still runs. `claims` says,
     /// for each attempt it reports running, what the runs make of it.
     pub fn hello(
@@ -109,6 +127,14 @@ impl Agents {
                 self.unclaimed.remove(&key);
                 self.leases.insert(key.clone(), Arc::clone(&agent_id));
                 out.attached.push(key);
+            }
+        }
+        // Results of attempts a new leader waits for follow this Hello: this agent holds them
+        // until they arrive.
+        for r in &hello.finished {
+            let key = key_of(r);
+            if self.unclaimed.remove(&key).is_some() {
+                self.leases.insert(key, Arc::clone(&agent_id));
             }
         }
         // Attempts of this agent that it no longer reports are gone.

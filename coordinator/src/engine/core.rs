@@ -213,6 +213,19 @@ impl<S: Store> Core<S> {
 
     async fn hello(&mut self, conn: u64, hello: Hello, tx: mpsc::Sender<CoordinatorMessage>) {
         let agent_id: Arc<str> = Arc::from(hello.agent_id.as_str());
+        if let Some(host) = self.agents.clash(&hello) {
+            let reason = format!(
+                "agent name '{agent_id}' is already connected from host {host} (this session: host {})",
+                hello.hostname
+            );
+            tracing::warn!(agent = %agent_id, "refused a session: {reason}");
+            let refused = factotum_proto::Refused { reason };
+            let msg = CoordinatorMessage {
+                msg: Some(factotum_proto::coordinator_message::Msg::Refused(refused)),
+            };
+            let _ = tx.send(msg).await;
+            return; // dropping `tx` ends the session; the live one is left alone
+        }
         tracing::info!(agent = %agent_id, host = %hello.hostname, slots = hello.slots, "agent connected");
         let welcome = wire::welcome(
             self.store.epoch(),
@@ -257,9 +270,56 @@ impl<S: Store> Core<S> {
         };
         match msg {
             agent_message::Msg::Heartbeat(hb) => self.agents.set_draining(&agent, hb.draining),
-            agent_message::Msg::Hello(_) | agent_message::Msg::Started(_) => {}
-            agent_message::Msg::Output(o) => self.output(o),
-            agent_message::Msg::AttemptResult(r) => self.attempt_result(&agent, r).await,
+            agent_message::Msg::Hello(_) => {}
+            agent_message::Msg::Started(s) => {
+                // Nothing is done with a start yet; a non-holder's is still worth a warning.
+                if let Some(r) = &s.lease {
+                    self.speaks_for(&agent, r, "a start");
+                }
+            }
+            agent_message::Msg::Output(o) => {
+                if o.lease
+                    .as_ref()
+                    .is_some_and(|r| self.speaks_for(&agent, r, "output") == Speaks::Holder)
+                {
+                    self.output(o);
+                }
+            }
+            agent_message::Msg::AttemptResult(r) => {
+                let Some(lease) = &r.lease else { return };
+                match self.speaks_for(&agent, lease, "a result") {
+                    Speaks::Holder | Speaks::NobodyHolds => self.attempt_result(&agent, r).await,
+                    // Not acknowledged: the sender does not hold it, so it must not forget it.
+                    Speaks::NotHolder => {}
+                }
+            }
+        }
+    }
+
+    /// Whether `agent` (heard on its current session) speaks for the attempt `r`: only the
+    /// agent holding it may report on it. A message about an attempt nobody holds and that
+    /// is not running (its run ended or moved on, or this coordinator never knew it) is
+    /// harmless: a result of it is still acknowledged, so the agent can forget it.
+    fn speaks_for(&self, agent: &Arc<str>, r: &LeaseRef, what: &str) -> Speaks {
+        let key = key_of(r);
+        match self.agents.holder(&key) {
+            Some(holder) if holder == agent => Speaks::Holder,
+            Some(holder) => {
+                tracing::warn!(agent = %agent, holder = %holder, run = %r.run_id, task = r.task, attempt = r.attempt,
+                    "ignored {what} from agent {agent} for an attempt held by agent {holder}");
+                Speaks::NotHolder
+            }
+            None if self
+                .runs
+                .active
+                .get(r.run_id.as_str())
+                .is_some_and(|run| run.state.is_current(r.task, r.attempt)) =>
+            {
+                tracing::warn!(agent = %agent, run = %r.run_id, task = r.task, attempt = r.attempt,
+                    "ignored {what} from agent {agent} for a running attempt it does not hold");
+                Speaks::NotHolder
+            }
+            None => Speaks::NobodyHolds,
         }
     }
 
@@ -572,4 +632,15 @@ async fn tick(beat: &mut Option<tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// Whether an agent speaks for an attempt (see [`Core::speaks_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    /// It holds the attempt.
+    Holder,
+    /// Another agent holds it, or it runs and nobody has re-attached it yet: ignored.
+    NotHolder,
+    /// Nobody holds it and it is not running here (an old result): harmless.
+    NobodyHolds,
 }

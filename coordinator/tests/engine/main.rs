@@ -8,5 +8,6 @@ mod support;
 mod commit;
 mod liveness;
 mod placement;
+mod sessions;
 mod timers;
 mod watchers;

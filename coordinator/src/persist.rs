@@ -121,6 +121,40 @@ impl<'a> TaskOut<'a> {
     }
 }
 
+/// Who an attempt was leased to, written with the lease (`runs/<id>/holders/<n>`): after a
+/// failover, the agent that comes back without an attempt it was leased to either never
+/// received it (the same process, or the same state directory: it is leased again) or
+/// restarted without it (it fails).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HolderRecord {
+    pub attempt: u32,
+    pub agent: String,
+    /// The agent process's `Hello.instance_id` (empty: an agent that does not say).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+    /// The agent's `Hello.state_id` (empty: no state directory).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+}
+
+impl HolderRecord {
+    pub fn key(run: &str, task: u32) -> String {
+        format!("runs/{run}/holders/{task:08}")
+    }
+
+    /// The holder records under `runs/<run>/holders/`, by task.
+    pub fn read_all(run: &str, kvs: &[(String, Vec<u8>)]) -> HashMap<u32, HolderRecord> {
+        let prefix = format!("runs/{run}/holders/");
+        kvs.iter()
+            .filter_map(|(k, v)| {
+                let task = k.strip_prefix(&prefix)?.parse().ok()?;
+                Some((task, serde_json::from_slice(v).ok()?))
+            })
+            .collect()
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TaskIn {

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::model::AgentInfo;
+use crate::persist::HolderRecord;
 use crate::placement::Candidate;
 
 /// One attempt: (run, task, attempt).
@@ -58,6 +59,9 @@ pub(super) struct Welcomed {
     pub vanished: Vec<AttemptKey>,
     /// Attempts re-attached (their task's agent is this one again).
     pub attached: Vec<AttemptKey>,
+    /// Attempts leased to this agent that it never received (the same process, or the same
+    /// state directory, does not report them): to be leased to it again, as the same attempt.
+    pub releases: Vec<AttemptKey>,
 }
 
 /// What a closed session calls for.
@@ -80,8 +84,14 @@ pub(super) struct Agents {
     conns: HashMap<u64, Arc<str>>,
     /// Which agent holds each live attempt.
     leases: HashMap<AttemptKey, Arc<str>>,
-    /// Attempts recorded as running that no agent has re-attached yet, and until when it may.
-    unclaimed: HashMap<AttemptKey, Instant>,
+    /// Attempts recorded as running that no agent has re-attached yet: until when one may,
+    /// and who they were leased to (when recorded).
+    unclaimed: HashMap<AttemptKey, (Instant, Option<HolderRecord>)>,
+}
+
+/// A non-empty id equal to another: the same agent process, or the same state directory.
+fn same(a: &str, b: &str) -> bool {
+    !a.is_empty() && a == b
 }
 
 impl Agents {
@@ -94,7 +104,6 @@ impl Agents {
         if live.tx.as_ref().is_none_or(|tx| tx.is_closed()) || hello.instance_id.is_empty() {
             return None;
         }
-        let same = |a: &str, b: &str| !a.is_empty() && a == b;
         if same(&live.hello.instance_id, &hello.instance_id)
             || same(&live.hello.state_id, &hello.state_id)
         {
@@ -114,16 +123,45 @@ impl Agents {
         now: Instant,
     ) -> Welcomed {
         let agent_id: Arc<str> = Arc::from(hello.agent_id.as_str());
-        if let Some(old) = self.agents.get(&agent_id).and_then(|a| a.conn) {
-            self.conns.remove(&old); // the same agent on a new connection replaces the old one
+        // Whether this Hello comes from the agent process that had the name before (or from
+        // the same state directory): what it does not report, it never received.
+        let mut same_process = false;
+        if let Some(old) = self.agents.get(&agent_id) {
+            same_process = same(&old.hello.instance_id, &hello.instance_id)
+                || same(&old.hello.state_id, &hello.state_id);
+            if let Some(conn) = old.conn {
+                self.conns.remove(&conn); // the same agent on a new connection replaces the old one
+            }
         }
+        let reports = |key: &AttemptKey| {
+            hello
+                .running
+                .iter()
+                .chain(&hello.finished)
+                .any(|r| *r.run_id == *key.0 && r.task == key.1 && r.attempt == key.2)
+        };
+        // Leased (per the record) to another agent: not this one's to re-attach or report.
+        let elsewhere = |this: &Agents, key: &AttemptKey| -> Option<String> {
+            if let Some(holder) = this.leases.get(key).filter(|h| ***h != *agent_id) {
+                return Some(holder.to_string());
+            }
+            match this.unclaimed.get(key) {
+                Some((_, Some(rec))) if rec.agent != *agent_id => Some(rec.agent.clone()),
+                _ => None,
+            }
+        };
         let mut out = Welcomed::default();
         for (r, claim) in hello.running.iter().zip(claims) {
+            let key = key_of(r);
+            if let Some(holder) = elsewhere(self, &key) {
+                tracing::warn!(agent = %agent_id, %holder, run = %r.run_id, task = r.task, attempt = r.attempt,
+                    "agent {agent_id} reports an attempt leased to agent {holder}: ignored");
+                continue;
+            }
             if *claim != Claim::Current {
                 out.cancels.push(r.clone());
             }
             if *claim != Claim::Stale {
-                let key = key_of(r);
                 self.unclaimed.remove(&key);
                 self.leases.insert(key.clone(), Arc::clone(&agent_id));
                 out.attached.push(key);
@@ -133,24 +171,47 @@ impl Agents {
         // until they arrive.
         for r in &hello.finished {
             let key = key_of(r);
-            if self.unclaimed.remove(&key).is_some() {
+            if self.unclaimed.contains_key(&key) && elsewhere(self, &key).is_none() {
+                self.unclaimed.remove(&key);
                 self.leases.insert(key, Arc::clone(&agent_id));
             }
         }
-        // Attempts of this agent that it no longer reports are gone.
+        // Attempts of this agent that it no longer reports: never received by this same
+        // process (leased again), or gone with its restart.
         for (key, holder) in &self.leases {
-            if **holder == *agent_id
-                && !hello
-                    .running
-                    .iter()
-                    .chain(&hello.finished)
-                    .any(|r| *r.run_id == *key.0 && r.task == key.1 && r.attempt == key.2)
-            {
-                out.vanished.push(key.clone());
+            if **holder == *agent_id && !reports(key) {
+                match same_process {
+                    true => out.releases.push(key.clone()),
+                    false => out.vanished.push(key.clone()),
+                }
             }
         }
         for key in &out.vanished {
             self.leases.remove(key);
+        }
+        // Attempts a new leader waits for, recorded as leased to this agent, that it does not
+        // report: likewise. (An agent that does not say its instance may still re-attach
+        // them in the failover grace, as before.)
+        if !hello.instance_id.is_empty() {
+            let mine: Vec<(AttemptKey, bool)> = self
+                .unclaimed
+                .iter()
+                .filter_map(|(key, (_, rec))| {
+                    let rec = rec.as_ref().filter(|r| r.agent == *agent_id)?;
+                    let received_never = same(&rec.instance, &hello.instance_id)
+                        || same(&rec.state, &hello.state_id);
+                    (!reports(key)).then(|| (key.clone(), received_never))
+                })
+                .collect();
+            for (key, received_never) in mine {
+                self.unclaimed.remove(&key);
+                if received_never {
+                    self.leases.insert(key.clone(), Arc::clone(&agent_id));
+                    out.releases.push(key);
+                } else {
+                    out.vanished.push(key);
+                }
+            }
         }
         // Slots in use: every attempt it holds, running or with a result on its way.
         let held = self.leases.values().filter(|a| **a == agent_id).count();
@@ -254,8 +315,24 @@ impl Agents {
 
     /// Attempts recorded as running (loaded by a new leader) that an agent must re-attach
     /// before `until`, or they count as lost.
-    pub fn expect(&mut self, key: AttemptKey, until: Instant) {
-        self.unclaimed.insert(key, until);
+    /// `holder`: who the attempt was leased to, if recorded.
+    pub fn expect(&mut self, key: AttemptKey, until: Instant, holder: Option<HolderRecord>) {
+        self.unclaimed.insert(key, (until, holder));
+    }
+
+    /// Who an attempt leased to `agent` now is recorded as leased to.
+    pub fn holder_record(&self, agent: &str, attempt: u32) -> HolderRecord {
+        let (instance, state) = self
+            .agents
+            .get(agent)
+            .map(|a| (a.hello.instance_id.clone(), a.hello.state_id.clone()))
+            .unwrap_or_default();
+        HolderRecord {
+            attempt,
+            agent: agent.to_string(),
+            instance,
+            state,
+        }
     }
 
     /// Past `now`: the attempts nobody re-attached in time, and the agents silent for longer
@@ -268,7 +345,7 @@ impl Agents {
         let unclaimed: Vec<AttemptKey> = self
             .unclaimed
             .iter()
-            .filter(|(_, until)| **until <= now)
+            .filter(|(_, (until, _))| *until <= now)
             .map(|(k, _)| k.clone())
             .collect();
         for k in &unclaimed {

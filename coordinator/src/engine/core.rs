@@ -20,6 +20,7 @@ use super::timers::Timers;
 use super::{recovery, Command, EngineConfig};
 use crate::model::{EngineError, RunSpec, Submitted};
 use crate::placement::{self, Ask, Want};
+use crate::persist::HolderRecord;
 use crate::store::{Store, StoreError, StoreOp};
 use crate::webhook::Deliverer;
 use crate::wire;
@@ -185,9 +186,15 @@ impl<S: Store> Core<S> {
         let grace = self.cfg.clock.instant() + self.cfg.failover_grace;
         let taken = found.active.len();
         for run in found.active {
-            for (task, attempt) in recovery::running_attempts(&run) {
+            let running = recovery::running_attempts(&run);
+            let mut holders = match running.is_empty() {
+                true => HashMap::new(),
+                false => self.holders(&run.id).await,
+            };
+            for (task, attempt) in running {
+                let holder = holders.remove(&task).filter(|h| h.attempt == attempt);
                 self.agents
-                    .expect((Arc::clone(&run.id), task, attempt), grace);
+                    .expect((Arc::clone(&run.id), task, attempt), grace, holder);
             }
             // Deadlines are absolute times from the records: due ones fire at once.
             self.timers.set(&run.id, run.state.next_deadline());
@@ -223,6 +230,18 @@ impl<S: Store> Core<S> {
             let msg = CoordinatorMessage {
                 msg: Some(factotum_proto::coordinator_message::Msg::Refused(refused)),
             };
+    /// Who the run's attempts were leased to, as recorded (nothing if it cannot be read: the
+    /// attempts then wait for any agent to re-attach them, as before these records).
+    async fn holders(&self, run: &str) -> HashMap<TaskId, HolderRecord> {
+        match self.store.scan(&format!("runs/{run}/holders/")).await {
+            Ok(kvs) => HolderRecord::read_all(run, &kvs),
+            Err(e) => {
+                tracing::warn!(run, error = %e, "cannot read who the run's attempts were leased to");
+                HashMap::new()
+            }
+        }
+    }
+
             let _ = tx.send(msg).await;
             return; // dropping `tx` ends the session; the live one is left alone
         }
@@ -258,9 +277,49 @@ impl<S: Store> Core<S> {
             .filter(|run| run.state.is_current(r.task, r.attempt))
             .and_then(|run| run.state.task(r.task));
         match record {
+        self.release_again(&agent_id, welcomed.releases);
             Some(t) if t.stopping.is_some() => Claim::Stopping,
             Some(_) => Claim::Current,
             None => Claim::Stale,
+    /// Leases again, as the same attempts, what `agent` was leased but never received (the
+    /// same agent process, or its state directory, has no trace of them): sent once the
+    /// record naming its holder is written.
+    fn release_again(&mut self, agent: &Arc<str>, attempts: Vec<AttemptKey>) {
+        let epoch = self.store.epoch();
+        let mut never_received = vec![];
+        for key in attempts {
+            let (id, task, attempt) = key.clone();
+            let Some(run) = self.runs.active.get_mut(&id) else {
+                continue;
+            };
+            let stopping = run.state.task(task).is_some_and(|t| t.stopping.is_some());
+            let Some(spec) = run.state.plan().task(task).filter(|_| !stopping) else {
+                never_received.push(key); // being stopped: it need not start at all
+                continue;
+            };
+            tracing::info!(agent = %agent, run = %id, task = %spec.name, attempt,
+                "the agent never received this attempt: leasing it again");
+            let lease = wire::lease(
+                wire::lease_ref(&id, task, attempt, epoch),
+                spec,
+                run.max_output,
+                run.dry_run,
+            );
+            run.task_agent.insert(task, Arc::clone(agent));
+            let holder = self.agents.holder_record(agent, attempt);
+            self.commits.push(Batch {
+                run: Some(Arc::clone(&id)),
+                ops: vec![holder_op(&id, task, &holder)],
+                sends: vec![(Arc::clone(agent), lease)],
+                ..Batch::default()
+            });
+        }
+        self.fail(
+            never_received,
+            &format!("agent {agent} never received the task"),
+        );
+    }
+
         }
     }
 
@@ -490,6 +549,9 @@ impl<S: Store> Core<S> {
                 Action::RunEnded(state) => batch.ended = Some(state),
             }
         }
+                    // Who holds it, for a new leader (see `HolderRecord`).
+                    let holder = self.agents.holder_record(agent, attempt);
+                    batch.ops.push(holder_op(id, task, &holder));
         batch.ops.push(run.state_op());
         self.timers.set(id, run.state.next_deadline());
         self.commits.push(batch);
@@ -643,4 +705,11 @@ enum Speaks {
     NotHolder,
     /// Nobody holds it and it is not running here (an old result): harmless.
     NobodyHolds,
+}
+
+fn holder_op(run: &str, task: TaskId, holder: &HolderRecord) -> StoreOp {
+    StoreOp::Put {
+        key: HolderRecord::key(run, task),
+        value: serde_json::to_vec(holder).unwrap_or_default(),
+    }
 }

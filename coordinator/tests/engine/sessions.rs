@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use factotum_coordinator::{Engine, EngineConfig};
+use chrono::DateTime;
+use factotum_coordinator::{Clock, Engine, EngineConfig, MemoryStore};
 use factotum_proto::coordinator_message::Msg;
 use factotum_proto::{
     agent_message, attempt_result, AgentMessage, AttemptResult, CoordinatorMessage, Hello, Lease,
@@ -11,6 +12,7 @@ use factotum_proto::{
 };
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -205,4 +207,107 @@ async fn the_same_process_or_the_same_state_takes_its_session_over() {
         let info = finished(&engine, &run).await;
         assert_eq!(info.state.as_str(), "SUCCEEDED", "{instance}/{state}");
     }
+}
+
+/// An engine on `store` that the test can stop (a deposed leader).
+fn leader(store: MemoryStore, stop: &CancellationToken) -> Engine {
+    let config = EngineConfig {
+        clock: Clock::tokio(DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
+        ..EngineConfig::default()
+    };
+    Engine::start(config, store, stop.clone())
+}
+
+/// The old leader recorded the lease of a run's only task for agent `a` (process `one`, with
+/// state directory `state`), and `a` never got it; a new leader took over. Returns the new
+/// leader, the run and the lease.
+async fn leased_but_never_sent(state: &str) -> (Engine, String, Lease) {
+    let store = MemoryStore::new();
+    let old_stop = CancellationToken::new();
+    let old = leader(store.clone(), &old_stop);
+    let (mut a, _) = Session::open(&old, hello("a", "h1", "one", state)).await;
+    let run = old
+        .submit(spec(vec![task("t", &[], json!({}))], json!({})))
+        .await
+        .unwrap()
+        .run_id;
+    let lease = a.lease().await; // recorded; to the engine, as good as sent and lost
+    old_stop.cancel(); // the old leader stops before anything else happens
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    drop(a);
+    let new = leader(store, &CancellationToken::new());
+    assert_eq!(new.recover().await.unwrap(), 1);
+    (new, run, lease)
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_failover_the_same_agent_process_without_its_attempt_is_leased_it_again() {
+    // The same process; or a new one with the same state directory (no record of it there).
+    for (instance, state) in [("one", ""), ("two", "kept")] {
+        the_same_agent_is_leased_it_again(instance, state).await;
+    }
+}
+
+async fn the_same_agent_is_leased_it_again(instance: &str, state: &str) {
+    let (engine, run, lease) = leased_but_never_sent(state).await;
+    let (mut a, welcome) = Session::open(&engine, hello("a", "h1", instance, state)).await;
+    assert!(matches!(welcome, Some(Msg::Welcome(_))), "{welcome:?}");
+    let again = a.lease().await;
+    let (was, now) = (lease.lease.clone().unwrap(), again.lease.clone().unwrap());
+    assert_eq!(
+        (&now.run_id, now.task, now.attempt),
+        (&was.run_id, was.task, was.attempt),
+        "the same attempt"
+    );
+    assert_eq!(again.task_name, "t");
+    // Well past the failover grace: nothing fails it.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let info = engine.get_run(&run).await.unwrap();
+    assert_eq!(state_of(&info, "t"), "RUNNING");
+    a.finish(&again, 0).await;
+    let info = finished(&engine, &run).await;
+    assert_eq!(info.state.as_str(), "SUCCEEDED");
+    let t = info.tasks.iter().find(|t| &*t.name == "t").unwrap();
+    assert_eq!(t.attempt, 1, "no second attempt");
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_failover_the_agent_restarted_without_its_state_fails_the_attempt_as_before() {
+    let (engine, run, _) = leased_but_never_sent("").await;
+    // A new process of agent a, without a state directory: it cannot tell "never received"
+    // from "ran and died with me".
+    let (mut a, welcome) = Session::open(&engine, hello("a", "h1", "two", "")).await;
+    assert!(matches!(welcome, Some(Msg::Welcome(_))), "{welcome:?}");
+    let info = finished(&engine, &run).await;
+    assert_eq!(info.state.as_str(), "FAILED");
+    let t = info.tasks.iter().find(|t| &*t.name == "t").unwrap();
+    assert_eq!(
+        t.error_message.as_deref(),
+        Some("agent a restarted without the task")
+    );
+    assert!(
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), a.next()).await,
+            Err(_) | Ok(Some(Msg::Ack(_)))
+        ),
+        "no lease for it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconnecting_agent_process_is_leased_again_what_it_never_received() {
+    let engine = memory_engine(EngineConfig::default());
+    let (mut a, _) = Session::open(&engine, hello("a", "h1", "one", "")).await;
+    let run = engine
+        .submit(spec(vec![task("t", &[], json!({}))], json!({})))
+        .await
+        .unwrap()
+        .run_id;
+    let lease = a.lease().await; // lost with the session
+    let (mut a, _) = Session::open(&engine, hello("a", "h1", "one", "")).await;
+    let again = a.lease().await;
+    assert_eq!(again.lease, lease.lease, "the same attempt, the same epoch");
+    a.finish(&again, 0).await;
+    let info = finished(&engine, &run).await;
+    assert_eq!(info.state.as_str(), "SUCCEEDED");
 }

@@ -96,7 +96,7 @@ impl Diagnostics {
     /// to find.
     pub fn name_task(&mut self, from: usize, name: &str) {
         for e in &mut self.0[from..] {
-            e.push_str(&format!(" (task '{name}')"));
+            e.push_str(&format!(" (task '{}')", Printable(name)));
         }
     }
 
@@ -150,6 +150,39 @@ impl Diagnostics {
         );
     }
 
+    /// A key written twice in one object: JSON readers disagree on which one counts (serde
+    /// keeps the last, others the first), so neither is taken.
+    pub fn duplicate_key(&mut self, path: &Pointer, key: &str) {
+        self.push(
+            path,
+            &format!(
+                "duplicate key \"{}\" (a key may appear only once in an object)",
+                key.escape_debug()
+            ),
+        );
+    }
+
+    /// A task name with a control character (a newline, a NUL, …): printed on a console
+    /// line, it could forge other lines.
+    pub fn control_character(&mut self, path: &Pointer, c: char) {
+        self.push(
+            path,
+            &format!(
+                "Pattern condition is not met (the value must not contain control characters; it contains U+{:04X})",
+                u32::from(c)
+            ),
+        );
+    }
+
+    /// A NUL in what becomes a process's command line, argument or environment: no process can
+    /// be given one.
+    pub fn nul(&mut self, path: &Pointer) {
+        self.push(
+            path,
+            "Pattern condition is not met (the value must not contain a NUL character, which no process can be given)",
+        );
+    }
+
     pub fn unsupported_schema(&mut self, path: &Pointer, uri: &str, supported: &[&str]) {
         self.push(
             path,
@@ -158,5 +191,22 @@ impl Diagnostics {
                 supported.join(" or ")
             ),
         );
+    }
+}
+
+/// A name as it may be printed on one line: control characters escaped (`\n`, `\u{0}`),
+/// everything else as written.
+pub(super) struct Printable<'a>(pub &'a str);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
     }
 }

@@ -36,7 +36,11 @@ pub struct Job {
     pub name: String,
     pub tasks: Vec<Task>,
     /// Tags of every run (merged with `--tag`; the command line wins). Not templated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unique_opt"
+    )]
     pub tags: Option<BTreeMap<String, String>>,
     /// Seconds the whole run may take.
     #[serde(
@@ -144,6 +148,7 @@ task_extension! {
     /// Dependents run even if this task fails (the job still ends FAILED).
     continue_on_failure: bool,
     /// Added to the process environment; values are templated.
+    #[serde(deserialize_with = "unique_opt")]
     env: BTreeMap<String, String>,
     /// Working directory; templated.
     cwd: String,
@@ -175,7 +180,11 @@ pub struct Retry {
 pub struct TaskConstraints {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unique_opt"
+    )]
     pub labels: Option<BTreeMap<String, String>>,
 }
 
@@ -211,4 +220,40 @@ fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 
 fn count_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     Option::<i64>::deserialize(d).map(|n| n.map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX)))
+}
+
+/// A map of strings in which a key written twice is an error (a `BTreeMap` keeps the last one,
+/// silently); the slow path then names it.
+struct Unique(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = Unique;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Unique, A::Error> {
+                let mut map = BTreeMap::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    if map.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "duplicate key \"{k}\""
+                        )));
+                    }
+                    let v = m.next_value()?;
+                    map.insert(k, v);
+                }
+                Ok(Unique(map))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+fn unique_opt<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    Option::<Unique>::deserialize(d).map(|m| m.map(|m| m.0))
 }

@@ -2,9 +2,10 @@
 //! templating ([`super::templating`]), then the rules a schema can't express (the `onResult`
 //! lists and the task graph, [`crate::graph`]).
 
-use serde_json::Value;
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 
-use super::diagnostics::{Diagnostics, FactfileError};
+use super::diagnostics::{Diagnostics, FactfileError, Pointer};
 use super::model::{Factfile, FACTOTUM_SCHEMA, SNOWPLOW_SCHEMA};
 use super::schema::{self, code_in_range};
 use crate::graph::Graph;
@@ -27,7 +28,9 @@ impl Factfile {
     /// the templating, `{{tag:env}}`, so they are known before it). Fast path: typed
     /// deserialization, which accepts exactly what the schema does except the ranges and the
     /// schema URI, checked after on the model itself. Anything it refuses is re-read as a plain
-    /// JSON value to say precisely what is wrong.
+    /// JSON value to say precisely what is wrong. A key written twice in one object is refused
+    /// on both paths (serde's derived readers refuse a repeated field; the maps read with
+    /// `model::unique`); the slow path names it.
     pub fn read(text: &str) -> Result<Factfile, FactfileError> {
         match serde_json::from_str::<Factfile>(text) {
             Ok(mut ff) => {
@@ -38,8 +41,7 @@ impl Factfile {
             Err(e) if e.is_syntax() || e.is_eof() => return Err(FactfileError::json(&e)),
             Err(_) => {}
         }
-        let doc: Value = serde_json::from_str(text).map_err(|e| FactfileError::json(&e))?;
-        Self::from_document(doc)
+        Self::from_document(document(text)?)
     }
 
     /// Reads back a factfile this program produced with [`Factfile::compact_json`]: validated
@@ -112,6 +114,7 @@ impl Factfile {
     }
 
     fn check_rules(&self) -> Result<(), FactfileError> {
+        self.check_texts()?;
         for t in &self.data.tasks {
             if t.on_result.continue_job.is_empty() {
                 return Err(FactfileError::NoContinue(t.name.clone()));
@@ -126,5 +129,147 @@ impl Factfile {
         }
         Graph::check(&self.data.tasks, |t| &t.name, |t| &t.depends_on)?;
         Ok(())
+    }
+
+    /// What the templated text must not hold: a control character in a task name (it is
+    /// printed on console lines, which it could forge), a NUL in anything handed to a process
+    /// (its command, arguments, environment, working directory).
+    fn check_texts(&self) -> Result<(), FactfileError> {
+        let mut diags = Diagnostics::default();
+        let tasks = Pointer::At("/data/tasks");
+        for (i, t) in self.data.tasks.iter().enumerate() {
+            let at = tasks.index(i);
+            let before = diags.len();
+            if let Some(c) = t.name.chars().find(|c| c.is_control()) {
+                diags.control_character(&at.key("name"), c);
+            }
+            if t.command.contains('\0') {
+                diags.nul(&at.key("command"));
+            }
+            let arguments = at.key("arguments");
+            for (j, a) in t.arguments.iter().enumerate() {
+                if a.contains('\0') {
+                    diags.nul(&arguments.index(j));
+                }
+            }
+            let ext = t.ext();
+            let env = at.key("env");
+            for (k, v) in ext.env.iter().flatten() {
+                if k.contains('\0') || v.contains('\0') {
+                    diags.nul(&env.key(k));
+                }
+            }
+            if ext.cwd.as_ref().is_some_and(|c| c.contains('\0')) {
+                diags.nul(&at.key("cwd"));
+            }
+            diags.name_task(before, &t.name);
+        }
+        if diags.is_empty() {
+            Ok(())
+        } else {
+            Err(FactfileError::Schema(diags.0))
+        }
+    }
+}
+
+/// The document as a JSON value, like `serde_json::from_str`, except that a key written twice in
+/// one object is an error naming it (serde_json keeps the last one, silently).
+fn document(text: &str) -> Result<Value, FactfileError> {
+    let mut duplicates = Diagnostics::default();
+    let mut de = serde_json::Deserializer::from_str(text);
+    let doc = Node {
+        path: Pointer::At(""),
+        duplicates: &mut duplicates,
+    }
+    .deserialize(&mut de)
+    .and_then(|doc| de.end().map(|()| doc))
+    .map_err(|e| FactfileError::json(&e))?;
+    if duplicates.is_empty() {
+        Ok(doc)
+    } else {
+        Err(FactfileError::Schema(duplicates.0))
+    }
+}
+
+/// Reads one JSON value at `path`, noting every repeated key.
+struct Node<'p, 'd> {
+    path: Pointer<'p>,
+    duplicates: &'d mut Diagnostics,
+}
+
+impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Node<'_, '_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        loop {
+            let item = Node {
+                path: self.path.index(items.len()),
+                duplicates: &mut *self.duplicates,
+            };
+            match seq.next_element_seed(item)? {
+                Some(v) => items.push(v),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(Node {
+                path: self.path.key(&key),
+                duplicates: &mut *self.duplicates,
+            })?;
+            if object.contains_key(&key) {
+                self.duplicates.duplicate_key(&self.path, &key);
+            }
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }

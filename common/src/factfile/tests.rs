@@ -189,3 +189,130 @@ fn compact_json_is_factotums_and_gives_the_vector_references() {
         "{\"schema\":\"iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0\",\"data\":{\"name\":\"j\",\"tasks\":[{\"name\":\"echo alpha\",\"executor\":\"shell\",\"command\":\"echo\",\"arguments\":[\"echo alpha\"],\"dependsOn\":[],\"onResult\":{\"terminateJobWithSuccess\":[3],\"continueJob\":[0]}}"
     ));
 }
+
+/// `doc` with `from` (which must occur once) replaced by `to`: a key written twice can't be built
+/// with `json!`.
+fn edited(tasks: Vec<Value>, from: &str, to: &str) -> String {
+    let text = doc(tasks);
+    assert_eq!(text.matches(from).count(), 1, "{from} in {text}");
+    text.replace(from, to)
+}
+
+#[test]
+fn a_key_written_twice_is_refused_naming_it_and_its_object() {
+    let t = || vec![task("a", &[])];
+    assert_eq!(
+        err(&edited(
+            t(),
+            r#""command":"echo""#,
+            r#""command":"echo","command":"rm -rf /""#
+        )),
+        r#"'/data/tasks/0' - duplicate key "command" (a key may appear only once in an object)"#
+    );
+    assert_eq!(
+        err(&edited(t(), r#""schema":"#, r#""schema":"x","schema":"#)),
+        r#"'/' - duplicate key "schema" (a key may appear only once in an object)"#
+    );
+    let e = err(&edited(
+        t(),
+        r#""continueJob":[0]"#,
+        r#""continueJob":[0],"continueJob":[1],"continueJob":[2]"#,
+    ));
+    assert_eq!(
+        e.lines().collect::<Vec<_>>(),
+        [r#"'/data/tasks/0/onResult' - duplicate key "continueJob" (a key may appear only once in an object)"#;
+            2]
+    );
+    // In the extension's maps too, which the fast path reads as maps.
+    let mut t = task("a", &[]);
+    t["env"] = json!({"A": "1"});
+    let text =
+        json!({"schema": FACTOTUM_SCHEMA, "data": {"name": "j", "tasks": [t], "tags": {"k": "v"}}})
+            .to_string();
+    for (from, to, want) in [
+        (
+            r#""A":"1""#,
+            r#""A":"1","A":"2""#,
+            r#"'/data/tasks/0/env' - duplicate key "A""#,
+        ),
+        (
+            r#""k":"v""#,
+            r#""k":"v","k":"w""#,
+            r#"'/data/tags' - duplicate key "k""#,
+        ),
+    ] {
+        let e = err(&text.replace(from, to));
+        assert!(e.starts_with(want), "{e}");
+    }
+    let mut t = task("a", &[]);
+    t["constraints"] = json!({"labels": {"disk": "ssd"}});
+    let text = json!({"schema": FACTOTUM_SCHEMA, "data": {"name": "j", "tasks": [t]}}).to_string();
+    let e = err(&text.replace(r#""disk":"ssd""#, r#""disk":"ssd","disk":"hdd""#));
+    assert!(
+        e.starts_with(r#"'/data/tasks/0/constraints/labels' - duplicate key "disk""#),
+        "{e}"
+    );
+    // The same key in different objects is fine.
+    assert!(parse(&doc(vec![task("a", &[]), task("b", &["a"])])).is_ok());
+}
+
+#[test]
+fn a_task_name_with_a_control_character_is_refused() {
+    for (name, code, shown) in [
+        ("a\nb", "U+000A", "a\\nb"),
+        ("a\0b", "U+0000", "a\\0b"),
+        ("tab\there", "U+0009", "tab\\there"),
+        ("del\u{7f}", "U+007F", "del\\u{7f}"),
+        ("c1\u{85}", "U+0085", "c1\\u{85}"),
+    ] {
+        let mut t = task(name, &[]);
+        t["arguments"] = json!([]);
+        assert_eq!(
+            err(&doc(vec![task("ok", &[]), t])),
+            format!("'/data/tasks/1/name' - Pattern condition is not met (the value must not contain control characters; it contains {code}) (task '{shown}')")
+        );
+    }
+    // Templating can't bring one in either.
+    let text = doc(vec![task("a {{x}}", &[])]);
+    let vars = Vars::new(&json!({"x": "1\n[b] forged"}), &Tags::new()).unwrap();
+    let e = Factfile::parse(&text, &vars).unwrap_err().to_string();
+    assert!(
+        e.starts_with("'/data/tasks/0/name' - Pattern condition is not met (the value must not contain control characters; it contains U+000A)"),
+        "{e}"
+    );
+    // Other characters are fine.
+    assert!(parse(&doc(vec![task("ünï cödé ✓ 'x' \"y\"", &[])])).is_ok());
+}
+
+#[test]
+fn a_nul_in_what_a_process_is_given_is_refused_naming_the_task() {
+    let nul = "Pattern condition is not met (the value must not contain a NUL character, which no process can be given)";
+    let mut t = task("a", &[]);
+    t["command"] = json!("echo \u{0} hi");
+    assert_eq!(
+        err(&doc(vec![t])),
+        format!("'/data/tasks/0/command' - {nul} (task 'a')")
+    );
+    let mut t = task("b", &[]);
+    t["arguments"] = json!(["fine", "not\u{0}fine"]);
+    assert_eq!(
+        err(&doc(vec![task("a", &[]), t])),
+        format!("'/data/tasks/1/arguments/1' - {nul} (task 'b')")
+    );
+    let mut t = task("c", &[]);
+    t["env"] = json!({"X": "a\u{0}"});
+    t["cwd"] = json!("/tmp/\u{0}");
+    let text = json!({"schema": FACTOTUM_SCHEMA, "data": {"name": "j", "tasks": [t]}}).to_string();
+    assert_eq!(
+        err(&text),
+        format!("'/data/tasks/0/env/X' - {nul} (task 'c')\n'/data/tasks/0/cwd' - {nul} (task 'c')")
+    );
+    // Through templating too (the command is templated).
+    let mut t = task("d", &[]);
+    t["command"] = json!("echo {{{x}}}");
+    let vars = Vars::new(&json!({"x": "\u{0}"}), &Tags::new()).unwrap();
+    let e = Factfile::parse(&doc(vec![t]), &vars)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, format!("'/data/tasks/0/command' - {nul} (task 'd')"));
+}

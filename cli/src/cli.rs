@@ -151,10 +151,46 @@ pub struct SubmitArgs {
     pub idempotency_key: Option<String>,
 }
 
+/// (Ours) How large templating may make a factfile (`run` and `validate`; a coordinator has the
+/// same flags for what is submitted to it).
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The most one templated field may render to; a larger one makes the factfile invalid.
+    /// Sizes take units (512KiB, 1MiB); a bare number is bytes.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value = "1MiB",
+        env = "FACTOTUM_MAX_RENDERED_SIZE",
+        value_parser = factotum_service::size::at_least(1)
+    )]
+    pub max_rendered_size: usize,
+    /// The most all of the factfile's templated fields may render to together.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value = "64MiB",
+        env = "FACTOTUM_MAX_RENDERED_TOTAL",
+        value_parser = factotum_service::size::at_least(1)
+    )]
+    pub max_rendered_total: usize,
+}
+
+impl RenderArgs {
+    pub fn limits(&self) -> factotum_common::template::Limits {
+        factotum_common::template::Limits {
+            field: self.max_rendered_size,
+            total: self.max_rendered_total,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub job: JobArgs,
+    #[command(flatten)]
+    pub render: RenderArgs,
     /// Send a RUNNING task update with the output so far at this interval (off by default).
     /// A bare number is seconds; units work too: 500ms, 15s, 2m, 1h30m.
     #[arg(
@@ -193,6 +229,8 @@ pub struct ValidateArgs {
     /// Template variables as a JSON object.
     #[arg(long, value_name = "JSON", env = "FACTOTUM_ENV")]
     pub env: Option<String>,
+    #[command(flatten)]
+    pub render: RenderArgs,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use factotum_common::template::Limits;
 use factotum_common::Factfile;
 use factotum_coordinator::spec::{self, SpecError};
 use serde_json::Value;
@@ -43,13 +44,14 @@ impl From<SpecError> for Failure {
     }
 }
 
-/// Reads, templates and validates the factfile.
+/// Reads, templates (within `limits`) and validates the factfile.
 pub fn factfile(
     path: &Path,
     env: Option<&str>,
     tags: &BTreeMap<String, String>,
+    limits: Limits,
 ) -> Result<Factfile, Failure> {
     let env: Value = spec::parse_env(env)?;
     let text = spec::read_factfile(path)?;
-    Ok(spec::parse_factfile(&text, &path.display().to_string(), &env, tags)?.0)
+    Ok(spec::parse_factfile(&text, &path.display().to_string(), &env, tags, limits)?.0)
 }

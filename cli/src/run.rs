@@ -28,7 +28,12 @@ fn fail(f: Failure) -> u8 {
 }
 
 pub fn validate(args: ValidateArgs) -> u8 {
-    match load::factfile(&args.factfile, args.env.as_deref(), &BTreeMap::new()) {
+    match load::factfile(
+        &args.factfile,
+        args.env.as_deref(),
+        &BTreeMap::new(),
+        args.render.limits(),
+    ) {
         Ok(ff) => {
             // Planning cannot fail on a valid factfile; doing it proves the graph is runnable.
             let _plan = Plan::new(&ff);
@@ -41,7 +46,7 @@ pub fn validate(args: ValidateArgs) -> u8 {
 
 pub fn dot(args: DotArgs) -> u8 {
     // Every `dot` failure is exit 3, as Factotum's.
-    let ff = match load::factfile(&args.factfile, None, &BTreeMap::new()) {
+    let ff = match load::factfile(&args.factfile, None, &BTreeMap::new(), Default::default()) {
         Ok(ff) => ff,
         Err(f) => return fail(Failure::args(f.message)),
     };
@@ -128,6 +133,7 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
         dry_run: args.job.dry_run,
         allow_concurrent: true,
         idempotency_key: None,
+        render_limits: args.render.limits(),
     })?;
     // Factotum's local constraint check: this machine must satisfy every host constraint.
     if !run.constraints.is_empty() {

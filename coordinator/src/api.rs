@@ -100,6 +100,8 @@ impl Routing {
 #[derive(Debug, Clone)]
 pub struct JobsApi {
     role: Routing,
+    /// `--max-rendered-size` and `--max-rendered-total`, for every submission.
+    render_limits: factotum_common::template::Limits,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
@@ -139,6 +141,7 @@ impl Jobs for JobsApi {
                 r.max_output as usize
             },
             dry_run: r.dry_run,
+            render_limits: self.render_limits,
         };
         // Preparing resolves host names: keep that off the async workers.
         let spec = tokio::task::spawn_blocking(move || prepare(sub))
@@ -269,6 +272,7 @@ impl Agents for AgentsApi {
 pub async fn serve(
     role: Routing,
     listener: TcpListener,
+    render_limits: factotum_common::template::Limits,
     life: Lifecycle,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -300,7 +304,10 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1();
-    let jobs = JobsServer::new(JobsApi { role: role.clone() });
+    let jobs = JobsServer::new(JobsApi {
+        role: role.clone(),
+        render_limits,
+    });
     let shutdown = life.token.clone();
     let agents = AgentsServer::new(AgentsApi { role, life });
     let mut builder = tonic::transport::Server::builder()

@@ -84,6 +84,16 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_WATCH_BUFFER", value_name = "BYTES", default_value = "4MiB",
           value_parser = factotum_service::size::at_least(1024))]
     pub watch_buffer: usize,
+    /// The most one templated factfile field may render to (`--env` and tags applied); a larger
+    /// one is refused as an invalid factfile. Sizes take units (`512KiB`, `1MiB`); a bare number
+    /// is bytes.
+    #[arg(long, env = "FACTOTUM_MAX_RENDERED_SIZE", value_name = "BYTES", default_value = "1MiB",
+          value_parser = factotum_service::size::at_least(1))]
+    pub max_rendered_size: usize,
+    /// The most all of a factfile's templated fields may render to together.
+    #[arg(long, env = "FACTOTUM_MAX_RENDERED_TOTAL", value_name = "BYTES", default_value = "64MiB",
+          value_parser = factotum_service::size::at_least(1))]
+    pub max_rendered_total: usize,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(
         long,
@@ -139,6 +149,14 @@ impl Config {
             })
     }
 
+    /// `--max-rendered-size` and `--max-rendered-total`.
+    pub fn render_limits(&self) -> factotum_common::template::Limits {
+        factotum_common::template::Limits {
+            field: self.max_rendered_size,
+            total: self.max_rendered_total,
+        }
+    }
+
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
             webhooks: self.webhook.clone(),
@@ -191,7 +209,12 @@ pub async fn run(
         engine: engine_rx,
         leader: leader_rx,
     };
-    let server = life.spawn(api::serve(routing, listener, life.clone()));
+    let server = life.spawn(api::serve(
+        routing,
+        listener,
+        config.render_limits(),
+        life.clone(),
+    ));
     let outcome = if config.etcd.is_empty() {
         tracing::warn!(
             "no --etcd: runs are kept in memory on this single node and are lost on restart"

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use factotum_common::constraint::Constraint;
 use factotum_common::dag::Plan;
-use factotum_common::template::Vars;
+use factotum_common::template::{Limits, Vars};
 use factotum_common::{Factfile, FactfileError};
 use serde_json::Value;
 
@@ -34,6 +34,8 @@ pub struct Submission {
     pub dry_run: bool,
     pub allow_concurrent: bool,
     pub idempotency_key: Option<String>,
+    /// `--max-rendered-size` and `--max-rendered-total`: how large templating may make it.
+    pub render_limits: Limits,
 }
 
 /// Why a submission was refused; the exit code `factotum` gives each kind is Factotum's.
@@ -127,12 +129,14 @@ pub fn resolve_constraints(constraints: Vec<Constraint>) -> Vec<Constraint> {
 
 /// Parses, templates and validates a factfile's text; errors carry Factotum's prefix naming it.
 /// Returns it with the run's tags: the factfile's own `tags` with `tags` (the command line's)
-/// over them; those are also the `{{tag:…}}` variables.
+/// over them; those are also the `{{tag:…}}` variables. Templating keeps to `limits`: a field
+/// or the whole past them is an invalid factfile, refused before anything larger is built.
 pub fn parse_factfile(
     text: &str,
     name: &str,
     env: &Value,
     tags: &BTreeMap<String, String>,
+    limits: Limits,
 ) -> Result<(Factfile, BTreeMap<String, String>), SpecError> {
     let invalid = |e: FactfileError| {
         SpecError::InvalidFactfile(format!("'{name}' is not a valid factotum factfile: {e}"))
@@ -140,8 +144,9 @@ pub fn parse_factfile(
     let raw = Factfile::read(text).map_err(invalid)?;
     let mut merged = raw.data.tags.clone().unwrap_or_default();
     merged.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let vars =
-        Vars::new(env, &merged).map_err(|e| SpecError::BadArgument(format!("Error: {e}")))?;
+    let vars = Vars::new(env, &merged)
+        .map_err(|e| SpecError::BadArgument(format!("Error: {e}")))?
+        .with_limits(limits);
     let ff = raw.finish(&vars).map_err(invalid)?;
     Ok((ff, merged))
 }
@@ -167,7 +172,13 @@ pub fn prepare(sub: Submission) -> Result<RunSpec, SpecError> {
             "Error: --webhook cannot be used with the --dry-run option".into(),
         ));
     }
-    let (ff, tags) = parse_factfile(&sub.factfile, &sub.factfile_name, &env, &sub.tags)?;
+    let (ff, tags) = parse_factfile(
+        &sub.factfile,
+        &sub.factfile_name,
+        &env,
+        &sub.tags,
+        sub.render_limits,
+    )?;
     let plan =
         Plan::from_starts(&ff, &sub.start).map_err(|e| SpecError::BadArgument(e.to_string()))?;
     let placement = sub.placement.or(ff.data.placement).unwrap_or_default();

@@ -413,3 +413,20 @@ async fn tick(beat: &mut Option<tokio::time::Interval>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_id_is_created_once_and_kept_in_the_state_dir() {
+        let base = std::env::temp_dir().join(format!("factotum-state-id-{}", random_id()));
+        let (one, two) = (base.join("one"), base.join("two"));
+        let first = state_id(&one).unwrap();
+        assert_eq!(first.len(), 32);
+        assert_eq!(state_id(&one).unwrap(), first, "read back, not made again");
+        assert_ne!(state_id(&two).unwrap(), first);
+        assert_ne!(random_id(), random_id());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

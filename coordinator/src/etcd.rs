@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp,
+};
 
 use crate::fence::Fence;
 use crate::store::{last_write_per_key, Store, StoreError, StoreOp, MAX_OPS_PER_COMMIT};
@@ -127,6 +129,9 @@ impl Store for EtcdStore {
                 .map(|op| match op {
                     StoreOp::Put { key, value } => TxnOp::put(self.key(key), value.clone(), None),
                     StoreOp::Delete { key } => TxnOp::delete(self.key(key), None),
+                    StoreOp::DeletePrefix { prefix } => {
+                        TxnOp::delete(self.key(prefix), Some(DeleteOptions::new().with_prefix()))
+                    }
                 })
                 .collect();
             let txn = match &self.fence {
@@ -150,6 +155,39 @@ impl Store for EtcdStore {
         self.fence.as_ref().map_or(0, |f| f.epoch())
     }
 
+    async fn scan_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut kv = self.client.kv_client();
+        let full = self.key(prefix);
+        // From just after `after` (a key followed by a zero byte) to the end of the prefix.
+        let start: Vec<u8> = match after {
+            Some(a) => {
+                let mut k = self.key(a).into_bytes();
+                k.push(0);
+                k
+            }
+            None => full.clone().into_bytes(),
+        };
+        let end = prefix_end(full.as_bytes());
+        let opts = GetOptions::new()
+            .with_range(end)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let resp = kv.get(start, Some(opts)).await.map_err(unavailable)?;
+        let strip = self.prefix.len() + 1;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = std::str::from_utf8(kv.key()).ok()?;
+                Some((key.get(strip..)?.to_string(), kv.value().to_vec()))
+            })
+            .collect())
+    }
+
     async fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut kv = self.client.kv_client();
         let resp = kv
@@ -166,4 +204,17 @@ impl Store for EtcdStore {
             })
             .collect())
     }
+}
+
+/// The end of etcd's range for a prefix: the prefix with its last byte incremented (bytes of
+/// 0xff dropped first).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
 }

@@ -94,6 +94,15 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_MAX_RENDERED_TOTAL", value_name = "BYTES", default_value = "64MiB",
           value_parser = factotum_service::size::at_least(1))]
     pub max_rendered_total: usize,
+    /// Finished runs kept in the store, at most: the oldest are deleted (records and undelivered
+    /// webhooks). The newest 1,000 are also shown by `factotum runs`.
+    #[arg(long, env = "FACTOTUM_HISTORY_MAX_RUNS", value_name = "RUNS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_max_runs: u64,
+    /// Finished runs are deleted from the store this long after they ended.
+    #[arg(long, env = "FACTOTUM_HISTORY_MAX_AGE", value_name = "DURATION", default_value = "30d",
+          value_parser = DurationRange::from(Duration::from_secs(60)).parser())]
+    pub history_max_age: Duration,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(
         long,
@@ -164,6 +173,8 @@ impl Config {
             agent_heartbeat: self.heartbeat_interval,
             failover_grace: self.failover_grace,
             watch_buffer: self.watch_buffer,
+            history_max_runs: usize::try_from(self.history_max_runs).unwrap_or(usize::MAX),
+            history_max_age: self.history_max_age,
             ..EngineConfig::default()
         }
     }

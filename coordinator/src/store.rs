@@ -13,9 +13,32 @@ pub const MAX_OPS_PER_COMMIT: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    /// Every key under `prefix` (a finished run's records, when history is trimmed).
+    DeletePrefix {
+        prefix: String,
+    },
 }
+
+impl StoreOp {
+    /// The key written, or the prefix deleted.
+    pub fn key(&self) -> &str {
+        match self {
+            StoreOp::Put { key, .. } | StoreOp::Delete { key } => key,
+            StoreOp::DeletePrefix { prefix } => prefix,
+        }
+    }
+}
+
+/// Keys read per request when a prefix may hold many (recovery): one range stays well under
+/// the client's receive limit.
+pub const SCAN_PAGE: usize = 2_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,6 +62,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         prefix: &str,
     ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
+    /// At most `limit` keys under `prefix` after the key `after` (from the first without one),
+    /// in key order: a prefix read in pages.
+    fn scan_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
 }
 
 /// The same effect with each key written once: its last write (a store that refuses a
@@ -48,11 +79,7 @@ pub fn last_write_per_key(ops: Vec<StoreOp>) -> Vec<StoreOp> {
     let mut out: Vec<StoreOp> = ops
         .into_iter()
         .rev()
-        .filter(|op| {
-            seen.insert(match op {
-                StoreOp::Put { key, .. } | StoreOp::Delete { key } => key.clone(),
-            })
-        })
+        .filter(|op| seen.insert(op.key().to_string()))
         .collect();
     out.reverse();
     out
@@ -87,6 +114,9 @@ impl Store for MemoryStore {
                     StoreOp::Delete { key } => {
                         m.remove(&key);
                     }
+                    StoreOp::DeletePrefix { prefix } => {
+                        m.retain(|k, _| !k.starts_with(&prefix));
+                    }
                 }
             }
         });
@@ -94,9 +124,24 @@ impl Store for MemoryStore {
     }
 
     async fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.scan_page(prefix, None, usize::MAX).await
+    }
+
+    async fn scan_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Included(prefix.to_string()),
+        };
         Ok(self.with(|m| {
-            m.range(prefix.to_string()..)
+            m.range((start, Bound::Unbounded))
                 .take_while(|(k, _)| k.starts_with(prefix))
+                .take(limit)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         }))

@@ -105,3 +105,50 @@ async fn an_unreachable_etcd_is_unavailable_then_recovers() {
     assert!(ok, "the store did not recover once etcd was back");
     assert_eq!(store.scan("k").await.unwrap()[0].1, b"3");
 }
+
+#[tokio::test]
+async fn a_prefix_reads_in_pages_and_deletes_as_one() {
+    let etcd = support::Etcd::start().await;
+    let cfg = EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        ..Default::default()
+    };
+    let store = EtcdStore::connect(&cfg).await.unwrap();
+    let ops: Vec<StoreOp> = (0..300)
+        .map(|i| put(&format!("runs/r1/tasks/{i:08}"), "x"))
+        .chain([put("runs/r10/state", "y"), put("runt", "z")])
+        .collect();
+    for chunk in ops.chunks(100) {
+        store.commit(chunk.to_vec()).await.unwrap();
+    }
+    let mut seen = vec![];
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .scan_page("runs/r1/", after.as_deref(), 128)
+            .await
+            .unwrap();
+        assert!(page.len() <= 128);
+        after = page.last().map(|(k, _)| k.clone());
+        let last = page.len() < 128;
+        seen.extend(page.into_iter().map(|(k, _)| k));
+        if last {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 300, "every key once, no more: not runs/r10/");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in key order");
+    store
+        .commit(vec![StoreOp::DeletePrefix {
+            prefix: "runs/r1/".into(),
+        }])
+        .await
+        .unwrap();
+    assert!(store.scan("runs/r1/").await.unwrap().is_empty());
+    assert_eq!(
+        store.scan("runs/r10/").await.unwrap().len(),
+        1,
+        "another run is left alone"
+    );
+    assert_eq!(store.scan("runt").await.unwrap().len(), 1);
+}

@@ -47,7 +47,7 @@ pub fn transactions(ops: Vec<StoreOp>) -> Vec<Vec<StoreOp>> {
     for op in ops {
         let size = match &op {
             StoreOp::Put { key, value } => key.len() + value.len(),
-            StoreOp::Delete { key } => key.len(),
+            StoreOp::Delete { key } | StoreOp::DeletePrefix { prefix: key } => key.len(),
         };
         if !chunk.is_empty() && (chunk.len() == MAX_OPS_PER_COMMIT || bytes + size > MAX_TXN_BYTES)
         {
@@ -178,13 +178,7 @@ mod tests {
             ..Batch::default()
         });
         let turn = commits.take_turn().unwrap();
-        let keys: Vec<&str> = turn[0]
-            .ops
-            .iter()
-            .map(|op| match op {
-                StoreOp::Put { key, .. } | StoreOp::Delete { key } => key.as_str(),
-            })
-            .collect();
+        let keys: Vec<&str> = turn[0].ops.iter().map(StoreOp::key).collect();
         assert_eq!(keys, ["outbox/r/1/0", "runs/r/state", "runs/r/tasks/1"]);
         let to: Vec<&str> = turn[0].sends.iter().map(|(a, _)| &**a).collect();
         assert_eq!(to, ["a", "b"], "the ack waiting for a record goes first");

@@ -15,12 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::agents::{key_of, Agents, AttemptKey, Claim, Gone};
 use super::commit::{ops_of, transactions, Batch, Commits};
+use super::history::{self, History};
 use super::runs::{self, Runs};
 use super::timers::Timers;
 use super::{recovery, Command, EngineConfig};
 use crate::model::{EngineError, RunSpec, Submitted};
-use crate::placement::{self, Ask, Want};
 use crate::persist::HolderRecord;
+use crate::placement::{self, Ask, Want};
 use crate::store::{Store, StoreError, StoreOp};
 use crate::webhook::Deliverer;
 use crate::wire;
@@ -36,6 +37,7 @@ pub(super) struct Core<S: Store> {
     agents: Agents,
     commits: Commits,
     timers: Timers,
+    history: History,
 }
 
 fn answer<T>(reply: super::Reply<T>, result: Result<T, EngineError>) {
@@ -46,6 +48,7 @@ impl<S: Store> Core<S> {
     pub fn new(cfg: EngineConfig, store: S, deliverer: Deliverer) -> Core<S> {
         Core {
             runs: Runs::new(cfg.keep_finished),
+            history: History::new(cfg.history_max_runs, cfg.history_max_age),
             cfg,
             store,
             deliverer,
@@ -63,6 +66,10 @@ impl<S: Store> Core<S> {
             .cfg
             .lost_after
             .map(|d| every((d / 4).max(Duration::from_millis(50))));
+        // Finished runs past their age leave the store even when nothing else happens.
+        let mut trim = Some(every(
+            (self.cfg.history_max_age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        ));
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -81,6 +88,7 @@ impl<S: Store> Core<S> {
                 },
                 _ = tick(&mut beat) => self.heartbeat(),
                 _ = tick(&mut liveness) => self.check_liveness(),
+                _ = tick(&mut trim) => self.trim_history(),
                 _ = tokio::time::sleep(Duration::from_millis(500)), if self.commits.is_stalled() => {
                     self.retry_stalled().await;
                 }
@@ -179,10 +187,8 @@ impl<S: Store> Core<S> {
 
     /// Takes over the active runs recorded in the store.
     async fn recover(&mut self) -> Result<usize, EngineError> {
-        let now = self.cfg.clock.now();
         let active = &self.runs.active;
-        let found =
-            recovery::load(&self.store, &self.cfg, |id| active.contains_key(id), now).await?;
+        let found = recovery::load(&self.store, &self.cfg, |id| active.contains_key(id)).await?;
         let grace = self.cfg.clock.instant() + self.cfg.failover_grace;
         let taken = found.active.len();
         for run in found.active {
@@ -200,7 +206,11 @@ impl<S: Store> Core<S> {
             self.timers.set(&run.id, run.state.next_deadline());
             self.runs.active.insert(Arc::clone(&run.id), run);
         }
+        for (id, ended) in found.ended {
+            self.history.record(id, ended);
+        }
         self.runs.keep_all(found.finished);
+        self.trim_history();
         for (key, run) in found.idempotency {
             self.runs.remember_key(key, run);
         }
@@ -218,18 +228,6 @@ impl<S: Store> Core<S> {
         Ok(taken)
     }
 
-    async fn hello(&mut self, conn: u64, hello: Hello, tx: mpsc::Sender<CoordinatorMessage>) {
-        let agent_id: Arc<str> = Arc::from(hello.agent_id.as_str());
-        if let Some(host) = self.agents.clash(&hello) {
-            let reason = format!(
-                "agent name '{agent_id}' is already connected from host {host} (this session: host {})",
-                hello.hostname
-            );
-            tracing::warn!(agent = %agent_id, "refused a session: {reason}");
-            let refused = factotum_proto::Refused { reason };
-            let msg = CoordinatorMessage {
-                msg: Some(factotum_proto::coordinator_message::Msg::Refused(refused)),
-            };
     /// Who the run's attempts were leased to, as recorded (nothing if it cannot be read: the
     /// attempts then wait for any agent to re-attach them, as before these records).
     async fn holders(&self, run: &str) -> HashMap<TaskId, HolderRecord> {
@@ -242,6 +240,18 @@ impl<S: Store> Core<S> {
         }
     }
 
+    async fn hello(&mut self, conn: u64, hello: Hello, tx: mpsc::Sender<CoordinatorMessage>) {
+        let agent_id: Arc<str> = Arc::from(hello.agent_id.as_str());
+        if let Some(host) = self.agents.clash(&hello) {
+            let reason = format!(
+                "agent name '{agent_id}' is already connected from host {host} (this session: host {})",
+                hello.hostname
+            );
+            tracing::warn!(agent = %agent_id, "refused a session: {reason}");
+            let refused = factotum_proto::Refused { reason };
+            let msg = CoordinatorMessage {
+                msg: Some(factotum_proto::coordinator_message::Msg::Refused(refused)),
+            };
             let _ = tx.send(msg).await;
             return; // dropping `tx` ends the session; the live one is left alone
         }
@@ -265,22 +275,10 @@ impl<S: Store> Core<S> {
         }
         let reason = format!("agent {agent_id} restarted without the task");
         self.fail(welcomed.vanished, &reason);
+        self.release_again(&agent_id, welcomed.releases);
         self.dispatch_all();
     }
 
-    /// What an attempt an agent says it runs is to the runs.
-    fn claim(&self, r: &LeaseRef) -> Claim {
-        let record = self
-            .runs
-            .active
-            .get(r.run_id.as_str())
-            .filter(|run| run.state.is_current(r.task, r.attempt))
-            .and_then(|run| run.state.task(r.task));
-        match record {
-        self.release_again(&agent_id, welcomed.releases);
-            Some(t) if t.stopping.is_some() => Claim::Stopping,
-            Some(_) => Claim::Current,
-            None => Claim::Stale,
     /// Leases again, as the same attempts, what `agent` was leased but never received (the
     /// same agent process, or its state directory, has no trace of them): sent once the
     /// record naming its holder is written.
@@ -320,6 +318,18 @@ impl<S: Store> Core<S> {
         );
     }
 
+    /// What an attempt an agent says it runs is to the runs.
+    fn claim(&self, r: &LeaseRef) -> Claim {
+        let record = self
+            .runs
+            .active
+            .get(r.run_id.as_str())
+            .filter(|run| run.state.is_current(r.task, r.attempt))
+            .and_then(|run| run.state.task(r.task));
+        match record {
+            Some(t) if t.stopping.is_some() => Claim::Stopping,
+            Some(_) => Claim::Current,
+            None => Claim::Stale,
         }
     }
 
@@ -537,6 +547,9 @@ impl<S: Store> Core<S> {
                     let r = wire::lease_ref(id, task, attempt, epoch);
                     let lease = wire::lease(r, spec, run.max_output, run.dry_run);
                     self.agents.lease((Arc::clone(id), task, attempt), agent);
+                    // Who holds it, for a new leader (see `HolderRecord`).
+                    let holder = self.agents.holder_record(agent, attempt);
+                    batch.ops.push(holder_op(id, task, &holder));
                     run.task_agent.insert(task, Arc::clone(agent));
                     batch.sends.push((Arc::clone(agent), lease));
                 }
@@ -549,9 +562,6 @@ impl<S: Store> Core<S> {
                 Action::RunEnded(state) => batch.ended = Some(state),
             }
         }
-                    // Who holds it, for a new leader (see `HolderRecord`).
-                    let holder = self.agents.holder_record(agent, attempt);
-                    batch.ops.push(holder_op(id, task, &holder));
         batch.ops.push(run.state_op());
         self.timers.set(id, run.state.next_deadline());
         self.commits.push(batch);
@@ -674,10 +684,31 @@ impl<S: Store> Core<S> {
             }
         }
         if let (Some(state), Some(id)) = (batch.ended, batch.run) {
-            self.runs.retire(&id, state, self.cfg.clock.now());
+            let now = self.cfg.clock.now();
+            self.runs.retire(&id, state, now);
             self.timers.set(&id, None);
             self.deliverer.close_run(&id);
+            self.history.record(id, now);
+            self.trim_history();
         }
+    }
+
+    /// Deletes from the store the finished runs past `history_max_runs` or
+    /// `history_max_age` (recorded with the next turn's batches).
+    fn trim_history(&mut self) {
+        let old = self.history.expired(self.cfg.clock.now());
+        if old.is_empty() {
+            return;
+        }
+        tracing::info!(
+            runs = old.len(),
+            "deleting finished runs past the history limits"
+        );
+        self.runs.forget(&old);
+        self.commits.push(Batch {
+            ops: history::deletes(&old),
+            ..Batch::default()
+        });
     }
 }
 

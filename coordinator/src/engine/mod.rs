@@ -11,6 +11,7 @@
 mod agents;
 mod commit;
 mod core;
+mod history;
 mod recovery;
 mod runs;
 mod timers;
@@ -55,6 +56,10 @@ pub struct EngineConfig {
     /// Bytes of output lines queued for one watcher (past it, lines are skipped and the
     /// watcher told how many), and kept per run for late watchers.
     pub watch_buffer: usize,
+    /// Finished runs the store keeps, at most; the oldest are deleted.
+    pub history_max_runs: usize,
+    /// Finished runs are deleted from the store this long after they ended.
+    pub history_max_age: Duration,
 }
 
 /// The default `watch_buffer`: 4 MiB of output per watcher.
@@ -72,6 +77,8 @@ impl Default for EngineConfig {
             fenced: CancellationToken::new(),
             clock: Clock::System,
             watch_buffer: DEFAULT_WATCH_BUFFER,
+            history_max_runs: 10_000,
+            history_max_age: Duration::from_secs(30 * 86_400),
         }
     }
 }

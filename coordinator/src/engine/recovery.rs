@@ -2,7 +2,7 @@
 //! to take over, finished runs to show, idempotency keys, webhooks not yet delivered — and the
 //! rerun of a recorded run. Reads only: the interpreter installs what it returns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use factotum_common::constraint::Constraint;
@@ -13,7 +13,7 @@ use factotum_common::webhook::RunMeta;
 use super::runs::{webhooks, FinishedRun, Run, RunParts};
 use crate::model::{EngineError, RunSpec};
 use crate::persist;
-use crate::store::{keys, Store};
+use crate::store::{keys, Store, SCAN_PAGE};
 use crate::webhook::Delivery;
 
 /// What the store holds for a new leader.
@@ -26,6 +26,8 @@ pub(super) struct Recovered {
     pub idempotency: Vec<(String, String)>,
     /// Webhook events not yet delivered, in order per run, with their original event ids.
     pub outbox: Vec<Delivery>,
+    /// When each finished run ended (for the history's limits).
+    pub ended: Vec<(Arc<str>, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// Reads every run, key and outbox entry under the store (except runs already `known`).
@@ -33,39 +35,38 @@ pub(super) async fn load<S: Store>(
     store: &S,
     cfg: &super::EngineConfig,
     known: impl Fn(&str) -> bool,
-    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Recovered, EngineError> {
-    let mut by_run: BTreeMap<String, HashMap<String, Vec<u8>>> = BTreeMap::new();
-    for (key, value) in store.scan("runs/").await? {
-        let Some((id, rest)) = key.strip_prefix("runs/").and_then(|k| k.split_once('/')) else {
-            continue;
-        };
-        by_run
-            .entry(id.to_string())
-            .or_default()
-            .insert(rest.to_string(), value);
-    }
     let mut out = Recovered::default();
-    for (id, keys) in by_run {
-        if known(&id) {
-            continue;
-        }
-        let id: Arc<str> = Arc::from(id.as_str());
-        match restore_run(&id, keys, cfg).await {
-            Ok(run) if run.state.job_state().is_terminal() => {
-                // Finished before the failover: kept for `status` and `runs`.
-                let state = run.state.job_state();
-                let finished = FinishedRun {
-                    info: run.info(now),
-                    summary: run.summarize(state, now),
-                    history: None,
-                    forgotten: 0,
-                };
-                out.finished.push((run.state.started_at(), id, finished));
+    // In pages (a store with thousands of finished runs is more than one answer can carry),
+    // one run at a time: keys come in order, so a run's keys are contiguous.
+    let mut current: Option<(String, HashMap<String, Vec<u8>>)> = None;
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .scan_page("runs/", after.as_deref(), SCAN_PAGE)
+            .await?;
+        let last_page = page.len() < SCAN_PAGE;
+        after = page.last().map(|(k, _)| k.clone());
+        for (key, value) in page {
+            let Some((id, rest)) = key.strip_prefix("runs/").and_then(|k| k.split_once('/')) else {
+                continue;
+            };
+            if current.as_ref().is_some_and(|(c, _)| c != id) {
+                if let Some((done, keys)) = current.take() {
+                    take_over(&mut out, &done, keys, cfg, &known).await;
+                }
             }
-            Ok(run) => out.active.push(run),
-            Err(why) => tracing::error!(run = %id, "cannot take over the run: {why}"),
+            current
+                .get_or_insert_with(|| (id.to_string(), HashMap::new()))
+                .1
+                .insert(rest.to_string(), value);
         }
+        if last_page {
+            break;
+        }
+    }
+    if let Some((done, keys)) = current.take() {
+        take_over(&mut out, &done, keys, cfg, &known).await;
     }
     for (key, value) in store.scan("idempotency/").await? {
         if let (Some(k), Ok(run)) = (
@@ -95,6 +96,47 @@ pub(super) async fn load<S: Store>(
         });
     }
     Ok(out)
+}
+
+/// One recorded run: an active one to take over, or a finished one to show.
+async fn take_over(
+    out: &mut Recovered,
+    id: &str,
+    keys: HashMap<String, Vec<u8>>,
+    cfg: &super::EngineConfig,
+    known: &impl Fn(&str) -> bool,
+) {
+    if known(id) {
+        return;
+    }
+    let id: Arc<str> = Arc::from(id);
+    match restore_run(&id, keys, cfg).await {
+        Ok(run) if run.state.job_state().is_terminal() => {
+            // Finished before the failover: kept for `status` and `runs`, and in the history.
+            let state = run.state.job_state();
+            let ended = ended_at(&run);
+            let finished = FinishedRun {
+                info: run.info(ended),
+                summary: run.summarize(state, ended),
+                history: None,
+                forgotten: 0,
+            };
+            out.ended.push((Arc::clone(&id), ended));
+            out.finished.push((run.state.started_at(), id, finished));
+        }
+        Ok(run) => out.active.push(run),
+        Err(why) => tracing::error!(run = %id, "cannot take over the run: {why}"),
+    }
+}
+
+/// When a finished run ended, by its records: its last task's end, or its start.
+fn ended_at(run: &Run) -> chrono::DateTime<chrono::Utc> {
+    run.state
+        .tasks()
+        .iter()
+        .filter_map(|t| Some(t.started? + chrono::Duration::from_std(t.duration?).ok()?))
+        .max()
+        .unwrap_or_else(|| run.state.started_at())
 }
 
 /// The attempts a restored run records as running: an agent must re-attach them.

@@ -463,6 +463,15 @@ impl Runs {
         }
     }
 
+    /// Forgets finished runs (deleted from the store with the history's limits).
+    pub fn forget(&mut self, ids: &[Arc<str>]) {
+        for id in ids {
+            self.finished.remove(id);
+        }
+        self.finished_order
+            .retain(|id| self.finished.contains_key(id));
+    }
+
     /// Keeps a finished run (newest last), forgetting the oldest past the limit.
     pub fn keep(&mut self, id: Arc<str>, f: FinishedRun) {
         self.finished_order.push_back(Arc::clone(&id));

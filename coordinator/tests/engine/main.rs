@@ -6,6 +6,7 @@
 mod support;
 
 mod commit;
+mod history;
 mod liveness;
 mod placement;
 mod sessions;

@@ -244,10 +244,17 @@ impl Store for TestStore {
     async fn scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.inner.scan(prefix).await
     }
+
+    async fn scan_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.scan_page(prefix, after, limit).await
+    }
 }
 
 pub fn key(op: &StoreOp) -> &str {
-    match op {
-        StoreOp::Put { key, .. } | StoreOp::Delete { key } => key,
-    }
+    op.key()
 }

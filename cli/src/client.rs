@@ -16,6 +16,7 @@ use crate::cli::{Remote, RerunArgs, RunRef, SubmitArgs};
 use crate::console::Console;
 use crate::exit;
 use crate::load::Failure;
+use crate::out::{errln, out, outln};
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_current_thread()
@@ -65,7 +66,7 @@ where
     match result {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("{}", f.message);
+            errln!("{}", f.message);
             f.code
         }
     }
@@ -254,7 +255,7 @@ pub fn submit(args: SubmitArgs) -> u8 {
     let request = match request(&args) {
         Ok(r) => r,
         Err(f) => {
-            eprintln!("{}", f.message);
+            errln!("{}", f.message);
             return f.code;
         }
     };
@@ -331,7 +332,7 @@ async fn started(
     console: Console,
 ) -> Result<u8, Failure> {
     if !wait {
-        println!("{run_id}");
+        outln!("{run_id}");
         return Ok(exit::OK);
     }
     follow(client, run_id, console, true).await
@@ -381,6 +382,9 @@ async fn follow(
                         Some(WatchEvent::Lagged { skipped }) => console.lagged(skipped),
                         Some(WatchEvent::Job { .. }) | None => {}
                     }
+                    if !cancel_on_signal && crate::out::stdout_closed() {
+                        return Ok(exit::OK); // watching only, and nobody reads: stop watching
+                    }
                     continue;
                 }
                 Ok(None) => return Err(Failure {
@@ -429,7 +433,7 @@ pub fn cancel(args: RunRef) -> u8 {
                 })
                 .await
                 .map_err(refused)?;
-            println!("run {run} cancelled");
+            outln!("run {run} cancelled");
             Ok(exit::OK)
         }
     })
@@ -445,24 +449,24 @@ pub fn status(args: RunRef) -> u8 {
                 .await
                 .map_err(refused)?
                 .into_inner();
-            println!("run       {}", s.run_id);
-            println!("job       {} ({})", s.job_name, s.job_reference);
-            println!("state     {}", s.state);
-            println!("started   {}", s.start_time);
-            println!("duration  {}", s.duration);
+            outln!("run       {}", s.run_id);
+            outln!("job       {} ({})", s.job_name, s.job_reference);
+            outln!("state     {}", s.state);
+            outln!("started   {}", s.start_time);
+            outln!("duration  {}", s.duration);
             if !s.rerun_of.is_empty() {
-                println!("rerun of  {}", s.rerun_of);
+                outln!("rerun of  {}", s.rerun_of);
             }
             if !s.tags.is_empty() {
                 let mut tags: Vec<String> =
                     s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 tags.sort();
-                println!("tags      {}", tags.join(", "));
+                outln!("tags      {}", tags.join(", "));
             }
             if !s.waiting_reason.is_empty() {
-                println!("waiting   {}", s.waiting_reason);
+                outln!("waiting   {}", s.waiting_reason);
             }
-            println!();
+            outln!();
             let rows: Vec<[String; 6]> = s
                 .tasks
                 .iter()
@@ -481,7 +485,7 @@ pub fn status(args: RunRef) -> u8 {
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 table(
                     ["TASK", "STATE", "ATTEMPT", "AGENT", "CODE", "REASON"],
@@ -518,7 +522,7 @@ pub fn runs(args: Remote) -> u8 {
                 ]
             })
             .collect();
-        print!(
+        out!(
             "{}",
             table(["RUN", "JOB", "STATE", "TASKS DONE", "STARTED"], &rows)
         );
@@ -561,7 +565,7 @@ pub fn agents(args: Remote) -> u8 {
                 ]
             })
             .collect();
-        print!(
+        out!(
             "{}",
             table(
                 [

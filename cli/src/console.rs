@@ -1,10 +1,12 @@
 //! What `factotum run` prints, with Factotum 0.7's texts.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 
 use factotum_common::format::{console_time, human};
 use factotum_common::run::{Stream, TaskState};
 use factotum_coordinator::{RunSummary, TaskChange};
+
+use crate::out::{self, errln, outln};
 
 /// Colour on or off for this process.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +42,6 @@ impl Console {
     }
 
     pub fn task_changes(&self, changes: &[TaskChange]) {
-        let mut err = std::io::stderr().lock();
         for c in changes {
             let name = self.paint(CYAN, &c.name);
             let line = match (c.previous, c.current) {
@@ -74,16 +75,16 @@ impl Console {
                 }
                 _ => continue,
             };
-            let _ = writeln!(err, "{line}");
+            errln!("{line}");
         }
     }
 
     pub fn output(&self, task: &str, stream: Stream, line: &str) {
-        let text = format!("[{}] {line}\n", self.paint(CYAN, task));
-        let _ = match stream {
-            Stream::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
-            Stream::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
-        };
+        let text = format_args!("[{}] {line}\n", self.paint(CYAN, task));
+        match stream {
+            Stream::Stdout => out::stdout(text),
+            Stream::Stderr => out::stderr(text),
+        }
     }
 
     pub fn summary(&self, s: &RunSummary) {
@@ -94,13 +95,7 @@ impl Console {
             .filter(|(_, st)| *st == TaskState::Skipped)
             .map(|(n, _)| format!("'{n}'"))
             .collect();
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "{ran}/{} tasks run in {}",
-            s.tasks.len(),
-            human(s.duration)
-        );
+        outln!("{ran}/{} tasks run in {}", s.tasks.len(), human(s.duration));
         if let Some(failed) = &s.first_failed {
             let line = if not_run.is_empty() {
                 format!("Factotum job executed abnormally as a task ('{failed}') failed!")
@@ -110,10 +105,9 @@ impl Console {
                     not_run.join(", ")
                 )
             };
-            let _ = writeln!(out, "{}", self.paint(RED, &line));
+            outln!("{}", self.paint(RED, &line));
         } else if let Some(early) = &s.first_no_op {
-            let _ = writeln!(
-                out,
+            outln!(
                 "{}",
                 self.paint(
                     GREEN,
@@ -124,11 +118,10 @@ impl Console {
                 )
             );
         }
-        let _ = out.flush();
     }
 
     pub fn warn(&self, text: &str) {
-        eprintln!("{}", self.paint(YELLOW, &format!("Warn: {text}")));
+        errln!("{}", self.paint(YELLOW, &format!("Warn: {text}")));
     }
 
     /// This watcher fell behind the run's output and some lines were not sent to it.
@@ -139,7 +132,7 @@ impl Console {
     }
 
     pub fn error(&self, text: &str) {
-        eprintln!("{}", self.paint(RED, &format!("Error: {text}")));
+        errln!("{}", self.paint(RED, &format!("Error: {text}")));
     }
 }
 

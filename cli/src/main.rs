@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod console;
 mod load;
+mod out;
 mod run;
 
 use std::process::ExitCode;

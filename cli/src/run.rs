@@ -20,10 +20,11 @@ use crate::cli::{DotArgs, RunArgs, ValidateArgs};
 use crate::console::{command_table, Console};
 use crate::exit;
 use crate::load::{self, Failure};
+use crate::out::{errln, out, outln};
 
 /// Prints a failure and returns its exit code.
 fn fail(f: Failure) -> u8 {
-    eprintln!("{}", f.message);
+    errln!("{}", f.message);
     f.code
 }
 
@@ -37,7 +38,7 @@ pub fn validate(args: ValidateArgs) -> u8 {
         Ok(ff) => {
             // Planning cannot fail on a valid factfile; doing it proves the graph is runnable.
             let _plan = Plan::new(&ff);
-            println!("'{}' is a valid Factfile!", args.factfile.display());
+            outln!("'{}' is a valid Factfile!", args.factfile.display());
             exit::OK
         }
         Err(f) => fail(f),
@@ -56,8 +57,7 @@ pub fn dot(args: DotArgs) -> u8 {
     };
     let text = factotum_common::dot::render(&plan);
     let Some(path) = args.output else {
-        print!("{text}");
-        let _ = std::io::stdout().flush();
+        out!("{text}");
         return exit::OK;
     };
     let mut open = std::fs::OpenOptions::new();
@@ -72,7 +72,7 @@ pub fn dot(args: DotArgs) -> u8 {
         .and_then(|mut f| f.write_all(text.as_bytes()))
     {
         Ok(()) => {
-            println!("File written successfully");
+            outln!("File written successfully");
             exit::OK
         }
         Err(e) => fail(Failure::args(format!(
@@ -168,7 +168,7 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
                 (task.name.to_string(), task.command_line.clone())
             })
             .collect();
-        print!("{}", command_table(&rows));
+        out!("{}", command_table(&rows));
     }
     Ok(Some(run))
 }

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use factotum_common::run::{Outcome, Stream, TaskResult};
-use factotum_common::tail::Tail;
+use factotum_common::tail::{last_chars, Tail};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -17,6 +17,12 @@ use crate::kill::Escalation;
 /// How long to keep reading output after the task exited, for lines still in the pipes. A
 /// background process that inherited the pipes can hold them open forever; we don't wait for it.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// The most bytes of one output line held at once. A longer line (or output with no newline at
+/// all) is passed on in pieces of at most this size, each reported as a line of its own, so what
+/// a task prints never costs more than this per pipe. Pieces end on a character boundary; the
+/// result's tails keep the line's bytes as written (no newline added between pieces).
+pub const MAX_LINE: usize = 1 << 20;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -119,8 +125,11 @@ pub async fn execute(
             .take()
             .map(|p| Pipe::new(Box::new(p), Stream::Stderr)),
     ];
-    let mut stdout = Tail::new(spec.max_output);
-    let mut stderr = Tail::new(spec.max_output);
+    let mut stdout = Tails::new(spec.max_output);
+    let mut stderr = Tails::new(spec.max_output);
+    // Through a shim: the stream of the framed line whose first piece came last, while its
+    // further pieces are still to come.
+    let mut framed_stream: Option<Stream> = None;
     let mut status = None;
     let mut stopping = Escalation::new(pid, spec.kill_grace);
     let mut drain_deadline: Option<tokio::time::Instant> = None;
@@ -133,15 +142,15 @@ pub async fn execute(
         }
         let kill_at = stopping.kill_at();
         let [out, err] = &mut pipes;
-        let line = tokio::select! {
+        let piece = tokio::select! {
             s = child.wait(), if status.is_none() => {
                 tracing::debug!(pid, "process exited");
                 status = Some(s);
                 drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
                 None
             }
-            l = next_line(out) => l,
-            l = next_line(err) => l,
+            l = next_piece(out) => l,
+            l = next_piece(err) => l,
             _ = cancel.cancelled(), if !stopping.stopping() && status.is_none() => {
                 stopping.stop(tokio::time::Instant::now());
                 None
@@ -152,24 +161,49 @@ pub async fn execute(
             }
             _ = sleep_until(drain_deadline), if drain_deadline.is_some() => break,
         };
-        // Through a shim, stdout carries framed events (see crate::shim).
-        let line = match line {
-            Some((Stream::Stdout, l)) if framed => match frame::parse_frame(&l) {
-                Some(Frame::Line(stream, text)) => Some((stream, text.to_string())),
-                Some(Frame::Exit(recorded)) => {
-                    shim_code = Some(recorded.code);
-                    None
+        // Through a shim, stdout carries framed events (see crate::shim); the further pieces of
+        // a long framed line belong to the stream its first piece named.
+        let piece = match piece {
+            Some(p) if framed && p.stream == Stream::Stdout && p.continues => {
+                let stream = framed_stream;
+                if p.ends {
+                    framed_stream = None;
                 }
-                None => None,
-            },
+                stream.map(|stream| Piece { stream, ..p })
+            }
+            Some(p) if framed && p.stream == Stream::Stdout => {
+                framed_stream = None;
+                match frame::parse_frame(&p.text) {
+                    Some(Frame::Line(stream, text)) => {
+                        if !p.ends {
+                            framed_stream = Some(stream);
+                        }
+                        Some(Piece {
+                            stream,
+                            text: text.to_string(),
+                            ..p
+                        })
+                    }
+                    Some(Frame::Exit(recorded)) => {
+                        shim_code = Some(recorded.code);
+                        None
+                    }
+                    None => None,
+                }
+            }
             other => other,
         };
-        if let Some((stream, line)) = line {
-            match stream {
-                Stream::Stdout => stdout.push_line(&line),
-                Stream::Stderr => stderr.push_line(&line),
+        if let Some(p) = piece {
+            match p.stream {
+                Stream::Stdout => stdout.push(&p),
+                Stream::Stderr => stderr.push(&p),
             }
-            let _ = events.send(ExecEvent::Line { stream, line }).await;
+            // A line that ended right where its last piece was cut leaves an empty end: nothing
+            // more to show.
+            if !(p.continues && p.text.is_empty()) {
+                let (stream, line) = (p.stream, p.text);
+                let _ = events.send(ExecEvent::Line { stream, line }).await;
+            }
         }
         for p in pipes.iter_mut() {
             if p.as_ref().is_some_and(|p| p.closed) {
@@ -185,9 +219,50 @@ pub async fn execute(
     };
     TaskResult {
         outcome,
-        stdout: stdout.as_str().to_string(),
-        stderr: stderr.as_str().to_string(),
+        stdout: stdout.finish(),
+        stderr: stderr.finish(),
         duration: begun.elapsed(),
+    }
+}
+
+/// A stream's tail, fed piece by piece: a line cut in pieces is added to the tail whole, as
+/// written, once it ends (only its last `max` characters are held meanwhile).
+struct Tails {
+    tail: Tail,
+    /// The line being passed on in pieces, so far (its last `max` characters).
+    partial: String,
+    max: usize,
+}
+
+impl Tails {
+    fn new(max: usize) -> Tails {
+        Tails {
+            tail: Tail::new(max),
+            partial: String::new(),
+            max,
+        }
+    }
+
+    fn push(&mut self, p: &Piece) {
+        if p.ends && self.partial.is_empty() {
+            self.tail.push_line(&p.text);
+            return;
+        }
+        self.partial.push_str(&p.text);
+        let keep = last_chars(&self.partial, self.max).len();
+        self.partial.drain(..self.partial.len() - keep);
+        if p.ends {
+            self.tail.push_line(&self.partial);
+            self.partial.clear();
+        }
+    }
+
+    /// The tail, with a line still in pieces (its end never came) as far as it got.
+    fn finish(mut self) -> String {
+        if !self.partial.is_empty() {
+            self.tail.push_line(&self.partial);
+        }
+        self.tail.as_str().to_string()
     }
 }
 
@@ -233,12 +308,15 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// One output pipe, read line by line.
+/// One output pipe, read line by line, a long line in pieces of at most [`MAX_LINE`] bytes.
 struct Pipe {
     reader: BufReader<Box<dyn AsyncRead + Unpin + Send>>,
     stream: Stream,
-    /// Bytes of the line being read; kept across polls, so a read cut short by `select!` loses nothing.
+    /// Bytes of the line (or piece) being read; kept across polls, so a read cut short by
+    /// `select!` loses nothing.
     buf: Vec<u8>,
+    /// The next piece continues a line whose start was already passed on.
+    continues: bool,
     closed: bool,
 }
 
@@ -248,28 +326,99 @@ impl Pipe {
             reader: BufReader::new(pipe),
             stream,
             buf: Vec::new(),
+            continues: false,
             closed: false,
+        }
+    }
+
+    /// What `buf` holds as a piece: up to its newline (`ends`), or cut at `MAX_LINE` on a
+    /// character boundary (the bytes of a character cut in two wait for the next piece).
+    fn take(&mut self, ends: bool) -> Piece {
+        let mut bytes = if ends {
+            std::mem::take(&mut self.buf)
+        } else {
+            let rest = self.buf.split_off(utf8_boundary(&self.buf));
+            std::mem::replace(&mut self.buf, rest)
+        };
+        if ends {
+            strip_newline(&mut bytes);
+        }
+        let continues = std::mem::replace(&mut self.continues, !ends);
+        let text = String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Piece {
+            stream: self.stream,
+            text,
+            continues,
+            ends,
         }
     }
 }
 
-/// The next line of a pipe (`None` for a pipe that is gone: never ready).
-async fn next_line(pipe: &mut Option<Pipe>) -> Option<(Stream, String)> {
+/// A line, or a piece of one.
+#[derive(Debug)]
+struct Piece {
+    stream: Stream,
+    /// Without its newline.
+    text: String,
+    /// It continues the line the previous piece of its pipe started.
+    continues: bool,
+    /// The line ends with it.
+    ends: bool,
+}
+
+/// How much of `bytes` ends on a character boundary: all of it, unless it ends inside a UTF-8
+/// character (then up to that character's first byte).
+fn utf8_boundary(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let b = bytes[bytes.len() - back];
+        if b & 0xC0 == 0x80 {
+            continue; // a continuation byte: the character started further back
+        }
+        let width = match b {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if width > back {
+            bytes.len() - back
+        } else {
+            bytes.len()
+        };
+    }
+    bytes.len()
+}
+
+/// The next line or piece of a pipe (`None` for a pipe that is gone: never ready).
+async fn next_piece(pipe: &mut Option<Pipe>) -> Option<Piece> {
     let Some(p) = pipe.as_mut().filter(|p| !p.closed) else {
         return std::future::pending().await;
     };
-    let n = p.reader.read_until(b'\n', &mut p.buf).await.unwrap_or(0);
-    if n == 0 {
-        p.closed = true;
-        if p.buf.is_empty() {
-            return None;
+    loop {
+        let available = p.reader.fill_buf().await.unwrap_or(&[]);
+        if available.is_empty() {
+            // The end: a last line without a newline, if any.
+            p.closed = true;
+            if p.buf.is_empty() {
+                return None;
+            }
+            return Some(p.take(true));
+        }
+        let room = MAX_LINE - p.buf.len();
+        let window = &available[..available.len().min(room)];
+        if let Some(i) = window.iter().position(|&b| b == b'\n') {
+            p.buf.extend_from_slice(&window[..=i]);
+            p.reader.consume(i + 1);
+            return Some(p.take(true));
+        }
+        let n = window.len();
+        p.buf.extend_from_slice(window);
+        p.reader.consume(n);
+        if p.buf.len() >= MAX_LINE {
+            return Some(p.take(false));
         }
     }
-    let mut line = std::mem::take(&mut p.buf);
-    if !strip_newline(&mut line) {
-        p.closed = true; // a last line without a newline: EOF follows
-    }
-    Some((p.stream, String::from_utf8_lossy(&line).into_owned()))
 }
 
 #[cfg(test)]
@@ -417,6 +566,100 @@ mod tests {
                 file.display()
             ))
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The lines a run reported, as (stream, text).
+    async fn run_lines(spec: &ExecSpec) -> (TaskResult, Vec<(Stream, String)>) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let res = execute(spec, tx, CancellationToken::new()).await;
+        let mut lines = vec![];
+        while let Ok(e) = rx.try_recv() {
+            if let ExecEvent::Line { stream, line } = e {
+                lines.push((stream, line));
+            }
+        }
+        (res, lines)
+    }
+
+    #[tokio::test]
+    async fn a_line_longer_than_the_cap_comes_in_pieces_and_the_tail_keeps_its_bytes() {
+        // 2.5 MiB of 'a' with no newline at all, then (on stderr) a line of exactly the cap.
+        let line = format!(
+            "head -c {} /dev/zero | tr '\\0' a; head -c {MAX_LINE} /dev/zero | tr '\\0' b >&2; printf '\\nafter\\n' >&2",
+            MAX_LINE * 5 / 2
+        );
+        let (res, lines) = run_lines(&spec(&line)).await;
+        assert_eq!(res.outcome, Outcome::Exited(0));
+        let sizes: Vec<(Stream, usize)> = lines.iter().map(|(s, l)| (*s, l.len())).collect();
+        let mut out: Vec<usize> = sizes
+            .iter()
+            .filter(|(s, _)| *s == Stream::Stdout)
+            .map(|(_, n)| *n)
+            .collect();
+        out.sort();
+        assert_eq!(out, [MAX_LINE / 2, MAX_LINE, MAX_LINE]);
+        let err: Vec<&String> = lines
+            .iter()
+            .filter(|(s, _)| *s == Stream::Stderr)
+            .map(|(_, l)| l)
+            .collect();
+        assert_eq!(
+            err.len(),
+            2,
+            "a line of exactly the cap is one piece, its newline no extra line"
+        );
+        assert_eq!(err[0].len(), MAX_LINE);
+        assert_eq!(err[1], "after");
+        // The tails hold the bytes as written: no newline where a line was cut.
+        assert_eq!(res.stdout, "a".repeat(10_000));
+        assert_eq!(res.stderr, format!("{}\nafter", "b".repeat(10_000 - 6)));
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_cut_between_characters() {
+        // 'x' then two-byte characters: the cap falls inside one of them.
+        let n = MAX_LINE / 2 + 10;
+        let line = format!("printf x; yes é | head -n {n} | tr -d '\\n'");
+        let (res, lines) = run_lines(&spec(&line)).await;
+        assert_eq!(res.outcome, Outcome::Exited(0));
+        assert_eq!(lines.len(), 2);
+        let whole: String = lines.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(whole, format!("x{}", "é".repeat(n)));
+        assert_eq!(lines[0].1.len(), MAX_LINE - 1);
+    }
+
+    #[tokio::test]
+    async fn a_long_framed_line_keeps_its_stream_across_pieces() {
+        // A stand-in for the shim: framed lines on stdout, the first longer than the cap.
+        let dir = scratch("framed");
+        let exe = dir.join("factotum-shim");
+        std::fs::write(
+            &exe,
+            format!(
+                "#!/bin/sh\nprintf 2; head -c {} /dev/zero | tr '\\0' e\nprintf '\\n1out\\nX3 1000\\n'\n",
+                MAX_LINE * 2
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut s = spec("unused");
+        s.shim = Some((exe, dir.clone()));
+        let (res, lines) = run_lines(&s).await;
+        assert_eq!(res.outcome, Outcome::Exited(3));
+        let got: Vec<(Stream, usize)> = lines.iter().map(|(s, l)| (*s, l.len())).collect();
+        assert_eq!(
+            got,
+            [
+                (Stream::Stderr, MAX_LINE - 1),
+                (Stream::Stderr, MAX_LINE),
+                (Stream::Stderr, 1),
+                (Stream::Stdout, 3)
+            ]
+        );
+        assert_eq!(res.stderr, "e".repeat(10_000));
+        assert_eq!(res.stdout, "out");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -143,6 +143,14 @@ impl HolderRecord {
         format!("runs/{run}/holders/{task:08}")
     }
 
+    /// The write that records it for `task` of `run`.
+    pub fn put(&self, run: &str, task: u32) -> crate::store::StoreOp {
+        crate::store::StoreOp::Put {
+            key: HolderRecord::key(run, task),
+            value: serde_json::to_vec(self).unwrap_or_default(),
+        }
+    }
+
     /// The holder records under `runs/<run>/holders/`, by task.
     pub fn read_all(run: &str, kvs: &[(String, Vec<u8>)]) -> HashMap<u32, HolderRecord> {
         let prefix = format!("runs/{run}/holders/");

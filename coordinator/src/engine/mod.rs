@@ -14,6 +14,7 @@ mod core;
 mod history;
 mod recovery;
 mod runs;
+mod sessions;
 mod timers;
 mod watchers;
 
@@ -266,5 +267,3 @@ impl Engine {
     }
 }
 
-#[cfg(test)]
-mod tests;

@@ -266,4 +266,3 @@ impl Engine {
         self.deliverer.flush(timeout).await
     }
 }
-

@@ -39,9 +39,18 @@ pub fn election_name(prefix: &str) -> String {
     format!("{}/leader", prefix.trim_end_matches('/'))
 }
 
+/// How long one etcd call of the election may take before it counts as failed (the election
+/// client itself has no timeout: a campaign blocks until won).
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Grants a lease, keeps it alive in the background, and campaigns until this coordinator
 /// leads (or `life`'s token fires; it also ends the keep-alive, and so the term). `value` is
 /// the advertised address followers send clients to.
+///
+/// Nothing etcd does ends the campaign: a failed grant, a campaign cut by a member that died,
+/// a lease that expired meanwhile — each is logged and tried again with [`Backoff`] (the client
+/// balances over every endpoint, so a retry reaches a live member). Only `life`'s token ends it
+/// early, with [`LeaderError::Stopped`].
 pub async fn campaign(
     client: &Client,
     name: &str,
@@ -51,15 +60,74 @@ pub async fn campaign(
 ) -> Result<Leadership, LeaderError> {
     let stop = &life.token;
     let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
-    let lease = client.lease_client().grant(ttl_secs, None).await?.id();
-    let lost = CancellationToken::new();
-    life.spawn(keep_alive(
-        client.clone(),
-        lease,
-        ttl,
-        lost.clone(),
-        stop.clone(),
-    ));
+    let mut backoff = Backoff::default();
+    // The lease campaigned with, and its `lost` token; kept across retries while it lives
+    // (campaigning again with the same lease finds the same key).
+    let mut held: Option<(i64, CancellationToken)> = None;
+    loop {
+        if stop.is_cancelled() {
+            return Err(LeaderError::Stopped);
+        }
+        let (lease, lost) = match &held {
+            Some((lease, lost)) if !lost.is_cancelled() => (*lease, lost.clone()),
+            _ => {
+                let mut leases = client.lease_client();
+                let granted = tokio::select! {
+                    r = tokio::time::timeout(CALL_TIMEOUT, leases.grant(ttl_secs, None)) => r,
+                    _ = stop.cancelled() => return Err(LeaderError::Stopped),
+                };
+                match granted {
+                    Ok(Ok(resp)) => {
+                        let lost = CancellationToken::new();
+                        life.spawn(keep_alive(
+                            client.clone(),
+                            resp.id(),
+                            ttl,
+                            lost.clone(),
+                            stop.clone(),
+                        ));
+                        held = Some((resp.id(), lost.clone()));
+                        (resp.id(), lost)
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "could not get a leader lease from etcd; trying again");
+                        if !backoff.wait(stop).await {
+                            return Err(LeaderError::Stopped);
+                        }
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::warn!("etcd did not grant a leader lease in time; trying again");
+                        if !backoff.wait(stop).await {
+                            return Err(LeaderError::Stopped);
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        match campaign_once(client, name, value, lease, &lost, stop).await {
+            Ok(won) => return Ok(won),
+            Err(LeaderError::Stopped) => return Err(LeaderError::Stopped),
+            Err(e) => {
+                tracing::warn!(error = %e, "the campaign for leadership was interrupted; campaigning again");
+                if !backoff.wait(stop).await {
+                    return Err(LeaderError::Stopped);
+                }
+            }
+        }
+    }
+}
+
+/// One campaign with `lease`, until won or failed.
+async fn campaign_once(
+    client: &Client,
+    name: &str,
+    value: &str,
+    lease: i64,
+    lost: &CancellationToken,
+    stop: &CancellationToken,
+) -> Result<Leadership, LeaderError> {
     let mut election = client.election_client();
     let resp = tokio::select! {
         r = election.campaign(name, value, lease) => r?,
@@ -68,7 +136,9 @@ pub async fn campaign(
     };
     let leader = resp.leader().ok_or(LeaderError::NoKey)?.clone();
     // Winning is only real if the key is still there with the revision we were given.
-    let got = client.kv_client().get(leader.key(), None).await?;
+    let got = tokio::time::timeout(CALL_TIMEOUT, client.kv_client().get(leader.key(), None))
+        .await
+        .map_err(|_| LeaderError::KeyGone)??;
     let rev = got.kvs().first().map(|kv| kv.create_revision());
     if rev != Some(leader.rev()) {
         return Err(LeaderError::KeyGone);
@@ -77,7 +147,7 @@ pub async fn campaign(
         key: leader.key().to_vec(),
         rev: leader.rev(),
         leader,
-        lost,
+        lost: lost.clone(),
     })
 }
 
@@ -94,11 +164,26 @@ pub async fn resign(client: &Client, leadership: &Leadership) -> Result<(), Lead
 
 /// The advertised address of the current leader, if there is one.
 pub async fn current(client: &Client, name: &str) -> Option<String> {
-    let resp = client.election_client().leader(name).await.ok()?;
+    let resp = tokio::time::timeout(CALL_TIMEOUT, client.election_client().leader(name))
+        .await
+        .ok()?
+        .ok()?;
     let kv = resp.kv()?;
     String::from_utf8(kv.value().to_vec()).ok()
 }
 
+/// How long before the lease would expire a leader that could not renew it gives leadership
+/// up: a third of the TTL, at least 500 ms (and never more than the TTL).
+pub fn step_down_after(ttl: Duration) -> Duration {
+    ttl.saturating_sub((ttl / 3).max(Duration::from_millis(500)))
+        .max(Duration::from_millis(100))
+}
+
+/// Renews `lease` every third of its TTL. Each renewal counts from the moment it was sent (the
+/// lease lives at most `ttl` from then); a renewal that fails or takes too long is tried again
+/// within 200 ms, on a new stream (the client picks a live member). When no renewal got
+/// through for [`step_down_after`], `lost` fires: the term ends before etcd lets the lease
+/// expire, so the old leader has let go before a standby can win.
 async fn keep_alive(
     client: Client,
     lease: i64,
@@ -107,34 +192,85 @@ async fn keep_alive(
     stop: CancellationToken,
 ) {
     let every = (ttl / 3).max(Duration::from_millis(200));
-    // The lease lives until `ttl` after the last successful renewal; past that, it is gone.
+    let retry = Duration::from_millis(200).min(every);
+    let give_up = step_down_after(ttl);
     let mut renewed = tokio::time::Instant::now();
-    // The keep-alive stream breaks when etcd restarts: it is opened again as needed.
+    // The keep-alive stream breaks when a member dies: it is opened again as needed.
     let mut stream = None;
     loop {
-        if stream.is_none() {
-            stream = client.lease_client().keep_alive(lease).await.ok();
-        }
-        let ok = match stream.as_mut() {
-            Some((keeper, responses)) => {
-                keeper.keep_alive().await.is_ok()
-                    && matches!(tokio::time::timeout(every, responses.message()).await, Ok(Ok(Some(r))) if r.ttl() > 0)
+        let sent = tokio::time::Instant::now();
+        // No single call may outlive the time left before stepping down.
+        let budget = give_up
+            .saturating_sub(renewed.elapsed())
+            .clamp(Duration::from_millis(50), every);
+        let attempt = async {
+            if stream.is_none() {
+                stream = client.lease_client().keep_alive(lease).await.ok();
             }
-            None => false,
+            match stream.as_mut() {
+                Some((keeper, responses)) => {
+                    keeper.keep_alive().await.is_ok()
+                        && matches!(responses.message().await, Ok(Some(r)) if r.ttl() > 0)
+                }
+                None => false,
+            }
+        };
+        let ok = tokio::select! {
+            r = tokio::time::timeout(budget, attempt) => matches!(r, Ok(true)),
+            _ = stop.cancelled() => return,
         };
         if ok {
-            renewed = tokio::time::Instant::now();
+            renewed = sent;
         } else {
             stream = None;
-            if renewed.elapsed() >= ttl {
-                tracing::error!(lease, "the leader lease expired");
+            if renewed.elapsed() >= give_up {
+                tracing::error!(
+                    lease,
+                    unrenewed_ms = renewed.elapsed().as_millis() as u64,
+                    ttl_ms = ttl.as_millis() as u64,
+                    "the leader lease could not be renewed: giving leadership up before it expires"
+                );
                 lost.cancel();
                 return;
             }
         }
+        let pause = if ok { every } else { retry };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.cancelled() => return,
+        }
+    }
+}
+/// Retry pacing for etcd calls that must not fail the coordinator: 200 ms doubling to 5 s,
+/// each wait jittered (50–100 %) so replicas do not retry in step.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+
+    /// The next wait (and doubles the one after).
+    pub fn next_wait(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        base.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    /// Waits the next delay; `false` when `stop` fired meanwhile.
+    pub async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        let wait = self.next_wait();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = stop.cancelled() => false,
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The leadership lifecycle of a coordinator with etcd: follow until elected, lead until the
 //! term ends, then follow again — without exiting. A term ends when a signal asks this
 //! coordinator to stop (it resigns, so a standby takes over at once), when its leader lease
-//! expires, or when a fenced write fails (another coordinator leads).
+//! could not be renewed for most of its TTL (it steps down before etcd lets the lease expire,
+//! so its agents move to the next leader at once), or when a fenced write fails (another
+//! coordinator leads). No etcd fault ends the node: a campaign cut by a dead member, a lease
+//! that cannot be granted, are tried again with backoff ([`leader::campaign`]).
 //!
 //! The life is a named state moved forward in one loop ([`Node::run`]): [`Role::Following`]
 //! publishes where the leader is (for the follower's UNAVAILABLE answers and agents);
@@ -176,7 +179,7 @@ impl Node {
         tokio::select! {
             _ = stop.cancelled() => TermEnd::Stop,
             _ = term.leadership.lost.cancelled() => {
-                tracing::error!("lost leadership (the leader lease expired): stepping down to follow");
+                tracing::error!("lost leadership (the leader lease could not be renewed): stepping down to follow; agent sessions closed");
                 TermEnd::LeaseExpired
             }
             _ = term.fenced.cancelled() => {

@@ -10,8 +10,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use factotum_common::run::{clamp_max_output, MAX_TAIL};
 use factotum_common::run::{Outcome, Stream};
-use factotum_common::tail::Tail;
+use factotum_common::tail::{last_bytes, Tail};
 use factotum_proto::{agent_message, attempt_result, AttemptResult, Lease, LeaseRef, Started};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -174,7 +175,7 @@ impl Attempts {
                 let _ = fs::remove_dir_all(&dir);
                 continue;
             };
-            let max = lease.max_output as usize;
+            let max = clamp_max_output(lease.max_output as usize);
             let pid = fs::read_to_string(dir.join(shim::PID))
                 .ok()
                 .and_then(|p| p.trim().parse::<i32>().ok());
@@ -206,7 +207,7 @@ async fn run_attempt(
     let pid_file = shim.as_ref().map(|(_, dir)| dir.join(shim::PID));
     let spec = ExecSpec {
         command_line: lease.command_line,
-        max_output: lease.max_output as usize,
+        max_output: clamp_max_output(lease.max_output as usize),
         dry_run: lease.dry_run,
         kill_grace,
         shim,
@@ -387,11 +388,20 @@ fn result_msg(
     stderr: String,
     d: Duration,
 ) -> AttemptResult {
+    // By construction a result fits any `--max-message-size` (at least 4 MiB): each tail at
+    // most MAX_TAIL bytes, whatever the lease asked for (a coordinator may be older).
+    let cut = |s: String| {
+        if s.len() <= MAX_TAIL {
+            s
+        } else {
+            last_bytes(&s, MAX_TAIL).to_string()
+        }
+    };
     AttemptResult {
         lease: Some(r.clone()),
         outcome: Some(outcome),
-        stdout_tail: stdout,
-        stderr_tail: stderr,
+        stdout_tail: cut(stdout),
+        stderr_tail: cut(stderr),
         duration_nanos: u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
     }
 }
@@ -438,6 +448,32 @@ mod tests {
             assert!(!shim_alive(i32::try_from(child.id()).unwrap(), &dir));
         }
         let _ = fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn a_result_carries_at_most_max_tail_bytes_of_each_stream() {
+        let r = LeaseRef {
+            run_id: "run".into(),
+            task: 0,
+            attempt: 1,
+            epoch: 0,
+        };
+        // 2 MiB of two-byte characters: within a 1 Mi-character tail, but over MAX_TAIL bytes.
+        let big = "é".repeat(1 << 20);
+        let f = result_msg(
+            &r,
+            attempt_result::Outcome::ExitCode(0),
+            big.clone(),
+            "small".into(),
+            Duration::from_secs(1),
+        );
+        assert!(f.stdout_tail.len() <= MAX_TAIL, "{}", f.stdout_tail.len());
+        assert!(f.stdout_tail.len() >= MAX_TAIL - 1);
+        assert!(big.ends_with(&f.stdout_tail));
+        assert_eq!(f.stderr_tail, "small");
+        assert!(prost::Message::encoded_len(&f) < factotum_common::run::MIN_MAX_MESSAGE / 2);
+        // A lease asking for more keeps MAX_TAIL characters.
+        assert_eq!(clamp_max_output(10_000_000), MAX_TAIL);
     }
 
     #[test]

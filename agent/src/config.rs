@@ -65,6 +65,12 @@ pub struct AgentArgs {
     /// what still runs. Without it, tasks are the agent's children and die with it.
     #[arg(long, env = "FACTOTUM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The largest gRPC message this agent sends or accepts; set it to the coordinators'
+    /// `--max-message-size`. What the agent sends stays well under it by construction: results
+    /// carry at most 512 KiB of each stream, output travels in pieces of at most 1 MiB.
+    #[arg(long, env = "FACTOTUM_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value = "16MiB",
+          value_parser = factotum_service::size::at_least(factotum_common::run::MIN_MAX_MESSAGE as u64))]
+    pub max_message_size: usize,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(
         long,
@@ -81,6 +87,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// Without a coordinator this long, running tasks are stopped.
     pub disconnect_limit: Duration,
+    /// `--max-message-size`: the session's encode and decode limits.
+    pub max_message: usize,
 }
 
 /// The coordinators' addresses, checked, without duplicates, in the order given. Never empty.
@@ -144,6 +152,7 @@ impl AgentArgs {
         let config = Config {
             agent,
             disconnect_limit: self.disconnect_limit,
+            max_message: self.max_message_size,
         };
         Ok((config, endpoints))
     }

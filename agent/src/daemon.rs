@@ -47,6 +47,7 @@ async fn serve(
     let Config {
         agent: cfg,
         disconnect_limit,
+        max_message,
     } = config;
     if let Some(dir) = &cfg.state_dir {
         std::fs::create_dir_all(dir.join("attempts"))
@@ -97,7 +98,7 @@ async fn serve(
             }
         }
         let event = match &conn {
-            Conn::Connecting { target, .. } => match connect(target, life).await {
+            Conn::Connecting { target, .. } => match connect(target, max_message, life).await {
                 Ok(l) => {
                     systemd.connected(target);
                     tracing::info!(coordinator = %target, running = agent.running(), "connected");
@@ -197,12 +198,14 @@ fn draw(delay: Delay) -> Duration {
 
 /// Opens a session stream to `url` and pumps it into a [`Link`] (the pump is tracked by `life`
 /// and ends with the stream or with `life`). A follower answers with an error naming the leader.
-async fn connect(url: &str, life: &Lifecycle) -> anyhow::Result<Link> {
+async fn connect(url: &str, max_message: usize, life: &Lifecycle) -> anyhow::Result<Link> {
     let endpoint = endpoint(url)?;
     let (out_tx, out_rx) = mpsc::channel(1024);
     let open = async {
         let channel = endpoint.connect().await?;
         let response = AgentsClient::new(channel)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message)
             .agent_session(ReceiverStream::new(out_rx))
             .await?;
         anyhow::Ok(response.into_inner())

@@ -120,7 +120,8 @@ pub struct JobArgs {
     /// hold). `run` checks this machine and runs nothing if it does not match.
     #[arg(long, value_name = "KIND,VALUE")]
     pub constraint: Vec<String>,
-    /// Characters of each task's stdout and stderr kept for webhooks.
+    /// Characters of each task's stdout and stderr kept for webhooks (at most 524288, what a
+    /// result can carry: a larger value is clamped to it, with a warning).
     #[arg(
         long,
         value_name = "N",
@@ -128,6 +129,21 @@ pub struct JobArgs {
         env = "FACTOTUM_MAX_STDOUTERR_SIZE"
     )]
     pub max_stdouterr_size: usize,
+}
+
+impl JobArgs {
+    /// `--max-stdouterr-size` as applied: clamped to what a result can carry
+    /// ([`factotum_common::run::MAX_TAIL`]), saying so on stderr when it is.
+    pub fn max_output(&self) -> usize {
+        let kept = factotum_common::run::clamp_max_output(self.max_stdouterr_size);
+        if kept < self.max_stdouterr_size {
+            crate::out::errln!(
+                "Warning: --max-stdouterr-size {} is more than a task's result can carry; keeping the last {kept} characters of each stream",
+                self.max_stdouterr_size
+            );
+        }
+        kept
+    }
 }
 
 #[derive(Debug, Args)]

@@ -222,7 +222,22 @@ async fn connect(url: &str) -> Result<JobsClient<Channel>, String> {
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
-    Ok(JobsClient::new(channel))
+    let limit = max_message_size();
+    Ok(JobsClient::new(channel)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit))
+}
+
+/// The largest message the CLI sends or accepts: `FACTOTUM_MAX_MESSAGE_SIZE` (the variable
+/// the coordinator and agents read for `--max-message-size`), else 16 MiB.
+fn max_message_size() -> usize {
+    std::env::var("FACTOTUM_MAX_MESSAGE_SIZE")
+        .ok()
+        .and_then(|v| factotum_service::size::parse_size(&v).ok())
+        .and_then(|n| usize::try_from(n).ok())
+        .map_or(factotum_common::run::DEFAULT_MAX_MESSAGE, |n| {
+            n.max(factotum_common::run::MIN_MAX_MESSAGE)
+        })
 }
 
 /// A refused request, with the exit code `factotum run` would give the same problem.
@@ -317,7 +332,7 @@ fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
             Placement::Sticky => pb::Placement::Sticky as i32,
             Placement::Spread => pb::Placement::Spread as i32,
         }),
-        max_output: u32::try_from(args.job.max_stdouterr_size).unwrap_or(u32::MAX),
+        max_output: u32::try_from(args.job.max_output()).unwrap_or(u32::MAX),
         dry_run: args.job.dry_run,
         allow_concurrent: args.allow_concurrent,
         idempotency_key: args.idempotency_key.clone().unwrap_or_default(),

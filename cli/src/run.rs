@@ -129,11 +129,12 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
         webhooks: args.job.webhook.clone(),
         constraints,
         placement: Some(Placement::Sticky),
-        max_output: args.job.max_stdouterr_size,
+        max_output: args.job.max_output(),
         dry_run: args.job.dry_run,
         allow_concurrent: true,
         idempotency_key: None,
         render_limits: args.render.limits(),
+        max_message: 0,
     })?;
     // Factotum's local constraint check: this machine must satisfy every host constraint.
     if !run.constraints.is_empty() {

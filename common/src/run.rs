@@ -271,6 +271,25 @@ pub struct RestoredTask {
 /// Characters of output kept per stream unless told otherwise (`--max-stdouterr-size`).
 pub const DEFAULT_MAX_OUTPUT: usize = 10_000;
 
+/// The most of one stream a result carries, whatever `--max-stdouterr-size` asks: characters
+/// kept, and also bytes (a tail is cut to this many bytes too). Two tails and the rest of a
+/// result stay well under the smallest `--max-message-size` ([`MIN_MAX_MESSAGE`]) and a task's
+/// store record under etcd's 1.5 MiB request limit.
+pub const MAX_TAIL: usize = 512 * 1024;
+
+/// The default of `--max-message-size`: the largest gRPC message a coordinator, an agent or
+/// the CLI sends or accepts.
+pub const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// The smallest `--max-message-size` accepted (tonic's own default): a result with two full
+/// tails ([`MAX_TAIL`]) and an output line (1 MiB) always fit.
+pub const MIN_MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// `--max-stdouterr-size` as it is applied: at most [`MAX_TAIL`].
+pub fn clamp_max_output(requested: usize) -> usize {
+    requested.min(MAX_TAIL)
+}
+
 /// Options fixed for a run.
 #[derive(Debug, Clone, Copy)]
 pub struct RunOptions {

@@ -52,6 +52,18 @@ impl Tail {
     }
 }
 
+/// The longest suffix of `s` of at most `n` bytes that starts on a character boundary.
+pub fn last_bytes(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut start = s.len() - n;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
 /// The suffix of `s` holding its last `n` characters.
 pub fn last_chars(s: &str, n: usize) -> &str {
     if s.len() <= n {
@@ -67,6 +79,16 @@ pub fn last_chars(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_bytes_cuts_on_a_character_boundary() {
+        assert_eq!(last_bytes("abcdef", 3), "def");
+        assert_eq!(last_bytes("ab", 3), "ab");
+        // "é" is two bytes: three bytes from the end fall inside it, so the cut moves forward.
+        assert_eq!(last_bytes("aéé", 3), "é");
+        assert_eq!(last_bytes("aéé", 4), "éé");
+        assert_eq!(last_bytes("abc", 0), "");
+    }
 
     #[test]
     fn keeps_last_characters_across_lines() {

@@ -102,6 +102,8 @@ pub struct JobsApi {
     role: Routing,
     /// `--max-rendered-size` and `--max-rendered-total`, for every submission.
     render_limits: factotum_common::template::Limits,
+    /// `--max-message-size`: a lease must fit in it.
+    max_message: usize,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
@@ -142,6 +144,7 @@ impl Jobs for JobsApi {
             },
             dry_run: r.dry_run,
             render_limits: self.render_limits,
+            max_message: self.max_message,
         };
         // Preparing resolves host names: keep that off the async workers.
         let spec = tokio::task::spawn_blocking(move || prepare(sub))
@@ -273,6 +276,7 @@ pub async fn serve(
     role: Routing,
     listener: TcpListener,
     render_limits: factotum_common::template::Limits,
+    max_message: usize,
     life: Lifecycle,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -304,12 +308,20 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1();
+    // `--max-message-size`, both ways, on both services: a larger message is refused by name
+    // (RESOURCE_EXHAUSTED / OUT_OF_RANGE), never silently truncated. Every message Factotum
+    // itself sends stays well under it by construction (tails, leases and output pieces).
     let jobs = JobsServer::new(JobsApi {
         role: role.clone(),
         render_limits,
-    });
+        max_message,
+    })
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
     let shutdown = life.token.clone();
-    let agents = AgentsServer::new(AgentsApi { role, life });
+    let agents = AgentsServer::new(AgentsApi { role, life })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));

@@ -94,6 +94,12 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_MAX_RENDERED_TOTAL", value_name = "BYTES", default_value = "64MiB",
           value_parser = factotum_service::size::at_least(1))]
     pub max_rendered_total: usize,
+    /// The largest gRPC message this coordinator sends or accepts (agents and clients); a
+    /// task whose lease would take more than half of it is refused at submit. Set the agents'
+    /// `--max-message-size` to the same value.
+    #[arg(long, env = "FACTOTUM_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value = "16MiB",
+          value_parser = factotum_service::size::at_least(factotum_common::run::MIN_MAX_MESSAGE as u64))]
+    pub max_message_size: usize,
     /// Finished runs kept in the store, at most: the oldest are deleted (records and undelivered
     /// webhooks). The newest 1,000 are also shown by `factotum runs`.
     #[arg(long, env = "FACTOTUM_HISTORY_MAX_RUNS", value_name = "RUNS", default_value_t = 10_000,
@@ -224,6 +230,7 @@ pub async fn run(
         routing,
         listener,
         config.render_limits(),
+        config.max_message_size,
         life.clone(),
     ));
     let outcome = if config.etcd.is_empty() {

@@ -7,7 +7,8 @@ use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use factotum_common::constraint::Constraint;
-use factotum_common::dag::Plan;
+use factotum_common::dag::{Plan, PlanTask};
+use factotum_common::run::{clamp_max_output, DEFAULT_MAX_MESSAGE};
 use factotum_common::template::{Limits, Vars};
 use factotum_common::{Factfile, FactfileError};
 use serde_json::Value;
@@ -36,6 +37,9 @@ pub struct Submission {
     pub idempotency_key: Option<String>,
     /// `--max-rendered-size` and `--max-rendered-total`: how large templating may make it.
     pub render_limits: Limits,
+    /// `--max-message-size` (0: [`DEFAULT_MAX_MESSAGE`]): a task whose lease would take more
+    /// than [`lease_limit`] of it is refused.
+    pub max_message: usize,
 }
 
 /// Why a submission was refused; the exit code `factotum` gives each kind is Factotum's.
@@ -181,13 +185,31 @@ pub fn prepare(sub: Submission) -> Result<RunSpec, SpecError> {
     )?;
     let plan =
         Plan::from_starts(&ff, &sub.start).map_err(|e| SpecError::BadArgument(e.to_string()))?;
+    let max_message = if sub.max_message == 0 {
+        DEFAULT_MAX_MESSAGE
+    } else {
+        sub.max_message
+    };
+    for task in &plan.tasks {
+        let size = lease_size(task);
+        if size > lease_limit(max_message) {
+            return Err(SpecError::InvalidFactfile(format!(
+                "'{}' is not a valid factotum factfile: task '{}' would be sent to its agent in a \
+                 message of about {size} bytes, more than the {} bytes a lease may take (half of \
+                 --max-message-size, {max_message} bytes); shorten its command, arguments, env or cwd",
+                sub.factfile_name,
+                task.name,
+                lease_limit(max_message),
+            )));
+        }
+    }
     let placement = sub.placement.or(ff.data.placement).unwrap_or_default();
     Ok(RunSpec {
         compact_factfile: ff.compact_json(),
         plan: Arc::new(resolve_plan(plan)),
         tags,
         webhooks: sub.webhooks,
-        max_output: sub.max_output,
+        max_output: clamp_max_output(sub.max_output),
         dry_run: sub.dry_run,
         constraints: resolve_constraints(sub.constraints),
         placement,
@@ -196,4 +218,106 @@ pub fn prepare(sub: Submission) -> Result<RunSpec, SpecError> {
         uuid: uuid::Uuid::new_v4().to_string(),
         rerun_of: None,
     })
+}
+
+/// The most of a message (`--max-message-size`) one task's lease may take: half, so the lease
+/// and everything framing it always fit.
+pub fn lease_limit(max_message: usize) -> usize {
+    max_message / 2
+}
+
+/// About how many bytes a task's lease takes on the wire: its name, command line, env and cwd,
+/// each with its protobuf framing, and a little for the fixed fields (an upper bound: a varint
+/// length prefix is at most 10 bytes).
+pub fn lease_size(task: &PlanTask) -> usize {
+    const FIELD: usize = 1 + 10;
+    let policy = task.policy();
+    let env: usize = policy
+        .env
+        .iter()
+        .map(|(k, v)| 3 * FIELD + k.len() + v.len())
+        .sum();
+    let cwd = policy.cwd.as_deref().map_or(0, str::len);
+    128 + 3 * FIELD + task.name.len() + task.command_line.len() + env + cwd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use factotum_common::run::MAX_TAIL;
+    use serde_json::json;
+
+    fn factfile(command: &str, args: &[&str]) -> String {
+        json!({
+            "schema": "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0",
+            "data": {"name": "big", "tasks": [{
+                "name": "big one", "executor": "shell", "command": command,
+                "arguments": args, "dependsOn": [],
+                "onResult": {"terminateJobWithSuccess": [], "continueJob": [0]}
+            }]}
+        })
+        .to_string()
+    }
+
+    fn submission(text: String) -> Submission {
+        Submission {
+            factfile: text,
+            factfile_name: "big.factfile".into(),
+            max_output: 10_000,
+            render_limits: Limits::default(),
+            ..Submission::default()
+        }
+    }
+
+    #[test]
+    fn max_output_is_clamped_to_what_a_result_can_carry() {
+        let mut sub = submission(factfile("echo", &["hi"]));
+        sub.max_output = 10_000_000;
+        assert_eq!(prepare(sub).unwrap().max_output, MAX_TAIL);
+        let sub = submission(factfile("echo", &["hi"]));
+        assert_eq!(prepare(sub).unwrap().max_output, 10_000);
+    }
+
+    #[test]
+    fn a_lease_over_half_the_message_limit_is_refused_naming_the_task() {
+        let arg = "x".repeat(600 * 1024);
+        let args: Vec<&str> = std::iter::repeat_n(arg.as_str(), 4).collect();
+        let mut sub = submission(factfile("echo", &args));
+        sub.max_message = 4 * 1024 * 1024;
+        let err = prepare(sub).unwrap_err();
+        let SpecError::InvalidFactfile(text) = err else {
+            panic!("not an invalid factfile: {err:?}");
+        };
+        assert!(text.contains("task 'big one'"), "{text}");
+        assert!(text.contains("--max-message-size"), "{text}");
+        // The same factfile fits the default limit (16 MiB).
+        let sub = submission(factfile("echo", &args));
+        prepare(sub).unwrap();
+    }
+
+    #[test]
+    fn the_lease_size_bounds_the_encoded_lease() {
+        let ff = factfile("echo", &["hello", "world"]);
+        let spec = prepare(submission(ff)).unwrap();
+        let task = &spec.plan.tasks[0];
+        let encoded = prost::Message::encoded_len(&factotum_proto::Lease {
+            lease: Some(factotum_proto::LeaseRef {
+                run_id: uuid::Uuid::new_v4().to_string(),
+                task: u32::MAX,
+                attempt: u32::MAX,
+                epoch: u64::MAX,
+            }),
+            task_name: task.name.to_string(),
+            command_line: task.command_line.clone(),
+            max_output: u32::MAX,
+            dry_run: true,
+            env: Default::default(),
+            cwd: String::new(),
+        });
+        assert!(
+            lease_size(task) >= encoded,
+            "{} < {encoded}",
+            lease_size(task)
+        );
+    }
 }

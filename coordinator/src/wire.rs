@@ -272,8 +272,19 @@ pub fn ack(r: LeaseRef) -> CoordinatorMessage {
     }
 }
 
-/// What an agent's report of an ended attempt means for the run.
+/// What an agent's report of an ended attempt means for the run. Each tail is cut to at most
+/// [`MAX_TAIL`] bytes whatever the agent sent (an older agent may send more), so a task's record
+/// always fits a store transaction.
 pub fn result_from_pb(f: pb::AttemptResult) -> TaskResult {
+    use factotum_common::run::MAX_TAIL;
+    use factotum_common::tail::last_bytes;
+    let cut = |s: String| {
+        if s.len() <= MAX_TAIL {
+            s
+        } else {
+            last_bytes(&s, MAX_TAIL).to_string()
+        }
+    };
     let outcome = match f.outcome {
         Some(pb::attempt_result::Outcome::ExitCode(c)) => Outcome::Exited(c),
         Some(pb::attempt_result::Outcome::SpawnError(e)) => Outcome::SpawnFailed(e),
@@ -281,8 +292,8 @@ pub fn result_from_pb(f: pb::AttemptResult) -> TaskResult {
     };
     TaskResult {
         outcome,
-        stdout: f.stdout_tail,
-        stderr: f.stderr_tail,
+        stdout: cut(f.stdout_tail),
+        stderr: cut(f.stderr_tail),
         duration: Duration::from_nanos(f.duration_nanos),
     }
 }

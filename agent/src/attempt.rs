@@ -389,13 +389,24 @@ fn result_msg(
     d: Duration,
 ) -> AttemptResult {
     // By construction a result fits any `--max-message-size` (at least 4 MiB): each tail at
-    // most MAX_TAIL bytes, whatever the lease asked for (a coordinator may be older).
+    // most MAX_TAIL bytes, whatever the lease asked for (a coordinator may be older), and a
+    // spawn error at most MAX_TAIL / 8 bytes (its start, where the reason is).
     let cut = |s: String| {
         if s.len() <= MAX_TAIL {
             s
         } else {
             last_bytes(&s, MAX_TAIL).to_string()
         }
+    };
+    let outcome = match outcome {
+        attempt_result::Outcome::SpawnError(e) if e.len() > MAX_TAIL / 8 => {
+            let mut end = MAX_TAIL / 8;
+            while !e.is_char_boundary(end) {
+                end -= 1;
+            }
+            attempt_result::Outcome::SpawnError(format!("{}…", &e[..end]))
+        }
+        other => other,
     };
     AttemptResult {
         lease: Some(r.clone()),
@@ -472,6 +483,18 @@ mod tests {
         assert!(big.ends_with(&f.stdout_tail));
         assert_eq!(f.stderr_tail, "small");
         assert!(prost::Message::encoded_len(&f) < factotum_common::run::MIN_MAX_MESSAGE / 2);
+        // A spawn error is cut too.
+        let f = result_msg(
+            &r,
+            attempt_result::Outcome::SpawnError("é".repeat(1 << 20)),
+            String::new(),
+            String::new(),
+            Duration::from_secs(1),
+        );
+        let Some(attempt_result::Outcome::SpawnError(e)) = f.outcome else {
+            panic!("not a spawn error");
+        };
+        assert!(e.len() <= MAX_TAIL / 8 + 3, "{}", e.len());
         // A lease asking for more keeps MAX_TAIL characters.
         assert_eq!(clamp_max_output(10_000_000), MAX_TAIL);
     }

@@ -31,6 +31,82 @@ pub struct EtcdStore {
     prefix: String,
     /// Set on a leader's copy of the store: every write is conditional on it.
     fence: Option<Arc<Fence>>,
+    /// Ends the endpoint tracking when the last copy of the store goes.
+    _tracking: Option<Arc<tokio_util::sync::DropGuard>>,
+}
+
+/// How long a member has to answer a probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often every endpoint is probed.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether the member at `endpoint` serves a (linearizable) read now.
+async fn answers(endpoint: &str, probe: &ConnectOptions) -> bool {
+    let attempt = async {
+        let mut c = Client::connect([endpoint], Some(probe.clone()))
+            .await
+            .ok()?;
+        c.get("factotum-probe", None).await.ok()
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT * 2, attempt).await,
+        Ok(Some(_))
+    )
+}
+
+async fn live_endpoints(endpoints: &[String], probe: &ConnectOptions) -> Vec<String> {
+    let mut checks = tokio::task::JoinSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let (e, probe) = (e.clone(), probe.clone());
+        checks.spawn(async move { (i, answers(&e, &probe).await) });
+    }
+    let mut up = vec![false; endpoints.len()];
+    while let Some(Ok((i, ok))) = checks.join_next().await {
+        up[i] = ok;
+    }
+    endpoints
+        .iter()
+        .zip(up)
+        .filter(|(_, up)| *up)
+        .map(|(e, _)| e.clone())
+        .collect()
+}
+
+/// Keeps the balanced clients on the members that answer: a member that stops answering is
+/// taken out (its requests would fail), and put back when it answers again. The set never
+/// becomes empty: with no member answering, every endpoint is kept.
+async fn track_endpoints(
+    all: Vec<String>,
+    mut used: Vec<String>,
+    probe: ConnectOptions,
+    clients: [Client; 2],
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        let mut live = live_endpoints(&all, &probe).await;
+        if live.is_empty() {
+            live = all.clone();
+        }
+        for e in all.iter() {
+            let (was, is) = (used.contains(e), live.contains(e));
+            if was && !is {
+                tracing::warn!(endpoint = %e, "etcd member not answering: requests go to the others");
+                for c in &clients {
+                    let _ = c.remove_endpoint(e).await;
+                }
+            } else if is && !was {
+                tracing::info!(endpoint = %e, "etcd member answers: requests go to it again");
+                for c in &clients {
+                    let _ = c.add_endpoint(e).await;
+                }
+            }
+        }
+        used = live;
+    }
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -70,14 +146,41 @@ impl EtcdStore {
             }
             opts = opts.with_tls(tls);
         }
+        // A probe answers quickly or counts the member as down.
+        let probe = opts
+            .clone()
+            .with_connect_timeout(PROBE_TIMEOUT)
+            .with_timeout(PROBE_TIMEOUT);
+        // Only members that answer go into the balanced clients: a request the balancer sends
+        // to a dead member fails (tcp connect error), so one dead endpoint of several would fail
+        // every few requests. With none answering, all are kept (and the first request says why).
+        let live = live_endpoints(&cfg.endpoints, &probe).await;
+        let first = if live.is_empty() {
+            cfg.endpoints.clone()
+        } else {
+            live
+        };
         // Campaigning blocks until elected: the election gets a client without a short timeout.
         let long = opts.clone().with_timeout(Duration::from_secs(365 * 86_400));
-        let election_client = Client::connect(&cfg.endpoints, Some(long))
+        let election_client = Client::connect(&first, Some(long))
             .await
             .map_err(unavailable)?;
-        let client = Client::connect(&cfg.endpoints, Some(opts))
+        let client = Client::connect(&first, Some(opts))
             .await
             .map_err(unavailable)?;
+        let guard = if cfg.endpoints.len() > 1 {
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(track_endpoints(
+                cfg.endpoints.clone(),
+                first,
+                probe,
+                [client.clone(), election_client.clone()],
+                stop.clone(),
+            ));
+            Some(Arc::new(stop.drop_guard()))
+        } else {
+            None
+        };
         let prefix = if cfg.prefix.is_empty() {
             "/factotum".to_string()
         } else {
@@ -88,6 +191,7 @@ impl EtcdStore {
             election_client,
             prefix,
             fence: None,
+            _tracking: guard,
         })
     }
 

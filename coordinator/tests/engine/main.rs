@@ -8,6 +8,7 @@ mod support;
 mod commit;
 mod history;
 mod liveness;
+mod message_limits;
 mod placement;
 mod sessions;
 mod timers;

@@ -138,6 +138,19 @@ impl Cluster {
         );
     }
 
+    /// Whether member `i` is etcd's (raft) leader now.
+    async fn is_raft_leader(&self, i: usize) -> bool {
+        let Ok(mut c) =
+            etcd_client::Client::connect([self.members[i].endpoint().as_str()], None).await
+        else {
+            return false;
+        };
+        let Ok(s) = c.status().await else {
+            return false;
+        };
+        s.header().is_some_and(|h| h.member_id() == s.leader())
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
@@ -220,6 +233,40 @@ impl Coordinator {
     }
 }
 
+/// A one-task factfile; each job name once (a job already running is not submitted twice).
+fn factfile(job: &str) -> String {
+    FACTFILE.replace("probe", job)
+}
+
+const FACTFILE: &str = r#"{"schema": "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0",
+  "data": {"name": "probe", "tasks": [{"name": "t", "executor": "shell", "command": "true",
+  "arguments": [], "dependsOn": [], "onResult": {"terminateJobWithSuccess": [3], "continueJob": [0]}}]}}"#;
+
+/// From `since`, how long until a run submitted to whichever coordinator leads is recorded
+/// (a durable write through the leader's store): the write stall after an etcd fault.
+async fn write_stall(coordinators: &[&Coordinator], since: Instant, job: &str) -> Duration {
+    let mut n = 0;
+    while since.elapsed() < Duration::from_secs(30) {
+        for c in coordinators {
+            n += 1;
+            let Ok(mut jobs) = JobsClient::connect(format!("http://{}", c.addr)).await else {
+                continue;
+            };
+            let submit = jobs.submit_run(factotum_proto::SubmitRunRequest {
+                // A new job name each try: an abandoned try may still be recorded.
+                factfile: factfile(&format!("{job}-{n}")),
+                factfile_name: "probe.factfile".into(),
+                ..Default::default()
+            });
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), submit).await {
+                return since.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no run could be submitted for 30 s");
+}
+
 /// Waits until one of `coordinators` leads; its index.
 async fn leader_within(coordinators: &[&Coordinator], limit: Duration) -> Option<usize> {
     let start = Instant::now();
@@ -239,15 +286,21 @@ async fn leader_within(coordinators: &[&Coordinator], limit: Duration) -> Option
 async fn losing_any_member_of_three_kills_no_coordinator_and_the_standby_still_campaigns() {
     let mut cluster = Cluster::start().await;
     let endpoints = cluster.endpoints();
-    let a = Coordinator::start(&endpoints, "3s").await;
-    let b = Coordinator::start(&endpoints, "3s").await;
+    // The default lease TTL: etcd's own re-election (about a second) is well inside it.
+    let a = Coordinator::start(&endpoints, "5s").await;
+    let b = Coordinator::start(&endpoints, "5s").await;
     leader_within(&[&a, &b], Duration::from_secs(15))
         .await
         .expect("no coordinator led");
     // Each member in turn: whichever member a campaign or a keep-alive stream was on dies once.
     for i in 0..3 {
+        let raft_leader = cluster.is_raft_leader(i).await;
         cluster.kill(i);
         let killed = Instant::now();
+        let stall = write_stall(&[&a, &b], killed, &format!("probe-{i}")).await;
+        eprintln!(
+            "member {i} killed (etcd's leader: {raft_leader}): a run was recorded {stall:?} later"
+        );
         let led = leader_within(&[&a, &b], Duration::from_secs(15)).await;
         assert!(led.is_some(), "no coordinator led after member {i} died");
         // Long enough for a broken campaign to have ended its coordinator (it did at once).
@@ -259,6 +312,9 @@ async fn losing_any_member_of_three_kills_no_coordinator_and_the_standby_still_c
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         cluster.restart(i).await;
+        // A healthy cluster again before the next loss (a member that just rejoined is slow
+        // to take part in an election).
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
     // The standby still campaigns: stopping the leader hands leadership over.
     let (leader, standby) = match leader_within(&[&a, &b], Duration::from_secs(15)).await {

@@ -125,7 +125,9 @@ impl EtcdStore {
     pub async fn connect(cfg: &EtcdConfig) -> Result<EtcdStore, StoreError> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(5))
+            // A request in flight when etcd's raft leader dies hangs until this timeout (then the
+            // stalled batch is retried on a live member): it bounds the dispatch pause.
+            .with_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
         if let Some((user, password)) = &cfg.user {
             opts = opts.with_user(user, password);

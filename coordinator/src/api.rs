@@ -1,16 +1,20 @@
 //! The gRPC face of a coordinator: `Jobs` for clients, `Agents` for agents, plus standard
 //! health and reflection. Every call is a message to the engine; nothing here decides anything.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use factotum_proto as pb;
 use factotum_proto::agents_server::{Agents, AgentsServer};
 use factotum_proto::jobs_server::{Jobs, JobsServer};
 use factotum_service::Lifecycle;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -104,6 +108,22 @@ pub struct JobsApi {
     render_limits: factotum_common::template::Limits,
     /// `--max-message-size`: a lease must fit in it.
     max_message: usize,
+    /// `--max-pending-submits`: permits for submissions being prepared or committed.
+    submits: Arc<Semaphore>,
+    max_pending: usize,
+}
+
+impl JobsApi {
+    /// A permit for one `SubmitRun`/`RerunRun`, or RESOURCE_EXHAUSTED at once when
+    /// `--max-pending-submits` are already in progress (never an unbounded queue).
+    fn submit_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.submits.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many submissions in progress (--max-pending-submits {}); retry shortly",
+                self.max_pending
+            ))
+        })
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
@@ -115,6 +135,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        let _permit = self.submit_permit()?;
         let r = request.into_inner();
         let constraints = r
             .constraints
@@ -162,6 +183,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::RerunRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        let _permit = self.submit_permit()?;
         let r = request.into_inner();
         let submitted = self.role.engine()?.rerun(&r.run_id, r.from_failed).await?;
         Ok(Response::new(pb::SubmitRunResponse {
@@ -271,14 +293,32 @@ impl Agents for AgentsApi {
     }
 }
 
+/// Bounds on what clients can make one coordinator hold (flags of `server::Config`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// `--max-rendered-size` and `--max-rendered-total`, for every submission.
+    pub render: factotum_common::template::Limits,
+    /// `--max-message-size`.
+    pub max_message: usize,
+    /// `--max-pending-submits`: `SubmitRun`/`RerunRun` calls in progress at once.
+    pub max_pending_submits: usize,
+    /// `--idle-timeout`: a connection whose peer sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+}
+
 /// Serves the coordinator's gRPC API on `listener` until `life`'s token fires.
 pub async fn serve(
     role: Routing,
     listener: TcpListener,
-    render_limits: factotum_common::template::Limits,
-    max_message: usize,
+    limits: ServeLimits,
     life: Lifecycle,
 ) -> Result<(), tonic::transport::Error> {
+    let ServeLimits {
+        render: render_limits,
+        max_message,
+        max_pending_submits,
+        idle_timeout,
+    } = limits;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobsServer<JobsApi>>().await;
     health.set_serving::<AgentsServer<AgentsApi>>().await;
@@ -315,6 +355,8 @@ pub async fn serve(
         role: role.clone(),
         render_limits,
         max_message,
+        submits: Arc::new(Semaphore::new(max_pending_submits)),
+        max_pending: max_pending_submits,
     })
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
@@ -323,7 +365,8 @@ pub async fn serve(
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        // Pings at least twice per `--idle-timeout`: a live peer's answers keep it from `Silent`.
+        .http2_keepalive_interval(Some(Duration::from_secs(10).min(idle_timeout / 2)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     let router = builder
         .add_service(health_service)
@@ -337,13 +380,150 @@ pub async fn serve(
         }
     };
     // No Nagle: leases and results are small messages that must not wait for a delayed ACK.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // TCP keepalive finds peers that vanished without a FIN; `Silent` closes connections whose
+    // peer sends nothing at all for `--idle-timeout` (a TCP connection that never speaks
+    // HTTP/2 included: tonic 0.14 has no handshake or idle timeout of its own). A live
+    // HTTP/2 peer is never silent that long: it answers the keepalive pings below.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE))
+        .map(move |conn| conn.map(|stream| Silent::new(stream, idle_timeout)));
     router
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }
 
+/// Idle time before TCP keepalive probes start on an accepted connection.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// An accepted connection that fails its reads once the peer has sent nothing for `timeout`,
+/// so hyper closes it.
+struct Silent {
+    stream: TcpStream,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Silent {
+    fn new(stream: TcpStream, timeout: Duration) -> Silent {
+        Silent {
+            stream,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Silent {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::Connected::connect_info(&self.stream)
+    }
+}
+
+impl AsyncRead for Silent {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + self.timeout;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the peer sent nothing for --idle-timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => ready,
+        }
+    }
+}
+
+impl AsyncWrite for Silent {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Whether an address is loopback (the only kind served without `--insecure`).
 pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_submission_over_max_pending_submits_is_refused_at_once() {
+        let api = JobsApi {
+            role: Routing {
+                engine: watch::channel(None).1,
+                leader: watch::channel(None).1,
+            },
+            render_limits: factotum_common::template::Limits {
+                field: 1 << 20,
+                total: 1 << 26,
+            },
+            max_message: 16 << 20,
+            submits: Arc::new(Semaphore::new(1)),
+            max_pending: 1,
+        };
+        let held = api.submit_permit().unwrap();
+        let refused = api
+            .submit_run(Request::new(pb::SubmitRunRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            refused.message(),
+            "too many submissions in progress (--max-pending-submits 1); retry shortly"
+        );
+        let refused = api
+            .rerun_run(Request::new(pb::RerunRunRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        drop(held);
+        // The permit is back: the next call gets past the limit (to the follower's answer).
+        let next = api
+            .rerun_run(Request::new(pb::RerunRunRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(next.code(), tonic::Code::Unavailable);
+    }
 }

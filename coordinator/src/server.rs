@@ -109,6 +109,17 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_HISTORY_MAX_AGE", value_name = "DURATION", default_value = "30d",
           value_parser = DurationRange::from(Duration::from_secs(60)).parser())]
     pub history_max_age: Duration,
+    /// `SubmitRun`/`RerunRun` calls being prepared or committed at once; more get
+    /// RESOURCE_EXHAUSTED at once ("retry shortly") rather than queuing without bound.
+    #[arg(long, env = "FACTOTUM_MAX_PENDING_SUBMITS", value_name = "CALLS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_submits: u32,
+    /// A connection whose peer sends nothing for this long is closed (one that never speaks
+    /// HTTP/2 included); live clients answer the keepalive pings sent every 10s (or twice per
+    /// timeout, if shorter).
+    #[arg(long, env = "FACTOTUM_IDLE_TIMEOUT", value_name = "DURATION", default_value = "5m",
+          value_parser = DurationRange::from(Duration::from_secs(1)).parser())]
+    pub idle_timeout: Duration,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(
         long,
@@ -229,8 +240,12 @@ pub async fn run(
     let server = life.spawn(api::serve(
         routing,
         listener,
-        config.render_limits(),
-        config.max_message_size,
+        api::ServeLimits {
+            render: config.render_limits(),
+            max_message: config.max_message_size,
+            max_pending_submits: config.max_pending_submits as usize,
+            idle_timeout: config.idle_timeout,
+        },
         life.clone(),
     ));
     let outcome = if config.etcd.is_empty() {

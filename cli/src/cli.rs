@@ -201,12 +201,47 @@ impl RenderArgs {
     }
 }
 
+/// (Ours) How large a factfile may be (`run`, `validate`, `dot`; a coordinator has its own
+/// limits for what is submitted to it).
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// The largest factfile read; a larger one is invalid, refused before it is read whole.
+    /// Sizes take units (512KiB, 32MiB); a bare number is bytes.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value = "32MiB",
+        env = "FACTOTUM_MAX_FACTFILE_SIZE",
+        value_parser = factotum_service::size::at_least(1024)
+    )]
+    pub max_factfile_size: usize,
+    /// The most tasks a factfile may hold; one with more is invalid.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = factotum_coordinator::spec::DEFAULT_MAX_TASKS,
+        env = "FACTOTUM_MAX_TASKS"
+    )]
+    pub max_tasks: usize,
+}
+
+impl InputArgs {
+    pub fn limits(&self) -> factotum_coordinator::spec::InputLimits {
+        factotum_coordinator::spec::InputLimits {
+            max_size: self.max_factfile_size,
+            max_tasks: self.max_tasks,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub job: JobArgs,
     #[command(flatten)]
     pub render: RenderArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
     /// Send a RUNNING task update with the output so far at this interval (off by default).
     /// A bare number is seconds; units work too: 500ms, 15s, 2m, 1h30m.
     #[arg(
@@ -247,6 +282,8 @@ pub struct ValidateArgs {
     pub env: Option<String>,
     #[command(flatten)]
     pub render: RenderArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -262,6 +299,8 @@ pub struct DotArgs {
     /// Replace the --output file if it exists.
     #[arg(long)]
     pub overwrite: bool,
+    #[command(flatten)]
+    pub input: InputArgs,
 }
 
 /// `--placement sticky|spread`, as the factfile spells it.

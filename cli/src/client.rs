@@ -308,7 +308,8 @@ pub fn rerun(args: RerunArgs) -> u8 {
 }
 
 fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
-    let text = spec::read_factfile(&args.job.factfile)?;
+    // Read within the default --max-factfile-size (the coordinator applies its own limits).
+    let text = spec::read_factfile(&args.job.factfile, spec::InputLimits::default())?;
     let mut constraints = vec![];
     for raw in &args.job.constraint {
         let kind = match constraint::parse(raw).map_err(|e| Failure::args(format!("Error: {e}")))? {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use factotum_common::template::Limits;
 use factotum_common::Factfile;
-use factotum_coordinator::spec::{self, SpecError};
+use factotum_coordinator::spec::{self, InputLimits, SpecError};
 use serde_json::Value;
 
 use crate::exit;
@@ -44,14 +44,16 @@ impl From<SpecError> for Failure {
     }
 }
 
-/// Reads, templates (within `limits`) and validates the factfile.
+/// Reads (within `input`), templates (within `limits`) and validates the factfile.
 pub fn factfile(
     path: &Path,
     env: Option<&str>,
     tags: &BTreeMap<String, String>,
     limits: Limits,
+    input: InputLimits,
 ) -> Result<Factfile, Failure> {
     let env: Value = spec::parse_env(env)?;
-    let text = spec::read_factfile(path)?;
-    Ok(spec::parse_factfile(&text, &path.display().to_string(), &env, tags, limits)?.0)
+    let text = spec::read_factfile(path, input)?;
+    let name = path.display().to_string();
+    Ok(spec::parse_factfile(&text, &name, &env, tags, limits, input)?.0)
 }

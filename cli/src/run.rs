@@ -34,6 +34,7 @@ pub fn validate(args: ValidateArgs) -> u8 {
         args.env.as_deref(),
         &BTreeMap::new(),
         args.render.limits(),
+        args.input.limits(),
     ) {
         Ok(ff) => {
             // Planning cannot fail on a valid factfile; doing it proves the graph is runnable.
@@ -47,7 +48,13 @@ pub fn validate(args: ValidateArgs) -> u8 {
 
 pub fn dot(args: DotArgs) -> u8 {
     // Every `dot` failure is exit 3, as Factotum's.
-    let ff = match load::factfile(&args.factfile, None, &BTreeMap::new(), Default::default()) {
+    let ff = match load::factfile(
+        &args.factfile,
+        None,
+        &BTreeMap::new(),
+        Default::default(),
+        args.input.limits(),
+    ) {
         Ok(ff) => ff,
         Err(f) => return fail(Failure::args(f.message)),
     };
@@ -119,8 +126,8 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
             Err(e) => return Err(Failure::args(format!("Error: {e}"))),
         }
     }
-    let text = spec::read_factfile(&args.job.factfile)?;
-    let run = factotum_coordinator::prepare(Submission {
+    let text = spec::read_factfile(&args.job.factfile, args.input.limits())?;
+    let submission = Submission {
         factfile: text,
         factfile_name: args.job.factfile.display().to_string(),
         env: args.job.env.clone(),
@@ -135,7 +142,8 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
         idempotency_key: None,
         render_limits: args.render.limits(),
         max_message: 0,
-    })?;
+    };
+    let run = spec::prepare_within(submission, args.input.limits())?;
     // Factotum's local constraint check: this machine must satisfy every host constraint.
     if !run.constraints.is_empty() {
         // Only host constraints get here (see above).

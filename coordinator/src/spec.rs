@@ -42,6 +42,54 @@ pub struct Submission {
     pub max_message: usize,
 }
 
+/// `--max-factfile-size` and `--max-tasks`: how large a factfile may be before it is read whole,
+/// and how many tasks it may hold before it is templated and planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    pub max_size: usize,
+    pub max_tasks: usize,
+}
+
+/// `--max-factfile-size`'s default: the 100,000-task benchmark factfile (~20 MB) fits.
+pub const DEFAULT_MAX_FACTFILE_SIZE: usize = 32 << 20;
+/// `--max-tasks`'s default.
+pub const DEFAULT_MAX_TASKS: usize = 100_000;
+
+impl Default for InputLimits {
+    fn default() -> InputLimits {
+        InputLimits {
+            max_size: DEFAULT_MAX_FACTFILE_SIZE,
+            max_tasks: DEFAULT_MAX_TASKS,
+        }
+    }
+}
+
+impl InputLimits {
+    /// A factfile of `size` bytes past `--max-factfile-size` is invalid, naming both.
+    pub fn check_size(&self, name: &str, size: u64) -> Result<(), SpecError> {
+        if size > self.max_size as u64 {
+            return Err(SpecError::InvalidFactfile(format!(
+                "'{name}' is not a valid factotum factfile: it is {size} bytes, more than the {} \
+                 --max-factfile-size allows",
+                self.max_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// A factfile of `tasks` tasks past `--max-tasks` is invalid, naming both.
+    pub fn check_tasks(&self, name: &str, tasks: usize) -> Result<(), SpecError> {
+        if tasks > self.max_tasks {
+            return Err(SpecError::InvalidFactfile(format!(
+                "'{name}' is not a valid factotum factfile: it has {tasks} tasks, more than the {} \
+                 --max-tasks allows",
+                self.max_tasks
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Why a submission was refused; the exit code `factotum` gives each kind is Factotum's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
@@ -141,11 +189,14 @@ pub fn parse_factfile(
     env: &Value,
     tags: &BTreeMap<String, String>,
     limits: Limits,
+    input: InputLimits,
 ) -> Result<(Factfile, BTreeMap<String, String>), SpecError> {
     let invalid = |e: FactfileError| {
         SpecError::InvalidFactfile(format!("'{name}' is not a valid factotum factfile: {e}"))
     };
+    input.check_size(name, text.len() as u64)?;
     let raw = Factfile::read(text).map_err(invalid)?;
+    input.check_tasks(name, raw.data.tasks.len())?;
     let mut merged = raw.data.tags.clone().unwrap_or_default();
     merged.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
     let vars = Vars::new(env, &merged)
@@ -155,18 +206,37 @@ pub fn parse_factfile(
     Ok((ff, merged))
 }
 
-/// The factfile's text, or why it can't be read (an invalid-factfile error naming it).
-pub fn read_factfile(path: &std::path::Path) -> Result<String, SpecError> {
-    std::fs::read_to_string(path).map_err(|e| {
+/// The factfile's text, or why it can't be read (an invalid-factfile error naming it). One past
+/// `--max-factfile-size` is refused by its length before it is read, and at most one byte more
+/// than the limit is ever read (a file that grows, or has no length, like a pipe).
+pub fn read_factfile(path: &std::path::Path, input: InputLimits) -> Result<String, SpecError> {
+    use std::io::Read;
+    let name = path.display().to_string();
+    let unreadable = |e: std::io::Error| {
         SpecError::InvalidFactfile(format!(
-            "'{}' is not a valid factotum factfile: couldn't read the file ({e})",
-            path.display()
+            "'{name}' is not a valid factotum factfile: couldn't read the file ({e})"
         ))
-    })
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let len = file.metadata().map_err(unreadable)?.len();
+    input.check_size(&name, len)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(input.max_size) + 1);
+    file.take(input.max_size as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    input.check_size(&name, bytes.len() as u64)?;
+    String::from_utf8(bytes)
+        .map_err(|e| unreadable(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
-/// Parses, templates, validates and plans a submission.
+/// Parses, templates, validates and plans a submission within the default [`InputLimits`].
 pub fn prepare(sub: Submission) -> Result<RunSpec, SpecError> {
+    prepare_within(sub, InputLimits::default())
+}
+
+/// Parses, templates, validates and plans a submission; a factfile past `input` is refused
+/// before it is templated or planned.
+pub fn prepare_within(sub: Submission, input: InputLimits) -> Result<RunSpec, SpecError> {
     let env = parse_env(sub.env.as_deref())?;
     for url in &sub.webhooks {
         check_webhook_url(url)?;
@@ -182,6 +252,7 @@ pub fn prepare(sub: Submission) -> Result<RunSpec, SpecError> {
         &env,
         &sub.tags,
         sub.render_limits,
+        input,
     )?;
     let plan =
         Plan::from_starts(&ff, &sub.start).map_err(|e| SpecError::BadArgument(e.to_string()))?;
@@ -293,6 +364,39 @@ mod tests {
         // The same factfile fits the default limit (16 MiB).
         let sub = submission(factfile("echo", &args));
         prepare(sub).unwrap();
+    }
+
+    #[test]
+    fn a_factfile_past_the_input_limits_is_refused_naming_them() {
+        let text = factfile("echo", &["hi"]);
+        let small = InputLimits {
+            max_size: text.len() - 1,
+            ..InputLimits::default()
+        };
+        let err = prepare_within(submission(text.clone()), small).unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::InvalidFactfile(format!(
+                "'big.factfile' is not a valid factotum factfile: it is {} bytes, more than the {} \
+                 --max-factfile-size allows",
+                text.len(),
+                text.len() - 1
+            ))
+        );
+        let none = InputLimits {
+            max_tasks: 0,
+            ..InputLimits::default()
+        };
+        let err = prepare_within(submission(text.clone()), none).unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::InvalidFactfile(
+                "'big.factfile' is not a valid factotum factfile: it has 1 tasks, more than the 0 \
+                 --max-tasks allows"
+                    .into()
+            )
+        );
+        prepare_within(submission(text), InputLimits::default()).unwrap();
     }
 
     #[test]

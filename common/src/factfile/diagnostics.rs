@@ -162,7 +162,7 @@ impl Diagnostics {
         );
     }
 
-    /// A task name with a control character (a newline, a NUL, …): printed on a console
+    /// A job or task name with a control character (a newline, a NUL, …): printed on a console
     /// line, it could forge other lines.
     pub fn control_character(&mut self, path: &Pointer, c: char) {
         self.push(

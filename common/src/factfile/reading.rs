@@ -131,11 +131,14 @@ impl Factfile {
         Ok(())
     }
 
-    /// What the templated text must not hold: a control character in a task name (it is
-    /// printed on console lines, which it could forge), a NUL in anything handed to a process
+    /// What the templated text must not hold: a control character in the job's or a task's
+    /// name (they are printed on console lines, which they could forge), a NUL in anything handed to a process
     /// (its command, arguments, environment, working directory).
     fn check_texts(&self) -> Result<(), FactfileError> {
         let mut diags = Diagnostics::default();
+        if let Some(c) = self.data.name.chars().find(|c| c.is_control()) {
+            diags.control_character(&Pointer::At("/data/name"), c);
+        }
         let tasks = Pointer::At("/data/tasks");
         for (i, t) in self.data.tasks.iter().enumerate() {
             let at = tasks.index(i);

@@ -285,6 +285,34 @@ fn a_task_name_with_a_control_character_is_refused() {
 }
 
 #[test]
+fn a_job_name_with_a_control_character_is_refused() {
+    for (name, code) in [("a\nb", "U+000A"), ("esc\u{1b}[2J", "U+001B")] {
+        let text =
+            json!({"schema": SNOWPLOW_SCHEMA, "data": {"name": name, "tasks": [task("a", &[])]}})
+                .to_string();
+        assert_eq!(
+            err(&text),
+            format!("'/data/name' - Pattern condition is not met (the value must not contain control characters; it contains {code})")
+        );
+    }
+    // Templating can't bring one in either.
+    let text =
+        json!({"schema": SNOWPLOW_SCHEMA, "data": {"name": "j {{x}}", "tasks": [task("a", &[])]}})
+            .to_string();
+    let vars = Vars::new(&json!({"x": "1\n[b] forged"}), &Tags::new()).unwrap();
+    let e = Factfile::parse(&text, &vars).unwrap_err().to_string();
+    assert!(
+        e.starts_with("'/data/name' - Pattern condition is not met"),
+        "{e}"
+    );
+    assert!(parse(
+        &json!({"schema": SNOWPLOW_SCHEMA, "data": {"name": "ünï ✓", "tasks": [task("a", &[])]}})
+            .to_string()
+    )
+    .is_ok());
+}
+
+#[test]
 fn a_nul_in_what_a_process_is_given_is_refused_naming_the_task() {
     let nul = "Pattern condition is not met (the value must not contain a NUL character, which no process can be given)";
     let mut t = task("a", &[]);

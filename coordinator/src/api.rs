@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
 use crate::model::EngineError;
-use crate::spec::{prepare, SpecError, Submission};
+use crate::spec::{prepare_within, InputLimits, SpecError, Submission};
 use crate::wire;
 
 impl From<EngineError> for Status {
@@ -111,6 +111,8 @@ pub struct JobsApi {
     /// `--max-pending-submits`: permits for submissions being prepared or committed.
     submits: Arc<Semaphore>,
     max_pending: usize,
+    /// `--max-factfile-size` and `--max-tasks`.
+    input: InputLimits,
 }
 
 impl JobsApi {
@@ -168,7 +170,8 @@ impl Jobs for JobsApi {
             max_message: self.max_message,
         };
         // Preparing resolves host names: keep that off the async workers.
-        let spec = tokio::task::spawn_blocking(move || prepare(sub))
+        let input = self.input;
+        let spec = tokio::task::spawn_blocking(move || prepare_within(sub, input))
             .await
             .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??;
         let submitted = self.role.engine()?.submit(spec).await?;
@@ -302,6 +305,8 @@ pub struct ServeLimits {
     pub max_message: usize,
     /// `--max-pending-submits`: `SubmitRun`/`RerunRun` calls in progress at once.
     pub max_pending_submits: usize,
+    /// `--max-factfile-size` and `--max-tasks`, for every submission.
+    pub input: InputLimits,
     /// `--idle-timeout`: a connection whose peer sends nothing for this long is closed.
     pub idle_timeout: Duration,
 }
@@ -317,6 +322,7 @@ pub async fn serve(
         render: render_limits,
         max_message,
         max_pending_submits,
+        input,
         idle_timeout,
     } = limits;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -357,6 +363,7 @@ pub async fn serve(
         max_message,
         submits: Arc::new(Semaphore::new(max_pending_submits)),
         max_pending: max_pending_submits,
+        input,
     })
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
@@ -502,6 +509,7 @@ mod tests {
             max_message: 16 << 20,
             submits: Arc::new(Semaphore::new(1)),
             max_pending: 1,
+            input: InputLimits::default(),
         };
         let held = api.submit_permit().unwrap();
         let refused = api

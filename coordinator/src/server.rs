@@ -94,6 +94,14 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_MAX_RENDERED_TOTAL", value_name = "BYTES", default_value = "64MiB",
           value_parser = factotum_service::size::at_least(1))]
     pub max_rendered_total: usize,
+    /// The largest factfile a submission may carry. Sizes take units (`512KiB`, `32MiB`).
+    #[arg(long, env = "FACTOTUM_MAX_FACTFILE_SIZE", value_name = "BYTES", default_value = "32MiB",
+          value_parser = factotum_service::size::at_least(1024))]
+    pub max_factfile_size: usize,
+    /// The most tasks a submitted factfile may have.
+    #[arg(long, env = "FACTOTUM_MAX_TASKS", value_name = "TASKS", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tasks: u64,
     /// The largest gRPC message this coordinator sends or accepts (agents and clients); a
     /// task whose lease would take more than half of it is refused at submit. Set the agents'
     /// `--max-message-size` to the same value.
@@ -242,6 +250,10 @@ pub async fn run(
         listener,
         api::ServeLimits {
             render: config.render_limits(),
+            input: crate::spec::InputLimits {
+                max_size: config.max_factfile_size,
+                max_tasks: usize::try_from(config.max_tasks).unwrap_or(usize::MAX),
+            },
             max_message: config.max_message_size,
             max_pending_submits: config.max_pending_submits as usize,
             idle_timeout: config.idle_timeout,

@@ -93,3 +93,46 @@ fn flags_are_checked_before_anything_starts() {
     let e = Config::try_parse_from(["c", "--lost-after", "5x"]).unwrap_err();
     assert!(e.to_string().contains("'5x' is not a duration"), "{e}");
 }
+
+#[tokio::test]
+async fn submissions_past_max_tasks_or_max_factfile_size_are_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let cfg = config(&["--max-tasks", "1", "--max-factfile-size", "2KiB"]);
+    let served = tokio::spawn(server::run(cfg, listener, shutdown.clone()));
+    let task = |n: &str| {
+        serde_json::json!({"name": n, "executor": "shell", "command": "true", "arguments": [],
+            "dependsOn": [], "onResult": {"terminateJobWithSuccess": [], "continueJob": [0]}})
+    };
+    let ff = |tasks: Vec<serde_json::Value>| {
+        serde_json::json!({"schema": "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0",
+            "data": {"name": "limits", "tasks": tasks}})
+        .to_string()
+    };
+    let mut jobs = client(addr).await;
+    let submit = |factfile: String| factotum_proto::SubmitRunRequest {
+        factfile,
+        factfile_name: "f".into(),
+        ..Default::default()
+    };
+    let two = jobs
+        .submit_run(submit(ff(vec![task("a"), task("b")])))
+        .await
+        .unwrap_err();
+    assert_eq!(two.code(), tonic::Code::InvalidArgument);
+    assert!(two.message().contains("--max-tasks"), "{}", two.message());
+    let big = jobs
+        .submit_run(submit(ff(vec![task(&"x".repeat(3000))])))
+        .await
+        .unwrap_err();
+    assert_eq!(big.code(), tonic::Code::InvalidArgument);
+    assert!(
+        big.message().contains("--max-factfile-size"),
+        "{}",
+        big.message()
+    );
+    jobs.submit_run(submit(ff(vec![task("a")]))).await.unwrap();
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), served).await;
+}

@@ -9,6 +9,7 @@ mod client;
 mod console;
 mod load;
 mod out;
+mod route;
 mod run;
 
 use std::process::ExitCode;

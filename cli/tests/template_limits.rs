@@ -172,12 +172,7 @@ fn submit_of_a_template_bomb_is_refused() {
              larger than --max-rendered-size (512 KiB)"
         )
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", c.proc.pid())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
+    let peak_kib = peak_rss_kib(c.proc.pid());
     assert!(
         peak_kib < 256 * 1024,
         "the coordinator peaked at {peak_kib} KiB"

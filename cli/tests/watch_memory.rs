@@ -10,16 +10,6 @@ use std::time::Duration;
 use support::fleet::{agent, wait_for_agents, Coordinator};
 use support::*;
 
-/// The coordinator's peak resident memory, from /proc.
-fn peak_rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn three_stalled_watchers_cost_the_coordinator_bounded_memory() {
     let c = Coordinator::start(&["--watch-buffer", "1MiB"]);

@@ -298,3 +298,13 @@ pub fn transitions(payloads: &[Value]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A live process's peak resident memory (KiB), from `/proc/<pid>/status`.
+pub fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}

@@ -234,7 +234,11 @@ async fn run_attempt(
                             pid,
                         })
                     }
-                    ExecEvent::Line { stream, line } => output_msg(&r, stream, line),
+                    ExecEvent::Line {
+                        stream,
+                        line,
+                        continued,
+                    } => output_msg(&r, stream, line, continued),
                 };
                 if events.send(AttemptEvent::Message(msg)).await.is_err() {
                     return;
@@ -276,10 +280,13 @@ async fn adopt(
                 while reader.read_line(&mut line).unwrap_or(0) > 0 && line.ends_with('\n') {
                     offset += line.len() as u64;
                     // Output lines only: the closing `X<code>` line is read from `exit`.
-                    if let Some(Frame::Line(stream, text)) =
-                        frame::parse_frame(line.trim_end_matches('\n'))
+                    if let Some(Frame::Line {
+                        stream,
+                        text,
+                        continued,
+                    }) = frame::parse_frame(line.trim_end_matches('\n'))
                     {
-                        let msg = output_msg(&r, stream, text.to_string());
+                        let msg = output_msg(&r, stream, text.to_string(), continued);
                         if events.send(AttemptEvent::Message(msg)).await.is_err() {
                             return;
                         }
@@ -337,10 +344,16 @@ pub fn read_tails(dir: &Path, max: usize) -> (String, String) {
     let (mut out, mut err) = (Tail::new(max), Tail::new(max));
     if let Ok(f) = fs::File::open(dir.join(shim::OUTPUT)) {
         for line in BufReader::new(f).lines().map_while(Result::ok) {
-            match frame::parse_frame(&line) {
-                Some(Frame::Line(Stream::Stdout, text)) => out.push_line(text),
-                Some(Frame::Line(Stream::Stderr, text)) => err.push_line(text),
-                _ => {}
+            if let Some(Frame::Line {
+                stream,
+                text,
+                continued,
+            }) = frame::parse_frame(&line)
+            {
+                match stream {
+                    Stream::Stdout => out.push_piece(text, continued),
+                    Stream::Stderr => err.push_piece(text, continued),
+                }
             }
         }
     }
@@ -370,7 +383,7 @@ pub fn shim_alive(pid: i32, dir: &Path) -> bool {
         })
 }
 
-fn output_msg(r: &LeaseRef, stream: Stream, line: String) -> agent_message::Msg {
+fn output_msg(r: &LeaseRef, stream: Stream, line: String, continued: bool) -> agent_message::Msg {
     agent_message::Msg::Output(factotum_proto::Output {
         lease: Some(r.clone()),
         stream: match stream {
@@ -378,6 +391,7 @@ fn output_msg(r: &LeaseRef, stream: Stream, line: String) -> agent_message::Msg 
             Stream::Stderr => factotum_proto::Stream::Stderr as i32,
         },
         line,
+        continued,
     })
 }
 
@@ -504,9 +518,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("factotum-attempt-dir-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let lines = [
-            frame::line(Stream::Stdout, "one"),
-            frame::line(Stream::Stderr, "two"),
-            frame::line(Stream::Stdout, "three"),
+            frame::line(Stream::Stdout, "one", false),
+            frame::line(Stream::Stderr, "two", false),
+            frame::line(Stream::Stdout, "thr", false),
+            frame::line(Stream::Stderr, "-and-", true),
+            frame::line(Stream::Stdout, "ee", true),
         ];
         fs::write(dir.join(shim::OUTPUT), lines.join("\n") + "\n").unwrap();
         assert_eq!(read_exit(&dir), None);
@@ -524,7 +540,7 @@ mod tests {
         );
         assert_eq!(
             read_tails(&dir, 100),
-            ("one\nthree".to_string(), "two".to_string())
+            ("one\nthree".to_string(), "two-and-".to_string())
         );
         let _ = fs::remove_dir_all(dir);
     }

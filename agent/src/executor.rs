@@ -5,13 +5,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use factotum_common::run::{Outcome, Stream, TaskResult};
-use factotum_common::tail::{last_chars, Tail};
+use factotum_common::tail::Tail;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{self, exit_code, strip_newline, Frame};
+use crate::frame::{self, exit_code, Frame, Splitter};
 use crate::kill::Escalation;
 
 /// How long to keep reading output after the task exited, for lines still in the pipes. A
@@ -19,9 +19,9 @@ use crate::kill::Escalation;
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
 /// The most bytes of one output line held at once. A longer line (or output with no newline at
-/// all) is passed on in pieces of at most this size, each reported as a line of its own, so what
-/// a task prints never costs more than this per pipe. Pieces end on a character boundary; the
-/// result's tails keep the line's bytes as written (no newline added between pieces).
+/// all) is passed on in pieces of at most this size, each after the first flagged `continued`,
+/// so what a task prints never costs more than this per pipe. Pieces end on a character
+/// boundary; the result's tails keep the line's bytes as written (nothing added between pieces).
 pub const MAX_LINE: usize = 1 << 20;
 
 /// What to run.
@@ -46,8 +46,16 @@ pub struct ExecSpec {
 /// Events an attempt reports while it runs.
 #[derive(Debug)]
 pub enum ExecEvent {
-    Started { pid: u32 },
-    Line { stream: Stream, line: String },
+    Started {
+        pid: u32,
+    },
+    /// A line, or a piece of a long one (`continued`: it goes on the line the stream's
+    /// previous piece began).
+    Line {
+        stream: Stream,
+        line: String,
+        continued: bool,
+    },
 }
 
 /// Runs the attempt to its end. Lines go to `events` as they come; `cancel` makes it TERM the
@@ -125,8 +133,8 @@ pub async fn execute(
             .take()
             .map(|p| Pipe::new(Box::new(p), Stream::Stderr)),
     ];
-    let mut stdout = Tails::new(spec.max_output);
-    let mut stderr = Tails::new(spec.max_output);
+    let mut stdout = Tail::new(spec.max_output);
+    let mut stderr = Tail::new(spec.max_output);
     // Through a shim: the stream of the framed line whose first piece came last, while its
     // further pieces are still to come.
     let mut framed_stream: Option<Stream> = None;
@@ -162,47 +170,59 @@ pub async fn execute(
             _ = sleep_until(drain_deadline), if drain_deadline.is_some() => break,
         };
         // Through a shim, stdout carries framed events (see crate::shim); the further pieces of
-        // a long framed line belong to the stream its first piece named.
+        // a framed line cut again here belong to the stream its first piece named.
         let piece = match piece {
-            Some(p) if framed && p.stream == Stream::Stdout && p.continues => {
-                let stream = framed_stream;
-                if p.ends {
+            Some(Piece { stream, piece: p }) if framed && stream == Stream::Stdout => {
+                if p.continued {
+                    let stream = framed_stream;
+                    if p.ends {
+                        framed_stream = None;
+                    }
+                    stream.map(|stream| Piece { stream, piece: p })
+                } else {
                     framed_stream = None;
-                }
-                stream.map(|stream| Piece { stream, ..p })
-            }
-            Some(p) if framed && p.stream == Stream::Stdout => {
-                framed_stream = None;
-                match frame::parse_frame(&p.text) {
-                    Some(Frame::Line(stream, text)) => {
-                        if !p.ends {
-                            framed_stream = Some(stream);
-                        }
-                        Some(Piece {
+                    match frame::parse_frame(&p.text) {
+                        Some(Frame::Line {
                             stream,
-                            text: text.to_string(),
-                            ..p
-                        })
+                            text,
+                            continued,
+                        }) => {
+                            if !p.ends {
+                                framed_stream = Some(stream);
+                            }
+                            let piece = frame::Piece {
+                                text: text.to_string(),
+                                continued,
+                                ends: p.ends,
+                            };
+                            Some(Piece { stream, piece })
+                        }
+                        Some(Frame::Exit(recorded)) => {
+                            shim_code = Some(recorded.code);
+                            None
+                        }
+                        None => None,
                     }
-                    Some(Frame::Exit(recorded)) => {
-                        shim_code = Some(recorded.code);
-                        None
-                    }
-                    None => None,
                 }
             }
             other => other,
         };
-        if let Some(p) = piece {
-            match p.stream {
-                Stream::Stdout => stdout.push(&p),
-                Stream::Stderr => stderr.push(&p),
+        if let Some(Piece { stream, piece: p }) = piece {
+            match stream {
+                Stream::Stdout => stdout.push_piece(&p.text, p.continued),
+                Stream::Stderr => stderr.push_piece(&p.text, p.continued),
             }
             // A line that ended right where its last piece was cut leaves an empty end: nothing
             // more to show.
-            if !(p.continues && p.text.is_empty()) {
-                let (stream, line) = (p.stream, p.text);
-                let _ = events.send(ExecEvent::Line { stream, line }).await;
+            if !(p.continued && p.text.is_empty()) {
+                let (line, continued) = (p.text, p.continued);
+                let _ = events
+                    .send(ExecEvent::Line {
+                        stream,
+                        line,
+                        continued,
+                    })
+                    .await;
             }
         }
         for p in pipes.iter_mut() {
@@ -219,50 +239,9 @@ pub async fn execute(
     };
     TaskResult {
         outcome,
-        stdout: stdout.finish(),
-        stderr: stderr.finish(),
+        stdout: stdout.as_str().to_string(),
+        stderr: stderr.as_str().to_string(),
         duration: begun.elapsed(),
-    }
-}
-
-/// A stream's tail, fed piece by piece: a line cut in pieces is added to the tail whole, as
-/// written, once it ends (only its last `max` characters are held meanwhile).
-struct Tails {
-    tail: Tail,
-    /// The line being passed on in pieces, so far (its last `max` characters).
-    partial: String,
-    max: usize,
-}
-
-impl Tails {
-    fn new(max: usize) -> Tails {
-        Tails {
-            tail: Tail::new(max),
-            partial: String::new(),
-            max,
-        }
-    }
-
-    fn push(&mut self, p: &Piece) {
-        if p.ends && self.partial.is_empty() {
-            self.tail.push_line(&p.text);
-            return;
-        }
-        self.partial.push_str(&p.text);
-        let keep = last_chars(&self.partial, self.max).len();
-        self.partial.drain(..self.partial.len() - keep);
-        if p.ends {
-            self.tail.push_line(&self.partial);
-            self.partial.clear();
-        }
-    }
-
-    /// The tail, with a line still in pieces (its end never came) as far as it got.
-    fn finish(mut self) -> String {
-        if !self.partial.is_empty() {
-            self.tail.push_line(&self.partial);
-        }
-        self.tail.as_str().to_string()
     }
 }
 
@@ -312,11 +291,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 struct Pipe {
     reader: BufReader<Box<dyn AsyncRead + Unpin + Send>>,
     stream: Stream,
-    /// Bytes of the line (or piece) being read; kept across polls, so a read cut short by
-    /// `select!` loses nothing.
-    buf: Vec<u8>,
-    /// The next piece continues a line whose start was already passed on.
-    continues: bool,
+    split: Splitter,
     closed: bool,
 }
 
@@ -325,69 +300,17 @@ impl Pipe {
         Pipe {
             reader: BufReader::new(pipe),
             stream,
-            buf: Vec::new(),
-            continues: false,
+            split: Splitter::new(MAX_LINE),
             closed: false,
         }
     }
-
-    /// What `buf` holds as a piece: up to its newline (`ends`), or cut at `MAX_LINE` on a
-    /// character boundary (the bytes of a character cut in two wait for the next piece).
-    fn take(&mut self, ends: bool) -> Piece {
-        let mut bytes = if ends {
-            std::mem::take(&mut self.buf)
-        } else {
-            let rest = self.buf.split_off(utf8_boundary(&self.buf));
-            std::mem::replace(&mut self.buf, rest)
-        };
-        if ends {
-            strip_newline(&mut bytes);
-        }
-        let continues = std::mem::replace(&mut self.continues, !ends);
-        let text = String::from_utf8(bytes)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        Piece {
-            stream: self.stream,
-            text,
-            continues,
-            ends,
-        }
-    }
 }
 
-/// A line, or a piece of one.
+/// A line, or a piece of one, and its stream.
 #[derive(Debug)]
 struct Piece {
     stream: Stream,
-    /// Without its newline.
-    text: String,
-    /// It continues the line the previous piece of its pipe started.
-    continues: bool,
-    /// The line ends with it.
-    ends: bool,
-}
-
-/// How much of `bytes` ends on a character boundary: all of it, unless it ends inside a UTF-8
-/// character (then up to that character's first byte).
-fn utf8_boundary(bytes: &[u8]) -> usize {
-    for back in 1..=bytes.len().min(3) {
-        let b = bytes[bytes.len() - back];
-        if b & 0xC0 == 0x80 {
-            continue; // a continuation byte: the character started further back
-        }
-        let width = match b {
-            0xF0.. => 4,
-            0xE0.. => 3,
-            0xC0.. => 2,
-            _ => 1,
-        };
-        return if width > back {
-            bytes.len() - back
-        } else {
-            bytes.len()
-        };
-    }
-    bytes.len()
+    piece: frame::Piece,
 }
 
 /// The next line or piece of a pipe (`None` for a pipe that is gone: never ready).
@@ -395,28 +318,17 @@ async fn next_piece(pipe: &mut Option<Pipe>) -> Option<Piece> {
     let Some(p) = pipe.as_mut().filter(|p| !p.closed) else {
         return std::future::pending().await;
     };
+    let stream = p.stream;
     loop {
         let available = p.reader.fill_buf().await.unwrap_or(&[]);
         if available.is_empty() {
-            // The end: a last line without a newline, if any.
             p.closed = true;
-            if p.buf.is_empty() {
-                return None;
-            }
-            return Some(p.take(true));
+            return p.split.finish().map(|piece| Piece { stream, piece });
         }
-        let room = MAX_LINE - p.buf.len();
-        let window = &available[..available.len().min(room)];
-        if let Some(i) = window.iter().position(|&b| b == b'\n') {
-            p.buf.extend_from_slice(&window[..=i]);
-            p.reader.consume(i + 1);
-            return Some(p.take(true));
-        }
-        let n = window.len();
-        p.buf.extend_from_slice(window);
+        let (n, piece) = p.split.feed(available);
         p.reader.consume(n);
-        if p.buf.len() >= MAX_LINE {
-            return Some(p.take(false));
+        if let Some(piece) = piece {
+            return Some(Piece { stream, piece });
         }
     }
 }

@@ -1,9 +1,13 @@
 //! The shim's framing: how a task's output and its end travel from the shim to the agent.
 //!
 //! One line per event, on the shim's stdout and in `<attempt dir>/output`: `1<line>` for the
-//! task's stdout, `2<line>` for its stderr; stdout also ends with `X<code> <nanos>`, which is
-//! also what `<attempt dir>/exit` holds (without the `X`). Every reader goes through
-//! [`parse_frame`]; every writer through [`line`] and [`exit`].
+//! task's stdout, `2<line>` for its stderr; a line longer than the shim's piece size is written
+//! in pieces, each after the first marked `+` (`+1<more of the line>`). Stdout also ends with
+//! `X<code> <nanos>`, which is also what `<attempt dir>/exit` holds (without the `X`). Every
+//! reader goes through [`parse_frame`]; every writer through [`line`] and [`exit`].
+//!
+//! Output is cut into lines (and long lines into pieces) by [`Splitter`], for the executor and
+//! the shim alike.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -20,18 +24,34 @@ pub struct Recorded {
 /// One line of the framing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
-    Line(Stream, &'a str),
+    /// A line of output, or a piece of a long one: `continued` goes on the line the stream's
+    /// previous piece began.
+    Line {
+        stream: Stream,
+        text: &'a str,
+        continued: bool,
+    },
     Exit(Recorded),
 }
 
 /// Reads one framed line; `None` for anything else.
 pub fn parse_frame(line: &str) -> Option<Frame<'_>> {
-    match line.split_at_checked(1)? {
-        ("1", rest) => Some(Frame::Line(Stream::Stdout, rest)),
-        ("2", rest) => Some(Frame::Line(Stream::Stderr, rest)),
-        ("X", rest) => parse_exit(rest).map(Frame::Exit),
-        _ => None,
-    }
+    let (continued, line) = match line.strip_prefix('+') {
+        Some(rest) => (true, rest),
+        None => (false, line),
+    };
+    let (tag, text) = line.split_at_checked(1)?;
+    let stream = match tag {
+        "1" => Stream::Stdout,
+        "2" => Stream::Stderr,
+        "X" if !continued => return parse_exit(text).map(Frame::Exit),
+        _ => return None,
+    };
+    Some(Frame::Line {
+        stream,
+        text,
+        continued,
+    })
 }
 
 /// `<code> <nanos>`: how the exit is written, in `<dir>/exit` and after `X`.
@@ -45,14 +65,18 @@ pub fn parse_exit(text: &str) -> Option<Recorded> {
     })
 }
 
-/// The frame of one output line (without its newline).
-pub fn line(stream: Stream, text: &str) -> String {
+/// The frame of one output line (without its newline), or of a piece of one.
+pub fn line(stream: Stream, text: &str, continued: bool) -> String {
     let tag = match stream {
         Stream::Stdout => '1',
         Stream::Stderr => '2',
     };
-    format!("{tag}{text}")
+    let mark = if continued { "+" } else { "" };
+    format!("{mark}{tag}{text}")
 }
+
+/// What a frame adds to the text it carries, at most: `+`, the stream's tag and the newline.
+pub const FRAMING: usize = 3;
 
 /// The exit as `<dir>/exit` holds it (`X` and this is the closing frame).
 pub fn exit(code: i32, duration: Duration) -> String {
@@ -79,6 +103,102 @@ pub fn strip_newline(line: &mut Vec<u8>) -> bool {
     true
 }
 
+/// A line, or a piece of one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// Without its newline.
+    pub text: String,
+    /// It goes on the line the previous piece began.
+    pub continued: bool,
+    /// The line ends with it.
+    pub ends: bool,
+}
+
+/// Cuts a byte stream into lines, and a line longer than `max` bytes into pieces of at most
+/// `max` bytes, cut on a character boundary (the bytes of a character cut in two wait for the
+/// next piece). It holds at most `max` bytes. Pure: the reader hands it what it has buffered.
+#[derive(Debug)]
+pub struct Splitter {
+    /// Bytes of the line (or piece) being read; kept across reads, so a read cut short (by
+    /// `select!`) loses nothing.
+    buf: Vec<u8>,
+    /// The next piece continues a line whose start was already passed on.
+    continues: bool,
+    max: usize,
+}
+
+impl Splitter {
+    pub fn new(max: usize) -> Splitter {
+        Splitter {
+            buf: Vec::new(),
+            continues: false,
+            max: max.max(4),
+        }
+    }
+
+    /// Takes what it can of `available` (what the reader holds, not empty): how many bytes it
+    /// consumed, and the piece they completed, if any.
+    pub fn feed(&mut self, available: &[u8]) -> (usize, Option<Piece>) {
+        let room = self.max - self.buf.len();
+        let window = &available[..available.len().min(room)];
+        if let Some(i) = window.iter().position(|&b| b == b'\n') {
+            self.buf.extend_from_slice(&window[..=i]);
+            return (i + 1, Some(self.take(true)));
+        }
+        self.buf.extend_from_slice(window);
+        let piece = (self.buf.len() >= self.max).then(|| self.take(false));
+        (window.len(), piece)
+    }
+
+    /// The end of the stream: the last line, if it had no newline.
+    pub fn finish(&mut self) -> Option<Piece> {
+        (!self.buf.is_empty()).then(|| self.take(true))
+    }
+
+    fn take(&mut self, ends: bool) -> Piece {
+        let mut bytes = if ends {
+            std::mem::take(&mut self.buf)
+        } else {
+            let rest = self.buf.split_off(utf8_boundary(&self.buf));
+            std::mem::replace(&mut self.buf, rest)
+        };
+        if ends {
+            strip_newline(&mut bytes);
+        }
+        let continued = std::mem::replace(&mut self.continues, !ends);
+        let text = String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Piece {
+            text,
+            continued,
+            ends,
+        }
+    }
+}
+
+/// How much of `bytes` ends on a character boundary: all of it, unless it ends inside a UTF-8
+/// character (then up to that character's first byte).
+fn utf8_boundary(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let b = bytes[bytes.len() - back];
+        if b & 0xC0 == 0x80 {
+            continue; // a continuation byte: the character started further back
+        }
+        let width = match b {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if width > back {
+            bytes.len() - back
+        } else {
+            bytes.len()
+        };
+    }
+    bytes.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,11 +207,19 @@ mod tests {
     fn frames_are_output_lines_or_the_exit_never_both() {
         assert_eq!(
             parse_frame("1hello"),
-            Some(Frame::Line(Stream::Stdout, "hello"))
+            Some(Frame::Line {
+                stream: Stream::Stdout,
+                text: "hello",
+                continued: false
+            })
         );
         assert_eq!(
             parse_frame("2oops"),
-            Some(Frame::Line(Stream::Stderr, "oops"))
+            Some(Frame::Line {
+                stream: Stream::Stderr,
+                text: "oops",
+                continued: false
+            })
         );
         assert_eq!(
             parse_frame("X3 1500"),
@@ -100,6 +228,15 @@ mod tests {
                 duration: Duration::from_nanos(1500)
             }))
         );
+        assert_eq!(
+            parse_frame("+2ops"),
+            Some(Frame::Line {
+                stream: Stream::Stderr,
+                text: "ops",
+                continued: true
+            })
+        );
+        assert_eq!(parse_frame("+X3 1500"), None);
         assert_eq!(parse_frame("Xjunk"), None);
         assert_eq!(parse_frame(""), None);
     }
@@ -107,10 +244,16 @@ mod tests {
     #[test]
     fn what_is_written_reads_back() {
         for stream in [Stream::Stdout, Stream::Stderr] {
-            assert_eq!(
-                parse_frame(&line(stream, "a 1")),
-                Some(Frame::Line(stream, "a 1"))
-            );
+            for continued in [false, true] {
+                assert_eq!(
+                    parse_frame(&line(stream, "+a 1", continued)),
+                    Some(Frame::Line {
+                        stream,
+                        text: "+a 1",
+                        continued
+                    })
+                );
+            }
         }
         let written = format!("X{}", exit(7, Duration::from_millis(2)));
         assert_eq!(
@@ -128,5 +271,65 @@ mod tests {
         assert!(strip_newline(&mut l));
         assert_eq!(l, b"a");
         assert!(!strip_newline(&mut l));
+    }
+
+    fn split(input: &[u8], max: usize, read: usize) -> Vec<Piece> {
+        let mut s = Splitter::new(max);
+        let mut pieces = vec![];
+        for chunk in input.chunks(read) {
+            let mut chunk = chunk;
+            while !chunk.is_empty() {
+                let (n, piece) = s.feed(chunk);
+                chunk = &chunk[n..];
+                pieces.extend(piece);
+            }
+        }
+        pieces.extend(s.finish());
+        pieces
+    }
+
+    fn piece(text: &str, continued: bool, ends: bool) -> Piece {
+        Piece {
+            text: text.into(),
+            continued,
+            ends,
+        }
+    }
+
+    #[test]
+    fn lines_come_whole_and_long_ones_in_pieces_whatever_the_reads() {
+        for read in [1, 2, 3, 7, 100] {
+            assert_eq!(
+                split(b"ab\nabcdefghij\r\n\nend", 4, read),
+                [
+                    piece("ab", false, true),
+                    piece("abcd", false, false),
+                    piece("efgh", true, false),
+                    piece("ij", true, true),
+                    piece("", false, true),
+                    piece("end", false, true),
+                ],
+                "reads of {read}"
+            );
+        }
+        // A line of exactly the size: its newline ends it in an empty piece.
+        assert_eq!(
+            split(b"abcd\n", 4, 10),
+            [piece("abcd", false, false), piece("", true, true)]
+        );
+    }
+
+    #[test]
+    fn pieces_end_between_characters() {
+        // "é" is two bytes: a cut at 4 bytes falls inside the second.
+        let pieces = split("xéééé".as_bytes(), 4, 64);
+        assert_eq!(
+            pieces,
+            [
+                piece("xé", false, false),
+                piece("éé", true, false),
+                piece("é", true, true),
+            ]
+        );
     }
 }

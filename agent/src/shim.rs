@@ -1,7 +1,8 @@
 //! The task supervisor ("shim") that lets a task outlive its agent.
 //!
 //! With `--state-dir`, the agent does not run `sh -c` itself: it starts `factotum-agent --shim
-//! <attempt dir>`, which runs the command, appends every output line to `<dir>/output` and
+//! <attempt dir>`, which runs the command, appends every output line to `<dir>/output` (a long
+//! line in pieces, so the shim never holds more than one piece of a line) and
 //! writes the exit code to `<dir>/exit` when the task ends — whether or not the agent is still
 //! there. A restarted agent finds the attempt directories, reports the recorded results and
 //! adopts the tasks still running (re-attaching them to the coordinator), so a restart neither
@@ -23,7 +24,8 @@ use std::time::Instant;
 
 use factotum_common::run::Stream;
 
-use crate::frame::{self, exit_code, strip_newline};
+use crate::executor::MAX_LINE;
+use crate::frame::{self, exit_code, Splitter};
 
 /// Files of one attempt directory.
 pub const LEASE: &str = "lease";
@@ -88,12 +90,30 @@ pub fn run(dir: &Path, command_line: &str) -> i32 {
                 for (pipe, stream) in pipes.into_iter().flatten() {
                     let emit = &emit;
                     scope.spawn(move || {
+                        // A long line in pieces: what the shim holds of a line is bounded, and
+                        // a framed piece fits in one of the agent's lines.
                         let mut reader = BufReader::new(pipe);
-                        let mut buf = Vec::new();
-                        while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
-                            strip_newline(&mut buf);
-                            emit(&frame::line(stream, &String::from_utf8_lossy(&buf)));
-                            buf.clear();
+                        let mut split = Splitter::new(MAX_LINE - frame::FRAMING);
+                        loop {
+                            let piece = match reader.fill_buf() {
+                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                                Ok([]) | Err(_) => match split.finish() {
+                                    Some(p) => p,
+                                    None => break,
+                                },
+                                Ok(available) => {
+                                    let (n, piece) = split.feed(available);
+                                    reader.consume(n);
+                                    match piece {
+                                        Some(p) => p,
+                                        None => continue,
+                                    }
+                                }
+                            };
+                            // A line that ended where its last piece was cut: nothing more.
+                            if !(piece.continued && piece.text.is_empty()) {
+                                emit(&frame::line(stream, &piece.text, piece.continued));
+                            }
                         }
                     });
                 }
@@ -107,6 +127,7 @@ pub fn run(dir: &Path, command_line: &str) -> i32 {
             emit(&frame::line(
                 Stream::Stderr,
                 &format!("Error executing process - {e}"),
+                false,
             ));
             (-1, false)
         }

@@ -294,7 +294,7 @@ async fn follow(
                 Ok(Some(ev)) => {
                     match wire::event_from_pb(ev, run_id) {
                         Some(WatchEvent::Tasks(changes)) => console.task_changes(&changes),
-                        Some(WatchEvent::Output { task, stream, line }) => console.output(&task, stream, &line),
+                        Some(WatchEvent::Output { task, stream, line, .. }) => console.output(&task, stream, &line),
                         Some(WatchEvent::Done(summary)) => {
                             console.summary(&summary);
                             return Ok(if summary.state == JobState::Succeeded { exit::OK } else { exit::TASK_FAILED });

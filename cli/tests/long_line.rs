@@ -90,3 +90,107 @@ fn a_huge_line_without_a_newline_runs_in_bounded_memory() {
     assert!(longest <= MAX_LINE + "[big] \n".len(), "{longest}");
     assert!(printed > 0);
 }
+
+/// The shim's piece size: a framed piece (`+`, the stream's tag, the text, a newline) fits in one
+/// of the agent's lines.
+const SHIM_PIECE: usize = MAX_LINE - 3;
+
+/// A factfile whose task prints `len` bytes of `a` on one line, then `end`, and runs a little
+/// longer (for heartbeats).
+fn long_line_factfile(d: &Dir, len: usize) -> String {
+    let command = format!("head -c {len} /dev/zero | tr '\\0' a; printf '\\nend\\n'; sleep 1.2");
+    d.write(
+        "pieces.factfile",
+        &factfile("pieces", vec![task("big", &command, &[], &[])]),
+    )
+}
+
+/// The task's last 10,000 characters (the default tail) of output, as written.
+fn tail_of(len: usize) -> String {
+    let whole = format!("{}\nend", "a".repeat(len));
+    whole[whole.len() - 10_000..].to_string()
+}
+
+/// Every heartbeat after the line was printed, and the result, carry the tail as written.
+fn assert_tails(p: &[serde_json::Value], want: &str) -> usize {
+    let stdout_of = |x: &serde_json::Value| x["data"]["taskStates"][0]["stdout"].clone();
+    let beats: Vec<&serde_json::Value> = p
+        .iter()
+        .filter(|x| transitions(std::slice::from_ref(x))[0] == "big RUNNING->RUNNING")
+        .filter(|x| stdout_of(x).as_str().is_some_and(|s| s.ends_with("end")))
+        .collect();
+    for beat in &beats {
+        assert_eq!(
+            stdout_of(beat).as_str(),
+            Some(want),
+            "a heartbeat's tail, assembled by the engine from the pieces"
+        );
+    }
+    let last = &p.last().unwrap()["data"]["taskStates"][0];
+    assert_eq!(last["stdout"].as_str(), Some(want), "the result's tail");
+    beats.len()
+}
+
+/// The bytes of `a` printed on `[big]` console lines.
+fn printed(o: &std::process::Output) -> usize {
+    stdout(o)
+        .lines()
+        .filter_map(|l| l.strip_prefix("[big] "))
+        .filter(|l| l.starts_with('a'))
+        .map(str::len)
+        .sum()
+}
+
+#[test]
+fn a_long_line_keeps_its_bytes_in_heartbeat_and_result_tails() {
+    let d = Dir::new();
+    let rx = Receiver::start();
+    // Cut twice, the second cut 100 bytes before the line's end: well inside a 10,000-character
+    // tail, where a newline added at a cut would show.
+    let len = 2 * MAX_LINE + 100;
+    let ff = long_line_factfile(&d, len);
+    let o = run(&[
+        "run",
+        &ff,
+        "--webhook",
+        &rx.url,
+        "--heartbeat-interval",
+        "0.3",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let beats = assert_tails(&rx.payloads(), &tail_of(len));
+    assert!(beats > 0, "{:?}", transitions(&rx.payloads()));
+    assert_eq!(printed(&o), len, "printed in pieces, each a console line");
+}
+
+#[test]
+fn a_long_line_through_a_state_dir_agent_keeps_its_bytes_in_the_result_tail() {
+    use support::fleet::{agent, wait_for_agents, Coordinator};
+    let c = Coordinator::start(&[]);
+    let d = Dir::new();
+    let state = d.file("state");
+    let _a = agent(
+        &c.url,
+        "keeper",
+        None,
+        &["--state-dir", &state.to_string_lossy()],
+    );
+    wait_for_agents(&c.url, 1);
+    let rx = Receiver::start();
+    // Cut twice by the shim, the second cut 100 bytes before the line's end.
+    let len = 2 * SHIM_PIECE + 100;
+    let ff = long_line_factfile(&d, len);
+    let args = [
+        "submit",
+        &ff,
+        "--coordinator",
+        &c.url,
+        "--wait",
+        "--webhook",
+        &rx.url,
+    ];
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_tails(&rx.payloads(), &tail_of(len));
+    assert_eq!(printed(&o), len);
+}

@@ -142,12 +142,14 @@ pub enum Event {
     Start,
     /// The engine placed these ready tasks; each gets a new attempt and becomes RUNNING.
     Lease { tasks: Vec<TaskId> },
-    /// One line of a running attempt's output.
+    /// One line of a running attempt's output, or a piece of a long one (`continued`: it goes
+    /// on the line the stream's previous piece began).
     Output {
         task: TaskId,
         attempt: u32,
         stream: Stream,
         line: String,
+        continued: bool,
     },
     /// An attempt ended (its agent's report, or a lost agent's verdict).
     AttemptEnded {
@@ -534,11 +536,12 @@ impl RunState {
                 attempt,
                 stream,
                 line,
+                continued,
             } => {
                 if let Some(rec) = self.current_attempt(task, attempt) {
                     match stream {
-                        Stream::Stdout => rec.stdout.push_line(&line),
-                        Stream::Stderr => rec.stderr.push_line(&line),
+                        Stream::Stdout => rec.stdout.push_piece(&line, continued),
+                        Stream::Stderr => rec.stderr.push_piece(&line, continued),
                     }
                 }
             }

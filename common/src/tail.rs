@@ -24,7 +24,25 @@ impl Tail {
             self.buf.push('\n');
         }
         self.buf.push_str(line);
-        // Trim lazily: only when the buffer holds far more than needed, so appends stay O(line).
+        self.trim();
+    }
+
+    /// Appends a piece of a line: one that is `continued` goes on the line the previous piece
+    /// began (a long line passed on in pieces: nothing is added between them); any other
+    /// starts a line of its own.
+    pub fn push_piece(&mut self, text: &str, continued: bool) {
+        if !continued {
+            return self.push_line(text);
+        }
+        if self.max == 0 {
+            return;
+        }
+        self.buf.push_str(text);
+        self.trim();
+    }
+
+    /// Trims lazily: only when the buffer holds far more than needed, so appends stay O(line).
+    fn trim(&mut self) {
         if self.buf.len() > self.max.saturating_mul(4).saturating_add(4096) {
             let keep = last_chars(&self.buf, self.max).len();
             let cut = self.buf.len() - keep;
@@ -111,6 +129,25 @@ mod tests {
         }
         assert_eq!(t.as_str(), "ééé");
         assert!(t.buf.len() < 4 * 3 + 4096 + 16);
+    }
+
+    #[test]
+    fn pieces_of_a_line_join_without_a_newline() {
+        let mut t = Tail::new(20);
+        t.push_piece("first", false);
+        t.push_piece("long-", false);
+        t.push_piece("line", true);
+        t.push_piece("", true);
+        t.push_piece("last", false);
+        assert_eq!(t.as_str(), "first\nlong-line\nlast");
+        // A long line in many pieces keeps only its last characters.
+        let mut long = Tail::new(5);
+        long.push_piece("x", false);
+        for _ in 0..10_000 {
+            long.push_piece("abcdef", true);
+        }
+        assert_eq!(long.as_str(), "bcdef");
+        assert!(long.buf.len() < 5 * 4 + 4096 + 16);
     }
 
     #[test]

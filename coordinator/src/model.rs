@@ -95,10 +95,13 @@ pub enum WatchEvent {
         current: JobState,
     },
     Tasks(Vec<TaskChange>),
+    /// A line of output, or a piece of a long one (`continued`: it goes on the line the
+    /// previous piece of this task and stream began).
     Output {
         task: Arc<str>,
         stream: Stream,
         line: String,
+        continued: bool,
     },
     Done(RunSummary),
     /// This watcher fell behind: `skipped` output lines were not queued for it (transitions

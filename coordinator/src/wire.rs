@@ -111,10 +111,16 @@ pub fn event_to_pb(ev: WatchEvent) -> pb::RunEvent {
                 })
                 .collect(),
         }),
-        WatchEvent::Output { task, stream, line } => Event::Output(pb::OutputLine {
+        WatchEvent::Output {
+            task,
+            stream,
+            line,
+            continued,
+        } => Event::Output(pb::OutputLine {
             task: task.to_string(),
             stream: stream_to_pb(stream),
             line,
+            continued,
         }),
         WatchEvent::Lagged { skipped } => Event::Lagged(pb::Lagged { skipped }),
         WatchEvent::Done(s) => Event::End(pb::RunEnd {
@@ -167,6 +173,7 @@ pub fn event_from_pb(ev: pb::RunEvent, run_id: &str) -> Option<WatchEvent> {
             task: Arc::from(o.task.as_str()),
             stream: stream_from_pb(o.stream),
             line: o.line,
+            continued: o.continued,
         },
         Event::Lagged(l) => WatchEvent::Lagged { skipped: l.skipped },
         Event::End(e) => WatchEvent::Done(RunSummary {

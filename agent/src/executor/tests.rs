@@ -21,8 +21,14 @@ async fn run_spec(spec: &ExecSpec) -> (TaskResult, Vec<String>) {
     let res = execute(spec, tx, CancellationToken::new()).await;
     let mut lines = vec![];
     while let Ok(e) = rx.try_recv() {
-        if let ExecEvent::Line { stream, line } = e {
-            lines.push(format!("{stream:?}:{line}"));
+        if let ExecEvent::Line {
+            stream,
+            line,
+            continued,
+        } = e
+        {
+            let mark = if continued { "+" } else { "" };
+            lines.push(format!("{mark}{stream:?}:{line}"));
         }
     }
     (res, lines)
@@ -144,17 +150,23 @@ async fn an_unusable_cwd_is_a_spawn_failure_naming_it() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The lines a run reported, as (stream, text).
-async fn run_lines(spec: &ExecSpec) -> (TaskResult, Vec<(Stream, String)>) {
+/// The lines a run reported, as (stream, text), and which were flagged `continued`.
+async fn run_lines(spec: &ExecSpec) -> (TaskResult, Vec<(Stream, String)>, Vec<bool>) {
     let (tx, mut rx) = mpsc::channel(1024);
     let res = execute(spec, tx, CancellationToken::new()).await;
-    let mut lines = vec![];
+    let (mut lines, mut flags) = (vec![], vec![]);
     while let Ok(e) = rx.try_recv() {
-        if let ExecEvent::Line { stream, line } = e {
+        if let ExecEvent::Line {
+            stream,
+            line,
+            continued,
+        } = e
+        {
             lines.push((stream, line));
+            flags.push(continued);
         }
     }
-    (res, lines)
+    (res, lines, flags)
 }
 
 #[tokio::test]
@@ -164,8 +176,18 @@ async fn a_line_longer_than_the_cap_comes_in_pieces_and_the_tail_keeps_its_bytes
         "head -c {} /dev/zero | tr '\\0' a; head -c {MAX_LINE} /dev/zero | tr '\\0' b >&2; printf '\\nafter\\n' >&2",
         MAX_LINE * 5 / 2
     );
-    let (res, lines) = run_lines(&spec(&line)).await;
+    let (res, lines, continued) = run_lines(&spec(&line)).await;
     assert_eq!(res.outcome, Outcome::Exited(0));
+    // Each stream's first piece starts a line; the further pieces of a line go on with it.
+    let flags = |want: Stream| -> Vec<bool> {
+        let pieces = lines.iter().zip(&continued);
+        pieces
+            .filter(|((s, _), _)| *s == want)
+            .map(|(_, &c)| c)
+            .collect()
+    };
+    assert_eq!(flags(Stream::Stdout), [false, true, true]);
+    assert_eq!(flags(Stream::Stderr), [false, false]);
     let sizes: Vec<(Stream, usize)> = lines.iter().map(|(s, l)| (*s, l.len())).collect();
     let mut out: Vec<usize> = sizes
         .iter()
@@ -196,9 +218,10 @@ async fn a_long_line_is_cut_between_characters() {
     // 'x' then two-byte characters: the cap falls inside one of them.
     let n = MAX_LINE / 2 + 10;
     let line = format!("printf x; yes é | head -n {n} | tr -d '\\n'");
-    let (res, lines) = run_lines(&spec(&line)).await;
+    let (res, lines, continued) = run_lines(&spec(&line)).await;
     assert_eq!(res.outcome, Outcome::Exited(0));
     assert_eq!(lines.len(), 2);
+    assert_eq!(continued, [false, true]);
     let whole: String = lines.iter().map(|(_, l)| l.as_str()).collect();
     assert_eq!(whole, format!("x{}", "é".repeat(n)));
     assert_eq!(lines[0].1.len(), MAX_LINE - 1);
@@ -220,7 +243,8 @@ async fn a_long_framed_line_keeps_its_stream_across_pieces() {
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut s = spec("unused");
     s.shim = Some((exe, dir.clone()));
-    let (res, lines) = run_lines(&s).await;
+    let (res, lines, continued) = run_lines(&s).await;
+    assert_eq!(continued, [false, true, true, false]);
     assert_eq!(res.outcome, Outcome::Exited(3));
     let got: Vec<(Stream, usize)> = lines.iter().map(|(s, l)| (*s, l.len())).collect();
     assert_eq!(

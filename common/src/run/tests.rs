@@ -415,12 +415,24 @@ fn heartbeat_reports_running_tasks_with_output_so_far() {
         attempt: 1,
         stream: Stream::Stdout,
         line: "line1".into(),
+        continued: false,
     });
+    // A long line in pieces joins up again.
+    for (line, continued) in [("long-", false), ("line", true)] {
+        h.apply(Event::Output {
+            task: 0,
+            attempt: 1,
+            stream: Stream::Stdout,
+            line: line.into(),
+            continued,
+        });
+    }
     h.apply(Event::Output {
         task: 0,
         attempt: 2,
         stream: Stream::Stdout,
         line: "stale".into(),
+        continued: false,
     });
     h.finish("b", 0);
     let beats = h.apply(Event::Heartbeat);
@@ -436,7 +448,7 @@ fn heartbeat_reports_running_tasks_with_output_so_far() {
     );
     let snap = u.snapshot.as_ref().unwrap();
     let a = snap.tasks.iter().find(|v| &*v.name == "a").unwrap();
-    assert_eq!(a.stdout.as_deref(), Some("line1"));
+    assert_eq!(a.stdout.as_deref(), Some("line1\nlong-line"));
 }
 
 #[test]

@@ -208,6 +208,7 @@ impl<S: Store> Core<S> {
                 attempt: r.attempt,
                 stream,
                 line: o.line.clone(),
+                continued: o.continued,
             };
             run.state.apply(ev, now);
         }
@@ -215,6 +216,7 @@ impl<S: Store> Core<S> {
             task: name,
             stream,
             line: o.line,
+            continued: o.continued,
         });
     }
 

@@ -153,6 +153,7 @@ mod tests {
             task: Arc::from("t"),
             stream: Stream::Stdout,
             line: "x".repeat(n),
+            continued: false,
         }
     }
 

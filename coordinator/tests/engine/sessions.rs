@@ -36,6 +36,7 @@ async fn a_result_from_an_agent_that_does_not_hold_the_attempt_is_ignored_and_no
         lease: lease.lease.clone(),
         stream: factotum_proto::Stream::Stdout as i32,
         line: "forged".into(),
+        continued: false,
     }))
     .await;
     assert!(

@@ -32,6 +32,7 @@ async fn a_watcher_that_stops_reading_holds_at_most_its_buffer_and_learns_what_i
             lease: lease.lease.clone(),
             stream: 0,
             line: line.clone(),
+            continued: false,
         }))
         .await;
     }

@@ -60,6 +60,11 @@ pub struct Remote {
         default_value = factotum_proto::DEFAULT_COORDINATOR
     )]
     pub coordinator: Vec<String>,
+    /// The largest gRPC message sent to or accepted from a coordinator (a run's status, a
+    /// factfile); keep it at the coordinators' `--max-message-size`. Like 16MiB or 4000000.
+    #[arg(long, env = "FACTOTUM_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value = "16MiB",
+          value_parser = factotum_service::size::at_least(factotum_common::run::MIN_MAX_MESSAGE as u64))]
+    pub max_message_size: usize,
 }
 
 #[derive(Debug, Args)]

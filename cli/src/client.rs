@@ -43,7 +43,7 @@ where
             let mut route = Route::new(given);
             loop {
                 let url = route.url().to_string();
-                let (failure, found) = match connect(&url).await {
+                let (failure, found) = match connect(&url, remote.max_message_size).await {
                     Ok(client) => match f(client).await {
                         Err(e) => match e.unavailable.clone() {
                             Some(leader) => (e, Found::Follower(leader)),
@@ -120,28 +120,15 @@ fn unreachable(tried: &[(String, String)]) -> Failure {
 }
 
 /// Connects to one coordinator; the error says why not.
-async fn connect(url: &str) -> Result<JobsClient<Channel>, String> {
+async fn connect(url: &str, limit: usize) -> Result<JobsClient<Channel>, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("not a URL ({e})"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
-    let limit = max_message_size();
     Ok(JobsClient::new(channel)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit))
-}
-
-/// The largest message the CLI sends or accepts: `FACTOTUM_MAX_MESSAGE_SIZE` (the variable
-/// the coordinator and agents read for `--max-message-size`), else 16 MiB.
-fn max_message_size() -> usize {
-    std::env::var("FACTOTUM_MAX_MESSAGE_SIZE")
-        .ok()
-        .and_then(|v| factotum_service::size::parse_size(&v).ok())
-        .and_then(|n| usize::try_from(n).ok())
-        .map_or(factotum_common::run::DEFAULT_MAX_MESSAGE, |n| {
-            n.max(factotum_common::run::MIN_MAX_MESSAGE)
-        })
 }
 
 /// A refused request, with the exit code `factotum run` would give the same problem.

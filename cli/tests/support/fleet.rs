@@ -291,3 +291,166 @@ impl Coordinator {
         self.url.rsplit(':').next().unwrap().parse().unwrap()
     }
 }
+
+/// One `GET path` to `127.0.0.1:port` (HTTP/1.0, 2 s timeouts): the response, or None.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// One member of an [`EtcdCluster`].
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    proc: Option<Proc>,
+}
+
+/// A real 3-member etcd cluster of `etcd` processes on loopback: ephemeral client and peer
+/// ports, a temp data dir (and a log) per member.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial: String,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts three members and waits until each is healthy (the cluster has a raft leader).
+    /// Fails loudly when etcd is not installed.
+    pub fn start() -> EtcdCluster {
+        let dir = tempfile::tempdir().unwrap();
+        // Six distinct ports: every listener is held until all are chosen.
+        let held: Vec<std::net::TcpListener> = (0..6)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(held);
+        let members: Vec<Member> = (0..3)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: ports[2 * i],
+                peer: ports[2 * i + 1],
+                proc: None,
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = EtcdCluster {
+            members,
+            initial,
+            dir,
+        };
+        for i in 0..3 {
+            c.spawn(i);
+        }
+        for i in 0..3 {
+            c.wait_healthy(i);
+        }
+        c
+    }
+
+    /// Every member's client URL, comma-separated (what `--etcd` takes).
+    pub fn endpoints(&self) -> String {
+        (0..self.members.len())
+            .map(|i| self.endpoint(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Member `i`'s client URL.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client)
+    }
+
+    /// Whether member `i` says it is etcd's raft leader now (`etcd_server_is_leader 1` in its
+    /// `/metrics`). A dead or silent member is not.
+    pub fn is_raft_leader(&self, i: usize) -> bool {
+        self.members[i].proc.is_some()
+            && http_get(self.members[i].client, "/metrics")
+                .is_some_and(|m| m.lines().any(|l| l.trim() == "etcd_server_is_leader 1"))
+    }
+
+    /// The member that is etcd's raft leader, once exactly one live member says it is (up to
+    /// `limit`).
+    pub fn raft_leader(&self, limit: Duration) -> Option<usize> {
+        let mut found = None;
+        super::eventually(limit, || {
+            let leaders: Vec<usize> = (0..self.members.len())
+                .filter(|&i| self.is_raft_leader(i))
+                .collect();
+            found = (leaders.len() == 1).then(|| leaders[0]);
+            found.is_some()
+        });
+        found
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].proc = None; // Proc's drop kills and reaps it
+    }
+
+    /// Member `i`'s log (its stderr).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.log", self.members[i].name))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &self.members[i];
+        let c = format!("http://127.0.0.1:{}", m.client);
+        let p = format!("http://127.0.0.1:{}", m.peer);
+        let child = Command::new("etcd")
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(self.dir.path().join(&m.name))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &self.initial])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "factotum-cli-tests"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.log_path(i)).unwrap())
+            .spawn()
+            .expect("etcd must be installed (apt-get install etcd-server; `make test` does it)");
+        self.members[i].proc = Some(Proc(child));
+    }
+
+    fn wait_healthy(&mut self, i: usize) {
+        let client = self.members[i].client;
+        let healthy = super::eventually(Duration::from_secs(20), || {
+            http_get(client, "/health").is_some_and(|b| b.contains("\"health\":\"true\""))
+        });
+        if !healthy {
+            let log = self.log(i);
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!(
+                "etcd member {} did not become healthy within 20 s; its log ends:\n{}",
+                self.endpoint(i),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}

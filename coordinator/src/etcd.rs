@@ -1,8 +1,9 @@
 //! The etcd store: the same key layout as the memory store under a prefix, every batch one etcd
 //! transaction, fenced on the leader key when the coordinator holds leadership.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp,
@@ -31,8 +32,121 @@ pub struct EtcdStore {
     prefix: String,
     /// Set on a leader's copy of the store: every write is conditional on it.
     fence: Option<Arc<Fence>>,
+    /// A leader's writes in order (with the fence); held while one is in flight.
+    writes: Option<Arc<tokio::sync::Mutex<Writes>>>,
     /// Ends the endpoint tracking when the last copy of the store goes.
     _tracking: Option<Arc<tokio_util::sync::DropGuard>>,
+    patience: Arc<Patience>,
+}
+
+/// A leader's writes, numbered: each transaction also requires the term's write counter to
+/// hold the number of the write before it, and sets it to its own. A write given up on (no
+/// answer in time) and retried can then never be applied *after* a newer one — its compare
+/// fails — and a retry of a write that did get through is recognised (the counter holds its
+/// number) instead of applied twice.
+#[derive(Debug)]
+struct Writes {
+    /// `<prefix>/writes/<epoch, 20 digits>`: one per term, so they sort by term.
+    key: String,
+    /// Names this writer in the counter's values: a second writer of the same term (which
+    /// should never exist) finds the counter foreign and stops.
+    writer: u64,
+    /// Writes of this term applied so far.
+    done: u64,
+}
+
+impl Writes {
+    fn new(key: String) -> Writes {
+        Writes {
+            key,
+            writer: rand::random(),
+            done: 0,
+        }
+    }
+
+    /// The counter's value after write `n`.
+    fn value(&self, n: u64) -> String {
+        format!("{n} {:016x}", self.writer)
+    }
+
+    /// What the next write requires of the counter.
+    fn compare(&self) -> Compare {
+        if self.done == 0 {
+            Compare::version(self.key.as_str(), CompareOp::Equal, 0)
+        } else {
+            Compare::value(self.key.as_str(), CompareOp::Equal, self.value(self.done))
+        }
+    }
+
+    /// What the next write adds: the counter's new value; the first write of a term also
+    /// deletes the counters of earlier terms (the keys sorting before its own).
+    fn ops(&self, prefix: &str) -> Vec<TxnOp> {
+        let mut ops = vec![TxnOp::put(
+            self.key.as_str(),
+            self.value(self.done + 1),
+            None,
+        )];
+        if self.done == 0 {
+            let older = DeleteOptions::new().with_range(self.key.as_str());
+            ops.push(TxnOp::delete(format!("{prefix}/writes/"), Some(older)));
+        }
+        ops
+    }
+
+    /// Whether the counter as read shows the next write already applied (an earlier try of
+    /// it got through).
+    fn applied(&self, counter: Option<&[u8]>) -> bool {
+        counter == Some(self.value(self.done + 1).as_bytes())
+    }
+}
+
+/// Any request's limit (the client's): one in flight when etcd's raft leader dies hangs until
+/// then, and is retried on a live member.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A write's limit while etcd answers quickly: half etcd's own election timeout (1 s by
+/// default), so a write stuck on a dead raft leader holds dispatch at most this long past
+/// etcd's re-election.
+const QUICK: Duration = Duration::from_millis(500);
+/// Writes in a row without an answer after which etcd is taken to be slow rather than between
+/// leaders (a re-election takes one to two election timeouts: up to four quick limits).
+const UNANSWERED_BEFORE_SLOW: u32 = 4;
+
+/// How long a write may take before it is given up (and its batch retried, soon, on a live
+/// member): [`QUICK`] while etcd answers writes well within it, so a write stuck on a raft
+/// leader that died pauses dispatch about as long as etcd takes to elect another (a member
+/// that knows it has no leader answers at once: requests ask for one); the full
+/// [`REQUEST_TIMEOUT`] once writes are slow, or after several in a row got no answer, so a slow but
+/// healthy etcd is not given up on again and again.
+#[derive(Debug, Default)]
+struct Patience {
+    /// The last answered write took more than half of [`QUICK`].
+    slow: AtomicBool,
+    /// Writes in a row that got no answer within their limit.
+    unanswered: AtomicU32,
+}
+
+impl Patience {
+    fn limit(&self) -> Duration {
+        let unanswered = self.unanswered.load(Ordering::Relaxed);
+        if self.slow.load(Ordering::Relaxed) || unanswered >= UNANSWERED_BEFORE_SLOW {
+            REQUEST_TIMEOUT
+        } else {
+            QUICK
+        }
+    }
+
+    /// A write's time, `None` when it got no answer within the limit.
+    fn record(&self, took: Option<Duration>) {
+        match took {
+            Some(t) => {
+                self.slow.store(t > QUICK / 2, Ordering::Relaxed);
+                self.unanswered.store(0, Ordering::Relaxed);
+            }
+            None => {
+                self.unanswered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// How long a member has to answer a probe.
@@ -125,9 +239,9 @@ impl EtcdStore {
     pub async fn connect(cfg: &EtcdConfig) -> Result<EtcdStore, StoreError> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
-            // A request in flight when etcd's raft leader dies hangs until this timeout (then the
-            // stalled batch is retried on a live member): it bounds the dispatch pause.
-            .with_timeout(Duration::from_secs(2))
+            .with_timeout(REQUEST_TIMEOUT)
+            // A member without a leader says so at once instead of holding the request.
+            .with_require_leader(true)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
         if let Some((user, password)) = &cfg.user {
             opts = opts.with_user(user, password);
@@ -193,7 +307,9 @@ impl EtcdStore {
             election_client,
             prefix,
             fence: None,
+            writes: None,
             _tracking: guard,
+            patience: Arc::default(),
         })
     }
 
@@ -213,8 +329,10 @@ impl EtcdStore {
 
     /// This store with every write fenced on `fence` (a leader's store).
     pub fn fenced(&self, fence: Fence) -> EtcdStore {
+        let writes = Writes::new(format!("{}/writes/{:020}", self.prefix, fence.epoch()));
         EtcdStore {
             fence: Some(Arc::new(fence)),
+            writes: Some(Arc::new(tokio::sync::Mutex::new(writes))),
             ..self.clone()
         }
     }
@@ -227,10 +345,15 @@ impl EtcdStore {
 impl Store for EtcdStore {
     async fn commit(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
         let mut kv = self.client.kv_client();
+        // One write at a time per term: the counter orders them.
+        let mut writes = match &self.writes {
+            Some(w) => Some(w.lock().await),
+            None => None,
+        };
         // etcd refuses a transaction that names a key twice: keep each key's last write.
         let ops = last_write_per_key(ops);
         for chunk in ops.chunks(MAX_OPS_PER_COMMIT) {
-            let txn_ops: Vec<TxnOp> = chunk
+            let mut txn_ops: Vec<TxnOp> = chunk
                 .iter()
                 .map(|op| match op {
                     StoreOp::Put { key, value } => TxnOp::put(self.key(key), value.clone(), None),
@@ -240,18 +363,47 @@ impl Store for EtcdStore {
                     }
                 })
                 .collect();
-            let txn = match &self.fence {
-                Some(fence) => Txn::new().when(vec![Compare::create_revision(
+            let mut when = Vec::new();
+            let mut otherwise = Vec::new();
+            if let Some(fence) = &self.fence {
+                when.push(Compare::create_revision(
                     fence.key(),
                     CompareOp::Equal,
                     fence.revision(),
-                )]),
-                None => Txn::new(),
+                ));
             }
-            .and_then(txn_ops);
-            let resp = kv.txn(txn).await.map_err(unavailable)?;
-            if !resp.succeeded() {
+            if let Some(w) = writes.as_deref() {
+                when.push(w.compare());
+                txn_ops.extend(w.ops(&self.prefix));
+                otherwise.push(TxnOp::get(w.key.as_str(), None));
+            }
+            let txn = Txn::new().when(when).and_then(txn_ops).or_else(otherwise);
+            let limit = self.patience.limit();
+            let begun = Instant::now();
+            let answer = tokio::time::timeout(limit, kv.txn(txn)).await;
+            match &answer {
+                Ok(Ok(_)) => self.patience.record(Some(begun.elapsed())),
+                // Refused (no leader, a member gone): says nothing of speed.
+                Ok(Err(e)) => tracing::debug!(error = %e, "an etcd write was refused"),
+                Err(_) => {
+                    tracing::debug!(?limit, "an etcd write got no answer");
+                    self.patience.record(None);
+                }
+            }
+            let resp = answer
+                .map_err(|_| unavailable(format!("etcd did not answer within {limit:?}")))?
+                .map_err(unavailable)?;
+            let applied = resp.succeeded()
+                || writes
+                    .as_deref()
+                    .is_some_and(|w| w.applied(counter_read(&resp).as_deref()));
+            if !applied {
+                // The fence failed (another leader), or the counter is not where this term
+                // left it: either way this store's writes are no longer the leader's.
                 return Err(StoreError::Fenced);
+            }
+            if let Some(w) = writes.as_deref_mut() {
+                w.done += 1;
             }
         }
         Ok(())
@@ -312,6 +464,14 @@ impl Store for EtcdStore {
     }
 }
 
+/// The write counter as the failed branch of a transaction read it.
+fn counter_read(resp: &etcd_client::TxnResponse) -> Option<Vec<u8>> {
+    resp.op_responses().into_iter().find_map(|op| match op {
+        etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+        _ => None,
+    })
+}
+
 /// The end of etcd's range for a prefix: the prefix with its last byte incremented (bytes of
 /// 0xff dropped first).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -323,4 +483,53 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0] // every key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_is_recognised_as_applied_only_by_its_own_number_and_writer() {
+        let mut w = Writes::new("/f/writes/00000000000000000007".into());
+        let first = w.value(1);
+        assert!(
+            w.applied(Some(first.as_bytes())),
+            "an earlier try got through"
+        );
+        assert!(!w.applied(None), "nothing written yet");
+        w.done = 1;
+        assert!(
+            !w.applied(Some(first.as_bytes())),
+            "the counter is where we left it"
+        );
+        assert!(w.applied(Some(w.value(2).as_bytes())));
+        let other = Writes::new(w.key.clone());
+        assert!(
+            !w.applied(Some(other.value(2).as_bytes())),
+            "another writer's"
+        );
+        // The first write of a term clears the counters of earlier terms, not its own.
+        assert_eq!(w.ops("/f").len(), 1);
+        w.done = 0;
+        assert_eq!(w.ops("/f").len(), 2);
+    }
+
+    #[test]
+    fn writes_get_the_quick_limit_only_while_etcd_answers_quickly() {
+        let p = Patience::default();
+        assert_eq!(p.limit(), QUICK);
+        p.record(Some(Duration::from_millis(20)));
+        assert_eq!(p.limit(), QUICK);
+        for _ in 1..UNANSWERED_BEFORE_SLOW {
+            p.record(None); // no answer (etcd is between leaders): retried as quickly
+            assert_eq!(p.limit(), QUICK);
+        }
+        p.record(None); // again and again: perhaps etcd is just slow
+        assert_eq!(p.limit(), REQUEST_TIMEOUT);
+        p.record(Some(Duration::from_millis(1500))); // answered, but slowly
+        assert_eq!(p.limit(), REQUEST_TIMEOUT);
+        p.record(Some(Duration::from_millis(30)));
+        assert_eq!(p.limit(), QUICK);
+    }
 }

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-/// The largest batch committed at once (etcd's default limit of operations per transaction).
-pub const MAX_OPS_PER_COMMIT: usize = 128;
+/// The largest batch committed at once: etcd's default limit of operations per transaction
+/// (128), less the two a leader's etcd store adds to keep its writes in order.
+pub const MAX_OPS_PER_COMMIT: usize = 126;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {

@@ -151,6 +151,38 @@ impl Cluster {
         s.header().is_some_and(|h| h.member_id() == s.leader())
     }
 
+    /// Member `i`'s raft id, if it answers.
+    async fn member_id(&self, i: usize) -> Option<u64> {
+        let mut c = etcd_client::Client::connect([self.members[i].endpoint().as_str()], None)
+            .await
+            .ok()?;
+        Some(c.status().await.ok()?.header()?.member_id())
+    }
+
+    /// From `since`, how long until a live member other than `dead` reports a leader that is
+    /// not `dead_id`: etcd's own re-election after its leader died.
+    async fn reelection(&self, dead: usize, dead_id: u64, since: Instant) -> Duration {
+        while since.elapsed() < Duration::from_secs(30) {
+            for i in (0..self.members.len()).filter(|&i| i != dead) {
+                let ep = self.members[i].endpoint();
+                let opts = etcd_client::ConnectOptions::new()
+                    .with_timeout(Duration::from_millis(200))
+                    .with_connect_timeout(Duration::from_millis(200));
+                let Ok(mut c) = etcd_client::Client::connect([ep.as_str()], Some(opts)).await
+                else {
+                    continue;
+                };
+                if let Ok(s) = c.status().await {
+                    if s.leader() != 0 && s.leader() != dead_id {
+                        return since.elapsed();
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("etcd elected no new leader in 30 s");
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
@@ -295,11 +327,19 @@ async fn losing_any_member_of_three_kills_no_coordinator_and_the_standby_still_c
     // Each member in turn: whichever member a campaign or a keep-alive stream was on dies once.
     for i in 0..3 {
         let raft_leader = cluster.is_raft_leader(i).await;
+        let id = cluster.member_id(i).await.expect("a live member has an id");
         cluster.kill(i);
         let killed = Instant::now();
-        let stall = write_stall(&[&a, &b], killed, &format!("probe-{i}")).await;
+        let (both, job) = ([&a, &b], format!("probe-{i}"));
+        let (stall, elected) = tokio::join!(write_stall(&both, killed, &job), async {
+            if raft_leader {
+                Some(cluster.reelection(i, id, killed).await)
+            } else {
+                None
+            }
+        });
         eprintln!(
-            "member {i} killed (etcd's leader: {raft_leader}): a run was recorded {stall:?} later"
+            "member {i} killed (etcd's leader: {raft_leader}): a run was recorded {stall:?} later; etcd re-elected after {elected:?}"
         );
         let led = leader_within(&[&a, &b], Duration::from_secs(15)).await;
         assert!(led.is_some(), "no coordinator led after member {i} died");

@@ -152,3 +152,67 @@ async fn a_prefix_reads_in_pages_and_deletes_as_one() {
     );
     assert_eq!(store.scan("runt").await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_leaders_writes_are_numbered_so_a_stale_one_never_lands() {
+    let etcd = support::Etcd::start().await;
+    let cfg = EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        ..Default::default()
+    };
+    let unfenced = EtcdStore::connect(&cfg).await.unwrap();
+    let mut kv = unfenced.client().kv_client();
+    let counters = |kv: &mut etcd_client::KvClient| {
+        let mut kv = kv.clone();
+        async move {
+            let opts = etcd_client::GetOptions::new().with_prefix();
+            let got = kv.get("/factotum/writes/", Some(opts)).await.unwrap();
+            got.kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key_str().unwrap().to_string(),
+                        kv.value_str().unwrap().to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let term = |rev: i64| Fence::new(b"/factotum/leader".to_vec(), rev);
+    let first = kv.put("/factotum/leader", "a", None).await.unwrap();
+    let store = unfenced.fenced(term(first.header().unwrap().revision()));
+    for v in ["1", "2", "3"] {
+        store.commit(vec![put("k", v)]).await.unwrap();
+    }
+    let now = counters(&mut kv).await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    let (key, value) = &now[0];
+    let (n, writer) = value.split_once(' ').unwrap();
+    assert_eq!(n, "3", "three writes of this term");
+    // A try of write 2 that etcd applies only now (a proposal held up somewhere): it requires
+    // the counter after write 1, so nothing of it lands over write 3.
+    let stale = etcd_client::Txn::new()
+        .when(vec![etcd_client::Compare::value(
+            key.as_str(),
+            etcd_client::CompareOp::Equal,
+            format!("1 {writer}"),
+        )])
+        .and_then(vec![
+            etcd_client::TxnOp::put("/factotum/k", "2", None),
+            etcd_client::TxnOp::put(key.as_str(), format!("2 {writer}"), None),
+        ]);
+    assert!(!kv.txn(stale).await.unwrap().succeeded());
+    assert_eq!(store.scan("k").await.unwrap()[0].1, b"3");
+    // The next term's first write clears the earlier terms' counters.
+    kv.delete("/factotum/leader", None).await.unwrap();
+    let second = kv.put("/factotum/leader", "b", None).await.unwrap();
+    let next = unfenced.fenced(term(second.header().unwrap().revision()));
+    next.commit(vec![put("k", "4")]).await.unwrap();
+    let now = counters(&mut kv).await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(&now[0].0, key);
+    assert!(now[0].1.starts_with("1 "));
+    // The deposed term's store is refused, whatever its counter says.
+    let err = store.commit(vec![put("k", "5")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced), "{err}");
+}

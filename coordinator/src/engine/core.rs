@@ -27,6 +27,11 @@ use crate::wire;
 /// Commands handled before their store writes are committed together (group commit).
 const GROUP: usize = 256;
 
+/// How soon stalled batches are tried again. Short: a store that is down fails fast (a
+/// member without a leader answers at once), and one that is back should resume dispatch at
+/// once — after etcd re-elects its leader, within this of it.
+const RETRY_STALLED: Duration = Duration::from_millis(150);
+
 pub(super) struct Core<S: Store> {
     pub(super) cfg: EngineConfig,
     pub(super) store: S,
@@ -68,7 +73,15 @@ impl<S: Store> Core<S> {
         let mut trim = Some(every(
             (self.cfg.history_max_age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)),
         ));
+        // When stalled batches are next tried: a deadline kept across turns (a sleep started
+        // anew each turn would never end while commands keep coming).
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
+            if !self.commits.is_stalled() {
+                retry_at = None;
+            } else if retry_at.is_none() {
+                retry_at = Some(tokio::time::Instant::now() + RETRY_STALLED);
+            }
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => {
@@ -87,7 +100,8 @@ impl<S: Store> Core<S> {
                 _ = tick(&mut beat) => self.heartbeat(),
                 _ = tick(&mut liveness) => self.check_liveness(),
                 _ = tick(&mut trim) => self.trim_history(),
-                _ = tokio::time::sleep(Duration::from_millis(500)), if self.commits.is_stalled() => {
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                    retry_at = None;
                     self.retry_stalled().await;
                 }
                 _ = clock.sleep_until(self.timers.next()) => self.fire_timers(),

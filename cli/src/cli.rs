@@ -38,12 +38,12 @@ pub enum Command {
     /// Follow a run's transitions and output until it ends.
     Watch(RunRef),
     /// Cancel a run: nothing more starts, running tasks are stopped (FAILED, "job cancelled"),
-    /// the rest is skipped.
-    Cancel(RunRef),
+    /// the rest is skipped; the run's state is CANCELLED (its webhooks say FAILED).
+    Cancel(CancelArgs),
     /// Start a new run of a finished run's factfile, variables and tags (prints its reference).
     Rerun(RerunArgs),
-    /// List the runs a coordinator knows, newest first.
-    Runs(Remote),
+    /// List the runs a coordinator knows, newest first (the newest 50 unless --limit says).
+    Runs(RunsArgs),
     /// List the agents connected to a coordinator.
     Agents(Remote),
 }
@@ -68,8 +68,52 @@ pub struct Remote {
 }
 
 #[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub run: RunRef,
+    /// Why: kept on the run (`status` shows it) and given to its skipped tasks.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs of this job name.
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Only runs in this state (repeatable): WAITING, RUNNING, SUCCEEDED, FAILED, CANCELLED.
+    #[arg(long, value_name = "STATE", value_parser = parse_run_state)]
+    pub state: Vec<String>,
+    /// Only runs started since then: a time (RFC 3339, like 2026-11-30T08:00:00Z) or a
+    /// duration back from now (like 2h, 30m or 1d).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// At most this many runs (newest first), fetched a page at a time.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+/// The run states `runs --state` takes (any case).
+pub const RUN_STATES: [&str; 5] = ["WAITING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"];
+
+fn parse_run_state(s: &str) -> Result<String, String> {
+    let up = s.to_ascii_uppercase();
+    if RUN_STATES.contains(&up.as_str()) {
+        Ok(up)
+    } else {
+        Err(format!(
+            "'{s}' is not a run state: one of {}",
+            RUN_STATES.join(", ")
+        ))
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct RunRef {
-    /// The run's reference (as printed by `submit`).
+    /// The run's reference (as printed by `submit`), or a unique start of it (6 or more
+    /// characters).
     pub run: String,
     #[command(flatten)]
     pub remote: Remote,

@@ -1,22 +1,26 @@
-//! The gRPC client commands: submit, status, watch, cancel, runs, agents.
+//! The gRPC client commands that act on runs (submit, watch, cancel, rerun), and the one way
+//! to reach a coordinator and read its refusals (the commands that show things are in
+//! [`crate::show`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use factotum_common::constraint::{self, Constraint, Placement};
-use factotum_common::format::{error_chain, human};
-use factotum_common::run::{JobState, TaskState};
+use factotum_common::constraint::{self, Constraint};
+use factotum_common::format::error_chain;
+use factotum_common::run::JobState;
 use factotum_common::tags::parse_tags;
-use factotum_coordinator::{spec, wire, WatchEvent};
-use factotum_proto as pb;
-use factotum_proto::jobs_client::JobsClient;
+use factotum_coordinator::wire::jobs as wire;
+use factotum_coordinator::{spec, WatchEvent};
+use factotum_proto::jobs as pb;
+use factotum_proto::jobs::jobs_client::JobsClient;
 use tonic::transport::Channel;
+use tonic_types::StatusExt;
 
-use crate::cli::{Remote, RerunArgs, RunRef, SubmitArgs};
+use crate::cli::{CancelArgs, Remote, RerunArgs, RunRef, SubmitArgs};
 use crate::console::Console;
 use crate::exit;
 use crate::load::Failure;
-use crate::out::{errln, out, outln};
+use crate::out::{errln, outln};
 use crate::route::{Found, Route, Step};
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -33,7 +37,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 /// Runs one client command, printing its failure and returning the exit code. The given
 /// coordinators are tried in order (see [`Route`]); one that cannot serve it now (a follower, or
 /// one between leaders) is retried for up to 30 s: at the leader it names, or later.
-fn with_client<F>(remote: &Remote, f: impl Fn(JobsClient<Channel>) -> F) -> u8
+pub fn with_client<F>(remote: &Remote, f: impl Fn(JobsClient<Channel>) -> F) -> u8
 where
     F: std::future::Future<Output = Result<u8, Failure>>,
 {
@@ -131,26 +135,67 @@ async fn connect(url: &str, limit: usize) -> Result<JobsClient<Channel>, String>
         .max_encoding_message_size(limit))
 }
 
-/// A refused request, with the exit code `factotum run` would give the same problem.
-fn refused(status: tonic::Status) -> Failure {
-    let code = match (status.code(), status.details()) {
-        (tonic::Code::InvalidArgument, b"factfile") => exit::INVALID_FACTFILE,
+/// The `ErrorInfo` reason of a refusal, if it carries one.
+pub fn reason_of(status: &tonic::Status) -> Option<String> {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+}
+
+/// The CLI's one exit-code table, read from a refusal's details: 1 an invalid factfile
+/// (INVALID_FACTFILE), 3 any other bad argument, 4 every other refusal by (or failure of) a
+/// coordinator. (0 and 2 are the run's own outcome.)
+pub fn exit_code(status: &tonic::Status) -> u8 {
+    match (status.code(), reason_of(status).as_deref()) {
+        (_, Some("INVALID_FACTFILE")) => exit::INVALID_FACTFILE,
         (tonic::Code::InvalidArgument, _) => exit::BAD_ARGUMENTS,
         _ => exit::COORDINATOR,
-    };
-    let message = match status.code() {
-        tonic::Code::InvalidArgument => status.message().to_string(),
-        tonic::Code::NotFound => format!("Error: {}", status.message()),
-        _ => format!(
-            "Error: the coordinator refused the request: {}",
-            status.message()
+    }
+}
+
+/// The CLI flag behind a request field the coordinator named.
+fn flag_of(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "env_json" => "--env",
+        "start" => "--start",
+        "webhooks" => "--webhook",
+        "constraints" => "--constraint",
+        "tags" => "--tag",
+        "max_output" => "--max-stdouterr-size",
+        "run_id" => "the run reference",
+        _ => return None,
+    })
+}
+
+/// A refused request: its exit code (see [`exit_code`]) and a message in the CLI's terms.
+pub fn refused(status: tonic::Status) -> Failure {
+    let details = status.get_error_details();
+    let reason = details.error_info().map(|i| i.reason.as_str());
+    let field = details
+        .bad_request()
+        .and_then(|b| b.field_violations.first())
+        .and_then(|v| flag_of(&v.field));
+    let text = status.message();
+    let message = match (status.code(), reason) {
+        // Factotum's own words: "'<file>' is not a valid factotum factfile: ...".
+        (_, Some("INVALID_FACTFILE")) => text.to_string(),
+        (_, Some("DUPLICATE_RUN")) => format!(
+            "Error: {}; pass --allow-concurrent to start another anyway",
+            text.split("; set allow_concurrent").next().unwrap_or(text)
         ),
+        (tonic::Code::InvalidArgument, _) => match field {
+            Some(flag) => format!("Error: {text} (check {flag})"),
+            None => format!("Error: {text}"),
+        },
+        (tonic::Code::NotFound, _) => format!("Error: {text}"),
+        _ => format!("Error: the coordinator refused the request: {text}"),
     };
     // A follower's answer (it names the leader, or no leader yet): worth retrying. Any other
     // UNAVAILABLE (the leader's store is down) is reported at once.
     let unavailable = factotum_proto::leader_hint(&status);
     Failure {
-        code,
+        code: exit_code(&status),
         message,
         unavailable,
     }
@@ -220,10 +265,9 @@ fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
         start: args.job.start.clone(),
         webhooks: args.job.webhook.clone(),
         constraints,
-        placement: args.placement.map(|p| match p {
-            Placement::Sticky => pb::Placement::Sticky as i32,
-            Placement::Spread => pb::Placement::Spread as i32,
-        }),
+        placement: args
+            .placement
+            .map_or(pb::Placement::Unspecified, wire::placement) as i32,
         max_output: u32::try_from(args.job.max_output()).unwrap_or(u32::MAX),
         dry_run: args.job.dry_run,
         allow_concurrent: args.allow_concurrent,
@@ -313,6 +357,7 @@ async fn follow(
             client
                 .cancel_run(pb::CancelRunRequest {
                     run_id: run_id.to_string(),
+                    reason: format!("{name} received by the client following the run"),
                 })
                 .await
                 .map_err(refused)?;
@@ -329,189 +374,27 @@ pub fn watch(args: RunRef) -> u8 {
     })
 }
 
-pub fn cancel(args: RunRef) -> u8 {
-    let run = args.run.clone();
-    with_client(&args.remote, |mut client| {
-        let run = run.clone();
+pub fn cancel(args: CancelArgs) -> u8 {
+    let run = args.run.run.clone();
+    let reason = args.reason.clone().unwrap_or_default();
+    with_client(&args.run.remote, |mut client| {
+        let (run, reason) = (run.clone(), reason.clone());
         async move {
-            client
+            let answer = client
                 .cancel_run(pb::CancelRunRequest {
                     run_id: run.clone(),
+                    reason,
                 })
-                .await
-                .map_err(refused)?;
-            outln!("run {run} cancelled");
+                .await;
+            match answer {
+                Ok(_) => outln!("run {run} cancelled"),
+                // Cancelling is idempotent for the user: the run is over either way.
+                Err(s) if reason_of(&s).as_deref() == Some("RUN_FINISHED") => {
+                    outln!("run {run} had already finished")
+                }
+                Err(s) => return Err(refused(s)),
+            }
             Ok(exit::OK)
         }
     })
-}
-
-pub fn status(args: RunRef) -> u8 {
-    let run = args.run.clone();
-    with_client(&args.remote, |mut client| {
-        let run = run.clone();
-        async move {
-            let s = client
-                .get_run(pb::GetRunRequest { run_id: run })
-                .await
-                .map_err(refused)?
-                .into_inner();
-            outln!("run       {}", s.run_id);
-            outln!("job       {} ({})", s.job_name, s.job_reference);
-            outln!("state     {}", s.state);
-            outln!("started   {}", s.start_time);
-            outln!("duration  {}", s.duration);
-            if !s.rerun_of.is_empty() {
-                outln!("rerun of  {}", s.rerun_of);
-            }
-            if !s.tags.is_empty() {
-                let mut tags: Vec<String> =
-                    s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                tags.sort();
-                outln!("tags      {}", tags.join(", "));
-            }
-            if !s.waiting_reason.is_empty() {
-                outln!("waiting   {}", s.waiting_reason);
-            }
-            outln!();
-            let rows: Vec<[String; 6]> = s
-                .tasks
-                .iter()
-                .map(|t| {
-                    [
-                        t.name.clone(),
-                        t.state.clone(),
-                        if t.attempt > 1 {
-                            t.attempt.to_string()
-                        } else {
-                            String::new()
-                        },
-                        t.agent.clone(),
-                        t.return_code.map(|c| c.to_string()).unwrap_or_default(),
-                        t.error_message.clone(),
-                    ]
-                })
-                .collect();
-            out!(
-                "{}",
-                table(
-                    ["TASK", "STATE", "ATTEMPT", "AGENT", "CODE", "REASON"],
-                    &rows
-                )
-            );
-            Ok(exit::OK)
-        }
-    })
-}
-
-pub fn runs(args: Remote) -> u8 {
-    with_client(&args, |mut client| async move {
-        let list = client
-            .list_runs(pb::ListRunsRequest {})
-            .await
-            .map_err(refused)?
-            .into_inner();
-        let rows: Vec<[String; 5]> = list
-            .runs
-            .iter()
-            .map(|r| {
-                let done = r
-                    .tasks
-                    .iter()
-                    .filter(|t| TaskState::parse(&t.state).is_some_and(TaskState::is_terminal))
-                    .count();
-                [
-                    r.run_id.clone(),
-                    r.job_name.clone(),
-                    r.state.clone(),
-                    format!("{done}/{}", r.tasks.len()),
-                    r.start_time.clone(),
-                ]
-            })
-            .collect();
-        out!(
-            "{}",
-            table(["RUN", "JOB", "STATE", "TASKS DONE", "STARTED"], &rows)
-        );
-        Ok(exit::OK)
-    })
-}
-
-pub fn agents(args: Remote) -> u8 {
-    with_client(&args, |mut client| async move {
-        let list = client
-            .list_agents(pb::ListAgentsRequest {})
-            .await
-            .map_err(refused)?
-            .into_inner();
-        let rows: Vec<[String; 7]> = list
-            .agents
-            .iter()
-            .map(|a| {
-                let mut labels: Vec<String> =
-                    a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                labels.sort();
-                let slots = if a.slots == 0 {
-                    format!("{}/-", a.in_use)
-                } else {
-                    format!("{}/{}", a.in_use, a.slots)
-                };
-                [
-                    a.agent_id.clone(),
-                    a.hostname.clone(),
-                    a.ips.join(" "),
-                    labels.join(","),
-                    slots,
-                    format!("{} ago", human(Duration::from_millis(a.last_heard_ms))),
-                    if a.connected {
-                        "connected"
-                    } else {
-                        "disconnected"
-                    }
-                    .to_string(),
-                ]
-            })
-            .collect();
-        out!(
-            "{}",
-            table(
-                [
-                    "NAME",
-                    "HOST",
-                    "IPS",
-                    "LABELS",
-                    "SLOTS",
-                    "LAST HEARTBEAT",
-                    "SESSION"
-                ],
-                &rows
-            )
-        );
-        Ok(exit::OK)
-    })
-}
-
-/// Left-aligned columns separated by two spaces.
-fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
-    let mut width = header.map(|h| h.chars().count());
-    for r in rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            s.push_str(c);
-            if i + 1 < N {
-                s.push_str(&" ".repeat(width[i] - c.chars().count() + 2));
-            }
-        }
-        s.trim_end().to_string() + "\n"
-    };
-    let mut out = line(header.to_vec());
-    for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
-    }
-    out
 }

@@ -39,7 +39,7 @@ impl From<SpecError> for Failure {
                 message,
                 unavailable: None,
             },
-            SpecError::BadArgument(message) => Failure::args(message),
+            SpecError::BadArgument { message, .. } => Failure::args(message),
         }
     }
 }

@@ -11,6 +11,7 @@ mod load;
 mod out;
 mod route;
 mod run;
+mod show;
 
 use std::process::ExitCode;
 
@@ -50,12 +51,12 @@ fn main() -> ExitCode {
         cli::Command::Validate(a) => run::validate(a),
         cli::Command::Dot(a) => run::dot(a),
         cli::Command::Submit(a) => client::submit(a),
-        cli::Command::Status(a) => client::status(a),
+        cli::Command::Status(a) => show::status(a),
         cli::Command::Watch(a) => client::watch(a),
         cli::Command::Cancel(a) => client::cancel(a),
         cli::Command::Rerun(a) => client::rerun(a),
-        cli::Command::Runs(a) => client::runs(a),
-        cli::Command::Agents(a) => client::agents(a),
+        cli::Command::Runs(a) => show::runs(a),
+        cli::Command::Agents(a) => show::agents(a),
     };
     ExitCode::from(code)
 }

@@ -30,8 +30,8 @@ pub use clock::Clock;
 pub use engine::{Engine, EngineConfig};
 pub use fence::Fence;
 pub use model::{
-    AgentInfo, EngineError, Placement, RunInfo, RunSpec, RunSummary, Submitted, TaskChange,
-    TaskInfo, WatchEvent,
+    AgentInfo, EngineError, Placement, RunInfo, RunPage, RunQuery, RunSpec, RunSummary, Submitted,
+    TaskChange, TaskInfo, WatchEvent,
 };
 pub use spec::{prepare, SpecError, Submission};
 pub use store::{MemoryStore, Store, StoreError, StoreOp};

@@ -59,6 +59,70 @@ pub struct RunInfo {
     pub tags: BTreeMap<String, String>,
     /// The run this one re-runs.
     pub rerun_of: Option<String>,
+    /// Why it was cancelled, if it was (a whole-job timeout is not a cancel).
+    pub cancel_reason: Option<String>,
+    /// How many tasks it has, and how many have ended (`tasks` may be left out: a brief).
+    pub task_count: usize,
+    pub tasks_done: usize,
+}
+
+impl RunInfo {
+    /// Its state as the API and the CLI name it: a cancelled run that ended is CANCELLED.
+    pub fn shown_state(&self) -> &'static str {
+        match (self.state, &self.cancel_reason) {
+            (JobState::Failed, Some(_)) => "CANCELLED",
+            (s, _) => s.as_str(),
+        }
+    }
+
+    /// The same run without its task list (for listings).
+    pub fn brief(&self) -> RunInfo {
+        RunInfo {
+            tasks: vec![],
+            waiting_reason: self.waiting_reason.clone(),
+            tags: self.tags.clone(),
+            rerun_of: self.rerun_of.clone(),
+            cancel_reason: self.cancel_reason.clone(),
+            run_id: self.run_id.clone(),
+            job_name: self.job_name.clone(),
+            job_reference: self.job_reference.clone(),
+            ..*self
+        }
+    }
+}
+
+/// Which runs a listing shows, and where its page starts.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    /// Runs on the page, at most.
+    pub limit: usize,
+    /// The page starts after this run, in the listing's order (newest first, then by id):
+    /// the start time and id of the last run of the previous page.
+    pub after: Option<(DateTime<Utc>, String)>,
+    pub job_name: Option<String>,
+    /// States as [`RunInfo::shown_state`] names them (any, when empty).
+    pub states: Vec<&'static str>,
+    /// Tags every run shown carries.
+    pub tags: BTreeMap<String, String>,
+    pub started_after: Option<DateTime<Utc>>,
+    pub started_before: Option<DateTime<Utc>>,
+}
+
+impl RunQuery {
+    pub fn admits(&self, r: &RunInfo) -> bool {
+        self.job_name.as_ref().is_none_or(|j| *j == r.job_name)
+            && (self.states.is_empty() || self.states.contains(&r.shown_state()))
+            && self.tags.iter().all(|(k, v)| r.tags.get(k) == Some(v))
+            && self.started_after.is_none_or(|t| r.start_time > t)
+            && self.started_before.is_none_or(|t| r.start_time < t)
+    }
+}
+
+/// A page of a listing: the runs (briefs), and where the next page starts if there is one.
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    pub runs: Vec<RunInfo>,
+    pub next: Option<(DateTime<Utc>, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +197,8 @@ pub struct RunSummary {
     pub duration: Duration,
     pub first_failed: Option<Arc<str>>,
     pub first_no_op: Option<Arc<str>>,
+    /// It ended because it was cancelled.
+    pub cancelled: bool,
 }
 
 /// A submitted run: its id and the stream of what happens to it.
@@ -197,6 +263,14 @@ pub enum EngineError {
     Stopped,
     #[error("no run '{0}'")]
     NoSuchRun(String),
+    /// A run id prefix that more than one run starts with (up to five of them).
+    #[error("'{prefix}' is the start of more than one run id")]
+    AmbiguousRun {
+        prefix: String,
+        candidates: Vec<String>,
+    },
+    #[error("run {0} has already finished")]
+    Finished(String),
     #[error("a run of this job (same factfile and tags) is still active: {0}")]
     AlreadyActive(String),
     #[error("run {0} has not finished: cancel it or wait for it before re-running it")]

@@ -96,9 +96,41 @@ pub enum SpecError {
     /// The factfile is invalid (exit 1). The text includes Factotum's prefix naming the file.
     #[error("{0}")]
     InvalidFactfile(String),
-    /// A bad argument: `--env`, `--start`, a webhook URL, a constraint (exit 3).
-    #[error("{0}")]
-    BadArgument(String),
+    /// A bad argument (exit 3): `field` names the request field at fault (`env_json`,
+    /// `start`, `webhooks`, `constraints`, `tags`, `max_output`); the message speaks of the
+    /// CLI's flags, as Factotum's do ([`SpecError::api_message`] speaks of the request).
+    #[error("{message}")]
+    BadArgument {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl SpecError {
+    pub fn bad(field: &'static str, message: impl Into<String>) -> SpecError {
+        SpecError::BadArgument {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The message for an API client: about the request's fields, not the CLI's flags.
+    pub fn api_message(&self) -> String {
+        const FIELDS: [(&str, &str); 6] = [
+            ("the --env value", "env_json"),
+            ("--webhook", "webhooks"),
+            ("the --dry-run option", "dry_run"),
+            ("--start", "start"),
+            ("--max-stdouterr-size", "max_output"),
+            ("--tag", "tags"),
+        ];
+        let text = self.to_string();
+        let mut text = text.strip_prefix("Error: ").unwrap_or(&text).to_string();
+        for (flag, field) in FIELDS {
+            text = text.replace(flag, field);
+        }
+        text
+    }
 }
 
 /// Parses `--env`: a JSON object (nested values and numbers allowed).
@@ -108,10 +140,10 @@ pub fn parse_env(env: Option<&str>) -> Result<Value, SpecError> {
     };
     match serde_json::from_str::<Value>(text) {
         Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err(SpecError::BadArgument(format!(
+        Ok(_) => Err(SpecError::bad("env_json", format!(
             "Error: the --env value must be a JSON object, like '{{\"name\": \"value\"}}', not {text}"
         ))),
-        Err(e) => Err(SpecError::BadArgument(format!("Error: the --env value is not valid JSON: {e}"))),
+        Err(e) => Err(SpecError::bad("env_json", format!("Error: the --env value is not valid JSON: {e}"))),
     }
 }
 
@@ -127,9 +159,10 @@ pub fn check_webhook_url(url: &str) -> Result<(), SpecError> {
         Some(_) => None,
     };
     match reason {
-        Some(why) => Err(SpecError::BadArgument(format!(
-            "Error: the specifed webhook URL \"{url}\" is invalid. Reason: {why}"
-        ))),
+        Some(why) => Err(SpecError::bad(
+            "webhooks",
+            format!("Error: the specifed webhook URL \"{url}\" is invalid. Reason: {why}"),
+        )),
         None => Ok(()),
     }
 }
@@ -200,7 +233,7 @@ pub fn parse_factfile(
     let mut merged = raw.data.tags.clone().unwrap_or_default();
     merged.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
     let vars = Vars::new(env, &merged)
-        .map_err(|e| SpecError::BadArgument(format!("Error: {e}")))?
+        .map_err(|e| SpecError::bad("tags", format!("Error: {e}")))?
         .with_limits(limits);
     let ff = raw.finish(&vars).map_err(invalid)?;
     Ok((ff, merged))
@@ -242,8 +275,9 @@ pub fn prepare_within(sub: Submission, input: InputLimits) -> Result<RunSpec, Sp
         check_webhook_url(url)?;
     }
     if sub.dry_run && !sub.webhooks.is_empty() {
-        return Err(SpecError::BadArgument(
-            "Error: --webhook cannot be used with the --dry-run option".into(),
+        return Err(SpecError::bad(
+            "webhooks",
+            "Error: --webhook cannot be used with the --dry-run option",
         ));
     }
     let (ff, tags) = parse_factfile(
@@ -255,7 +289,7 @@ pub fn prepare_within(sub: Submission, input: InputLimits) -> Result<RunSpec, Sp
         input,
     )?;
     let plan =
-        Plan::from_starts(&ff, &sub.start).map_err(|e| SpecError::BadArgument(e.to_string()))?;
+        Plan::from_starts(&ff, &sub.start).map_err(|e| SpecError::bad("start", e.to_string()))?;
     let max_message = if sub.max_message == 0 {
         DEFAULT_MAX_MESSAGE
     } else {

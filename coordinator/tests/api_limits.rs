@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use factotum_coordinator::server::{self, Config};
-use factotum_proto::jobs_client::JobsClient;
-use factotum_proto::{ListAgentsRequest, SubmitRunRequest};
+use factotum_proto::jobs::jobs_client::JobsClient;
+use factotum_proto::jobs::{ListAgentsRequest, SubmitRunRequest};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use factotum_coordinator::server::{self, Config, ServeError};
 use factotum_proto::agents_client::AgentsClient;
-use factotum_proto::jobs_client::JobsClient;
-use factotum_proto::{agent_message, AgentMessage, Hello, ListAgentsRequest};
+use factotum_proto::jobs::jobs_client::JobsClient;
+use factotum_proto::jobs::ListAgentsRequest;
+use factotum_proto::{agent_message, AgentMessage, Hello};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -284,7 +285,7 @@ async fn write_stall(coordinators: &[&Coordinator], since: Instant, job: &str) -
             let Ok(mut jobs) = JobsClient::connect(format!("http://{}", c.addr)).await else {
                 continue;
             };
-            let submit = jobs.submit_run(factotum_proto::SubmitRunRequest {
+            let submit = jobs.submit_run(factotum_proto::jobs::SubmitRunRequest {
                 // A new job name each try: an abandoned try may still be recorded.
                 factfile: factfile(&format!("{job}-{n}")),
                 factfile_name: "probe.factfile".into(),

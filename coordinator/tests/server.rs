@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use factotum_coordinator::server::{self, Config, ServeError};
-use factotum_proto::jobs_client::JobsClient;
-use factotum_proto::ListAgentsRequest;
+use factotum_proto::jobs::jobs_client::JobsClient;
+use factotum_proto::jobs::ListAgentsRequest;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -111,7 +111,7 @@ async fn submissions_past_max_tasks_or_max_factfile_size_are_refused() {
         .to_string()
     };
     let mut jobs = client(addr).await;
-    let submit = |factfile: String| factotum_proto::SubmitRunRequest {
+    let submit = |factfile: String| factotum_proto::jobs::SubmitRunRequest {
         factfile,
         factfile_name: "f".into(),
         ..Default::default()

@@ -1,8 +1,16 @@
-//! The Factotum wire protocol, `factotum.v1`, generated from `proto/factotum/v1/*.proto`.
+//! The Factotum wire protocol: the agent protocol `factotum.v1`
+//! (`proto/factotum/v1/agent.proto`, re-exported at the crate root) and the client API
+//! `factotum.jobs.v2` (`proto/factotum/jobs/v2/jobs.proto`, as [`jobs`]).
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/factotum.v1.rs"));
+}
+
+/// The client API, `factotum.jobs.v2`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod jobs {
+    include!(concat!(env!("OUT_DIR"), "/factotum.jobs.v2.rs"));
 }
 
 pub use v1::*;

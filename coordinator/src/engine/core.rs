@@ -120,15 +120,29 @@ impl<S: Store> Core<S> {
                 run_id,
                 reason,
                 reply,
-            } => answer(reply, self.cancel(&run_id, reason)),
+            } => match self.resolve(&run_id) {
+                Ok(id) => answer(reply, self.cancel(&id, reason)),
+                Err(e) => answer(reply, Err(e)),
+            },
             Command::Rerun {
                 run_id,
                 from_failed,
                 reply,
-            } => answer(reply, self.rerun(&run_id, from_failed).await),
-            Command::Watch { run_id, reply } => answer(reply, self.runs.watch(&run_id)),
-            Command::GetRun { run_id, reply } => answer(reply, self.runs.info(&run_id, now)),
-            Command::ListRuns { reply } => answer(reply, Ok(self.runs.list(now))),
+            } => match self.resolve(&run_id) {
+                Ok(id) => answer(reply, self.rerun(&id, from_failed).await),
+                Err(e) => answer(reply, Err(e)),
+            },
+            Command::Watch { run_id, reply } => {
+                let watch = self.resolve(&run_id).and_then(|id| self.runs.watch(&id));
+                answer(reply, watch)
+            }
+            Command::GetRun { run_id, reply } => {
+                let info = self
+                    .resolve(&run_id)
+                    .and_then(|id| self.runs.info(&id, now));
+                answer(reply, info)
+            }
+            Command::ListRuns { query, reply } => answer(reply, Ok(self.runs.page(&query, now))),
             Command::ListAgents { reply } => {
                 answer(reply, Ok(self.agents.infos(self.cfg.clock.instant())))
             }
@@ -177,11 +191,21 @@ impl<S: Store> Core<S> {
         Ok(submitted)
     }
 
+    /// The run an id or a unique id prefix names; an id the engine does not hold in memory is
+    /// passed on as it is (a re-run reads the store, and anything else reports it missing).
+    fn resolve(&self, run_id: &str) -> Result<String, EngineError> {
+        match self.runs.resolve(run_id) {
+            Ok(id) => Ok(id.to_string()),
+            Err(EngineError::NoSuchRun(_)) => Ok(run_id.to_string()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn cancel(&mut self, run_id: &str, reason: String) -> Result<(), EngineError> {
         let id: Arc<str> = Arc::from(run_id);
         if !self.runs.active.contains_key(&id) {
             return match self.runs.is_finished(run_id) {
-                true => Ok(()),
+                true => Err(EngineError::Finished(run_id.to_string())),
                 false => Err(EngineError::NoSuchRun(run_id.to_string())),
             };
         }

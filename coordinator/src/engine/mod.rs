@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 pub use self::commit::{transactions, MAX_TXN_BYTES};
 use crate::clock::Clock;
 pub use crate::model::{
-    AgentInfo, EngineError, Placement, RunInfo, RunSpec, RunSummary, Submitted, TaskChange,
-    TaskInfo, Watch, WatchEvent,
+    AgentInfo, EngineError, Placement, RunInfo, RunPage, RunQuery, RunSpec, RunSummary, Submitted,
+    TaskChange, TaskInfo, Watch, WatchEvent,
 };
 use crate::store::Store;
 use crate::webhook::{Deliverer, Undelivered};
@@ -119,7 +119,8 @@ enum Command {
         reply: Reply<RunInfo>,
     },
     ListRuns {
-        reply: Reply<Vec<RunInfo>>,
+        query: RunQuery,
+        reply: Reply<RunPage>,
     },
     ListAgents {
         reply: Reply<Vec<AgentInfo>>,
@@ -214,8 +215,9 @@ impl Engine {
     }
 
     /// Active runs, then finished ones, newest first.
-    pub async fn list_runs(&self) -> Result<Vec<RunInfo>, EngineError> {
-        self.ask(|reply| Command::ListRuns { reply }).await
+    /// A page of the runs `query` admits, newest first, without task lists.
+    pub async fn list_runs(&self, query: RunQuery) -> Result<RunPage, EngineError> {
+        self.ask(|reply| Command::ListRuns { query, reply }).await
     }
 
     /// Loads the store's active runs (after a restart or a failover) and queues their pending

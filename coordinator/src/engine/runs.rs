@@ -15,7 +15,8 @@ use factotum_common::webhook::{payload, RunMeta};
 
 use super::watchers::Watchers;
 use crate::model::{
-    EngineError, RunInfo, RunSpec, RunSummary, TaskChange, TaskInfo, Watch, WatchEvent,
+    EngineError, RunInfo, RunPage, RunQuery, RunSpec, RunSummary, TaskChange, TaskInfo, Watch,
+    WatchEvent,
 };
 use crate::persist;
 use crate::store::{keys, StoreOp};
@@ -206,7 +207,22 @@ impl Run {
                 .collect(),
             tags: self.meta.tags.clone(),
             rerun_of: self.rerun_of.clone(),
+            cancel_reason: self.cancel_reason().map(str::to_string),
+            task_count: plan.order.len(),
+            tasks_done: plan
+                .order
+                .iter()
+                .filter(|&&t| self.state.task(t).is_some_and(|r| r.state.is_terminal()))
+                .count(),
         }
+    }
+
+    /// Why the run was cancelled, if it was (a whole-job timeout stops it the same way, but
+    /// is not a cancel).
+    fn cancel_reason(&self) -> Option<&str> {
+        self.state
+            .cancelled()
+            .filter(|r| *r != factotum_common::run::JOB_TIMED_OUT)
     }
 
     pub fn summarize(&self, state: JobState, now: DateTime<Utc>) -> RunSummary {
@@ -223,6 +239,7 @@ impl Run {
             duration: (now - self.state.started_at()).to_std().unwrap_or_default(),
             first_failed: name(self.state.first_failed()),
             first_no_op: name(self.state.first_no_op()),
+            cancelled: self.cancel_reason().is_some(),
         }
     }
 }
@@ -313,6 +330,9 @@ pub(super) fn webhooks(engine: &[String], run: &[String]) -> Vec<Arc<str>> {
         .map(|u| Arc::from(u.as_str()))
         .collect()
 }
+
+/// The shortest run id prefix taken for a run id.
+pub const MIN_PREFIX: usize = 6;
 
 /// A finished run, kept for `status`, `runs` and late watchers.
 pub(super) struct FinishedRun {
@@ -425,18 +445,62 @@ impl Runs {
         }
     }
 
-    /// Active runs, newest first, then finished ones, newest first.
-    pub fn list(&self, now: DateTime<Utc>) -> Vec<RunInfo> {
-        let mut list: Vec<RunInfo> = self.active.values().map(|r| r.info(now)).collect();
-        list.sort_by_key(|r| std::cmp::Reverse(r.start_time));
-        list.extend(
-            self.finished_order
-                .iter()
-                .rev()
-                .filter_map(|id| self.finished.get(id))
-                .map(|f| f.info.clone()),
-        );
-        list
+    /// The run an id names: the whole id, or a unique prefix of at least
+    /// [`MIN_PREFIX`] hex characters.
+    pub fn resolve(&self, id: &str) -> Result<Arc<str>, EngineError> {
+        if let Some((k, _)) = self.active.get_key_value(id) {
+            return Ok(Arc::clone(k));
+        }
+        if let Some((k, _)) = self.finished.get_key_value(id) {
+            return Ok(Arc::clone(k));
+        }
+        let missing = || EngineError::NoSuchRun(id.to_string());
+        if id.len() < MIN_PREFIX || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(missing());
+        }
+        let id = id.to_ascii_lowercase();
+        let mut found: Vec<&Arc<str>> = self
+            .active
+            .keys()
+            .chain(self.finished.keys())
+            .filter(|k| k.starts_with(&id))
+            .collect();
+        match found.len() {
+            0 => Err(missing()),
+            1 => Ok(Arc::clone(found[0])),
+            _ => {
+                found.sort();
+                Err(EngineError::AmbiguousRun {
+                    prefix: id,
+                    candidates: found.iter().take(5).map(|k| k.to_string()).collect(),
+                })
+            }
+        }
+    }
+
+    /// A page of the runs `query` admits, newest first (ties by id), without task lists.
+    pub fn page(&self, query: &RunQuery, now: DateTime<Utc>) -> RunPage {
+        let key = |r: &RunInfo| (std::cmp::Reverse(r.start_time), r.run_id.clone());
+        let after = query
+            .after
+            .as_ref()
+            .map(|(t, id)| (std::cmp::Reverse(*t), id.clone()));
+        let mut runs: Vec<RunInfo> = self
+            .active
+            .values()
+            .map(|r| r.info(now).brief())
+            .chain(self.finished.values().map(|f| f.info.brief()))
+            .filter(|r| query.admits(r))
+            .filter(|r| after.as_ref().is_none_or(|a| key(r) > *a))
+            .collect();
+        runs.sort_by_key(key);
+        let limit = query.limit.max(1);
+        let next = (runs.len() > limit).then(|| {
+            let last = &runs[limit - 1];
+            (last.start_time, last.run_id.clone())
+        });
+        runs.truncate(limit);
+        RunPage { runs, next }
     }
 
     /// Moves an ended run to the finished ones: watchers get its end; the oldest finished

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use factotum_coordinator::{EngineConfig, EngineError, Store, StoreOp};
+use factotum_coordinator::{EngineConfig, EngineError, RunQuery, Store, StoreOp};
 use factotum_proto::coordinator_message::Msg;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::support::*;
 
 #[tokio::test(start_paused = true)]
-async fn a_large_turn_is_written_in_transactions_of_at_most_128_operations_outbox_first() {
+async fn a_large_turn_is_written_in_transactions_of_at_most_max_ops_per_commit_outbox_first() {
+    use factotum_coordinator::store::MAX_OPS_PER_COMMIT;
     let store = TestStore::default();
     let config = EngineConfig {
         // Nothing listens there: deliveries retry in the background, which is not under test.
@@ -29,12 +30,12 @@ async fn a_large_turn_is_written_in_transactions_of_at_most_128_operations_outbo
     }
     let commits = store.commits();
     assert!(
-        commits.iter().all(|c| c.len() <= 128),
+        commits.iter().all(|c| c.len() <= MAX_OPS_PER_COMMIT),
         "{:?}",
         commits.iter().map(Vec::len).collect::<Vec<_>>()
     );
     assert!(
-        commits.iter().any(|c| c.len() == 128),
+        commits.iter().any(|c| c.len() == MAX_OPS_PER_COMMIT),
         "the lease turn spans several transactions"
     );
     // Each batch ends with its run's state record; inside a batch, outbox entries come first.
@@ -131,7 +132,7 @@ async fn a_failed_fence_stops_the_engine_and_sends_nothing_more() {
     // Its session ends with it, without an ack or a lease a deposed leader must not send.
     assert!(a.quiet_for(Duration::from_secs(10)).await.is_none());
     assert!(matches!(
-        engine.list_runs().await,
+        engine.list_runs(RunQuery::default()).await,
         Err(EngineError::Stopped)
     ));
     let writes: usize = store.commits().iter().map(Vec::len).sum();

@@ -102,7 +102,11 @@ async fn a_new_leader_reads_many_runs_in_pages_and_trims_them() {
         0,
         "no active run to take over"
     );
-    let listed = engine2.list_runs().await.unwrap();
+    let all = factotum_coordinator::RunQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let listed = engine2.list_runs(all).await.unwrap().runs;
     assert_eq!(listed.len(), 2, "the oldest of three was trimmed at once");
     tokio::time::sleep(Duration::from_secs(61)).await;
     assert!(!stored(&store, &runs[0]).await);

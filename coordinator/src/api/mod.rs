@@ -1,63 +1,30 @@
-//! The gRPC face of a coordinator: `Jobs` for clients, `Agents` for agents, plus standard
-//! health and reflection. Every call is a message to the engine; nothing here decides anything.
+//! The gRPC face of a coordinator: `Jobs` for clients ([`jobs`], its errors in [`errors`]),
+//! `Agents` for agents, plus standard health and reflection (v1 and v1alpha). Every call is a
+//! message to the engine; nothing here decides anything.
+
+pub mod errors;
+pub mod jobs;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use factotum_proto as pb;
 use factotum_proto::agents_server::{Agents, AgentsServer};
-use factotum_proto::jobs_server::{Jobs, JobsServer};
+use factotum_proto::jobs::jobs_server::JobsServer;
 use factotum_service::Lifecycle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+pub use self::jobs::JobsApi;
 use crate::engine::Engine;
-use crate::model::EngineError;
-use crate::spec::{prepare_within, InputLimits, SpecError, Submission};
-use crate::wire;
-
-impl From<EngineError> for Status {
-    fn from(e: EngineError) -> Status {
-        match e {
-            EngineError::Stopped => {
-                Status::unavailable("the coordinator is shutting down; retry on another replica")
-            }
-            EngineError::NoSuchRun(id) => Status::not_found(format!(
-                "no run '{id}' (see `factotum runs` for the runs this coordinator knows)"
-            )),
-            EngineError::AlreadyActive(run) => Status::already_exists(format!(
-                "a run of this job (same factfile and tags) is still active: {run}; \
-                 pass --allow-concurrent to start another anyway"
-            )),
-            e @ (EngineError::StillActive(_)
-            | EngineError::NothingToRerun(_)
-            | EngineError::CannotRerun { .. }) => Status::failed_precondition(e.to_string()),
-            EngineError::Store(e) => Status::unavailable(format!("the store is unavailable: {e}")),
-        }
-    }
-}
-
-impl From<SpecError> for Status {
-    fn from(e: SpecError) -> Status {
-        let kind = match e {
-            SpecError::InvalidFactfile(_) => "factfile",
-            SpecError::BadArgument(_) => "argument",
-        };
-        Status::with_details(
-            tonic::Code::InvalidArgument,
-            e.to_string(),
-            kind.as_bytes().to_vec().into(),
-        )
-    }
-}
+use crate::spec::InputLimits;
 
 use factotum_proto::LEADER_METADATA;
 /// The gRPC health service name that is SERVING only on the leader.
@@ -81,7 +48,7 @@ impl Routing {
     }
 
     /// The engine, or UNAVAILABLE naming the leader for clients and agents to follow.
-    fn engine(&self) -> Result<Engine, Status> {
+    pub fn engine(&self) -> Result<Engine, Status> {
         if let Some(e) = self.engine.borrow().as_ref() {
             return Ok(e.clone());
         }
@@ -100,160 +67,7 @@ impl Routing {
     }
 }
 
-/// The `Jobs` service.
-#[derive(Debug, Clone)]
-pub struct JobsApi {
-    role: Routing,
-    /// `--max-rendered-size` and `--max-rendered-total`, for every submission.
-    render_limits: factotum_common::template::Limits,
-    /// `--max-message-size`: a lease must fit in it.
-    max_message: usize,
-    /// `--max-pending-submits`: permits for submissions being prepared or committed.
-    submits: Arc<Semaphore>,
-    max_pending: usize,
-    /// `--max-factfile-size` and `--max-tasks`.
-    input: InputLimits,
-}
-
-impl JobsApi {
-    /// A permit for one `SubmitRun`/`RerunRun`, or RESOURCE_EXHAUSTED at once when
-    /// `--max-pending-submits` are already in progress (never an unbounded queue).
-    fn submit_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        self.submits.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "too many submissions in progress (--max-pending-submits {}); retry shortly",
-                self.max_pending
-            ))
-        })
-    }
-}
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
 type CoordinatorStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Jobs for JobsApi {
-    async fn submit_run(
-        &self,
-        request: Request<pb::SubmitRunRequest>,
-    ) -> Result<Response<pb::SubmitRunResponse>, Status> {
-        let _permit = self.submit_permit()?;
-        let r = request.into_inner();
-        let constraints = r
-            .constraints
-            .into_iter()
-            .map(wire::constraint_from_pb)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Status::invalid_argument)?;
-        let sub = Submission {
-            factfile: r.factfile,
-            factfile_name: if r.factfile_name.is_empty() {
-                "factfile".into()
-            } else {
-                r.factfile_name
-            },
-            env: Some(r.env_json).filter(|e| !e.is_empty()),
-            tags: r.tags.into_iter().collect(),
-            start: r.start,
-            webhooks: r.webhooks,
-            constraints,
-            placement: r.placement.map(wire::placement_from_pb),
-            allow_concurrent: r.allow_concurrent,
-            idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
-            max_output: if r.max_output == 0 {
-                factotum_common::run::DEFAULT_MAX_OUTPUT
-            } else {
-                r.max_output as usize
-            },
-            dry_run: r.dry_run,
-            render_limits: self.render_limits,
-            max_message: self.max_message,
-        };
-        // Preparing resolves host names: keep that off the async workers.
-        let input = self.input;
-        let spec = tokio::task::spawn_blocking(move || prepare_within(sub, input))
-            .await
-            .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??;
-        let submitted = self.role.engine()?.submit(spec).await?;
-        Ok(Response::new(pb::SubmitRunResponse {
-            run_id: submitted.run_id,
-            job_reference: submitted.job_reference,
-            existing: submitted.existing,
-        }))
-    }
-
-    async fn rerun_run(
-        &self,
-        request: Request<pb::RerunRunRequest>,
-    ) -> Result<Response<pb::SubmitRunResponse>, Status> {
-        let _permit = self.submit_permit()?;
-        let r = request.into_inner();
-        let submitted = self.role.engine()?.rerun(&r.run_id, r.from_failed).await?;
-        Ok(Response::new(pb::SubmitRunResponse {
-            run_id: submitted.run_id,
-            job_reference: submitted.job_reference,
-            existing: false,
-        }))
-    }
-
-    async fn get_run(
-        &self,
-        request: Request<pb::GetRunRequest>,
-    ) -> Result<Response<pb::RunStatus>, Status> {
-        let info = self
-            .role
-            .engine()?
-            .get_run(&request.into_inner().run_id)
-            .await?;
-        Ok(Response::new(wire::run_status(&info)))
-    }
-
-    async fn list_runs(
-        &self,
-        _: Request<pb::ListRunsRequest>,
-    ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let runs = self.role.engine()?.list_runs().await?;
-        Ok(Response::new(pb::ListRunsResponse {
-            runs: runs.iter().map(wire::run_status).collect(),
-        }))
-    }
-
-    type WatchRunStream = EventStream;
-
-    async fn watch_run(
-        &self,
-        request: Request<pb::WatchRunRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        let rx = self
-            .role
-            .engine()?
-            .watch(&request.into_inner().run_id)
-            .await?;
-        let stream = rx.map(|ev| Ok(wire::event_to_pb(ev)));
-        Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn cancel_run(
-        &self,
-        request: Request<pb::CancelRunRequest>,
-    ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        self.role
-            .engine()?
-            .cancel(&request.into_inner().run_id, "job cancelled")
-            .await?;
-        Ok(Response::new(pb::CancelRunResponse {}))
-    }
-
-    async fn list_agents(
-        &self,
-        _: Request<pb::ListAgentsRequest>,
-    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let agents = self.role.engine()?.list_agents().await?;
-        Ok(Response::new(pb::ListAgentsResponse {
-            agents: agents.iter().map(wire::agent_status).collect(),
-        }))
-    }
-}
 
 /// The `Agents` service: each session's stream is pumped into the engine.
 #[derive(Debug, Clone)]
@@ -350,21 +164,25 @@ pub async fn serve(
             }
         });
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1();
+    // Both reflection versions: grpcurl and current clients speak v1; Python's stock
+    // reflection, older grpcurl, grpc_cli, Evans and Postman speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1(), reflection().build_v1alpha());
     // `--max-message-size`, both ways, on both services: a larger message is refused by name
     // (RESOURCE_EXHAUSTED / OUT_OF_RANGE), never silently truncated. Every message Factotum
     // itself sends stays well under it by construction (tails, leases and output pieces).
-    let jobs = JobsServer::new(JobsApi {
-        role: role.clone(),
+    let jobs = JobsServer::new(JobsApi::new(
+        role.clone(),
         render_limits,
         max_message,
-        submits: Arc::new(Semaphore::new(max_pending_submits)),
-        max_pending: max_pending_submits,
+        max_pending_submits,
         input,
-    })
+    ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let shutdown = life.token.clone();
@@ -379,9 +197,9 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(jobs)
         .add_service(agents);
-    let router = match reflection {
-        Ok(r) => router.add_service(r),
-        Err(e) => {
+    let router = match (reflection_v1, reflection_v1alpha) {
+        (Ok(v1), Ok(v1alpha)) => router.add_service(v1).add_service(v1alpha),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "gRPC reflection is unavailable");
             router
         }
@@ -489,49 +307,4 @@ impl AsyncWrite for Silent {
 /// Whether an address is loopback (the only kind served without `--insecure`).
 pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_submission_over_max_pending_submits_is_refused_at_once() {
-        let api = JobsApi {
-            role: Routing {
-                engine: watch::channel(None).1,
-                leader: watch::channel(None).1,
-            },
-            render_limits: factotum_common::template::Limits {
-                field: 1 << 20,
-                total: 1 << 26,
-            },
-            max_message: 16 << 20,
-            submits: Arc::new(Semaphore::new(1)),
-            max_pending: 1,
-            input: InputLimits::default(),
-        };
-        let held = api.submit_permit().unwrap();
-        let refused = api
-            .submit_run(Request::new(pb::SubmitRunRequest::default()))
-            .await
-            .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert_eq!(
-            refused.message(),
-            "too many submissions in progress (--max-pending-submits 1); retry shortly"
-        );
-        let refused = api
-            .rerun_run(Request::new(pb::RerunRunRequest::default()))
-            .await
-            .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        drop(held);
-        // The permit is back: the next call gets past the limit (to the follower's answer).
-        let next = api
-            .rerun_run(Request::new(pb::RerunRunRequest::default()))
-            .await
-            .unwrap_err();
-        assert_eq!(next.code(), tonic::Code::Unavailable);
-    }
 }

@@ -1,0 +1,324 @@
+//! The `Jobs` service (`factotum.jobs.v2`): each call is one request to the engine, its answer
+//! converted by [`crate::wire::jobs`], its refusal by [`super::errors`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use factotum_proto::jobs as pb;
+use factotum_proto::jobs::jobs_server::Jobs;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Code, Request, Response, Status};
+
+use super::errors::{Reason, Refusal};
+use super::Routing;
+use crate::model::RunQuery;
+use crate::spec::{prepare_within, InputLimits, Submission};
+use crate::wire::jobs as wire;
+
+/// Runs a `ListRuns` page holds unless asked otherwise, and at most.
+pub const DEFAULT_PAGE: usize = 50;
+pub const MAX_PAGE: usize = 1000;
+
+/// The `Jobs` service.
+#[derive(Debug, Clone)]
+pub struct JobsApi {
+    role: Routing,
+    /// `--max-rendered-size` and `--max-rendered-total`, for every submission.
+    render_limits: factotum_common::template::Limits,
+    /// `--max-message-size`: a lease must fit in it.
+    max_message: usize,
+    /// `--max-pending-submits`: permits for submissions being prepared or committed.
+    submits: Arc<Semaphore>,
+    max_pending: usize,
+    /// `--max-factfile-size` and `--max-tasks`.
+    input: InputLimits,
+}
+
+impl JobsApi {
+    pub fn new(
+        role: Routing,
+        render_limits: factotum_common::template::Limits,
+        max_message: usize,
+        max_pending: usize,
+        input: InputLimits,
+    ) -> JobsApi {
+        JobsApi {
+            role,
+            render_limits,
+            max_message,
+            submits: Arc::new(Semaphore::new(max_pending)),
+            max_pending,
+            input,
+        }
+    }
+
+    /// A permit for one `SubmitRun`/`RerunRun`, or RESOURCE_EXHAUSTED at once when
+    /// `--max-pending-submits` are already in progress (never an unbounded queue).
+    fn submit_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.submits.clone().try_acquire_owned().map_err(|_| {
+            Refusal::new(
+                Code::ResourceExhausted,
+                Reason::LimitExceeded,
+                format!(
+                    "too many submissions in progress (--max-pending-submits {}); retry shortly",
+                    self.max_pending
+                ),
+            )
+            .meta("limit", "max_pending_submits")
+            .status()
+        })
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
+
+/// A page token: where the next page starts (the last run shown: its start and id).
+fn page_token(after: &(DateTime<Utc>, String)) -> String {
+    let nanos = after.0.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    format!("{nanos}:{}", after.1)
+}
+
+fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, String)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        Refusal::bad(
+            Reason::InvalidArgument,
+            "page_token",
+            "page_token is not one a ListRuns answer gave",
+        )
+        .status()
+    };
+    let (nanos, id) = token.split_once(':').ok_or_else(bad)?;
+    let nanos: i64 = nanos.parse().map_err(|_| bad())?;
+    Ok(Some((Utc.timestamp_nanos(nanos), id.to_string())))
+}
+
+/// What a `ListRuns` request asks for.
+fn run_query(r: pb::ListRunsRequest) -> Result<RunQuery, Status> {
+    let limit = match r.page_size as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    let mut states = Vec::new();
+    for s in r.states {
+        match pb::RunState::try_from(s) {
+            Ok(pb::RunState::Unspecified) | Err(_) => {
+                return Err(Refusal::bad(
+                    Reason::InvalidArgument,
+                    "states",
+                    format!("{s} is not a run state"),
+                )
+                .status())
+            }
+            Ok(_) => states.push(wire::run_state_name(s)),
+        }
+    }
+    let time = |t: Option<prost_types::Timestamp>, field: &'static str| match t {
+        None => Ok(None),
+        Some(t) => wire::from_timestamp(&t).map(Some).ok_or_else(|| {
+            Refusal::bad(
+                Reason::InvalidArgument,
+                field,
+                format!("{field} is not a time"),
+            )
+            .status()
+        }),
+    };
+    Ok(RunQuery {
+        limit,
+        after: parse_page_token(&r.page_token)?,
+        job_name: Some(r.job_name).filter(|j| !j.is_empty()),
+        states,
+        tags: r.tags.into_iter().collect(),
+        started_after: time(r.started_after, "started_after")?,
+        started_before: time(r.started_before, "started_before")?,
+    })
+}
+
+#[tonic::async_trait]
+impl Jobs for JobsApi {
+    async fn submit_run(
+        &self,
+        request: Request<pb::SubmitRunRequest>,
+    ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        let _permit = self.submit_permit()?;
+        let r = request.into_inner();
+        let constraints = r
+            .constraints
+            .into_iter()
+            .map(wire::constraint_from_pb)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Refusal::bad(Reason::InvalidArgument, "constraints", e).status())?;
+        let sub = Submission {
+            factfile: r.factfile,
+            factfile_name: if r.factfile_name.is_empty() {
+                "factfile".into()
+            } else {
+                r.factfile_name
+            },
+            env: Some(r.env_json).filter(|e| !e.is_empty()),
+            tags: r.tags.into_iter().collect(),
+            start: r.start,
+            webhooks: r.webhooks,
+            constraints,
+            placement: wire::placement_from_pb(r.placement),
+            allow_concurrent: r.allow_concurrent,
+            idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
+            max_output: if r.max_output == 0 {
+                factotum_common::run::DEFAULT_MAX_OUTPUT
+            } else {
+                r.max_output as usize
+            },
+            dry_run: r.dry_run,
+            render_limits: self.render_limits,
+            max_message: self.max_message,
+        };
+        // Preparing resolves host names: keep that off the async workers.
+        let input = self.input;
+        let spec = tokio::task::spawn_blocking(move || prepare_within(sub, input))
+            .await
+            .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??;
+        let submitted = self.role.engine()?.submit(spec).await?;
+        Ok(Response::new(pb::SubmitRunResponse {
+            run_id: submitted.run_id,
+            job_reference: submitted.job_reference,
+            existing: submitted.existing,
+        }))
+    }
+
+    async fn rerun_run(
+        &self,
+        request: Request<pb::RerunRunRequest>,
+    ) -> Result<Response<pb::SubmitRunResponse>, Status> {
+        let _permit = self.submit_permit()?;
+        let r = request.into_inner();
+        let submitted = self.role.engine()?.rerun(&r.run_id, r.from_failed).await?;
+        Ok(Response::new(pb::SubmitRunResponse {
+            run_id: submitted.run_id,
+            job_reference: submitted.job_reference,
+            existing: false,
+        }))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let info = self
+            .role
+            .engine()?
+            .get_run(&request.into_inner().run_id)
+            .await?;
+        Ok(Response::new(wire::run(&info, true)))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let query = run_query(request.into_inner())?;
+        let page = self.role.engine()?.list_runs(query).await?;
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: page.runs.iter().map(|r| wire::run(r, false)).collect(),
+            next_page_token: page.next.as_ref().map(page_token).unwrap_or_default(),
+        }))
+    }
+
+    type WatchRunStream = EventStream;
+
+    async fn watch_run(
+        &self,
+        request: Request<pb::WatchRunRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let rx = self
+            .role
+            .engine()?
+            .watch(&request.into_inner().run_id)
+            .await?;
+        let stream = rx.map(|ev| Ok(wire::event(ev)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let r = request.into_inner();
+        let reason = match r.reason.trim() {
+            "" => "job cancelled".to_string(),
+            why => format!("job cancelled: {why}"),
+        };
+        self.role.engine()?.cancel(&r.run_id, &reason).await?;
+        Ok(Response::new(pb::CancelRunResponse {}))
+    }
+
+    async fn list_agents(
+        &self,
+        _: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let agents = self.role.engine()?.list_agents().await?;
+        let now = Utc::now();
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.iter().map(|a| wire::agent(a, now)).collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::watch;
+
+    #[tokio::test]
+    async fn a_submission_over_max_pending_submits_is_refused_at_once() {
+        let role = Routing {
+            engine: watch::channel(None).1,
+            leader: watch::channel(None).1,
+        };
+        let limits = factotum_common::template::Limits {
+            field: 1 << 20,
+            total: 1 << 26,
+        };
+        let api = JobsApi::new(role, limits, 16 << 20, 1, InputLimits::default());
+        let held = api.submit_permit().unwrap();
+        let refused = api
+            .submit_run(Request::new(pb::SubmitRunRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            refused.message(),
+            "too many submissions in progress (--max-pending-submits 1); retry shortly"
+        );
+        let refused = api
+            .rerun_run(Request::new(pb::RerunRunRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        drop(held);
+        // The permit is back: the next call gets past the limit (to the follower's answer).
+        let next = api
+            .rerun_run(Request::new(pb::RerunRunRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(next.code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn page_tokens_go_there_and_back_and_junk_is_refused() {
+        let after = (
+            Utc.timestamp_nanos(1_764_540_000_123_456_789),
+            "ab12".to_string(),
+        );
+        assert_eq!(parse_page_token(&page_token(&after)).unwrap(), Some(after));
+        assert_eq!(parse_page_token("").unwrap(), None);
+        assert_eq!(
+            parse_page_token("junk").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+}

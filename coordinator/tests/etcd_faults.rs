@@ -14,7 +14,6 @@ use clap::Parser;
 use factotum_coordinator::server::{self, Config, ServeError};
 use factotum_proto::agents_client::AgentsClient;
 use factotum_proto::jobs::jobs_client::JobsClient;
-use factotum_proto::jobs::ListAgentsRequest;
 use factotum_proto::{agent_message, AgentMessage, Hello};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -240,16 +239,10 @@ impl Coordinator {
     }
 
     /// Whether this replica leads now (its engine answers).
+    /// Whether it leads: its health service `factotum.v1.Leader` is SERVING (a follower
+    /// answers client calls too, by forwarding them).
     async fn leads(&self) -> bool {
-        let Ok(mut jobs) = JobsClient::connect(format!("http://{}", self.addr)).await else {
-            return false;
-        };
-        tokio::time::timeout(
-            Duration::from_secs(1),
-            jobs.list_agents(ListAgentsRequest {}),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok())
+        support::leads(self.addr).await
     }
 
     fn running(&self) -> bool {

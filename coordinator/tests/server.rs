@@ -136,3 +136,120 @@ async fn submissions_past_max_tasks_or_max_factfile_size_are_refused() {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), served).await;
 }
+
+/// A coordinator on `etcd`, in this process.
+async fn on_etcd(
+    etcd: &support::Etcd,
+    shutdown: &CancellationToken,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Result<(), ServeError>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = config(&["--etcd", &etcd.endpoint, "--lease-ttl", "2s"]);
+    (
+        addr,
+        tokio::spawn(server::run(cfg, listener, shutdown.clone())),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_client_calls_to_the_leader_and_names_it() {
+    use factotum_proto::jobs::{GetRunRequest, SubmitRunRequest, WatchRunRequest};
+    let etcd = support::Etcd::start().await;
+    let shutdown = CancellationToken::new();
+    let (first, served_first) = on_etcd(&etcd, &shutdown).await;
+    let mut led = false;
+    for _ in 0..100 {
+        if support::leads(first).await {
+            led = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(led, "the first coordinator never led");
+    let (follower, served_second) = on_etcd(&etcd, &shutdown).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!support::leads(follower).await);
+    let mut jobs = client(follower).await;
+    // No agent: the run waits, until it is cancelled through the follower too.
+    let submit = jobs.submit_run(SubmitRunRequest {
+        factfile: support::ONE_TASK.into(),
+        ..Default::default()
+    });
+    let submitted = tokio::time::timeout(Duration::from_secs(10), submit)
+        .await
+        .expect("the forwarded submit hung")
+        .expect("a submit to a follower is forwarded");
+    let leader = submitted
+        .metadata()
+        .get(factotum_proto::LEADER_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    assert_eq!(leader.as_deref(), Some(format!("http://{first}").as_str()));
+    let run_id = submitted.into_inner().run_id;
+    let mut events = jobs
+        .watch_run(WatchRunRequest {
+            run_id: run_id.clone(),
+        })
+        .await
+        .expect("a watch through a follower")
+        .into_inner();
+    let first_event = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("the forwarded watch sent nothing");
+    assert!(matches!(first_event, Ok(Some(_))), "{first_event:?}");
+    jobs.cancel_run(factotum_proto::jobs::CancelRunRequest {
+        run_id: run_id.clone(),
+        reason: "test over".into(),
+    })
+    .await
+    .expect("a cancel through a follower");
+    let mut ended = false;
+    let until_end = async {
+        while let Ok(Some(ev)) = events.message().await {
+            if matches!(
+                ev.event,
+                Some(factotum_proto::jobs::run_event::Event::End(_))
+            ) {
+                ended = true;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), until_end)
+        .await
+        .expect("the forwarded watch never ended");
+    assert!(ended, "the forwarded watch saw the run end");
+    let run = jobs
+        .get_run(GetRunRequest {
+            run_id: run_id[..8].to_string(),
+        })
+        .await
+        .expect("a status by id prefix through a follower")
+        .into_inner();
+    assert_eq!(run.run_id, run_id);
+    assert_eq!(run.state, factotum_proto::jobs::RunState::Cancelled as i32);
+    assert_eq!(run.cancel_reason, "job cancelled: test over");
+    // A call already forwarded once is never forwarded again (no loops between coordinators
+    // that disagree about who leads): the follower answers it itself, naming the leader.
+    let mut again = tonic::Request::new(GetRunRequest { run_id });
+    again.metadata_mut().insert(
+        factotum_coordinator::api::forward::FORWARDED,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    let refused = jobs.get_run(again).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        factotum_proto::leader_hint(&refused),
+        Some(Some(format!("http://{first}")))
+    );
+    shutdown.cancel();
+    for served in [served_first, served_second] {
+        let result = tokio::time::timeout(Duration::from_secs(15), served)
+            .await
+            .expect("run did not return after shutdown")
+            .unwrap();
+        assert!(result.is_ok(), "{result:?}");
+    }
+}

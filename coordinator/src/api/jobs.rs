@@ -12,6 +12,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status};
 
 use super::errors::{Reason, Refusal};
+use super::forward::{answered, onward, Forwarder, Target};
 use super::Routing;
 use crate::model::RunQuery;
 use crate::spec::{prepare_within, InputLimits, Submission};
@@ -34,6 +35,21 @@ pub struct JobsApi {
     max_pending: usize,
     /// `--max-factfile-size` and `--max-tasks`.
     input: InputLimits,
+    /// Calls to a follower go to the leader.
+    forward: Forwarder,
+}
+
+/// The engine when this coordinator leads; otherwise the call is forwarded to the leader and
+/// its answer returned from the enclosing method.
+macro_rules! local_or_forward {
+    ($api:ident, $request:ident, $method:ident) => {
+        match $api.forward.target(&$api.role, &$request)? {
+            Target::Local(engine) => engine,
+            Target::Leader { mut client, addr } => {
+                return answered(client.$method(onward($request)).await, &addr);
+            }
+        }
+    };
 }
 
 impl JobsApi {
@@ -51,6 +67,7 @@ impl JobsApi {
             submits: Arc::new(Semaphore::new(max_pending)),
             max_pending,
             input,
+            forward: Forwarder::new(max_message),
         }
     }
 
@@ -146,6 +163,7 @@ impl Jobs for JobsApi {
         request: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
         let _permit = self.submit_permit()?;
+        let engine = local_or_forward!(self, request, submit_run);
         let r = request.into_inner();
         let constraints = r
             .constraints
@@ -182,7 +200,7 @@ impl Jobs for JobsApi {
         let spec = tokio::task::spawn_blocking(move || prepare_within(sub, input))
             .await
             .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??;
-        let submitted = self.role.engine()?.submit(spec).await?;
+        let submitted = engine.submit(spec).await?;
         Ok(Response::new(pb::SubmitRunResponse {
             run_id: submitted.run_id,
             job_reference: submitted.job_reference,
@@ -195,8 +213,9 @@ impl Jobs for JobsApi {
         request: Request<pb::RerunRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
         let _permit = self.submit_permit()?;
+        let engine = local_or_forward!(self, request, rerun_run);
         let r = request.into_inner();
-        let submitted = self.role.engine()?.rerun(&r.run_id, r.from_failed).await?;
+        let submitted = engine.rerun(&r.run_id, r.from_failed).await?;
         Ok(Response::new(pb::SubmitRunResponse {
             run_id: submitted.run_id,
             job_reference: submitted.job_reference,
@@ -208,11 +227,8 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        let info = self
-            .role
-            .engine()?
-            .get_run(&request.into_inner().run_id)
-            .await?;
+        let engine = local_or_forward!(self, request, get_run);
+        let info = engine.get_run(&request.into_inner().run_id).await?;
         Ok(Response::new(wire::run(&info, true)))
     }
 
@@ -220,8 +236,9 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let engine = local_or_forward!(self, request, list_runs);
         let query = run_query(request.into_inner())?;
-        let page = self.role.engine()?.list_runs(query).await?;
+        let page = engine.list_runs(query).await?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: page.runs.iter().map(|r| wire::run(r, false)).collect(),
             next_page_token: page.next.as_ref().map(page_token).unwrap_or_default(),
@@ -234,11 +251,15 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let rx = self
-            .role
-            .engine()?
-            .watch(&request.into_inner().run_id)
-            .await?;
+        let engine = match self.forward.target(&self.role, &request)? {
+            Target::Local(engine) => engine,
+            Target::Leader { mut client, addr } => {
+                let answer = client.watch_run(onward(request)).await;
+                return answered(answer, &addr)
+                    .map(|r| r.map(|events| Box::pin(events) as EventStream));
+            }
+        };
+        let rx = engine.watch(&request.into_inner().run_id).await?;
         let stream = rx.map(|ev| Ok(wire::event(ev)));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -247,20 +268,22 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let engine = local_or_forward!(self, request, cancel_run);
         let r = request.into_inner();
         let reason = match r.reason.trim() {
             "" => "job cancelled".to_string(),
             why => format!("job cancelled: {why}"),
         };
-        self.role.engine()?.cancel(&r.run_id, &reason).await?;
+        engine.cancel(&r.run_id, &reason).await?;
         Ok(Response::new(pb::CancelRunResponse {}))
     }
 
     async fn list_agents(
         &self,
-        _: Request<pb::ListAgentsRequest>,
+        request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let agents = self.role.engine()?.list_agents().await?;
+        let engine = local_or_forward!(self, request, list_agents);
+        let agents = engine.list_agents().await?;
         let now = Utc::now();
         Ok(Response::new(pb::ListAgentsResponse {
             agents: agents.iter().map(|a| wire::agent(a, now)).collect(),

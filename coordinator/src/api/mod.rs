@@ -3,6 +3,7 @@
 //! message to the engine; nothing here decides anything.
 
 pub mod errors;
+pub mod forward;
 pub mod jobs;
 
 use std::future::Future;
@@ -53,11 +54,18 @@ impl Routing {
             return Ok(e.clone());
         }
         let leader = self.leader.borrow().clone();
-        let mut status = Status::unavailable(match &leader {
+        let message = match &leader {
             Some(addr) => format!("this coordinator is a follower; the leader is {addr}"),
             None => "this coordinator is a follower and no leader is elected yet; retry shortly"
                 .to_string(),
-        });
+        };
+        let refusal =
+            errors::Refusal::new(tonic::Code::Unavailable, errors::Reason::NoLeader, message);
+        let mut status = match &leader {
+            Some(addr) => refusal.meta("leader", addr.clone()),
+            None => refusal,
+        }
+        .status();
         // Always present on a follower's answer (empty while no leader is known): clients and
         // agents retry such answers, and only those.
         if let Ok(value) = leader.unwrap_or_default().parse() {

@@ -90,3 +90,35 @@ impl Drop for Etcd {
         self.kill();
     }
 }
+
+/// Whether the coordinator at `addr` leads: its health service `factotum.v1.Leader` is
+/// SERVING (a follower answers client calls too, by forwarding them to the leader).
+#[allow(dead_code)]
+pub async fn leads(addr: std::net::SocketAddr) -> bool {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let ask = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let mut health = HealthClient::new(channel);
+        let request = HealthCheckRequest {
+            service: factotum_coordinator::api::LEADER_HEALTH.into(),
+        };
+        let status = health.check(request).await.ok()?.into_inner().status;
+        Some(status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// A factfile of one task that exits 0.
+#[allow(dead_code)]
+pub const ONE_TASK: &str = r#"{"schema": "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0",
+  "data": {"name": "one", "tasks": [{"name": "t", "executor": "shell", "command": "true",
+  "arguments": [], "dependsOn": [], "onResult": {"terminateJobWithSuccess": [3], "continueJob": [0]}}]}}"#;

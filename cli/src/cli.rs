@@ -48,7 +48,7 @@ pub enum Command {
     Agents(Remote),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Remote {
     /// A coordinator's gRPC address (repeatable; comma-separated in the variable). They are
     /// tried in order until one answers; a follower's answer leads to the leader it names.

@@ -6,7 +6,9 @@
 
 mod cli;
 mod client;
+mod connect;
 mod console;
+mod follow;
 mod load;
 mod out;
 mod route;

@@ -275,7 +275,7 @@ async fn follow(engine: &Engine, spec: RunSpec, console: &Console) -> u8 {
             ev = watch.recv() => match ev {
                 Some(WatchEvent::Tasks(changes)) => { console.task_changes(&changes); continue; }
                 Some(WatchEvent::Output { task, stream, line, .. }) => { console.output(&task, stream, &line); continue; }
-                Some(WatchEvent::Job { .. }) => continue,
+                Some(WatchEvent::Job { .. } | WatchEvent::Gap | WatchEvent::Snapshot(_)) => continue,
                 Some(WatchEvent::Lagged { skipped }) => { console.lagged(skipped); continue; }
                 Some(WatchEvent::Done(summary)) => {
                     console.summary(&summary);

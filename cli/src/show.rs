@@ -10,7 +10,7 @@ use factotum_coordinator::wire::jobs as wire;
 use factotum_proto::jobs as pb;
 
 use crate::cli::{RunRef, RunsArgs};
-use crate::client::{refused, with_client};
+use crate::connect::{refused, with_client};
 use crate::exit;
 use crate::load::Failure;
 use crate::out::{out, outln};

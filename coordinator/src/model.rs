@@ -173,6 +173,10 @@ pub enum WatchEvent {
     Lagged {
         skipped: u64,
     },
+    /// A resumed watch may have missed output lines (they are not re-sent).
+    Gap,
+    /// The run as it is now: first in a resumed watch, in place of its history.
+    Snapshot(Box<RunInfo>),
 }
 
 /// A task transition with what is known about the task right after it.

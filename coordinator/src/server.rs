@@ -109,7 +109,7 @@ pub struct Config {
           value_parser = factotum_service::size::at_least(factotum_common::run::MIN_MAX_MESSAGE as u64))]
     pub max_message_size: usize,
     /// Finished runs kept in the store, at most: the oldest are deleted (records and undelivered
-    /// webhooks). The newest 1,000 are also shown by `factotum runs`.
+    /// webhooks). Every one kept is listed by `factotum runs` and ListRuns.
     #[arg(long, env = "FACTOTUM_HISTORY_MAX_RUNS", value_name = "RUNS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub history_max_runs: u64,

@@ -192,6 +192,7 @@ async fn a_follower_forwards_client_calls_to_the_leader_and_names_it() {
     let mut events = jobs
         .watch_run(WatchRunRequest {
             run_id: run_id.clone(),
+            resume: false,
         })
         .await
         .expect("a watch through a follower")

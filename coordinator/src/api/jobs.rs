@@ -259,7 +259,12 @@ impl Jobs for JobsApi {
                     .map(|r| r.map(|events| Box::pin(events) as EventStream));
             }
         };
-        let rx = engine.watch(&request.into_inner().run_id).await?;
+        let r = request.into_inner();
+        let rx = if r.resume {
+            engine.watch_resumed(&r.run_id).await?
+        } else {
+            engine.watch(&r.run_id).await?
+        };
         let stream = rx.map(|ev| Ok(wire::event(ev)));
         Ok(Response::new(Box::pin(stream)))
     }

@@ -50,7 +50,7 @@ fn answer<T>(reply: super::Reply<T>, result: Result<T, EngineError>) {
 impl<S: Store> Core<S> {
     pub fn new(cfg: EngineConfig, store: S, deliverer: Deliverer) -> Core<S> {
         Core {
-            runs: Runs::new(cfg.keep_finished),
+            runs: Runs::new(cfg.keep_finished, cfg.history_max_runs),
             history: History::new(cfg.history_max_runs, cfg.history_max_age),
             cfg,
             store,
@@ -132,14 +132,32 @@ impl<S: Store> Core<S> {
                 Ok(id) => answer(reply, self.rerun(&id, from_failed).await),
                 Err(e) => answer(reply, Err(e)),
             },
-            Command::Watch { run_id, reply } => {
-                let watch = self.resolve(&run_id).and_then(|id| self.runs.watch(&id));
+            Command::Watch {
+                run_id,
+                resumed,
+                reply,
+            } => {
+                let watch = match self.resolve(&run_id) {
+                    Ok(id) if self.runs.is_trimmed(&id) => {
+                        recovery::load_finished(&self.store, &id, &self.cfg)
+                            .await
+                            .map(|f| runs::watch_finished(&f, resumed))
+                    }
+                    Ok(id) => self.runs.watch(&id, resumed, now),
+                    Err(e) => Err(e),
+                };
                 answer(reply, watch)
             }
             Command::GetRun { run_id, reply } => {
-                let info = self
-                    .resolve(&run_id)
-                    .and_then(|id| self.runs.info(&id, now));
+                let info = match self.resolve(&run_id) {
+                    Ok(id) if self.runs.is_trimmed(&id) => {
+                        recovery::load_finished(&self.store, &id, &self.cfg)
+                            .await
+                            .map(|f| f.info)
+                    }
+                    Ok(id) => self.runs.info(&id, now),
+                    Err(e) => Err(e),
+                };
                 answer(reply, info)
             }
             Command::ListRuns { query, reply } => answer(reply, Ok(self.runs.page(&query, now))),

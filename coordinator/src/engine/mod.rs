@@ -112,6 +112,7 @@ enum Command {
     },
     Watch {
         run_id: String,
+        resumed: bool,
         reply: Reply<Watch>,
     },
     GetRun {
@@ -201,6 +202,18 @@ impl Engine {
     pub async fn watch(&self, run_id: &str) -> Result<Watch, EngineError> {
         self.ask(|reply| Command::Watch {
             run_id: run_id.to_string(),
+            resumed: false,
+            reply,
+        })
+        .await
+    }
+
+    /// A watch resumed after a break (see [`WatchEvent::Snapshot`]): a gap, the run as it is
+    /// now, then what happens next (a finished run: its end).
+    pub async fn watch_resumed(&self, run_id: &str) -> Result<Watch, EngineError> {
+        self.ask(|reply| Command::Watch {
+            run_id: run_id.to_string(),
+            resumed: true,
             reply,
         })
         .await

@@ -113,20 +113,48 @@ async fn take_over(
     match restore_run(&id, keys, cfg).await {
         Ok(run) if run.state.job_state().is_terminal() => {
             // Finished before the failover: kept for `status` and `runs`, and in the history.
-            let state = run.state.job_state();
             let ended = ended_at(&run);
-            let finished = FinishedRun {
-                info: run.info(ended),
-                summary: run.summarize(state, ended),
-                history: None,
-                forgotten: 0,
-            };
             out.ended.push((Arc::clone(&id), ended));
-            out.finished.push((run.state.started_at(), id, finished));
+            out.finished
+                .push((run.state.started_at(), id, finished(&run)));
         }
         Ok(run) => out.active.push(run),
         Err(why) => tracing::error!(run = %id, "cannot take over the run: {why}"),
     }
+}
+
+/// A finished run as it is kept: what `status` and a watch show of it.
+fn finished(run: &Run) -> FinishedRun {
+    let ended = ended_at(run);
+    FinishedRun {
+        info: run.info(ended),
+        summary: run.summarize(run.state.job_state(), ended),
+        history: None,
+        forgotten: 0,
+        trimmed: false,
+    }
+}
+
+/// A finished run read back from the store (one kept in memory only as a listing's line).
+pub(super) async fn load_finished<S: Store>(
+    store: &S,
+    id: &str,
+    cfg: &super::EngineConfig,
+) -> Result<FinishedRun, EngineError> {
+    let prefix = format!("runs/{id}/");
+    let keys: HashMap<String, Vec<u8>> = store
+        .scan(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v)))
+        .collect();
+    if keys.is_empty() {
+        return Err(EngineError::NoSuchRun(id.to_string()));
+    }
+    let run = restore_run(&Arc::from(id), keys, cfg)
+        .await
+        .map_err(|_| EngineError::NoSuchRun(id.to_string()))?;
+    Ok(finished(&run))
 }
 
 /// When a finished run ended, by its records: its last task's end, or its start.

@@ -85,6 +85,12 @@ impl Run {
         self.watchers.watch()
     }
 
+    /// A watch resumed after a break: a gap, the run as it is now, then what happens next.
+    pub fn watch_resumed(&mut self, now: DateTime<Utc>) -> Watch {
+        let snapshot = WatchEvent::Snapshot(Box::new(self.info(now)));
+        self.watchers.watch_from(vec![WatchEvent::Gap, snapshot])
+    }
+
     /// Tells every watcher, and remembers it for the ones to come.
     pub fn tell(&mut self, ev: WatchEvent) {
         self.watchers.tell(ev);
@@ -341,6 +347,9 @@ pub(super) struct FinishedRun {
     pub history: Option<VecDeque<WatchEvent>>,
     /// Output lines no longer in `history`.
     pub forgotten: u64,
+    /// Its task lists were dropped (it is past the newest `keep_finished`): `GetRun` and a
+    /// watch read it back from the store.
+    pub trimmed: bool,
 }
 
 /// Every run this engine knows.
@@ -348,18 +357,21 @@ pub(super) struct Runs {
     pub active: HashMap<Arc<str>, Run>,
     finished: HashMap<Arc<str>, FinishedRun>,
     finished_order: VecDeque<Arc<str>>,
+    /// Finished runs kept whole, and kept at all (listed, their tasks read from the store).
     keep_finished: usize,
+    keep_listed: usize,
     /// Idempotency keys of submissions, and the runs they started.
     idempotency: HashMap<String, String>,
 }
 
 impl Runs {
-    pub fn new(keep_finished: usize) -> Runs {
+    pub fn new(keep_finished: usize, keep_listed: usize) -> Runs {
         Runs {
             active: HashMap::new(),
             finished: HashMap::new(),
             finished_order: VecDeque::new(),
             keep_finished,
+            keep_listed: keep_listed.max(keep_finished),
             idempotency: HashMap::new(),
         }
     }
@@ -370,6 +382,11 @@ impl Runs {
 
     pub fn is_finished(&self, id: &str) -> bool {
         self.finished.contains_key(id)
+    }
+
+    /// A finished run whose task lists are only in the store.
+    pub fn is_trimmed(&self, id: &str) -> bool {
+        self.finished.get(id).is_some_and(|f| f.trimmed)
     }
 
     /// Runs with ready tasks: the ones placement should look at.
@@ -414,27 +431,26 @@ impl Runs {
         self.idempotency.insert(key, run);
     }
 
-    pub fn watch(&mut self, id: &str) -> Result<Watch, EngineError> {
+    /// A watch of a run: its history then what happens next; or, `resumed` after a break, a
+    /// gap and the run as it is now instead of the history.
+    pub fn watch(
+        &mut self,
+        id: &str,
+        resumed: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Watch, EngineError> {
         if let Some(run) = self.active.get_mut(id) {
-            return Ok(run.watch());
+            return Ok(if resumed {
+                run.watch_resumed(now)
+            } else {
+                run.watch()
+            });
         }
         let f = self
             .finished
             .get(id)
             .ok_or_else(|| EngineError::NoSuchRun(id.to_string()))?;
-        // A finished run's history is already bounded: replay it whole, then its end.
-        let mut replay = Watchers::new(usize::MAX);
-        let watch = replay.watch();
-        if f.forgotten > 0 {
-            replay.tell(WatchEvent::Lagged {
-                skipped: f.forgotten,
-            });
-        }
-        for ev in f.history.iter().flatten() {
-            replay.tell(ev.clone());
-        }
-        replay.end(WatchEvent::Done(f.summary.clone()));
-        Ok(watch)
+        Ok(watch_finished(f, resumed))
     }
 
     pub fn info(&self, id: &str, now: DateTime<Utc>) -> Result<RunInfo, EngineError> {
@@ -516,6 +532,7 @@ impl Runs {
             summary,
             history: Some(run.watchers.history()),
             forgotten: run.watchers.forgotten(),
+            trimmed: false,
         };
         self.keep(Arc::clone(id), finished);
         let n = self.finished_order.len();
@@ -536,23 +553,58 @@ impl Runs {
             .retain(|id| self.finished.contains_key(id));
     }
 
-    /// Keeps a finished run (newest last), forgetting the oldest past the limit.
+    /// Keeps a finished run (newest last): past the newest `keep_finished`, runs keep only what
+    /// a listing shows; past `keep_listed`, they are forgotten.
     pub fn keep(&mut self, id: Arc<str>, f: FinishedRun) {
         self.finished_order.push_back(Arc::clone(&id));
         self.finished.insert(id, f);
-        while self.finished_order.len() > self.keep_finished {
+        let n = self.finished_order.len();
+        if n > self.keep_finished {
+            let old = &self.finished_order[n - self.keep_finished - 1];
+            if let Some(f) = self.finished.get_mut(old) {
+                f.info = f.info.brief();
+                f.summary.tasks = vec![];
+                f.history = None;
+                f.trimmed = true;
+            }
+        }
+        while self.finished_order.len() > self.keep_listed {
             if let Some(old) = self.finished_order.pop_front() {
                 self.finished.remove(&old);
             }
         }
     }
 
-    /// Finished runs loaded from the store, oldest first; only the newest `keep_finished` stay.
+    /// Finished runs loaded from the store, oldest first; only the newest `keep_listed` stay.
     pub fn keep_all(&mut self, mut finished: Vec<(DateTime<Utc>, Arc<str>, FinishedRun)>) {
         finished.sort_by_key(|(start, ..)| *start);
-        let skip = finished.len().saturating_sub(self.keep_finished);
+        let skip = finished.len().saturating_sub(self.keep_listed);
         for (_, id, f) in finished.into_iter().skip(skip) {
             self.keep(id, f);
         }
     }
+}
+
+/// A watch of a finished run: what is kept of its history, then its end; or, `resumed` after a
+/// break, a gap, the run as it ended, and its end.
+pub(super) fn watch_finished(f: &FinishedRun, resumed: bool) -> Watch {
+    let mut replay = Watchers::new(usize::MAX);
+    if resumed {
+        let snapshot = WatchEvent::Snapshot(Box::new(f.info.clone()));
+        let watch = replay.watch_from(vec![WatchEvent::Gap, snapshot]);
+        replay.end(WatchEvent::Done(f.summary.clone()));
+        return watch;
+    }
+    // A finished run's history is already bounded: replay it whole, then its end.
+    let watch = replay.watch();
+    if f.forgotten > 0 {
+        replay.tell(WatchEvent::Lagged {
+            skipped: f.forgotten,
+        });
+    }
+    for ev in f.history.iter().flatten() {
+        replay.tell(ev.clone());
+    }
+    replay.end(WatchEvent::Done(f.summary.clone()));
+    watch
 }

@@ -87,6 +87,22 @@ impl Watchers {
         Watch::new(rx, queued)
     }
 
+    /// A watcher told `first`, then what happens from now on (no history).
+    pub fn watch_from(&mut self, first: Vec<WatchEvent>) -> Watch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let mut w = Watcher {
+            tx,
+            queued: Arc::clone(&queued),
+            skipped: 0,
+        };
+        for ev in &first {
+            w.offer(ev, usize::MAX);
+        }
+        self.watchers.push(w);
+        Watch::new(rx, queued)
+    }
+
     /// Tells every watcher, and remembers it for the ones to come.
     pub fn tell(&mut self, ev: WatchEvent) {
         let limit = self.limit;

@@ -189,6 +189,11 @@ pub fn event(ev: WatchEvent) -> pb::RunEvent {
             continued,
         }),
         WatchEvent::Lagged { skipped } => Event::Lagged(pb::Lagged { skipped }),
+        WatchEvent::Gap => Event::Gap(pb::Gap {}),
+        WatchEvent::Snapshot(r) => Event::Snapshot(pb::Snapshot {
+            state: run_state(r.state, r.cancel_reason.is_some()) as i32,
+            tasks: r.tasks.iter().map(task).collect(),
+        }),
         WatchEvent::Done(s) => Event::End(pb::RunEnd {
             state: run_state(s.state, s.cancelled) as i32,
             duration: Some(duration(s.duration)),
@@ -245,6 +250,8 @@ pub fn event_from_pb(ev: pb::RunEvent, run_id: &str) -> Option<WatchEvent> {
             continued: o.continued,
         },
         Event::Lagged(l) => WatchEvent::Lagged { skipped: l.skipped },
+        Event::Gap(_) => WatchEvent::Gap,
+        Event::Snapshot(s) => WatchEvent::Snapshot(Box::new(snapshot_info(s, run_id))),
         Event::End(e) => WatchEvent::Done(RunSummary {
             run_id: run_id.to_string(),
             state: run_state_from_pb(e.state)?,
@@ -259,6 +266,42 @@ pub fn event_from_pb(ev: pb::RunEvent, run_id: &str) -> Option<WatchEvent> {
             first_no_op: non_empty(e.first_no_op).map(|s| Arc::from(s.as_str())),
         }),
     })
+}
+
+/// What a snapshot says of a run, as the engine's [`RunInfo`] (the fields it carries).
+fn snapshot_info(s: pb::Snapshot, run_id: &str) -> RunInfo {
+    let tasks: Vec<TaskInfo> = s
+        .tasks
+        .into_iter()
+        .filter_map(|t| {
+            Some(TaskInfo {
+                name: Arc::from(t.name.as_str()),
+                state: task_state_from_pb(t.state)?,
+                attempt: t.attempt,
+                agent: Some(t.agent).filter(|a| !a.is_empty()),
+                started: t.started.as_ref().and_then(from_timestamp),
+                duration: t.duration.as_ref().map(from_duration),
+                return_code: t.return_code,
+                error_message: Some(t.error_message).filter(|e| !e.is_empty()),
+            })
+        })
+        .collect();
+    let done = tasks.iter().filter(|t| t.state.is_terminal()).count();
+    RunInfo {
+        run_id: run_id.to_string(),
+        job_name: String::new(),
+        job_reference: String::new(),
+        state: run_state_from_pb(s.state).unwrap_or(JobState::Running),
+        start_time: DateTime::<Utc>::MIN_UTC,
+        duration: Duration::ZERO,
+        waiting_reason: None,
+        task_count: tasks.len(),
+        tasks_done: done,
+        tasks,
+        tags: Default::default(),
+        rerun_of: None,
+        cancel_reason: (s.state == pb::RunState::Cancelled as i32).then(String::new),
+    }
 }
 
 /// A constraint as a client sent it (host names not resolved yet).

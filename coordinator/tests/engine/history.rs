@@ -115,3 +115,54 @@ async fn a_new_leader_reads_many_runs_in_pages_and_trims_them() {
     assert_eq!(info.tasks.len(), 1000);
     assert!(info.tasks.iter().all(|t| t.state.as_str() == "SUCCEEDED"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn runs_past_the_newest_kept_whole_are_listed_and_read_back_from_the_store() {
+    use factotum_coordinator::RunQuery;
+    let store = TestStore::default();
+    let config = EngineConfig {
+        keep_finished: 2,
+        history_max_runs: 10,
+        ..EngineConfig::default()
+    };
+    let engine = engine(store.clone(), config);
+    let mut a = FakeAgent::connect(&engine, AgentSpec::named("a")).await;
+    let mut runs = vec![];
+    for _ in 0..5 {
+        runs.push(run_one(&engine, &mut a).await);
+        tokio::time::sleep(Duration::from_millis(10)).await; // distinct start times
+    }
+    // Every run is listed, a page at a time, each once, newest first.
+    let mut listed = vec![];
+    let mut query = RunQuery {
+        limit: 2,
+        ..Default::default()
+    };
+    loop {
+        let page = engine.list_runs(query.clone()).await.unwrap();
+        listed.extend(page.runs.iter().map(|r| r.run_id.clone()));
+        assert!(page
+            .runs
+            .iter()
+            .all(|r| r.tasks.is_empty() && r.task_count == 1));
+        match page.next {
+            Some(after) => query.after = Some(after),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = runs.iter().rev().cloned().collect();
+    assert_eq!(listed, newest_first);
+    // The oldest, kept only as a line of the listing, still shows its tasks: from the store.
+    let oldest = engine.get_run(&runs[0]).await.unwrap();
+    assert_eq!(oldest.tasks.len(), 1);
+    assert_eq!(oldest.tasks[0].state.as_str(), "SUCCEEDED");
+    // And a watch of it ends with its end.
+    let mut watch = engine.watch(&runs[0]).await.unwrap();
+    let mut ended = false;
+    while let Some(ev) = watch.recv().await {
+        if let factotum_coordinator::WatchEvent::Done(s) = ev {
+            ended = s.tasks.len() == 1;
+        }
+    }
+    assert!(ended);
+}

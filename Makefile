@@ -1,7 +1,7 @@
 # The one test command: `make test` (what CI runs too).
-.PHONY: test deps fmt-check lint schemas unit bench
+.PHONY: test deps fmt-check lint schemas unit api bench
 
-test: deps fmt-check lint schemas unit
+test: deps fmt-check lint schemas unit api
 
 deps:
 	@scripts/install-deps.sh
@@ -22,6 +22,11 @@ schemas:
 unit:
 	cargo build --workspace --bins
 	cargo test --workspace
+
+# The client API (factotum.jobs.v2) through Python stubs generated from its proto, against real
+# coordinator, agent and etcd processes (the binaries `unit` built; pinned client in a venv).
+api:
+	scripts/api-tests.sh
 
 # Benchmarks (not part of the tests): figures go to docs/BENCHMARKS.md.
 bench:

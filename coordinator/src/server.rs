@@ -239,7 +239,16 @@ pub async fn run(
         .unwrap_or_else(|| format!("http://{addr}"));
     tracing::info!(%addr, %advertise, "coordinator listening");
     let life = Lifecycle::new();
-    let (engine_tx, engine_rx) = watch::channel(None);
+    // A single node leads from the start: its engine is there before the first call is served
+    // (a caller that connects as soon as `listening on` is printed must not be told there is
+    // no leader).
+    let single = config.etcd.is_empty().then(|| {
+        tracing::warn!(
+            "no --etcd: runs are kept in memory on this single node and are lost on restart"
+        );
+        Engine::start(config.engine(), MemoryStore::new(), life.child())
+    });
+    let (engine_tx, engine_rx) = watch::channel(single.clone());
     let (leader_tx, leader_rx) = watch::channel(None);
     let routing = api::Routing {
         engine: engine_rx,
@@ -260,12 +269,7 @@ pub async fn run(
         },
         life.clone(),
     ));
-    let outcome = if config.etcd.is_empty() {
-        tracing::warn!(
-            "no --etcd: runs are kept in memory on this single node and are lost on restart"
-        );
-        let engine = Engine::start(config.engine(), MemoryStore::new(), life.child());
-        let _ = engine_tx.send(Some(engine));
+    let outcome = if single.is_some() {
         shutdown.cancelled().await;
         Ok(())
     } else {
@@ -281,6 +285,7 @@ pub async fn run(
     };
     tracing::info!("shutting down");
     let _ = engine_tx.send(None);
+    drop(single);
     if !life.shut_down(DRAIN).await {
         tracing::warn!("open streams did not close within 10 s; exiting anyway");
     }

@@ -183,7 +183,13 @@ impl Jobs for JobsApi {
             start: r.start,
             webhooks: r.webhooks,
             constraints,
-            placement: wire::placement_from_pb(r.placement),
+            placement: match pb::Placement::try_from(r.placement) {
+                Ok(p) => wire::placement_from_pb(p as i32),
+                Err(_) => {
+                    let why = format!("{} is not a placement", r.placement);
+                    return Err(Refusal::bad(Reason::InvalidArgument, "placement", why).status());
+                }
+            },
             allow_concurrent: r.allow_concurrent,
             idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
             max_output: if r.max_output == 0 {

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::agents::Agents;
 use super::commit::{ops_of, transactions, Batch, Commits};
 use super::history::{self, History};
-use super::runs::{self, Runs};
+use super::registry::{self, Runs};
+use super::runs;
 use super::timers::Timers;
 use super::{recovery, Command, EngineConfig};
 use crate::model::{EngineError, RunSpec, Submitted};
@@ -141,7 +142,7 @@ impl<S: Store> Core<S> {
                     Ok(id) if self.runs.is_trimmed(&id) => {
                         recovery::load_finished(&self.store, &id, &self.cfg)
                             .await
-                            .map(|f| runs::watch_finished(&f, resumed))
+                            .map(|f| registry::watch_finished(&f, resumed))
                     }
                     Ok(id) => self.runs.watch(&id, resumed, now),
                     Err(e) => Err(e),

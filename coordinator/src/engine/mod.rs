@@ -13,6 +13,7 @@ mod commit;
 mod core;
 mod history;
 mod recovery;
+mod registry;
 mod runs;
 mod sessions;
 mod timers;

@@ -10,7 +10,8 @@ use factotum_common::dag::{Plan, TaskId};
 use factotum_common::run::{RunOptions, RunState, TaskState};
 use factotum_common::webhook::RunMeta;
 
-use super::runs::{webhooks, FinishedRun, Run, RunParts};
+use super::registry::FinishedRun;
+use super::runs::{webhooks, Run, RunParts};
 use crate::model::{EngineError, RunSpec};
 use crate::persist;
 use crate::store::{keys, Store, SCAN_PAGE};

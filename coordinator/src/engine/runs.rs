@@ -1,5 +1,5 @@
-//! The runs owner: every active run with its state machine, watchers and placement memory, the
-//! finished runs kept for `status` and late watchers, and idempotency keys.
+//! One run: its state machine, watchers and placement memory, its records and webhook
+//! deliveries (the registry of every run, active and finished, is [`super::registry`]).
 //!
 //! Its verbs *return* what should happen (store writes, webhook deliveries, watch events); the
 //! interpreter in [`super::core`] performs them.
@@ -14,16 +14,10 @@ use factotum_common::run::{JobState, RunOptions, RunState, TaskState, Update, Up
 use factotum_common::webhook::{payload, RunMeta};
 
 use super::watchers::Watchers;
-use crate::model::{
-    EngineError, RunInfo, RunPage, RunQuery, RunSpec, RunSummary, TaskChange, TaskInfo, Watch,
-    WatchEvent,
-};
+use crate::model::{RunInfo, RunSpec, RunSummary, TaskChange, TaskInfo, Watch, WatchEvent};
 use crate::persist;
 use crate::store::{keys, StoreOp};
 use crate::webhook::Delivery;
-
-/// Finished runs whose history is kept for late watchers.
-const FINISHED_WITH_HISTORY: usize = 50;
 
 pub(super) struct Run {
     pub id: Arc<str>,
@@ -94,6 +88,13 @@ impl Run {
     /// Tells every watcher, and remembers it for the ones to come.
     pub fn tell(&mut self, ev: WatchEvent) {
         self.watchers.tell(ev);
+    }
+
+    /// Tells the watchers the run's end and lets them go; returns what late watchers are
+    /// replayed, and how many output lines it no longer holds.
+    pub fn end_watch(&mut self, done: WatchEvent) -> (VecDeque<WatchEvent>, u64) {
+        self.watchers.end(done);
+        (self.watchers.history(), self.watchers.forgotten())
     }
 
     /// Store writes and webhook deliveries for one update; watchers are told.
@@ -335,276 +336,4 @@ pub(super) fn webhooks(engine: &[String], run: &[String]) -> Vec<Arc<str>> {
         .chain(run)
         .map(|u| Arc::from(u.as_str()))
         .collect()
-}
-
-/// The shortest run id prefix taken for a run id.
-pub const MIN_PREFIX: usize = 6;
-
-/// A finished run, kept for `status`, `runs` and late watchers.
-pub(super) struct FinishedRun {
-    pub info: RunInfo,
-    pub summary: RunSummary,
-    pub history: Option<VecDeque<WatchEvent>>,
-    /// Output lines no longer in `history`.
-    pub forgotten: u64,
-    /// Its task lists were dropped (it is past the newest `keep_finished`): `GetRun` and a
-    /// watch read it back from the store.
-    pub trimmed: bool,
-}
-
-/// Every run this engine knows.
-pub(super) struct Runs {
-    pub active: HashMap<Arc<str>, Run>,
-    finished: HashMap<Arc<str>, FinishedRun>,
-    finished_order: VecDeque<Arc<str>>,
-    /// Finished runs kept whole, and kept at all (listed, their tasks read from the store).
-    keep_finished: usize,
-    keep_listed: usize,
-    /// Idempotency keys of submissions, and the runs they started.
-    idempotency: HashMap<String, String>,
-}
-
-impl Runs {
-    pub fn new(keep_finished: usize, keep_listed: usize) -> Runs {
-        Runs {
-            active: HashMap::new(),
-            finished: HashMap::new(),
-            finished_order: VecDeque::new(),
-            keep_finished,
-            keep_listed: keep_listed.max(keep_finished),
-            idempotency: HashMap::new(),
-        }
-    }
-
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut Run> {
-        self.active.get_mut(id)
-    }
-
-    pub fn is_finished(&self, id: &str) -> bool {
-        self.finished.contains_key(id)
-    }
-
-    /// A finished run whose task lists are only in the store.
-    pub fn is_trimmed(&self, id: &str) -> bool {
-        self.finished.get(id).is_some_and(|f| f.trimmed)
-    }
-
-    /// Runs with ready tasks: the ones placement should look at.
-    pub fn with_ready(&self) -> Vec<Arc<str>> {
-        self.active
-            .iter()
-            .filter(|(_, r)| !r.state.ready().is_empty())
-            .map(|(k, _)| Arc::clone(k))
-            .collect()
-    }
-
-    /// An active run of the same job (same `jobReference`).
-    pub fn active_of_job(&self, job_reference: &str) -> Option<&Run> {
-        self.active
-            .values()
-            .find(|r| r.meta.job_reference == job_reference)
-    }
-
-    /// The run a repeated idempotency key started, watched from now on.
-    pub fn by_idempotency_key(&mut self, key: &str) -> Option<crate::model::Submitted> {
-        let run_id = self.idempotency.get(key)?.clone();
-        let (watch, job_reference) = match self.active.get_mut(run_id.as_str()) {
-            Some(run) => (run.watch(), run.meta.job_reference.clone()),
-            None => {
-                let reference = self
-                    .finished
-                    .get(run_id.as_str())
-                    .map(|f| f.info.job_reference.clone())
-                    .unwrap_or_default();
-                (Watch::ended(), reference)
-            }
-        };
-        Some(crate::model::Submitted {
-            run_id,
-            job_reference,
-            existing: true,
-            watch,
-        })
-    }
-
-    pub fn remember_key(&mut self, key: String, run: String) {
-        self.idempotency.insert(key, run);
-    }
-
-    /// A watch of a run: its history then what happens next; or, `resumed` after a break, a
-    /// gap and the run as it is now instead of the history.
-    pub fn watch(
-        &mut self,
-        id: &str,
-        resumed: bool,
-        now: DateTime<Utc>,
-    ) -> Result<Watch, EngineError> {
-        if let Some(run) = self.active.get_mut(id) {
-            return Ok(if resumed {
-                run.watch_resumed(now)
-            } else {
-                run.watch()
-            });
-        }
-        let f = self
-            .finished
-            .get(id)
-            .ok_or_else(|| EngineError::NoSuchRun(id.to_string()))?;
-        Ok(watch_finished(f, resumed))
-    }
-
-    pub fn info(&self, id: &str, now: DateTime<Utc>) -> Result<RunInfo, EngineError> {
-        match (self.active.get(id), self.finished.get(id)) {
-            (Some(run), _) => Ok(run.info(now)),
-            (None, Some(f)) => Ok(f.info.clone()),
-            _ => Err(EngineError::NoSuchRun(id.to_string())),
-        }
-    }
-
-    /// The run an id names: the whole id, or a unique prefix of at least
-    /// [`MIN_PREFIX`] hex characters.
-    pub fn resolve(&self, id: &str) -> Result<Arc<str>, EngineError> {
-        if let Some((k, _)) = self.active.get_key_value(id) {
-            return Ok(Arc::clone(k));
-        }
-        if let Some((k, _)) = self.finished.get_key_value(id) {
-            return Ok(Arc::clone(k));
-        }
-        let missing = || EngineError::NoSuchRun(id.to_string());
-        if id.len() < MIN_PREFIX || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(missing());
-        }
-        let id = id.to_ascii_lowercase();
-        let mut found: Vec<&Arc<str>> = self
-            .active
-            .keys()
-            .chain(self.finished.keys())
-            .filter(|k| k.starts_with(&id))
-            .collect();
-        match found.len() {
-            0 => Err(missing()),
-            1 => Ok(Arc::clone(found[0])),
-            _ => {
-                found.sort();
-                Err(EngineError::AmbiguousRun {
-                    prefix: id,
-                    candidates: found.iter().take(5).map(|k| k.to_string()).collect(),
-                })
-            }
-        }
-    }
-
-    /// A page of the runs `query` admits, newest first (ties by id), without task lists.
-    pub fn page(&self, query: &RunQuery, now: DateTime<Utc>) -> RunPage {
-        let key = |r: &RunInfo| (std::cmp::Reverse(r.start_time), r.run_id.clone());
-        let after = query
-            .after
-            .as_ref()
-            .map(|(t, id)| (std::cmp::Reverse(*t), id.clone()));
-        let mut runs: Vec<RunInfo> = self
-            .active
-            .values()
-            .map(|r| r.info(now).brief())
-            .chain(self.finished.values().map(|f| f.info.brief()))
-            .filter(|r| query.admits(r))
-            .filter(|r| after.as_ref().is_none_or(|a| key(r) > *a))
-            .collect();
-        runs.sort_by_key(key);
-        let limit = query.limit.max(1);
-        let next = (runs.len() > limit).then(|| {
-            let last = &runs[limit - 1];
-            (last.start_time, last.run_id.clone())
-        });
-        runs.truncate(limit);
-        RunPage { runs, next }
-    }
-
-    /// Moves an ended run to the finished ones: watchers get its end; the oldest finished
-    /// runs (and, past the newest few, their histories) are forgotten.
-    pub fn retire(&mut self, id: &Arc<str>, state: JobState, now: DateTime<Utc>) {
-        let Some(mut run) = self.active.remove(id) else {
-            return;
-        };
-        let summary = run.summarize(state, now);
-        run.watchers.end(WatchEvent::Done(summary.clone()));
-        let finished = FinishedRun {
-            info: run.info(now),
-            summary,
-            history: Some(run.watchers.history()),
-            forgotten: run.watchers.forgotten(),
-            trimmed: false,
-        };
-        self.keep(Arc::clone(id), finished);
-        let n = self.finished_order.len();
-        if n > FINISHED_WITH_HISTORY {
-            let old = &self.finished_order[n - FINISHED_WITH_HISTORY - 1];
-            if let Some(f) = self.finished.get_mut(old) {
-                f.history = None;
-            }
-        }
-    }
-
-    /// Forgets finished runs (deleted from the store with the history's limits).
-    pub fn forget(&mut self, ids: &[Arc<str>]) {
-        for id in ids {
-            self.finished.remove(id);
-        }
-        self.finished_order
-            .retain(|id| self.finished.contains_key(id));
-    }
-
-    /// Keeps a finished run (newest last): past the newest `keep_finished`, runs keep only what
-    /// a listing shows; past `keep_listed`, they are forgotten.
-    pub fn keep(&mut self, id: Arc<str>, f: FinishedRun) {
-        self.finished_order.push_back(Arc::clone(&id));
-        self.finished.insert(id, f);
-        let n = self.finished_order.len();
-        if n > self.keep_finished {
-            let old = &self.finished_order[n - self.keep_finished - 1];
-            if let Some(f) = self.finished.get_mut(old) {
-                f.info = f.info.brief();
-                f.summary.tasks = vec![];
-                f.history = None;
-                f.trimmed = true;
-            }
-        }
-        while self.finished_order.len() > self.keep_listed {
-            if let Some(old) = self.finished_order.pop_front() {
-                self.finished.remove(&old);
-            }
-        }
-    }
-
-    /// Finished runs loaded from the store, oldest first; only the newest `keep_listed` stay.
-    pub fn keep_all(&mut self, mut finished: Vec<(DateTime<Utc>, Arc<str>, FinishedRun)>) {
-        finished.sort_by_key(|(start, ..)| *start);
-        let skip = finished.len().saturating_sub(self.keep_listed);
-        for (_, id, f) in finished.into_iter().skip(skip) {
-            self.keep(id, f);
-        }
-    }
-}
-
-/// A watch of a finished run: what is kept of its history, then its end; or, `resumed` after a
-/// break, a gap, the run as it ended, and its end.
-pub(super) fn watch_finished(f: &FinishedRun, resumed: bool) -> Watch {
-    let mut replay = Watchers::new(usize::MAX);
-    if resumed {
-        let snapshot = WatchEvent::Snapshot(Box::new(f.info.clone()));
-        let watch = replay.watch_from(vec![WatchEvent::Gap, snapshot]);
-        replay.end(WatchEvent::Done(f.summary.clone()));
-        return watch;
-    }
-    // A finished run's history is already bounded: replay it whole, then its end.
-    let watch = replay.watch();
-    if f.forgotten > 0 {
-        replay.tell(WatchEvent::Lagged {
-            skipped: f.forgotten,
-        });
-    }
-    for ev in f.history.iter().flatten() {
-        replay.tell(ev.clone());
-    }
-    replay.end(WatchEvent::Done(f.summary.clone()));
-    watch
 }

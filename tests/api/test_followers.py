@@ -107,3 +107,45 @@ def test_a_follower_forwards_submit_get_and_watch_to_the_leader(procs):
         if not token:
             break
     assert listed == [*reversed(more), submitted.run_id]
+
+
+def test_a_watch_through_a_follower_survives_the_leader_being_killed(procs):
+    """The follower resumes the watch at the next leader by itself: a client that only reads its
+    stream sees a Gap and a Snapshot, then the run's end."""
+    etcd = procs.etcd()
+    coordinators = [procs.coordinator("--etcd", etcd.endpoint, "--lease-ttl", "2s") for _ in range(2)]
+
+    def one_leader():
+        leading = [c for c in coordinators if serving_as_leader(c)]
+        return leading[0] if len(leading) == 1 else None
+
+    leader = eventually(one_leader, timeout=30, interval=0.1)
+    follower = next(c for c in coordinators if c is not leader)
+    procs.agent("a", coordinators)
+    connected_agent(leader, "a", timeout=30)
+    ff = factfile(
+        "outlives its leader",
+        task("first", "sh", "-c", "sleep 1; echo first-out"),
+        task("second", "sh", "-c", "sleep 5; echo second-out", depends_on=["first"]),
+    )
+    submitted, _ = while_no_leader_known(follower.jobs.SubmitRun, S.SubmitRunRequest(factfile=ff))
+    events = follower.jobs.WatchRun(S.WatchRunRequest(run_id=submitted.run_id), timeout=60)
+    kinds, end, killed = [], None, False
+    for ev in events:
+        kind = ev.WhichOneof("event")
+        kinds.append(kind)
+        if not killed and kind == "tasks" and any(
+            c.name == "second" and c.current == S.TASK_STATE_RUNNING for c in ev.tasks.changes
+        ):
+            leader.proc.kill()  # kill -9: the leader's stream to the follower breaks
+            leader.proc.wait()
+            killed = True
+        if kind == "snapshot":
+            assert {t.name for t in ev.snapshot.tasks} == {"first", "second"}
+        if kind == "end":
+            end = ev.end
+            break
+    assert killed, kinds
+    assert "gap" in kinds and "snapshot" in kinds, kinds
+    assert kinds.index("gap") < kinds.index("snapshot") < kinds.index("end"), kinds
+    assert end is not None and end.state == S.RUN_STATE_SUCCEEDED, (kinds, end)

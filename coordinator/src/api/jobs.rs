@@ -12,7 +12,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status};
 
 use super::errors::{Reason, Refusal};
-use super::forward::{answered, onward, Forwarder, Target};
+use super::forward::{answered, onward, outliving, Forwarder, Target};
 use super::Routing;
 use crate::model::RunQuery;
 use crate::spec::{prepare_within, InputLimits, Submission};
@@ -260,9 +260,13 @@ impl Jobs for JobsApi {
         let engine = match self.forward.target(&self.role, &request)? {
             Target::Local(engine) => engine,
             Target::Leader { mut client, addr } => {
+                let (metadata, run_id) =
+                    (request.metadata().clone(), request.get_ref().run_id.clone());
                 let answer = client.watch_run(onward(request)).await;
-                return answered(answer, &addr)
-                    .map(|r| r.map(|events| Box::pin(events) as EventStream));
+                let (role, forward) = (self.role.clone(), self.forward.clone());
+                return answered(answer, &addr).map(|r| {
+                    r.map(|events| outliving(role, forward, metadata, run_id, Box::pin(events)))
+                });
             }
         };
         let r = request.into_inner();

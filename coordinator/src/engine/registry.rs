@@ -288,3 +288,82 @@ pub(super) fn watch_finished(f: &FinishedRun, resumed: bool) -> Watch {
     replay.end(WatchEvent::Done(f.summary.clone()));
     watch
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(id: &str) -> FinishedRun {
+        let info = RunInfo {
+            run_id: id.into(),
+            job_name: "j".into(),
+            job_reference: String::new(),
+            state: JobState::Succeeded,
+            start_time: Utc::now(),
+            duration: std::time::Duration::ZERO,
+            waiting_reason: None,
+            tasks: vec![],
+            tags: Default::default(),
+            rerun_of: None,
+            cancel_reason: None,
+            task_count: 0,
+            tasks_done: 0,
+        };
+        FinishedRun {
+            summary: RunSummary {
+                run_id: id.into(),
+                state: JobState::Succeeded,
+                tasks: vec![],
+                duration: std::time::Duration::ZERO,
+                first_failed: None,
+                first_no_op: None,
+                cancelled: false,
+            },
+            info,
+            history: None,
+            forgotten: 0,
+            trimmed: false,
+        }
+    }
+
+    #[test]
+    fn a_run_id_is_the_whole_id_or_a_unique_prefix_of_six_hex_characters() {
+        let mut runs = Runs::new(10, 10);
+        for id in ["abcdef01", "abcdef02", "abc999aa", "0123456789"] {
+            runs.keep(Arc::from(id), finished(id));
+        }
+        assert_eq!(&*runs.resolve("abcdef01").unwrap(), "abcdef01");
+        assert_eq!(&*runs.resolve("abc999").unwrap(), "abc999aa");
+        assert_eq!(&*runs.resolve("ABC999").unwrap(), "abc999aa", "any case");
+        assert!(
+            matches!(runs.resolve("abc99"), Err(EngineError::NoSuchRun(_))),
+            "too short"
+        );
+        assert!(
+            matches!(runs.resolve("abcxyz"), Err(EngineError::NoSuchRun(_))),
+            "not hex"
+        );
+        assert!(matches!(
+            runs.resolve("fedcba"),
+            Err(EngineError::NoSuchRun(_))
+        ));
+        match runs.resolve("abcdef") {
+            Err(EngineError::AmbiguousRun { prefix, candidates }) => {
+                assert_eq!(prefix, "abcdef");
+                assert_eq!(candidates, ["abcdef01", "abcdef02"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn finished_runs_past_the_newest_keep_a_listing_line_then_go() {
+        let mut runs = Runs::new(2, 3);
+        for id in ["r1", "r2", "r3", "r4"] {
+            runs.keep(Arc::from(id), finished(id));
+        }
+        assert!(!runs.is_finished("r1"), "past keep_listed: gone");
+        assert!(runs.is_trimmed("r2"));
+        assert!(!runs.is_trimmed("r3") && !runs.is_trimmed("r4"));
+    }
+}

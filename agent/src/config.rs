@@ -71,6 +71,26 @@ pub struct AgentArgs {
     #[arg(long, env = "FACTOTUM_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value = "16MiB",
           value_parser = factotum_service::size::at_least(factotum_common::run::MIN_MAX_MESSAGE as u64))]
     pub max_message_size: usize,
+    /// The CA (PEM) to verify `https://` coordinators with.
+    #[arg(long, env = "FACTOTUM_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This agent's certificate (PEM), for coordinators that check agents' certificates
+    /// (`--tls-client-ca`): its CN or a DNS name must be the agent's --name.
+    #[arg(
+        long,
+        env = "FACTOTUM_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "FACTOTUM_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(
         long,
@@ -89,6 +109,8 @@ pub struct Config {
     pub disconnect_limit: Duration,
     /// `--max-message-size`: the session's encode and decode limits.
     pub max_message: usize,
+    /// TLS for `https://` coordinators (`--tls-ca`, `--tls-cert`, `--tls-key`).
+    pub tls: tonic::transport::ClientTlsConfig,
 }
 
 /// The coordinators' addresses, checked, without duplicates, in the order given. Never empty.
@@ -149,10 +171,13 @@ impl AgentArgs {
             },
             state_dir: self.state_dir.clone(),
         };
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        let tls = factotum_service::tls::client_config(self.tls_ca.as_deref(), identity)?;
         let config = Config {
             agent,
             disconnect_limit: self.disconnect_limit,
             max_message: self.max_message_size,
+            tls,
         };
         Ok((config, endpoints))
     }
@@ -160,6 +185,20 @@ impl AgentArgs {
 
 /// Longest a connection attempt (TCP, HTTP/2, the session's answer) may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The gRPC endpoint for a coordinator URL, with `tls` for an `https://` one.
+pub(crate) fn tls_endpoint(
+    url: &str,
+    tls: &tonic::transport::ClientTlsConfig,
+) -> anyhow::Result<tonic::transport::Endpoint> {
+    let e = endpoint(url)?;
+    if url.starts_with("https://") {
+        return e
+            .tls_config(tls.clone())
+            .with_context(|| format!("TLS to {url}"));
+    }
+    Ok(e)
+}
 
 /// The gRPC endpoint for a coordinator URL.
 pub(crate) fn endpoint(url: &str) -> anyhow::Result<tonic::transport::Endpoint> {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{endpoint, Config, Endpoints, CONNECT_TIMEOUT};
+use crate::config::{tls_endpoint, Config, Endpoints, CONNECT_TIMEOUT};
 use crate::notify::{self, Systemd};
 use crate::reconnect::{Backoff, Conn, Delay, Event};
 use crate::session::{Agent, Link, SessionEnd};
@@ -48,6 +48,7 @@ async fn serve(
         agent: cfg,
         disconnect_limit,
         max_message,
+        tls,
     } = config;
     if let Some(dir) = &cfg.state_dir {
         std::fs::create_dir_all(dir.join("attempts"))
@@ -98,7 +99,8 @@ async fn serve(
             }
         }
         let event = match &conn {
-            Conn::Connecting { target, .. } => match connect(target, max_message, life).await {
+            Conn::Connecting { target, .. } => match connect(target, max_message, &tls, life).await
+            {
                 Ok(l) => {
                     systemd.connected(target);
                     tracing::info!(coordinator = %target, running = agent.running(), "connected");
@@ -196,10 +198,27 @@ fn draw(delay: Delay) -> Duration {
     Duration::from_millis(rand::rng().random_range(lo..=hi))
 }
 
+/// What to check when a coordinator refuses this agent's session with `code`; `None` for an
+/// answer that is not a refusal of this agent.
+fn refusal_hint(code: tonic::Code) -> Option<&'static str> {
+    match code {
+        tonic::Code::AlreadyExists => Some("give each agent its own --name"),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            Some("check --name, --tls-cert and --tls-key")
+        }
+        _ => None,
+    }
+}
+
 /// Opens a session stream to `url` and pumps it into a [`Link`] (the pump is tracked by `life`
 /// and ends with the stream or with `life`). A follower answers with an error naming the leader.
-async fn connect(url: &str, max_message: usize, life: &Lifecycle) -> anyhow::Result<Link> {
-    let endpoint = endpoint(url)?;
+async fn connect(
+    url: &str,
+    max_message: usize,
+    tls: &tonic::transport::ClientTlsConfig,
+    life: &Lifecycle,
+) -> anyhow::Result<Link> {
+    let endpoint = tls_endpoint(url, tls)?;
     let (out_tx, out_rx) = mpsc::channel(1024);
     let open = async {
         let channel = endpoint.connect().await?;
@@ -220,9 +239,12 @@ async fn connect(url: &str, max_message: usize, life: &Lifecycle) -> anyhow::Res
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(msg)) => if in_tx.send(msg).await.is_err() { return },
-                    // Another agent of our name is connected: the session tells why.
-                    Err(status) if status.code() == tonic::Code::AlreadyExists => {
-                        let refused = factotum_proto::Refused { reason: status.message().to_string() };
+                    // Another agent of our name is connected, or our certificate does not
+                    // name us: the session tells why.
+                    Err(status) if refusal_hint(status.code()).is_some() => {
+                        let hint = refusal_hint(status.code()).unwrap_or_default();
+                        let reason = format!("{} ({hint})", status.message());
+                        let refused = factotum_proto::Refused { reason };
                         let msg = factotum_proto::CoordinatorMessage {
                             msg: Some(factotum_proto::coordinator_message::Msg::Refused(refused)),
                         };

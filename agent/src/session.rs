@@ -257,7 +257,7 @@ impl Agent {
                     Some(coordinator_message::Msg::Refused(r)) => {
                         // Once per streak: the agent keeps trying (backing off) quietly.
                         if self.refused.is_none() {
-                            tracing::error!(agent = %self.cfg.agent_id, "the coordinator refused this agent: {} (give each agent its own --name; retrying with backoff)", r.reason);
+                            tracing::error!(agent = %self.cfg.agent_id, "the coordinator refused this agent: {}; retrying with backoff", r.reason);
                         } else {
                             tracing::debug!(reason = %r.reason, "refused again");
                         }

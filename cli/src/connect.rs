@@ -39,7 +39,7 @@ where
             let mut route = Route::new(given);
             loop {
                 let url = route.url().to_string();
-                let (failure, found) = match connect(&url, remote.max_message_size).await {
+                let (failure, found) = match connect(&url, remote).await {
                     Ok(client) => match f(client).await {
                         Err(e) => match e.unavailable.clone() {
                             Some(leader) => (e, Found::Follower(leader)),
@@ -116,12 +116,27 @@ fn unreachable(tried: &[(String, String)]) -> Failure {
 }
 
 /// Connects to one coordinator; the error says why not.
-pub async fn connect(url: &str, limit: usize) -> Result<JobsClient<Channel>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+pub async fn connect(url: &str, remote: &Remote) -> Result<JobsClient<Channel>, String> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("not a URL ({e})"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+    if url.starts_with("https://") {
+        let identity = remote.tls_cert.as_deref().zip(remote.tls_key.as_deref());
+        let tls = factotum_service::tls::client_config(remote.tls_ca.as_deref(), identity)
+            .map_err(|e| e.to_string())?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| error_chain(&e))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        let why = error_chain(&e);
+        // A plaintext URL to a TLS port: the server hangs up on the HTTP/2 preface.
+        if url.starts_with("http://") {
+            format!("{why} (if the coordinator serves TLS, use an https:// URL and --tls-ca)")
+        } else {
+            why
+        }
+    })?;
+    let limit = remote.max_message_size;
     Ok(JobsClient::new(channel)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit))
@@ -181,6 +196,11 @@ pub fn refused(status: tonic::Status) -> Failure {
             None => format!("Error: {text}"),
         },
         (tonic::Code::NotFound, _) => format!("Error: {text}"),
+        // Not the coordinator's answer: the connection broke (a plaintext client on a TLS
+        // port is hung up on).
+        _ if text.contains("h2 protocol error") || text.starts_with("transport error") => format!(
+            "Error: cannot talk to the coordinator: {text} (if it serves TLS, use an https:// URL and --tls-ca)"
+        ),
         _ => format!("Error: the coordinator refused the request: {text}"),
     };
     // A follower's answer (it names the leader, or no leader yet): worth retrying. Any other

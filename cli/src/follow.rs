@@ -93,7 +93,7 @@ async fn reconnect(
     let urls = addresses(remote)?;
     loop {
         for url in &urls {
-            if let Ok(client) = connect(url, remote.max_message_size).await {
+            if let Ok(client) = connect(url, remote).await {
                 return Ok(client);
             }
         }

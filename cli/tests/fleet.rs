@@ -374,7 +374,7 @@ fn the_coordinator_refuses_a_public_address_without_insecure() {
     assert_ne!(o.status.code(), Some(0));
     let err = stderr(&o);
     assert!(
-        err.contains("refusing to listen on 0.0.0.0:0 without authentication"),
+        err.contains("refusing to listen on 0.0.0.0:0 without TLS"),
         "{err}"
     );
     assert!(err.contains("--insecure"), "{err}");

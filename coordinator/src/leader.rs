@@ -90,7 +90,8 @@ pub async fn campaign(
                         (resp.id(), lost)
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "could not get a leader lease from etcd; trying again");
+                        let error = crate::etcd::describe(&e);
+                        tracing::warn!(%error, "could not get a leader lease from etcd; trying again");
                         if !backoff.wait(stop).await {
                             return Err(LeaderError::Stopped);
                         }

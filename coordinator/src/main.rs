@@ -8,6 +8,20 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
+    if let Some(tool) = &config.command {
+        return match server::tool(tool) {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     logging::init(config.log_format);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

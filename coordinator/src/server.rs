@@ -4,9 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use factotum_service::tls::{self, Reloadable, ServerFiles};
 use factotum_service::{DurationRange, Lifecycle, LogFormat};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,23 +22,57 @@ use crate::{api, spec};
 
 /// The Factotum coordinator: accepts runs over gRPC and leases their tasks to agents.
 ///
-/// It listens on loopback by default. There is no authentication yet, so it refuses any other
-/// address unless `--insecure` is given: anyone who can reach the port can run shell commands on
-/// every agent. State is kept in memory (a single node) unless `--etcd` is given.
+/// It listens on loopback by default. Any other address needs TLS (`--tls-cert`, `--tls-key`;
+/// `--tls-client-ca` for agents' certificates) or `--insecure`: anyone who can reach a plaintext
+/// port can run shell commands on every agent. Until client tokens exist, a non-loopback port
+/// serves client calls only with `--insecure`. State is kept in memory (a single node) unless
+/// `--etcd` is given. SIGHUP re-reads the TLS files.
 ///
 /// Durations take units (`500ms`, `15s`, `2m`, `1h30m`); a bare number is seconds.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "factotum-coordinator", version)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Tool>,
     /// Address for the gRPC API (clients and agents).
     #[arg(long, env = "FACTOTUM_LISTEN", default_value = "127.0.0.1:7400")]
     pub listen: SocketAddr,
     /// The address other replicas and clients should use for this one (default: --listen).
     #[arg(long, env = "FACTOTUM_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Allow listening on a non-loopback address without authentication.
+    /// Allow listening on a non-loopback address without TLS, and serve client calls there
+    /// without credentials.
     #[arg(long, env = "FACTOTUM_INSECURE")]
     pub insecure: bool,
+    /// This coordinator's TLS certificate (PEM, with its chain): the port speaks TLS only.
+    #[arg(
+        long,
+        env = "FACTOTUM_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "FACTOTUM_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// CAs (PEM bundle) that sign agents' certificates: an agent session then needs a client
+    /// certificate whose name (CN or a DNS name) is the agent's.
+    #[arg(
+        long,
+        env = "FACTOTUM_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// The CA (PEM) to verify other coordinators with, when forwarding to the leader over TLS
+    /// (this coordinator presents its own certificate to it). Default: --tls-client-ca.
+    #[arg(long, env = "FACTOTUM_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// POST every transition of every run to this URL (repeatable; comma-separated in the env var).
     #[arg(long, env = "FACTOTUM_WEBHOOK", value_delimiter = ',')]
     pub webhook: Vec<String>,
@@ -140,8 +176,10 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("refusing to listen on {0} without authentication: anyone reaching it could run commands on every agent. Listen on loopback, or pass --insecure if the network is trusted")]
+    #[error("refusing to listen on {0} without TLS: anyone reaching it could run commands on every agent. Listen on loopback, give --tls-cert and --tls-key (factotum-coordinator certs makes a development CA), or pass --insecure if the network is trusted")]
     Insecure(SocketAddr),
+    #[error("TLS: {0}")]
+    Tls(#[from] factotum_service::tls::TlsError),
     #[error("{0}")]
     BadWebhook(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -160,10 +198,93 @@ pub enum ServeError {
     Server(#[from] tonic::transport::Error),
 }
 
+/// Tools beside serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Tool {
+    /// Write a development CA and certificates for a fleet into --out, in cert-manager's file
+    /// names: ca.crt, server/tls.{crt,key} (one for every coordinator: each --host is a DNS or
+    /// IP name of it), agents/<name>/tls.{crt,key} (one per --agent), cli/tls.{crt,key}.
+    /// Production uses the operator's PKI (cert-manager, Vault) with the same layout.
+    Certs {
+        /// The directory to write into (created; keys are written 0600).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A name or address clients and agents use for the coordinators (repeatable).
+        #[arg(long = "host", value_name = "NAME_OR_IP", required = true)]
+        hosts: Vec<String>,
+        /// An agent's name (repeatable): its certificate names it.
+        #[arg(long = "agent", value_name = "NAME")]
+        agents: Vec<String>,
+    },
+}
+
+/// Runs a tool: what it wrote, one line per file.
+pub fn tool(tool: &Tool) -> Result<Vec<String>, ServeError> {
+    match tool {
+        Tool::Certs { out, hosts, agents } => Ok(tls::certs::generate(out, hosts, agents)?
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()),
+    }
+}
+
+/// SIGHUP re-reads the TLS files: new connections use them, open ones keep theirs.
+fn reload_on_sighup(tls: Option<Arc<Reloadable>>, life: &Lifecycle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    let stop = life.token.clone();
+    life.spawn(async move {
+        loop {
+            tokio::select! {
+                got = hup.recv() => if got.is_none() { return },
+                _ = stop.cancelled() => return,
+            }
+            match &tls {
+                Some(tls) => match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificates and CAs re-read"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the TLS files in use"),
+                },
+                None => tracing::info!("SIGHUP: no TLS files to re-read"),
+            }
+        }
+    });
+}
+
 impl Config {
+    /// How the port is secured: TLS (with agents' certificates) if configured, and whether
+    /// client calls are served without credentials (a loopback `addr`, or `--insecure`).
+    pub fn security(&self, addr: &SocketAddr) -> Result<api::Security, ServeError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(Reloadable::new(ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })?)),
+            _ => None,
+        };
+        let peer_tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let ca = self.tls_ca.as_ref().or(self.tls_client_ca.as_ref());
+                Some(tls::client_config(
+                    ca.map(PathBuf::as_path),
+                    Some((cert, key)),
+                )?)
+            }
+            _ => None,
+        };
+        Ok(api::Security {
+            tls,
+            open: api::is_loopback(addr) || self.insecure,
+            agent_certs: self.tls_client_ca.is_some(),
+            peer_tls,
+        })
+    }
+
     /// What is refused before anything starts.
     pub fn check(&self) -> Result<(), ServeError> {
-        if !api::is_loopback(&self.listen) && !self.insecure {
+        if !api::is_loopback(&self.listen) && !self.insecure && self.tls_cert.is_none() {
             return Err(ServeError::Insecure(self.listen));
         }
         for url in &self.webhook {
@@ -233,10 +354,16 @@ pub async fn run(
         addr: config.listen,
         source,
     })?;
+    let security = config.security(&addr)?;
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let advertise = config
         .advertise
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
     tracing::info!(%addr, %advertise, "coordinator listening");
     let life = Lifecycle::new();
     // A single node leads from the start: its engine is there before the first call is served
@@ -254,9 +381,11 @@ pub async fn run(
         engine: engine_rx,
         leader: leader_rx,
     };
+    reload_on_sighup(security.tls.clone(), &life);
     let server = life.spawn(api::serve(
         routing,
         listener,
+        security,
         api::ServeLimits {
             render: config.render_limits(),
             input: crate::spec::InputLimits {

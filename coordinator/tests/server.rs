@@ -82,6 +82,22 @@ fn flags_are_checked_before_anything_starts() {
     assert!(matches!(public.check(), Err(ServeError::Insecure(_))));
     let trusted = Config::try_parse_from(["c", "--listen", "0.0.0.0:7400", "--insecure"]).unwrap();
     assert!(trusted.check().is_ok());
+    // TLS is enough to listen on a public address (client calls then need credentials).
+    let tls = Config::try_parse_from([
+        "c",
+        "--listen",
+        "0.0.0.0:7400",
+        "--tls-cert",
+        "s.crt",
+        "--tls-key",
+        "s.key",
+    ])
+    .unwrap();
+    assert!(tls.check().is_ok());
+    assert!(
+        Config::try_parse_from(["c", "--tls-cert", "s.crt"]).is_err(),
+        "a cert needs its key"
+    );
     let bad = Config::try_parse_from(["c", "--webhook", "ftp://x"]).unwrap();
     assert!(matches!(bad.check(), Err(ServeError::BadWebhook(_))));
     // Durations take units; a bare number is seconds.

@@ -1,7 +1,7 @@
 //! Plumbing the Factotum binaries share, so it is written once: logging set-up ([`logging`]),
 //! signals turned into one cancellation token and a tracker for every task spawned
-//! ([`lifecycle`]), and the one parser behind every duration flag and variable ([`duration`])
-//! and every size flag ([`size`]).
+//! ([`lifecycle`]), the one parser behind every duration flag and variable ([`duration`])
+//! and every size flag ([`size`]), and TLS for the gRPC port and its clients ([`tls`]).
 //!
 //! It knows nothing of runs, agents or the protocol: the coordinator, the agent and the CLI all
 //! import it, and it imports none of them.
@@ -10,6 +10,7 @@ pub mod duration;
 pub mod lifecycle;
 pub mod logging;
 pub mod size;
+pub mod tls;
 
 pub use duration::{parse_duration, DurationRange};
 pub use lifecycle::Lifecycle;

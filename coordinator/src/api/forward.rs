@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::Routing;
@@ -44,13 +44,16 @@ type Cached = Option<(String, JobsClient<Channel>)>;
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     max_message: usize,
+    /// TLS to the leader (`https://` addresses): `--tls-ca`, and this coordinator's certificate.
+    tls: Option<ClientTlsConfig>,
     cached: Arc<Mutex<Cached>>,
 }
 
 impl Forwarder {
-    pub fn new(max_message: usize) -> Forwarder {
+    pub fn new(max_message: usize, tls: Option<ClientTlsConfig>) -> Forwarder {
         Forwarder {
             max_message,
+            tls,
             cached: Arc::default(),
         }
     }
@@ -80,11 +83,17 @@ impl Forwarder {
                 return Ok(c.clone());
             }
         }
-        let channel = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| Status::unavailable(format!("the leader's address {addr}: {e}")))?
+        let bad = |e: tonic::transport::Error| {
+            Status::unavailable(format!("the leader's address {addr}: {e}"))
+        };
+        let mut endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(bad)?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        if let (Some(tls), true) = (&self.tls, addr.starts_with("https://")) {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+        }
+        let channel = endpoint.connect_lazy();
         let client = JobsClient::new(channel)
             .max_decoding_message_size(self.max_message)
             .max_encoding_message_size(self.max_message);

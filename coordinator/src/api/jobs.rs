@@ -37,19 +37,22 @@ pub struct JobsApi {
     input: InputLimits,
     /// Calls to a follower go to the leader.
     forward: Forwarder,
+    /// Calls are served without credentials (a loopback listener, or `--insecure`).
+    open: bool,
 }
 
 /// The engine when this coordinator leads; otherwise the call is forwarded to the leader and
 /// its answer returned from the enclosing method.
 macro_rules! local_or_forward {
-    ($api:ident, $request:ident, $method:ident) => {
+    ($api:ident, $request:ident, $method:ident) => {{
+        $api.admit(&$request)?;
         match $api.forward.target(&$api.role, &$request)? {
             Target::Local(engine) => engine,
             Target::Leader { mut client, addr } => {
                 return answered(client.$method(onward($request)).await, &addr);
             }
         }
-    };
+    }};
 }
 
 impl JobsApi {
@@ -59,6 +62,7 @@ impl JobsApi {
         max_message: usize,
         max_pending: usize,
         input: InputLimits,
+        security: &super::Security,
     ) -> JobsApi {
         JobsApi {
             role,
@@ -67,8 +71,24 @@ impl JobsApi {
             submits: Arc::new(Semaphore::new(max_pending)),
             max_pending,
             input,
-            forward: Forwarder::new(max_message),
+            forward: Forwarder::new(max_message, security.peer_tls.clone()),
+            open: security.open,
         }
+    }
+
+    /// Whether the call may be served: only on an open port until clients authenticate
+    /// (tokens are not built yet).
+    fn admit<T>(&self, _request: &Request<T>) -> Result<(), Status> {
+        if self.open {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            Code::Unauthenticated,
+            Reason::Unauthenticated,
+            "no --tokens configured: this coordinator serves clients on a non-loopback address \
+             only with credentials (or with --insecure)",
+        )
+        .status())
     }
 
     /// A permit for one `SubmitRun`/`RerunRun`, or RESOURCE_EXHAUSTED at once when
@@ -257,6 +277,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        self.admit(&request)?;
         let engine = match self.forward.target(&self.role, &request)? {
             Target::Local(engine) => engine,
             Target::Leader { mut client, addr } => {
@@ -321,7 +342,11 @@ mod tests {
             field: 1 << 20,
             total: 1 << 26,
         };
-        let api = JobsApi::new(role, limits, 16 << 20, 1, InputLimits::default());
+        let security = crate::api::Security {
+            open: true,
+            ..Default::default()
+        };
+        let api = JobsApi::new(role, limits, 16 << 20, 1, InputLimits::default(), &security);
         let held = api.submit_permit().unwrap();
         let refused = api
             .submit_run(Request::new(pb::SubmitRunRequest::default()))
@@ -344,6 +369,26 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(next.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn a_port_that_is_not_open_refuses_client_calls_without_credentials() {
+        let role = Routing {
+            engine: watch::channel(None).1,
+            leader: watch::channel(None).1,
+        };
+        let limits = factotum_common::template::Limits {
+            field: 1 << 20,
+            total: 1 << 26,
+        };
+        let closed = crate::api::Security::default();
+        let api = JobsApi::new(role, limits, 16 << 20, 1, InputLimits::default(), &closed);
+        let refused = api
+            .list_agents(Request::new(pb::ListAgentsRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        assert!(refused.message().contains("no --tokens configured"));
     }
 
     #[test]

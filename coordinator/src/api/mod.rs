@@ -2,22 +2,22 @@
 //! `Agents` for agents, plus standard health and reflection (v1 and v1alpha). Every call is a
 //! message to the engine; nothing here decides anything.
 
+pub mod conn;
 pub mod errors;
 pub mod forward;
 pub mod jobs;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use factotum_proto as pb;
 use factotum_proto::agents_server::{Agents, AgentsServer};
 use factotum_proto::jobs::jobs_server::JobsServer;
+use factotum_service::tls::Reloadable;
 use factotum_service::Lifecycle;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -82,6 +82,35 @@ type CoordinatorStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage
 pub struct AgentsApi {
     role: Routing,
     life: Lifecycle,
+    /// `--tls-client-ca`: a session needs a client certificate naming its agent.
+    agent_certs: bool,
+}
+
+/// How long a new agent session may take to say Hello.
+const HELLO_WITHIN: Duration = Duration::from_secs(30);
+
+/// Whether the peer may speak for the agent its Hello names: with `--tls-client-ca`, only with a
+/// certificate (not a CLI's) whose common name or a DNS name is that agent's name.
+fn may_speak_for(peer: &conn::Peer, hello: &pb::Hello) -> Result<(), Status> {
+    let Some(cert) = &peer.cert else {
+        return Err(Status::unauthenticated(
+            "an agent session needs a client certificate from the coordinator's --tls-client-ca \
+             (give the agent --tls-cert and --tls-key)",
+        ));
+    };
+    if cert.is_client() {
+        return Err(Status::permission_denied(
+            "a client (factotum:client) certificate cannot open an agent session",
+        ));
+    }
+    if !cert.names(&hello.agent_id) {
+        return Err(Status::permission_denied(format!(
+            "the agent says it is '{}' but its certificate is for {}",
+            hello.agent_id,
+            cert.names.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -92,12 +121,41 @@ impl Agents for AgentsApi {
         &self,
         request: Request<tonic::Streaming<pb::AgentMessage>>,
     ) -> Result<Response<CoordinatorStream>, Status> {
+        let peer = request.extensions().get::<conn::Peer>().cloned();
         let mut inbound = request.into_inner();
+        let engine = self.role.engine()?;
         let (in_tx, in_rx) = mpsc::channel(1024);
         let (out_tx, out_rx) = mpsc::channel(1024);
-        self.role.engine()?.attach_agent(in_rx, out_tx);
-        let shutdown = self.life.token.clone();
+        // Why the session was refused before it reached the engine, if it was.
+        let (refused_tx, refused_rx) = mpsc::channel::<Status>(1);
+        let (shutdown, check) = (self.life.token.clone(), self.agent_certs);
         self.life.spawn(async move {
+            // The session's first message names the agent: with --tls-client-ca, its
+            // certificate must name it too (the agent sends it once the session is open).
+            let first = match tokio::time::timeout(HELLO_WITHIN, inbound.message()).await {
+                Ok(Ok(Some(m))) => m,
+                _ => return,
+            };
+            if check {
+                let verdict = match &first.msg {
+                    Some(pb::agent_message::Msg::Hello(hello)) => {
+                        may_speak_for(&peer.unwrap_or_default(), hello).inspect_err(|e| {
+                            tracing::warn!(agent = %hello.agent_id, "agent session refused: {}", e.message());
+                        })
+                    }
+                    _ => Err(Status::invalid_argument("an agent session starts with Hello")),
+                };
+                if let Err(status) = verdict {
+                    let _ = refused_tx.send(status).await;
+                    return;
+                }
+            }
+            // Let go of the refusal: the session's stream ends with the engine's side alone.
+            drop(refused_tx);
+            if in_tx.send(first).await.is_err() {
+                return;
+            }
+            engine.attach_agent(in_rx, out_tx);
             loop {
                 tokio::select! {
                     msg = inbound.message() => match msg {
@@ -114,7 +172,8 @@ impl Agents for AgentsApi {
             Some(pb::coordinator_message::Msg::Refused(r)) => Err(Status::already_exists(r.reason)),
             _ => Ok(m),
         });
-        Ok(Response::new(Box::pin(outbound)))
+        let refused = ReceiverStream::new(refused_rx).map(Err);
+        Ok(Response::new(Box::pin(outbound.merge(refused))))
     }
 }
 
@@ -133,10 +192,25 @@ pub struct ServeLimits {
     pub idle_timeout: Duration,
 }
 
+/// How the port is secured (flags of `server::Config`).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// `--tls-cert`/`--tls-key` (with `--tls-client-ca`): the port speaks TLS.
+    pub tls: Option<Arc<Reloadable>>,
+    /// Client calls are served without credentials: the listener is loopback, or `--insecure`.
+    pub open: bool,
+    /// `--tls-client-ca`: an agent session needs a client certificate naming its agent.
+    pub agent_certs: bool,
+    /// How this coordinator reaches the leader it forwards to (`--tls-ca`, and its own
+    /// certificate as a client one).
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
 /// Serves the coordinator's gRPC API on `listener` until `life`'s token fires.
 pub async fn serve(
     role: Routing,
     listener: TcpListener,
+    security: Security,
     limits: ServeLimits,
     life: Lifecycle,
 ) -> Result<(), tonic::transport::Error> {
@@ -190,13 +264,19 @@ pub async fn serve(
         max_message,
         max_pending_submits,
         input,
+        &security,
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let shutdown = life.token.clone();
-    let agents = AgentsServer::new(AgentsApi { role, life })
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let (tls, life_for_accept) = (security.tls.clone(), life.clone());
+    let agents = AgentsServer::new(AgentsApi {
+        role,
+        life,
+        agent_certs: security.agent_certs,
+    })
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
     let mut builder = tonic::transport::Server::builder()
         // Pings at least twice per `--idle-timeout`: a live peer's answers keep it from `Silent`.
         .http2_keepalive_interval(Some(Duration::from_secs(10).min(idle_timeout / 2)))
@@ -217,99 +297,10 @@ pub async fn serve(
     // peer sends nothing at all for `--idle-timeout` (a TCP connection that never speaks
     // HTTP/2 included: tonic 0.14 has no handshake or idle timeout of its own). A live
     // HTTP/2 peer is never silent that long: it answers the keepalive pings below.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE))
-        .map(move |conn| conn.map(|stream| Silent::new(stream, idle_timeout)));
+    let incoming = conn::incoming(listener, idle_timeout, tls, life_for_accept);
     router
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
-}
-
-/// Idle time before TCP keepalive probes start on an accepted connection.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-
-/// An accepted connection that fails its reads once the peer has sent nothing for `timeout`,
-/// so hyper closes it.
-struct Silent {
-    stream: TcpStream,
-    timeout: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Silent {
-    fn new(stream: TcpStream, timeout: Duration) -> Silent {
-        Silent {
-            stream,
-            timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-        }
-    }
-}
-
-impl tonic::transport::server::Connected for Silent {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        tonic::transport::server::Connected::connect_info(&self.stream)
-    }
-}
-
-impl AsyncRead for Silent {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    let next = tokio::time::Instant::now() + self.timeout;
-                    self.deadline.as_mut().reset(next);
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the peer sent nothing for --idle-timeout",
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
-            ready => ready,
-        }
-    }
-}
-
-impl AsyncWrite for Silent {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
 }
 
 /// Whether an address is loopback (the only kind served without `--insecure`).

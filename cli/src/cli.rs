@@ -65,6 +65,15 @@ pub struct Remote {
     #[arg(long, env = "FACTOTUM_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value = "16MiB",
           value_parser = factotum_service::size::at_least(factotum_common::run::MIN_MAX_MESSAGE as u64))]
     pub max_message_size: usize,
+    /// A token for coordinators that need one (`--tokens` on the coordinator); sent as
+    /// `authorization: Bearer <token>`. Prefer the variable: a flag shows in `ps`.
+    #[arg(
+        long,
+        env = "FACTOTUM_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     /// The CA (PEM) to verify `https://` coordinators with.
     #[arg(long, env = "FACTOTUM_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<std::path::PathBuf>,

@@ -8,11 +8,9 @@ use factotum_common::tags::parse_tags;
 use factotum_coordinator::spec;
 use factotum_coordinator::wire::jobs as wire;
 use factotum_proto::jobs as pb;
-use factotum_proto::jobs::jobs_client::JobsClient;
-use tonic::transport::Channel;
 
 use crate::cli::{CancelArgs, Remote, RerunArgs, RunRef, SubmitArgs};
-use crate::connect::{reason_of, refused, with_client};
+use crate::connect::{reason_of, refused, with_client, Client};
 use crate::console::Console;
 use crate::exit;
 use crate::follow::follow;
@@ -95,7 +93,7 @@ fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
 
 /// A run just started: print its reference, or (`--wait`) follow it to its end.
 async fn started(
-    client: &mut JobsClient<Channel>,
+    client: &mut Client,
     remote: &Remote,
     run_id: &str,
     wait: bool,

@@ -29,7 +29,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 /// Runs one client command, printing its failure and returning the exit code. The given
 /// coordinators are tried in order (see [`Route`]); one that cannot serve it now (a follower, or
 /// one between leaders) is retried for up to 30 s: at the leader it names, or later.
-pub fn with_client<F>(remote: &Remote, f: impl Fn(JobsClient<Channel>) -> F) -> u8
+pub fn with_client<F>(remote: &Remote, f: impl Fn(Client) -> F) -> u8
 where
     F: std::future::Future<Output = Result<u8, Failure>>,
 {
@@ -116,7 +116,7 @@ fn unreachable(tried: &[(String, String)]) -> Failure {
 }
 
 /// Connects to one coordinator; the error says why not.
-pub async fn connect(url: &str, remote: &Remote) -> Result<JobsClient<Channel>, String> {
+pub async fn connect(url: &str, remote: &Remote) -> Result<Client, String> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("not a URL ({e})"))?
         .connect_timeout(Duration::from_secs(5))
@@ -137,10 +137,39 @@ pub async fn connect(url: &str, remote: &Remote) -> Result<JobsClient<Channel>, 
         }
     })?;
     let limit = remote.max_message_size;
-    Ok(JobsClient::new(channel)
+    let token = match &remote.token {
+        Some(t) => Some(
+            format!("Bearer {}", t.trim())
+                .parse()
+                .map_err(|_| "the token has characters a header cannot carry".to_string())?,
+        ),
+        None => None,
+    };
+    Ok(JobsClient::with_interceptor(channel, Credentials(token))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit))
 }
+
+/// Adds the token (`--token`) to every call.
+#[derive(Debug, Clone)]
+pub struct Credentials(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A client of a coordinator's `Jobs`, with the credentials given.
+pub type Client = JobsClient<tonic::service::interceptor::InterceptedService<Channel, Credentials>>;
 
 /// The `ErrorInfo` reason of a refusal, if it carries one.
 pub fn reason_of(status: &tonic::Status) -> Option<String> {

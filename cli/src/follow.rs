@@ -11,11 +11,9 @@ use factotum_common::run::{JobState, TaskState};
 use factotum_coordinator::wire::jobs as wire;
 use factotum_coordinator::{RunInfo, TaskChange, WatchEvent};
 use factotum_proto::jobs as pb;
-use factotum_proto::jobs::jobs_client::JobsClient;
-use tonic::transport::Channel;
 
 use crate::cli::Remote;
-use crate::connect::{addresses, connect, refused};
+use crate::connect::{addresses, connect, refused, Client};
 use crate::console::Console;
 use crate::exit;
 use crate::load::Failure;
@@ -86,10 +84,7 @@ impl Seen {
 
 /// A client on the first of `remote`'s coordinators that answers (a follower forwards), tried
 /// again and again until `deadline`.
-async fn reconnect(
-    remote: &Remote,
-    deadline: tokio::time::Instant,
-) -> Result<JobsClient<Channel>, Failure> {
+async fn reconnect(remote: &Remote, deadline: tokio::time::Instant) -> Result<Client, Failure> {
     let urls = addresses(remote)?;
     loop {
         for url in &urls {
@@ -111,7 +106,7 @@ async fn reconnect(
 /// `cancel_on_signal`). A watch that breaks is resumed through any of `remote`'s coordinators.
 /// Returns `run`'s exit code for the run's outcome.
 pub async fn follow(
-    client: &mut JobsClient<Channel>,
+    client: &mut Client,
     remote: &Remote,
     run_id: &str,
     console: Console,

@@ -7,6 +7,7 @@
 //! owners); [`api`] (gRPC); [`node`] (leadership) and [`server`] (a process).
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod engine;
 #[cfg(feature = "etcd")]

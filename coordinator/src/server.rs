@@ -69,6 +69,12 @@ pub struct Config {
         requires = "tls_cert"
     )]
     pub tls_client_ca: Option<PathBuf>,
+    /// Client credentials, one per line: `sha256:<hex of a token> <scopes> <name>` or
+    /// `cert:<CN> <scopes> <name>`; scopes read, submit, cancel, admin (comma-separated).
+    /// Client calls then need one (everywhere, loopback too). `factotum-coordinator tokens add`
+    /// makes tokens; SIGHUP re-reads the file.
+    #[arg(long, env = "FACTOTUM_TOKENS", value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
     /// The CA (PEM) to verify other coordinators with, when forwarding to the leader over TLS
     /// (this coordinator presents its own certificate to it). Default: --tls-client-ca.
     #[arg(long, env = "FACTOTUM_TLS_CA", value_name = "FILE")]
@@ -178,6 +184,8 @@ pub struct Config {
 pub enum ServeError {
     #[error("refusing to listen on {0} without TLS: anyone reaching it could run commands on every agent. Listen on loopback, give --tls-cert and --tls-key (factotum-coordinator certs makes a development CA), or pass --insecure if the network is trusted")]
     Insecure(SocketAddr),
+    #[error("{0}")]
+    Tokens(String),
     #[error("TLS: {0}")]
     Tls(#[from] factotum_service::tls::TlsError),
     #[error("{0}")]
@@ -216,6 +224,25 @@ pub enum Tool {
         #[arg(long = "agent", value_name = "NAME")]
         agents: Vec<String>,
     },
+    /// Manage client tokens (`--tokens FILE`).
+    #[command(subcommand)]
+    Tokens(TokensTool),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokensTool {
+    /// Make a new token: its hash is appended to --file (created 0600) and the token printed,
+    /// once. Then `kill -HUP` the coordinators (or `systemctl reload`).
+    Add {
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// Who it is for (one word, shown in logs and refusals).
+        #[arg(long)]
+        name: String,
+        /// What it may do: read, submit, cancel, admin (comma-separated).
+        #[arg(long, value_name = "SCOPES")]
+        scope: String,
+    },
 }
 
 /// Runs a tool: what it wrote, one line per file.
@@ -225,11 +252,20 @@ pub fn tool(tool: &Tool) -> Result<Vec<String>, ServeError> {
             .iter()
             .map(|p| p.display().to_string())
             .collect()),
+        Tool::Tokens(TokensTool::Add { file, name, scope }) => {
+            let token = crate::auth::add(file, name, scope).map_err(ServeError::Tokens)?;
+            Ok(vec![token])
+        }
     }
 }
 
-/// SIGHUP re-reads the TLS files: new connections use them, open ones keep theirs.
-fn reload_on_sighup(tls: Option<Arc<Reloadable>>, life: &Lifecycle) {
+/// SIGHUP re-reads the TLS files (new connections use them, open ones keep theirs) and the
+/// tokens file (a removed token stops working at once).
+fn reload_on_sighup(
+    tls: Option<Arc<Reloadable>>,
+    auth: Option<Arc<crate::auth::Auth>>,
+    life: &Lifecycle,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -247,6 +283,12 @@ fn reload_on_sighup(tls: Option<Arc<Reloadable>>, life: &Lifecycle) {
                     Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the TLS files in use"),
                 },
                 None => tracing::info!("SIGHUP: no TLS files to re-read"),
+            }
+            if let Some(auth) = &auth {
+                match auth.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: --tokens re-read"),
+                    Err(e) => tracing::error!("SIGHUP: keeping the tokens in use: {e}"),
+                }
             }
         }
     });
@@ -274,7 +316,14 @@ impl Config {
             }
             _ => None,
         };
+        let auth = match &self.tokens {
+            Some(file) => Some(Arc::new(
+                crate::auth::Auth::new(file.clone()).map_err(ServeError::Tokens)?,
+            )),
+            None => None,
+        };
         Ok(api::Security {
+            auth,
             tls,
             open: api::is_loopback(addr) || self.insecure,
             agent_certs: self.tls_client_ca.is_some(),
@@ -381,7 +430,7 @@ pub async fn run(
         engine: engine_rx,
         leader: leader_rx,
     };
-    reload_on_sighup(security.tls.clone(), &life);
+    reload_on_sighup(security.tls.clone(), security.auth.clone(), &life);
     let server = life.spawn(api::serve(
         routing,
         listener,

@@ -14,6 +14,7 @@ use tonic::{Code, Request, Response, Status};
 use super::errors::{Reason, Refusal};
 use super::forward::{answered, onward, outliving, Forwarder, Target};
 use super::Routing;
+use crate::auth::{Auth, Principal, Scope};
 use crate::model::RunQuery;
 use crate::spec::{prepare_within, InputLimits, Submission};
 use crate::wire::jobs as wire;
@@ -39,13 +40,15 @@ pub struct JobsApi {
     forward: Forwarder,
     /// Calls are served without credentials (a loopback listener, or `--insecure`).
     open: bool,
+    /// `--tokens`: the credentials calls need.
+    auth: Option<Arc<Auth>>,
 }
 
 /// The engine when this coordinator leads; otherwise the call is forwarded to the leader and
 /// its answer returned from the enclosing method.
 macro_rules! local_or_forward {
-    ($api:ident, $request:ident, $method:ident) => {{
-        $api.admit(&$request)?;
+    ($api:ident, $request:ident, $method:ident, $scope:expr) => {{
+        $api.admit(&$request, $scope)?;
         match $api.forward.target(&$api.role, &$request)? {
             Target::Local(engine) => engine,
             Target::Leader { mut client, addr } => {
@@ -73,22 +76,62 @@ impl JobsApi {
             input,
             forward: Forwarder::new(max_message, security.peer_tls.clone()),
             open: security.open,
+            auth: security.auth.clone(),
         }
     }
 
-    /// Whether the call may be served: only on an open port until clients authenticate
-    /// (tokens are not built yet).
-    fn admit<T>(&self, _request: &Request<T>) -> Result<(), Status> {
-        if self.open {
-            return Ok(());
+    /// Who makes the call, if the port needs credentials, or why it may not be served:
+    /// UNAUTHENTICATED without a known credential (a bearer token, or a client certificate
+    /// listed in `--tokens`), PERMISSION_DENIED naming the scope it lacks.
+    fn admit<T>(&self, request: &Request<T>, scope: Scope) -> Result<Option<Principal>, Status> {
+        let unauthenticated = |why: String| {
+            Refusal::new(Code::Unauthenticated, Reason::Unauthenticated, why).status()
+        };
+        let Some(auth) = &self.auth else {
+            if self.open {
+                return Ok(None);
+            }
+            return Err(unauthenticated(
+                "no --tokens configured: this coordinator serves clients on a non-loopback \
+                 address only with credentials (or with --insecure)"
+                    .into(),
+            ));
+        };
+        let tokens = auth.tokens();
+        let token = bearer(request);
+        let cert = (request.extensions().get::<super::conn::Peer>())
+            .and_then(|p| p.cert.as_ref())
+            .and_then(|c| c.names.first().cloned());
+        let principal = match (&token, &cert) {
+            (Some(t), _) => tokens.by_token(t),
+            (None, Some(cn)) => tokens.by_cert(cn),
+            (None, None) => None,
+        };
+        let Some(p) = principal else {
+            return Err(unauthenticated(match (token, cert) {
+                (Some(_), _) => "the token is not one this coordinator knows".into(),
+                (None, Some(cn)) => {
+                    format!("the client certificate '{cn}' is not listed in --tokens")
+                }
+                (None, None) => {
+                    "a token is needed (metadata `authorization: Bearer <token>`)".into()
+                }
+            }));
+        };
+        if !p.may(scope) {
+            return Err(Refusal::new(
+                Code::PermissionDenied,
+                Reason::Unauthenticated,
+                format!(
+                    "'{}' may not do this: it needs the '{}' scope",
+                    p.name,
+                    scope.as_str()
+                ),
+            )
+            .meta("scope", scope.as_str())
+            .status());
         }
-        Err(Refusal::new(
-            Code::Unauthenticated,
-            Reason::Unauthenticated,
-            "no --tokens configured: this coordinator serves clients on a non-loopback address \
-             only with credentials (or with --insecure)",
-        )
-        .status())
+        Ok(Some(p.clone()))
     }
 
     /// A permit for one `SubmitRun`/`RerunRun`, or RESOURCE_EXHAUSTED at once when
@@ -110,6 +153,49 @@ impl JobsApi {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
+
+/// The bearer token a call carries (`authorization: Bearer <token>`), if any.
+fn bearer<T>(request: &Request<T>) -> Option<&str> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
+/// A watch made with `token` that ends (UNAUTHENTICATED) as soon as a re-read of `--tokens`
+/// no longer lets the token read.
+fn guarded(events: EventStream, auth: Option<Arc<Auth>>, token: Option<String>) -> EventStream {
+    let (Some(auth), Some(token)) = (auth, token) else {
+        return events;
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut changes = auth.changes();
+    tokio::spawn(async move {
+        let mut events = events;
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(ev) => if tx.send(ev).await.is_err() { return },
+                    None => return,
+                },
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let allowed = auth.tokens().by_token(&token).is_some_and(|p| p.may(Scope::Read));
+                    if !allowed {
+                        let why = "the token was removed from --tokens";
+                        let status = Refusal::new(Code::Unauthenticated, Reason::Unauthenticated, why);
+                        let _ = tx.send(Err(status.status())).await;
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
 
 /// A page token: where the next page starts (the last run shown: its start and id).
 fn page_token(after: &(DateTime<Utc>, String)) -> String {
@@ -183,7 +269,7 @@ impl Jobs for JobsApi {
         request: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
         let _permit = self.submit_permit()?;
-        let engine = local_or_forward!(self, request, submit_run);
+        let engine = local_or_forward!(self, request, submit_run, Scope::Submit);
         let r = request.into_inner();
         let constraints = r
             .constraints
@@ -239,7 +325,7 @@ impl Jobs for JobsApi {
         request: Request<pb::RerunRunRequest>,
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
         let _permit = self.submit_permit()?;
-        let engine = local_or_forward!(self, request, rerun_run);
+        let engine = local_or_forward!(self, request, rerun_run, Scope::Submit);
         let r = request.into_inner();
         let submitted = engine.rerun(&r.run_id, r.from_failed).await?;
         Ok(Response::new(pb::SubmitRunResponse {
@@ -253,7 +339,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        let engine = local_or_forward!(self, request, get_run);
+        let engine = local_or_forward!(self, request, get_run, Scope::Read);
         let info = engine.get_run(&request.into_inner().run_id).await?;
         Ok(Response::new(wire::run(&info, true)))
     }
@@ -262,7 +348,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let engine = local_or_forward!(self, request, list_runs);
+        let engine = local_or_forward!(self, request, list_runs, Scope::Read);
         let query = run_query(request.into_inner())?;
         let page = engine.list_runs(query).await?;
         Ok(Response::new(pb::ListRunsResponse {
@@ -277,7 +363,8 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        self.admit(&request)?;
+        self.admit(&request, Scope::Read)?;
+        let token = bearer(&request).map(str::to_string);
         let engine = match self.forward.target(&self.role, &request)? {
             Target::Local(engine) => engine,
             Target::Leader { mut client, addr } => {
@@ -285,8 +372,12 @@ impl Jobs for JobsApi {
                     (request.metadata().clone(), request.get_ref().run_id.clone());
                 let answer = client.watch_run(onward(request)).await;
                 let (role, forward) = (self.role.clone(), self.forward.clone());
+                let auth = self.auth.clone();
                 return answered(answer, &addr).map(|r| {
-                    r.map(|events| outliving(role, forward, metadata, run_id, Box::pin(events)))
+                    r.map(|events| {
+                        let events = outliving(role, forward, metadata, run_id, Box::pin(events));
+                        guarded(events, auth, token)
+                    })
                 });
             }
         };
@@ -297,14 +388,18 @@ impl Jobs for JobsApi {
             engine.watch(&r.run_id).await?
         };
         let stream = rx.map(|ev| Ok(wire::event(ev)));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(guarded(
+            Box::pin(stream),
+            self.auth.clone(),
+            token,
+        )))
     }
 
     async fn cancel_run(
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        let engine = local_or_forward!(self, request, cancel_run);
+        let engine = local_or_forward!(self, request, cancel_run, Scope::Cancel);
         let r = request.into_inner();
         let reason = match r.reason.trim() {
             "" => "job cancelled".to_string(),
@@ -318,7 +413,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let engine = local_or_forward!(self, request, list_agents);
+        let engine = local_or_forward!(self, request, list_agents, Scope::Read);
         let agents = engine.list_agents().await?;
         let now = Utc::now();
         Ok(Response::new(pb::ListAgentsResponse {

@@ -197,8 +197,11 @@ pub struct ServeLimits {
 pub struct Security {
     /// `--tls-cert`/`--tls-key` (with `--tls-client-ca`): the port speaks TLS.
     pub tls: Option<Arc<Reloadable>>,
-    /// Client calls are served without credentials: the listener is loopback, or `--insecure`.
+    /// Client calls are served without credentials: the listener is loopback, or `--insecure`
+    /// (and no `--tokens`).
     pub open: bool,
+    /// `--tokens`: the credentials client calls need.
+    pub auth: Option<Arc<crate::auth::Auth>>,
     /// `--tls-client-ca`: an agent session needs a client certificate naming its agent.
     pub agent_certs: bool,
     /// How this coordinator reaches the leader it forwards to (`--tls-ca`, and its own

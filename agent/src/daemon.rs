@@ -51,8 +51,14 @@ async fn serve(
         tls,
     } = config;
     if let Some(dir) = &cfg.state_dir {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir.join("attempts"))
             .with_context(|| format!("cannot use --state-dir {}", dir.display()))?;
+        // Leases hold the tasks' environments (secrets, often): this agent's user only.
+        for d in [dir.clone(), dir.join("attempts")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make {} private (0700)", d.display()))?;
+        }
     }
     tracing::info!(agent = %cfg.agent_id, host = %cfg.hostname, slots = cfg.slots, coordinators = ?endpoints.as_slice(), "agent starting");
     notify::watchdog(life);

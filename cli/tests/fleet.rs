@@ -536,6 +536,10 @@ fn an_agent_restarted_mid_task_adopts_its_tasks_without_running_them_twice() {
     let state_arg = state.to_string_lossy().into_owned();
     let mut first = agent(&c.url, "phoenix", None, &["--state-dir", &state_arg]);
     wait_for_agents(&c.url, 1);
+    // The state dir holds leases and their environments: the agent's user only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
     let audit = d.file("audit");
     let a = audit.display();
     // `long` still runs when the agent comes back; `short` ends while it is away.

@@ -212,6 +212,7 @@ fn refusal_hint(code: tonic::Code) -> Option<&'static str> {
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
             Some("check --name, --tls-cert and --tls-key")
         }
+        tonic::Code::InvalidArgument => Some("check --name, --label and --slots"),
         _ => None,
     }
 }

@@ -307,6 +307,8 @@ impl InputArgs {
         factotum_coordinator::spec::InputLimits {
             max_size: self.max_factfile_size,
             max_tasks: self.max_tasks,
+            // `run` on one's own machine: as many as the command line gives.
+            max_webhooks: usize::MAX,
         }
     }
 }

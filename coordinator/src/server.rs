@@ -144,6 +144,15 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_MAX_TASKS", value_name = "TASKS", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_tasks: u64,
+    /// The most webhook URLs one submission may name (the coordinator's own --webhook URLs
+    /// do not count).
+    #[arg(
+        long,
+        env = "FACTOTUM_MAX_WEBHOOKS",
+        value_name = "URLS",
+        default_value_t = 16
+    )]
+    pub max_webhooks: usize,
     /// The largest gRPC message this coordinator sends or accepts (agents and clients); a
     /// task whose lease would take more than half of it is refused at submit. Set the agents'
     /// `--max-message-size` to the same value.
@@ -440,6 +449,7 @@ pub async fn run(
             input: crate::spec::InputLimits {
                 max_size: config.max_factfile_size,
                 max_tasks: usize::try_from(config.max_tasks).unwrap_or(usize::MAX),
+                max_webhooks: config.max_webhooks,
             },
             max_message: config.max_message_size,
             max_pending_submits: config.max_pending_submits as usize,

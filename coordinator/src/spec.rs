@@ -48,18 +48,23 @@ pub struct Submission {
 pub struct InputLimits {
     pub max_size: usize,
     pub max_tasks: usize,
+    /// Webhook URLs one submission may name (`--max-webhooks`).
+    pub max_webhooks: usize,
 }
 
 /// `--max-factfile-size`'s default: the 100,000-task benchmark factfile (~20 MB) fits.
 pub const DEFAULT_MAX_FACTFILE_SIZE: usize = 32 << 20;
 /// `--max-tasks`'s default.
 pub const DEFAULT_MAX_TASKS: usize = 100_000;
+/// `--max-webhooks`'s default.
+pub const DEFAULT_MAX_WEBHOOKS: usize = 16;
 
 impl Default for InputLimits {
     fn default() -> InputLimits {
         InputLimits {
             max_size: DEFAULT_MAX_FACTFILE_SIZE,
             max_tasks: DEFAULT_MAX_TASKS,
+            max_webhooks: DEFAULT_MAX_WEBHOOKS,
         }
     }
 }
@@ -271,6 +276,16 @@ pub fn prepare(sub: Submission) -> Result<RunSpec, SpecError> {
 /// before it is templated or planned.
 pub fn prepare_within(sub: Submission, input: InputLimits) -> Result<RunSpec, SpecError> {
     let env = parse_env(sub.env.as_deref())?;
+    if sub.webhooks.len() > input.max_webhooks {
+        return Err(SpecError::bad(
+            "webhooks",
+            format!(
+                "Error: {} --webhook URLs, more than the {} a run may have (--max-webhooks on the coordinator)",
+                sub.webhooks.len(),
+                input.max_webhooks
+            ),
+        ));
+    }
     for url in &sub.webhooks {
         check_webhook_url(url)?;
     }
@@ -416,6 +431,17 @@ mod tests {
                 text.len(),
                 text.len() - 1
             ))
+        );
+        let mut many = submission(text.clone());
+        many.webhooks = vec!["http://127.0.0.1:9/h".into(); 3];
+        let two = InputLimits {
+            max_webhooks: 2,
+            ..InputLimits::default()
+        };
+        let err = prepare_within(many, two).unwrap_err();
+        assert!(
+            matches!(&err, SpecError::BadArgument { field: "webhooks", message } if message.contains("3 --webhook URLs, more than the 2")),
+            "{err:?}"
         );
         let none = InputLimits {
             max_tasks: 0,

@@ -89,6 +89,31 @@ pub struct AgentsApi {
 /// How long a new agent session may take to say Hello.
 const HELLO_WITHIN: Duration = Duration::from_secs(30);
 
+/// What is wrong with a Hello, if anything: every field an agent sends is bounded (a name is
+/// at most 253 characters without control characters, at most 64 labels of 253 characters,
+/// 64 addresses, 100,000 slots).
+fn hello_problem(h: &pb::Hello) -> Option<String> {
+    let text_ok = |s: &str| s.len() <= 253 && !s.chars().any(char::is_control);
+    if h.agent_id.is_empty() || !text_ok(&h.agent_id) {
+        return Some(
+            "the agent's name must be 1 to 253 characters without control characters".into(),
+        );
+    }
+    if !text_ok(&h.hostname) || !text_ok(&h.version) {
+        return Some("the hostname and version are at most 253 characters".into());
+    }
+    if h.labels.len() > 64 || h.labels.iter().any(|(k, v)| !text_ok(k) || !text_ok(v)) {
+        return Some("at most 64 labels, each key and value at most 253 characters".into());
+    }
+    if h.ips.len() > 64 || h.ips.iter().any(|ip| !text_ok(ip)) {
+        return Some("at most 64 addresses".into());
+    }
+    if h.slots > 100_000 {
+        return Some(format!("{} slots: at most 100000", h.slots));
+    }
+    None
+}
+
 /// Whether the peer may speak for the agent its Hello names: with `--tls-client-ca`, only with a
 /// certificate (not a CLI's) whose common name or a DNS name is that agent's name.
 fn may_speak_for(peer: &conn::Peer, hello: &pb::Hello) -> Result<(), Status> {
@@ -136,6 +161,13 @@ impl Agents for AgentsApi {
                 Ok(Ok(Some(m))) => m,
                 _ => return,
             };
+            if let Some(pb::agent_message::Msg::Hello(hello)) = &first.msg {
+                if let Some(why) = hello_problem(hello) {
+                    tracing::warn!("agent session refused: {why}");
+                    let _ = refused_tx.send(Status::invalid_argument(why)).await;
+                    return;
+                }
+            }
             if check {
                 let verdict = match &first.msg {
                     Some(pb::agent_message::Msg::Hello(hello)) => {
@@ -309,4 +341,39 @@ pub async fn serve(
 /// Whether an address is loopback (the only kind served without `--insecure`).
 pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_of_a_hello_is_bounded() {
+        let ok = pb::Hello {
+            agent_id: "etl-1".into(),
+            slots: 4,
+            ..Default::default()
+        };
+        assert_eq!(hello_problem(&ok), None);
+        let long = pb::Hello {
+            agent_id: "x".repeat(254),
+            ..ok.clone()
+        };
+        assert!(hello_problem(&long).is_some());
+        let forged = pb::Hello {
+            agent_id: "a\nb".into(),
+            ..ok.clone()
+        };
+        assert!(hello_problem(&forged).is_some());
+        let mut labels = ok.clone();
+        for i in 0..65 {
+            labels.labels.insert(format!("k{i}"), "v".into());
+        }
+        assert!(hello_problem(&labels).is_some());
+        let slots = pb::Hello {
+            slots: 1_000_000,
+            ..ok
+        };
+        assert!(hello_problem(&slots).is_some());
+    }
 }

@@ -72,20 +72,49 @@ class Etcd:
 # Extra coordinator flags (`--etcd URL` in etcd mode).
 COORD = lambda work: ()
 
+# With --tls: the directory `factotum-coordinator certs` wrote (mutual TLS: the coordinator
+# checks agents' certificates), else None.
+TLS = None
+
+
+def make_certs(bin_dir, agents=8):
+    pki = tempfile.mkdtemp()
+    args = ["certs", "--out", pki, "--host", "127.0.0.1"]
+    for i in range(agents):
+        args += ["--agent", f"bench-{i}"]
+    subprocess.run([os.path.join(bin_dir, "factotum-coordinator"), *args], check=True, stdout=subprocess.DEVNULL)
+    return pki
+
+
+def tls_coordinator():
+    if not TLS:
+        return ()
+    return ("--tls-cert", f"{TLS}/server/tls.crt", "--tls-key", f"{TLS}/server/tls.key", "--tls-client-ca", f"{TLS}/ca.crt")
+
+
+def tls_agent(name):
+    if not TLS:
+        return ()
+    return ("--tls-ca", f"{TLS}/ca.crt", "--tls-cert", f"{TLS}/agents/{name}/tls.crt", "--tls-key", f"{TLS}/agents/{name}/tls.key")
+
+
+def tls_client():
+    return ("--tls-ca", f"{TLS}/ca.crt") if TLS else ()
+
 
 class Fleet:
     def __init__(self, bin_dir, work, agents=1, agent_args=(), agent_env=None, coordinator_args=()):
         self.bin, self.work, self.procs = bin_dir, work, []
         out = open(os.path.join(work, f"coordinator-{time.monotonic_ns()}.out"), "w+")
         self.coordinator = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0",
-                                             *COORD(work), *coordinator_args],
+                                             *COORD(work), *tls_coordinator(), *coordinator_args],
                                             stdout=out, stderr=subprocess.DEVNULL)
         self.procs.append(self.coordinator)
         for _ in range(200):
             out.seek(0)
             line = out.readline()
             if line.startswith("listening on "):
-                self.url = "http://" + line.split()[-1]
+                self.url = ("https://" if TLS else "http://") + line.split()[-1]
                 break
             time.sleep(0.05)
         else:
@@ -96,10 +125,12 @@ class Fleet:
             self.agent_logs.append(log)
             env = dict(os.environ, **(agent_env or {}))
             self.procs.append(subprocess.Popen(
-                [os.path.join(bin_dir, "factotum-agent"), "--coordinator", self.url, "--name", f"bench-{i}", *agent_args],
+                [os.path.join(bin_dir, "factotum-agent"), "--coordinator", self.url, "--name", f"bench-{i}",
+                 *tls_agent(f"bench-{i}"), *agent_args],
                 stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env))
         for _ in range(200):
-            out_ = subprocess.run([self.cli(), "agents", "--coordinator", self.url], capture_output=True, text=True).stdout
+            out_ = subprocess.run([self.cli(), "agents", "--coordinator", self.url, *tls_client()],
+                                  capture_output=True, text=True).stdout
             if len(out_.strip().splitlines()) == agents + 1:
                 break
             time.sleep(0.05)
@@ -109,7 +140,7 @@ class Fleet:
 
     def submit_wait(self, ff, *extra):
         t0 = time.perf_counter()
-        p = subprocess.run([self.cli(), "submit", ff, "--coordinator", self.url, "--wait", *extra],
+        p = subprocess.run([self.cli(), "submit", ff, "--coordinator", self.url, "--wait", *tls_client(), *extra],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if p.returncode != 0:
             sys.exit(f"submit --wait failed: {p.returncode}")
@@ -163,7 +194,8 @@ def hop_latency(bin_dir, runs):
     hops.sort()
     p50 = hops[len(hops) // 2]
     p99 = hops[int(len(hops) * 0.99)]
-    print(f"hop latency (chain of 200 true, {runs} runs, {len(hops)} hops{', --state-dir' if STATE('') else ''}): p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+    print(f"hop latency (chain of 200 true, {runs} runs, {len(hops)} hops{', --state-dir' if STATE('') else ''}"
+          f"{', mTLS' if TLS else ''}): p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
           f"max {hops[-1]:.2f} ms", flush=True)
 
 
@@ -181,7 +213,7 @@ def throughput(bin_dir, runs):
         fleet.stop()
     f, l = statistics.median(fleet_times), statistics.median(local_times)
     print(f"throughput (2000 independent true over 4 agents, spread, median of {runs}"
-          f"{', --state-dir' if STATE('') else ''}): "
+          f"{', --state-dir' if STATE('') else ''}{', mTLS' if TLS else ''}): "
           f"{2000 / f:.0f} tasks/s (run took {f * 1000:.0f} ms); local runner {2000 / l:.0f} tasks/s "
           f"({l * 1000:.0f} ms); fleet/local ratio {l / f:.2f}", flush=True)
 
@@ -466,6 +498,9 @@ def main():
     ap.add_argument("--state-dir", action="store_true", help="agents run tasks under their supervisor (--state-dir)")
     ap.add_argument("--etcd", action="store_true", help="coordinators record runs in a throwaway etcd")
     ap.add_argument("--policies", action="store_true", help="every task has a timeout and a retry (timers)")
+    ap.add_argument("--tls", choices=["off", "on", "both"], default="off",
+                    help="hop and throughput over mutual TLS (certificates from `factotum-coordinator certs`); "
+                         "`both` measures plaintext then mTLS in the same run")
     ap.add_argument("--lease-ttl", default="default,2", metavar="TTLS",
                     help="failover (with --etcd): the coordinators' --lease-ttl values to measure, "
                          "comma-separated; `default` passes none (5 s) (default: default,2)")
@@ -484,7 +519,21 @@ def main():
         global STATE
         STATE = lambda work: ("--state-dir", os.path.join(work, f"state-{time.monotonic_ns()}"))
     try:
-        measure(args, etcd)
+        if args.tls == "off":
+            measure(args, etcd)
+        else:
+            global TLS
+            pki = make_certs(args.bin)
+            modes = [None, pki] if args.tls == "both" else [pki]
+            for _ in range(args.runs if args.tls == "both" else 1):
+                for mode in modes:
+                    TLS = mode
+                    if args.tls == "both":
+                        # Alternate the modes run by run (the machine is shared and noisy).
+                        hop_latency(args.bin, 1)
+                        throughput(args.bin, 1)
+                    else:
+                        measure(args, etcd)
     finally:
         if etcd:
             etcd.stop()

@@ -174,6 +174,15 @@ impl Diagnostics {
         );
     }
 
+    /// A job or task name longer than a name may be: it is printed on console lines, in
+    /// payloads and in every listing.
+    pub fn too_long(&mut self, path: &Pointer, len: usize, max: usize) {
+        self.push(
+            path,
+            &format!("the value is {len} bytes long, more than the {max} a name may be"),
+        );
+    }
+
     /// A NUL in what becomes a process's command line, argument or environment: no process can
     /// be given one.
     pub fn nul(&mut self, path: &Pointer) {
@@ -200,12 +209,21 @@ pub(super) struct Printable<'a>(pub &'a str);
 
 impl std::fmt::Display for Printable<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for c in self.0.chars() {
+        // A name past the limit is shown by its start only.
+        let shown = self
+            .0
+            .char_indices()
+            .nth(80)
+            .map_or(self.0, |(i, _)| &self.0[..i]);
+        for c in shown.chars() {
             if c.is_control() {
                 write!(f, "{}", c.escape_debug())?;
             } else {
                 write!(f, "{c}")?;
             }
+        }
+        if shown.len() < self.0.len() {
+            write!(f, "…")?;
         }
         Ok(())
     }

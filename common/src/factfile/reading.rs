@@ -11,6 +11,10 @@ use super::schema::{self, code_in_range};
 use crate::graph::Graph;
 use crate::template::Vars;
 
+/// The longest job or task name, in bytes: names are printed on console lines, in webhook
+/// payloads and in every listing.
+pub const MAX_NAME: usize = 1024;
+
 impl Factfile {
     /// Parses, templates and validates a factfile's text.
     pub fn parse(text: &str, vars: &Vars) -> Result<Factfile, FactfileError> {
@@ -139,12 +143,18 @@ impl Factfile {
         if let Some(c) = self.data.name.chars().find(|c| c.is_control()) {
             diags.control_character(&Pointer::At("/data/name"), c);
         }
+        if self.data.name.len() > MAX_NAME {
+            diags.too_long(&Pointer::At("/data/name"), self.data.name.len(), MAX_NAME);
+        }
         let tasks = Pointer::At("/data/tasks");
         for (i, t) in self.data.tasks.iter().enumerate() {
             let at = tasks.index(i);
             let before = diags.len();
             if let Some(c) = t.name.chars().find(|c| c.is_control()) {
                 diags.control_character(&at.key("name"), c);
+            }
+            if t.name.len() > MAX_NAME {
+                diags.too_long(&at.key("name"), t.name.len(), MAX_NAME);
             }
             if t.command.contains('\0') {
                 diags.nul(&at.key("command"));

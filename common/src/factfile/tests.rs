@@ -344,3 +344,22 @@ fn a_nul_in_what_a_process_is_given_is_refused_naming_the_task() {
         .to_string();
     assert_eq!(e, format!("'/data/tasks/0/command' - {nul} (task 'd')"));
 }
+
+#[test]
+fn a_name_longer_than_a_name_may_be_is_refused_and_shown_by_its_start() {
+    use super::reading::MAX_NAME;
+    let long = "n".repeat(MAX_NAME + 1);
+    let mut t = task(&long, &[]);
+    t["arguments"] = json!([]);
+    let e = err(&doc(vec![task("ok", &[]), t]));
+    let shown = format!("{}…", "n".repeat(80));
+    assert_eq!(
+        e,
+        format!(
+            "'/data/tasks/1/name' - the value is {} bytes long, more than the {MAX_NAME} a name may be (task '{shown}')",
+            MAX_NAME + 1
+        )
+    );
+    // Exactly the limit is fine.
+    assert!(parse(&doc(vec![task(&"n".repeat(MAX_NAME), &[])])).is_ok());
+}

@@ -71,26 +71,8 @@ pub struct AgentArgs {
     #[arg(long, env = "FACTOTUM_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value = "16MiB",
           value_parser = factotum_service::size::at_least(factotum_common::run::MIN_MAX_MESSAGE as u64))]
     pub max_message_size: usize,
-    /// The CA (PEM) to verify `https://` coordinators with.
-    #[arg(long, env = "FACTOTUM_TLS_CA", value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
-    /// This agent's certificate (PEM), for coordinators that check agents' certificates
-    /// (`--tls-client-ca`): its CN or a DNS name must be the agent's --name.
-    #[arg(
-        long,
-        env = "FACTOTUM_TLS_CERT",
-        value_name = "FILE",
-        requires = "tls_key"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(
-        long,
-        env = "FACTOTUM_TLS_KEY",
-        value_name = "FILE",
-        requires = "tls_cert"
-    )]
-    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: factotum_service::tls::ClientArgs,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(
         long,
@@ -171,8 +153,7 @@ impl AgentArgs {
             },
             state_dir: self.state_dir.clone(),
         };
-        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
-        let tls = factotum_service::tls::client_config(self.tls_ca.as_deref(), identity)?;
+        let tls = self.tls.config()?;
         let config = Config {
             agent,
             disconnect_limit: self.disconnect_limit,

@@ -74,25 +74,8 @@ pub struct Remote {
         hide_env_values = true
     )]
     pub token: Option<String>,
-    /// The CA (PEM) to verify `https://` coordinators with.
-    #[arg(long, env = "FACTOTUM_TLS_CA", value_name = "FILE")]
-    pub tls_ca: Option<std::path::PathBuf>,
-    /// A client certificate (PEM) to present to `https://` coordinators.
-    #[arg(
-        long,
-        env = "FACTOTUM_TLS_CERT",
-        value_name = "FILE",
-        requires = "tls_key"
-    )]
-    pub tls_cert: Option<std::path::PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(
-        long,
-        env = "FACTOTUM_TLS_KEY",
-        value_name = "FILE",
-        requires = "tls_cert"
-    )]
-    pub tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: factotum_service::tls::ClientArgs,
 }
 
 #[derive(Debug, Args)]

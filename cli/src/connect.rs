@@ -122,9 +122,7 @@ pub async fn connect(url: &str, remote: &Remote) -> Result<Client, String> {
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     if url.starts_with("https://") {
-        let identity = remote.tls_cert.as_deref().zip(remote.tls_key.as_deref());
-        let tls = factotum_service::tls::client_config(remote.tls_ca.as_deref(), identity)
-            .map_err(|e| e.to_string())?;
+        let tls = remote.tls.config().map_err(|e| e.to_string())?;
         endpoint = endpoint.tls_config(tls).map_err(|e| error_chain(&e))?;
     }
     let channel = endpoint.connect().await.map_err(|e| {

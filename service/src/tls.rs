@@ -177,6 +177,40 @@ impl PeerCert {
     }
 }
 
+/// A client's TLS flags (agents and the CLI): the CA to verify `https://` coordinators with,
+/// and the client's own certificate, if it has one.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientArgs {
+    /// The CA (PEM) to verify `https://` coordinators with.
+    #[arg(long, env = "FACTOTUM_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// A certificate (PEM) to present to `https://` coordinators; an agent's must name the
+    /// agent (its CN or a DNS name is its --name) when coordinators check agents' certificates.
+    #[arg(
+        long,
+        env = "FACTOTUM_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "FACTOTUM_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// The tonic client TLS these flags describe.
+    pub fn config(&self) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        client_config(self.tls_ca.as_deref(), identity)
+    }
+}
+
 /// A tonic client's TLS: the CA to verify the server with (else the system's roots are not
 /// used: pass one), and the client's own certificate and key, if it has one.
 pub fn client_config(

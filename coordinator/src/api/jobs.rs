@@ -427,8 +427,9 @@ mod tests {
     use super::*;
     use tokio::sync::watch;
 
-    #[tokio::test]
-    async fn a_submission_over_max_pending_submits_is_refused_at_once() {
+    /// The API of a follower that knows no leader, one submission at a time; `open`: served
+    /// without credentials.
+    fn follower(open: bool) -> JobsApi {
         let role = Routing {
             engine: watch::channel(None).1,
             leader: watch::channel(None).1,
@@ -438,10 +439,15 @@ mod tests {
             total: 1 << 26,
         };
         let security = crate::api::Security {
-            open: true,
+            open,
             ..Default::default()
         };
-        let api = JobsApi::new(role, limits, 16 << 20, 1, InputLimits::default(), &security);
+        JobsApi::new(role, limits, 16 << 20, 1, InputLimits::default(), &security)
+    }
+
+    #[tokio::test]
+    async fn a_submission_over_max_pending_submits_is_refused_at_once() {
+        let api = follower(true);
         let held = api.submit_permit().unwrap();
         let refused = api
             .submit_run(Request::new(pb::SubmitRunRequest::default()))
@@ -468,16 +474,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_port_that_is_not_open_refuses_client_calls_without_credentials() {
-        let role = Routing {
-            engine: watch::channel(None).1,
-            leader: watch::channel(None).1,
-        };
-        let limits = factotum_common::template::Limits {
-            field: 1 << 20,
-            total: 1 << 26,
-        };
-        let closed = crate::api::Security::default();
-        let api = JobsApi::new(role, limits, 16 << 20, 1, InputLimits::default(), &closed);
+        let api = follower(false);
         let refused = api
             .list_agents(Request::new(pb::ListAgentsRequest {}))
             .await

@@ -136,12 +136,11 @@ fn finished(run: &Run) -> FinishedRun {
     }
 }
 
-/// A finished run read back from the store (one kept in memory only as a listing's line).
-pub(super) async fn load_finished<S: Store>(
+/// One run's records in the store, by their keys under `runs/<id>/`; NoSuchRun if it has none.
+async fn run_records<S: Store>(
     store: &S,
     id: &str,
-    cfg: &super::EngineConfig,
-) -> Result<FinishedRun, EngineError> {
+) -> Result<HashMap<String, Vec<u8>>, EngineError> {
     let prefix = format!("runs/{id}/");
     let keys: HashMap<String, Vec<u8>> = store
         .scan(&prefix)
@@ -152,6 +151,16 @@ pub(super) async fn load_finished<S: Store>(
     if keys.is_empty() {
         return Err(EngineError::NoSuchRun(id.to_string()));
     }
+    Ok(keys)
+}
+
+/// A finished run read back from the store (one kept in memory only as a listing's line).
+pub(super) async fn load_finished<S: Store>(
+    store: &S,
+    id: &str,
+    cfg: &super::EngineConfig,
+) -> Result<FinishedRun, EngineError> {
+    let keys = run_records(store, id).await?;
     let run = restore_run(&Arc::from(id), keys, cfg)
         .await
         .map_err(|_| EngineError::NoSuchRun(id.to_string()))?;
@@ -239,16 +248,7 @@ pub(super) async fn rerun_spec<S: Store>(
     old: &str,
     from_failed: bool,
 ) -> Result<RunSpec, EngineError> {
-    let prefix = format!("runs/{old}/");
-    let keys: HashMap<String, Vec<u8>> = store
-        .scan(&prefix)
-        .await?
-        .into_iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v)))
-        .collect();
-    if keys.is_empty() {
-        return Err(EngineError::NoSuchRun(old.to_string()));
-    }
+    let keys = run_records(store, old).await?;
     let why = |w: String| EngineError::CannotRerun {
         run: old.to_string(),
         why: w,

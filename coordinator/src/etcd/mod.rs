@@ -1,7 +1,6 @@
 //! The etcd store: the same key layout as the memory store under a prefix, every batch one etcd
 //! transaction, fenced on the leader key when the coordinator holds leadership.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,8 +8,14 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp,
 };
 
+pub use self::errors::describe;
+use self::errors::{etcd_unavailable, unavailable};
+use self::writes::{counter_read, Patience, Writes, REQUEST_TIMEOUT};
 use crate::fence::Fence;
 use crate::store::{last_write_per_key, Store, StoreError, StoreOp, MAX_OPS_PER_COMMIT};
+
+mod errors;
+mod writes;
 
 /// How to reach etcd.
 #[derive(Debug, Clone, Default)]
@@ -37,116 +42,6 @@ pub struct EtcdStore {
     /// Ends the endpoint tracking when the last copy of the store goes.
     _tracking: Option<Arc<tokio_util::sync::DropGuard>>,
     patience: Arc<Patience>,
-}
-
-/// A leader's writes, numbered: each transaction also requires the term's write counter to
-/// hold the number of the write before it, and sets it to its own. A write given up on (no
-/// answer in time) and retried can then never be applied *after* a newer one — its compare
-/// fails — and a retry of a write that did get through is recognised (the counter holds its
-/// number) instead of applied twice.
-#[derive(Debug)]
-struct Writes {
-    /// `<prefix>/writes/<epoch, 20 digits>`: one per term, so they sort by term.
-    key: String,
-    /// Names this writer in the counter's values: a second writer of the same term (which
-    /// should never exist) finds the counter foreign and stops.
-    writer: u64,
-    /// Writes of this term applied so far.
-    done: u64,
-}
-
-impl Writes {
-    fn new(key: String) -> Writes {
-        Writes {
-            key,
-            writer: rand::random(),
-            done: 0,
-        }
-    }
-
-    /// The counter's value after write `n`.
-    fn value(&self, n: u64) -> String {
-        format!("{n} {:016x}", self.writer)
-    }
-
-    /// What the next write requires of the counter.
-    fn compare(&self) -> Compare {
-        if self.done == 0 {
-            Compare::version(self.key.as_str(), CompareOp::Equal, 0)
-        } else {
-            Compare::value(self.key.as_str(), CompareOp::Equal, self.value(self.done))
-        }
-    }
-
-    /// What the next write adds: the counter's new value; the first write of a term also
-    /// deletes the counters of earlier terms (the keys sorting before its own).
-    fn ops(&self, prefix: &str) -> Vec<TxnOp> {
-        let mut ops = vec![TxnOp::put(
-            self.key.as_str(),
-            self.value(self.done + 1),
-            None,
-        )];
-        if self.done == 0 {
-            let older = DeleteOptions::new().with_range(self.key.as_str());
-            ops.push(TxnOp::delete(format!("{prefix}/writes/"), Some(older)));
-        }
-        ops
-    }
-
-    /// Whether the counter as read shows the next write already applied (an earlier try of
-    /// it got through).
-    fn applied(&self, counter: Option<&[u8]>) -> bool {
-        counter == Some(self.value(self.done + 1).as_bytes())
-    }
-}
-
-/// Any request's limit (the client's): one in flight when etcd's raft leader dies hangs until
-/// then, and is retried on a live member.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// A write's limit while etcd answers quickly: half etcd's own election timeout (1 s by
-/// default), so a write stuck on a dead raft leader holds dispatch at most this long past
-/// etcd's re-election.
-const QUICK: Duration = Duration::from_millis(500);
-/// Writes in a row without an answer after which etcd is taken to be slow rather than between
-/// leaders (a re-election takes one to two election timeouts: up to four quick limits).
-const UNANSWERED_BEFORE_SLOW: u32 = 4;
-
-/// How long a write may take before it is given up (and its batch retried, soon, on a live
-/// member): [`QUICK`] while etcd answers writes well within it, so a write stuck on a raft
-/// leader that died pauses dispatch about as long as etcd takes to elect another (a member
-/// that knows it has no leader answers at once: requests ask for one); the full
-/// [`REQUEST_TIMEOUT`] once writes are slow, or after several in a row got no answer, so a slow but
-/// healthy etcd is not given up on again and again.
-#[derive(Debug, Default)]
-struct Patience {
-    /// The last answered write took more than half of [`QUICK`].
-    slow: AtomicBool,
-    /// Writes in a row that got no answer within their limit.
-    unanswered: AtomicU32,
-}
-
-impl Patience {
-    fn limit(&self) -> Duration {
-        let unanswered = self.unanswered.load(Ordering::Relaxed);
-        if self.slow.load(Ordering::Relaxed) || unanswered >= UNANSWERED_BEFORE_SLOW {
-            REQUEST_TIMEOUT
-        } else {
-            QUICK
-        }
-    }
-
-    /// A write's time, `None` when it got no answer within the limit.
-    fn record(&self, took: Option<Duration>) {
-        match took {
-            Some(t) => {
-                self.slow.store(t > QUICK / 2, Ordering::Relaxed);
-                self.unanswered.store(0, Ordering::Relaxed);
-            }
-            None => {
-                self.unanswered.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
 }
 
 /// How long a member has to answer a probe.
@@ -229,97 +124,6 @@ impl std::fmt::Debug for EtcdStore {
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
-}
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-/// An etcd client error as a store error.
-fn etcd_unavailable(e: etcd_client::Error) -> StoreError {
-    StoreError::Unavailable(describe(&e))
-}
-
-/// An etcd client error in words a person can act on. The client's own text says little about
-/// what to fix when TLS or authentication is wrong ("invalid peer certificate: UnknownIssuer",
-/// a bare "transport error", or only "operation was canceled" when etcd drops a client whose
-/// certificate it does not accept): those say what failed and which flags to check; any other
-/// error is the client's text.
-pub fn describe(e: &etcd_client::Error) -> String {
-    let full = e.to_string();
-    let message = match e {
-        etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
-        _ => full.clone(),
-    };
-    if let Some(at) = full.find("invalid peer certificate") {
-        let why = if message.contains("invalid peer certificate") {
-            message
-        } else {
-            full[at..].to_string()
-        };
-        return if why.contains("UnknownIssuer") {
-            format!(
-                "etcd's TLS certificate could not be verified: it is not signed by the CA given \
-                 with --etcd-ca (or no --etcd-ca was given) ({why})"
-            )
-        } else {
-            format!(
-                "etcd's TLS certificate could not be verified ({why}): it must be signed by the \
-                 CA given with --etcd-ca, name the host of the etcd URL, and be in date"
-            )
-        };
-    }
-    if let Some(at) = full.find("received fatal alert: ") {
-        let alert: String = full[at + "received fatal alert: ".len()..]
-            .chars()
-            .take_while(char::is_ascii_alphanumeric)
-            .collect();
-        let about_the_client = [
-            "BadCertificate",
-            "CertificateRequired",
-            "UnknownCA",
-            "CertificateUnknown",
-            "UnsupportedCertificate",
-            "CertificateExpired",
-            "AccessDenied",
-        ];
-        return if about_the_client.contains(&alert.as_str()) {
-            format!(
-                "etcd refused this client's TLS certificate (received fatal alert: {alert}): an \
-                 etcd with --client-cert-auth needs a client certificate signed by a CA in its \
-                 --trusted-ca-file, given with --etcd-cert and --etcd-key"
-            )
-        } else {
-            format!("the TLS handshake with etcd failed (received fatal alert: {alert})")
-        };
-    }
-    if let etcd_client::Error::GRpcStatus(s) = e {
-        let closed = (s.code() == tonic::Code::Cancelled && full.contains("connection closed"))
-            || full.contains("broken pipe");
-        if closed {
-            return "etcd closed the connection: it stopped, or it requires client \
-                    certificates (--client-cert-auth) and does not accept this client's: give \
-                    a client certificate signed by a CA in its --trusted-ca-file with \
-                    --etcd-cert and --etcd-key"
-                .to_string();
-        }
-    }
-    if message.contains("authentication failed") {
-        return format!(
-            "etcd refused the user or password (--etcd-user, --etcd-password): {message}"
-        );
-    }
-    if message.contains("user name is empty") {
-        return format!(
-            "etcd requires authentication: give --etcd-user and --etcd-password ({message})"
-        );
-    }
-    if message.contains("TLS options are only supported with HTTPS URLs") {
-        return format!(
-            "--etcd-ca, --etcd-cert and --etcd-key need https:// etcd URLs ({message})"
-        );
-    }
-    full
 }
 
 impl EtcdStore {
@@ -551,14 +355,6 @@ impl Store for EtcdStore {
     }
 }
 
-/// The write counter as the failed branch of a transaction read it.
-fn counter_read(resp: &etcd_client::TxnResponse) -> Option<Vec<u8>> {
-    resp.op_responses().into_iter().find_map(|op| match op {
-        etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
-        _ => None,
-    })
-}
-
 /// The end of etcd's range for a prefix: the prefix with its last byte incremented (bytes of
 /// 0xff dropped first).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -570,53 +366,4 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0] // every key
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_write_is_recognised_as_applied_only_by_its_own_number_and_writer() {
-        let mut w = Writes::new("/f/writes/00000000000000000007".into());
-        let first = w.value(1);
-        assert!(
-            w.applied(Some(first.as_bytes())),
-            "an earlier try got through"
-        );
-        assert!(!w.applied(None), "nothing written yet");
-        w.done = 1;
-        assert!(
-            !w.applied(Some(first.as_bytes())),
-            "the counter is where we left it"
-        );
-        assert!(w.applied(Some(w.value(2).as_bytes())));
-        let other = Writes::new(w.key.clone());
-        assert!(
-            !w.applied(Some(other.value(2).as_bytes())),
-            "another writer's"
-        );
-        // The first write of a term clears the counters of earlier terms, not its own.
-        assert_eq!(w.ops("/f").len(), 1);
-        w.done = 0;
-        assert_eq!(w.ops("/f").len(), 2);
-    }
-
-    #[test]
-    fn writes_get_the_quick_limit_only_while_etcd_answers_quickly() {
-        let p = Patience::default();
-        assert_eq!(p.limit(), QUICK);
-        p.record(Some(Duration::from_millis(20)));
-        assert_eq!(p.limit(), QUICK);
-        for _ in 1..UNANSWERED_BEFORE_SLOW {
-            p.record(None); // no answer (etcd is between leaders): retried as quickly
-            assert_eq!(p.limit(), QUICK);
-        }
-        p.record(None); // again and again: perhaps etcd is just slow
-        assert_eq!(p.limit(), REQUEST_TIMEOUT);
-        p.record(Some(Duration::from_millis(1500))); // answered, but slowly
-        assert_eq!(p.limit(), REQUEST_TIMEOUT);
-        p.record(Some(Duration::from_millis(30)));
-        assert_eq!(p.limit(), QUICK);
-    }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use factotum_common::run::{JobState, TaskState};
+use factotum_coordinator::api::forward::resumable;
 use factotum_coordinator::wire::jobs as wire;
 use factotum_coordinator::{RunInfo, TaskChange, WatchEvent};
 use factotum_proto::jobs as pb;
@@ -27,14 +28,6 @@ fn failure(message: String) -> Failure {
         message,
         unavailable: None,
     }
-}
-
-/// Whether a broken watch is worth resuming: the coordinator went away or cannot serve now.
-fn resumable(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-    )
 }
 
 /// Each task's state as printed so far.

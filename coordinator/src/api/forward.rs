@@ -180,8 +180,9 @@ fn leader_now(role: &Routing) -> Option<String> {
     role.leader.borrow().clone()
 }
 
-/// Whether a broken forwarded watch is worth resuming elsewhere.
-fn resumable(status: &Status) -> bool {
+/// Whether a broken watch is worth resuming elsewhere (its coordinator went away or cannot
+/// serve now): the rule for a follower resuming a forwarded watch and for the CLI alike.
+pub fn resumable(status: &Status) -> bool {
     matches!(
         status.code(),
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled

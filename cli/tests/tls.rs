@@ -1,7 +1,8 @@
 //! TLS on the gRPC port, with real certificates made by `factotum-coordinator certs` (issue 12):
 //! agents with a certificate naming them run tasks; a certificate from another CA, or one
 //! naming another agent, is refused; a plaintext client is told to use https; SIGHUP picks up
-//! new certificates while the open sessions stay up.
+//! new certificates while the open sessions stay up; a client certificate counts through a
+//! follower, which only a coordinator's certificate may vouch for.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use support::fleet::{sibling, Coordinator, Proc};
+use support::fleet::{sibling, Coordinator, Etcd, Proc};
 use support::*;
 
 /// `factotum-coordinator certs` into `dir` for 127.0.0.1 and these agents.
@@ -193,4 +194,101 @@ fn sighup_picks_up_new_certificates_and_open_sessions_stay_up() {
     assert!(std::fs::read_to_string(&c.log)
         .unwrap()
         .contains("TLS certificates and CAs re-read"));
+}
+
+/// `factotum <args>` on `url` with the CLI certificate (or `cert_dir`'s) and the fleet's CA.
+fn with_cert(args: &[&str], url: &str, pki: &Path, cert_dir: &str) -> Output {
+    let mut all = args.to_vec();
+    let (ca, cert, key) = (
+        path(pki, "ca.crt"),
+        path(pki, &format!("{cert_dir}/tls.crt")),
+        path(pki, &format!("{cert_dir}/tls.key")),
+    );
+    all.extend(["--coordinator", url, "--tls-ca", &ca]);
+    all.extend(["--tls-cert", &cert, "--tls-key", &key]);
+    run(&all)
+}
+
+#[test]
+fn a_client_certificate_counts_through_a_follower_and_only_coordinators_vouch_for_callers() {
+    let etcd = Etcd::start();
+    let d = Dir::new();
+    let pki = d.file("pki");
+    certs(&pki, &["etl-1"]);
+    let tokens = d.write("tokens", "cert:factotum-cli read,submit cli\n");
+    let (cert, key, ca) = (
+        path(&pki, "server/tls.crt"),
+        path(&pki, "server/tls.key"),
+        path(&pki, "ca.crt"),
+    );
+    let args = [
+        "--etcd",
+        etcd.endpoint.as_str(),
+        "--lease-ttl",
+        "2",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca,
+        "--tokens",
+        &tokens,
+    ];
+    let leader = Coordinator::start(&args);
+    assert!(eventually(Duration::from_secs(10), || leader.leads()));
+    let follower = Coordinator::start(&args);
+    let (leader_url, follower_url) = (
+        leader.url.replacen("http://", "https://", 1),
+        follower.url.replacen("http://", "https://", 1),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!follower.leads());
+
+    // The CLI's certificate, listed in --tokens, through the follower: the leader takes the
+    // follower's word for who called, because the follower's certificate is a coordinator's.
+    let ff = d.write(
+        "waits.factfile",
+        &factfile("cert client", vec![task("t", "true", &[], &[])]),
+    );
+    let o = with_cert(&["submit", &ff], &follower_url, &pki, "cli");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = with_cert(&["runs"], &follower_url, &pki, "cli");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("cert client"), "{}", stdout(&o));
+    // An agent's certificate is not listed: refused through the follower, naming it.
+    let o = with_cert(&["runs"], &follower_url, &pki, "agents/etl-1");
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the client certificate 'etl-1' is not listed in --tokens"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A caller that is not a coordinator cannot say whom it calls for: the header is ignored.
+    let forged = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use factotum_proto::jobs::{jobs_client::JobsClient, ListRunsRequest};
+        let agent_dir = pki.join("agents/etl-1");
+        let tls = factotum_service::tls::client_config(
+            Some(&pki.join("ca.crt")),
+            Some((&agent_dir.join("tls.crt"), &agent_dir.join("tls.key"))),
+        )
+        .unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(leader_url.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(ListRunsRequest::default());
+        let forwarded = factotum_coordinator::api::forward::FORWARDED_CLIENT;
+        request
+            .metadata_mut()
+            .insert(forwarded, "factotum-cli".parse().unwrap());
+        JobsClient::new(channel).list_runs(request).await
+    });
+    let refused = forged.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("'etl-1'"), "{refused:?}");
 }

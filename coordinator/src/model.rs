@@ -265,6 +265,9 @@ impl tokio_stream::Stream for Watch {
 pub enum EngineError {
     #[error("the engine has stopped")]
     Stopped,
+    /// `--max-queued-calls` calls are already waiting for the engine.
+    #[error("{0} calls are already waiting for the engine")]
+    Busy(usize),
     #[error("no run '{0}'")]
     NoSuchRun(String),
     /// A run id prefix that more than one run starts with (up to five of them).

@@ -173,6 +173,16 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_MAX_PENDING_SUBMITS", value_name = "CALLS", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pending_submits: u32,
+    /// Client calls waiting for the engine, at most; past it a call gets RESOURCE_EXHAUSTED at
+    /// once ("retry shortly"): a flood of calls is refused, never queued without bound.
+    #[arg(long, env = "FACTOTUM_MAX_QUEUED_CALLS", value_name = "CALLS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queued_calls: u32,
+    /// Open `WatchRun` streams (`watch`, `submit --wait`), at most; one more gets
+    /// RESOURCE_EXHAUSTED. Each holds at most --watch-buffer of output.
+    #[arg(long, env = "FACTOTUM_MAX_WATCHES", value_name = "STREAMS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watches: u32,
     /// A connection whose peer sends nothing for this long is closed (one that never speaks
     /// HTTP/2 included); live clients answer the keepalive pings sent every 10s (or twice per
     /// timeout, if shorter).
@@ -379,6 +389,7 @@ impl Config {
             watch_buffer: self.watch_buffer,
             history_max_runs: usize::try_from(self.history_max_runs).unwrap_or(usize::MAX),
             history_max_age: self.history_max_age,
+            max_queued_calls: self.max_queued_calls as usize,
             ..EngineConfig::default()
         }
     }
@@ -453,6 +464,7 @@ pub async fn run(
             },
             max_message: config.max_message_size,
             max_pending_submits: config.max_pending_submits as usize,
+            max_watches: config.max_watches as usize,
             idle_timeout: config.idle_timeout,
         },
         life.clone(),

@@ -12,9 +12,12 @@ use rustls::{RootCertStore, ServerConfig};
 
 pub mod certs;
 
-/// URI SANs that tell agent and client certificates apart (the `certs` helper writes them).
+/// URI SANs that tell agent, client and coordinator certificates apart (the `certs` helper
+/// writes them; an operator's PKI adds them as `uris:` in cert-manager, `uri_sans` in Vault).
 pub const AGENT_URI: &str = "factotum:agent";
 pub const CLIENT_URI: &str = "factotum:client";
+/// A peer coordinator: the only caller whose word about a forwarded client is taken.
+pub const COORDINATOR_URI: &str = "factotum:coordinator";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -139,7 +142,7 @@ impl Reloadable {
 pub struct PeerCert {
     /// Its subject's common name, then its DNS names.
     pub names: Vec<String>,
-    /// Its URI names (`factotum:agent`, `factotum:client`).
+    /// Its URI names (`factotum:agent`, `factotum:client`, `factotum:coordinator`).
     pub uris: Vec<String>,
 }
 
@@ -174,6 +177,12 @@ impl PeerCert {
     /// Whether it was issued for a client (the CLI), not an agent.
     pub fn is_client(&self) -> bool {
         self.uris.iter().any(|u| u == CLIENT_URI)
+    }
+
+    /// Whether it was issued to a coordinator (`factotum:coordinator`): a peer that forwards
+    /// its clients' calls and may say who they are.
+    pub fn is_coordinator(&self) -> bool {
+        self.uris.iter().any(|u| u == COORDINATOR_URI)
     }
 }
 
@@ -268,9 +277,9 @@ mod tests {
         let cli = read_certs(&dir.join("cli/tls.crt")).unwrap();
         assert!(PeerCert::from_der(&cli[0]).unwrap().is_client());
         let server = read_certs(&dir.join("server/tls.crt")).unwrap();
-        assert!(PeerCert::from_der(&server[0])
-            .unwrap()
-            .names("coord.example"));
+        let server = PeerCert::from_der(&server[0]).unwrap();
+        assert!(server.names("coord.example") && server.is_coordinator());
+        assert!(!peer.is_coordinator() && !server.is_client());
         client_config(Some(&dir.join("ca.crt")), None).unwrap();
         // A missing file is named.
         let missing = ServerFiles {

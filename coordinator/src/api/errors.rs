@@ -114,6 +114,15 @@ impl From<EngineError> for Refusal {
                 Reason::Draining,
                 "the coordinator is shutting down; retry on another replica",
             ),
+            EngineError::Busy(limit) => Refusal::new(
+                Code::ResourceExhausted,
+                Reason::LimitExceeded,
+                format!(
+                    "the coordinator is busy: {limit} calls are already waiting \
+                     (--max-queued-calls {limit}); retry shortly"
+                ),
+            )
+            .meta("limit", "max_queued_calls"),
             EngineError::NoSuchRun(id) => Refusal::new(
                 Code::NotFound,
                 Reason::RunNotFound,

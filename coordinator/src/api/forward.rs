@@ -24,6 +24,9 @@ use crate::wire::jobs as wire;
 
 /// Marks a call a coordinator forwarded: the receiver never forwards it again.
 pub const FORWARDED: &str = "factotum-forwarded";
+/// The name of the client certificate a forwarded call was made with, as the follower that
+/// forwards it saw it; taken only from a peer with a coordinator's certificate.
+pub const FORWARDED_CLIENT: &str = "factotum-forwarded-client";
 
 /// Where a call goes.
 pub enum Target {
@@ -102,10 +105,16 @@ impl Forwarder {
     }
 }
 
-/// The call to send on: the caller's metadata (credentials included), marked forwarded.
-pub fn onward<T>(request: Request<T>) -> Request<T> {
+/// The call to send on: the caller's metadata (a bearer token included), marked forwarded,
+/// with the name of the client certificate the caller presented (`client_cert`) — never one the
+/// caller claims itself.
+pub fn onward<T>(request: Request<T>, client_cert: Option<String>) -> Request<T> {
     let (mut metadata, _, message) = request.into_parts();
     metadata.insert(FORWARDED, MetadataValue::from_static("1"));
+    metadata.remove(FORWARDED_CLIENT);
+    if let Some(name) = client_cert.and_then(|c| c.parse::<MetadataValue<_>>().ok()) {
+        metadata.insert(FORWARDED_CLIENT, name);
+    }
     Request::from_parts(metadata, Default::default(), message)
 }
 

@@ -12,7 +12,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status};
 
 use super::errors::{Reason, Refusal};
-use super::forward::{answered, onward, outliving, Forwarder, Target};
+use super::forward::{answered, onward, outliving, Forwarder, Target, FORWARDED_CLIENT};
 use super::Routing;
 use crate::auth::{Auth, Principal, Scope};
 use crate::model::RunQuery;
@@ -34,6 +34,9 @@ pub struct JobsApi {
     /// `--max-pending-submits`: permits for submissions being prepared or committed.
     submits: Arc<Semaphore>,
     max_pending: usize,
+    /// `--max-watches`: permits for open `WatchRun` streams, each held by its stream.
+    watches: Arc<Semaphore>,
+    max_watches: usize,
     /// `--max-factfile-size` and `--max-tasks`.
     input: InputLimits,
     /// Calls to a follower go to the leader.
@@ -52,29 +55,25 @@ macro_rules! local_or_forward {
         match $api.forward.target(&$api.role, &$request)? {
             Target::Local(engine) => engine,
             Target::Leader { mut client, addr } => {
-                return answered(client.$method(onward($request)).await, &addr);
+                let cert = caller_cert(&$request);
+                return answered(client.$method(onward($request, cert)).await, &addr);
             }
         }
     }};
 }
 
 impl JobsApi {
-    pub fn new(
-        role: Routing,
-        render_limits: factotum_common::template::Limits,
-        max_message: usize,
-        max_pending: usize,
-        input: InputLimits,
-        security: &super::Security,
-    ) -> JobsApi {
+    pub fn new(role: Routing, limits: &super::ServeLimits, security: &super::Security) -> JobsApi {
         JobsApi {
             role,
-            render_limits,
-            max_message,
-            submits: Arc::new(Semaphore::new(max_pending)),
-            max_pending,
-            input,
-            forward: Forwarder::new(max_message, security.peer_tls.clone()),
+            render_limits: limits.render,
+            max_message: limits.max_message,
+            submits: Arc::new(Semaphore::new(limits.max_pending_submits)),
+            max_pending: limits.max_pending_submits,
+            watches: Arc::new(Semaphore::new(limits.max_watches)),
+            max_watches: limits.max_watches,
+            input: limits.input,
+            forward: Forwarder::new(limits.max_message, security.peer_tls.clone()),
             open: security.open,
             auth: security.auth.clone(),
         }
@@ -99,9 +98,7 @@ impl JobsApi {
         };
         let tokens = auth.tokens();
         let token = bearer(request);
-        let cert = (request.extensions().get::<super::conn::Peer>())
-            .and_then(|p| p.cert.as_ref())
-            .and_then(|c| c.names.first().cloned());
+        let cert = caller_cert(request);
         let principal = match (&token, &cert) {
             (Some(t), _) => tokens.by_token(t),
             (None, Some(cn)) => tokens.by_cert(cn),
@@ -150,9 +147,50 @@ impl JobsApi {
             .status()
         })
     }
+
+    /// A permit for one `WatchRun` stream, held until the stream is dropped; RESOURCE_EXHAUSTED
+    /// when `--max-watches` are open (each may hold up to `--watch-buffer` of output).
+    fn watch_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.watches.clone().try_acquire_owned().map_err(|_| {
+            Refusal::new(
+                Code::ResourceExhausted,
+                Reason::LimitExceeded,
+                format!(
+                    "too many open watches (--max-watches {}); retry later",
+                    self.max_watches
+                ),
+            )
+            .meta("limit", "max_watches")
+            .status()
+        })
+    }
+}
+
+/// `events`, holding `permit` until the stream is dropped.
+fn holding(events: EventStream, permit: OwnedSemaphorePermit) -> EventStream {
+    Box::pin(events.map(move |ev| {
+        let _held = &permit;
+        ev
+    }))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
+
+/// The name of the client certificate a call is made with: the peer's own, or — only when the
+/// peer is a coordinator forwarding the call — the one its caller presented to it. A header
+/// naming a certificate from any other peer is ignored: only coordinators vouch for callers.
+fn caller_cert<T>(request: &Request<T>) -> Option<String> {
+    let peer = request
+        .extensions()
+        .get::<super::conn::Peer>()?
+        .cert
+        .as_ref()?;
+    let forwarded = (request.metadata().get(FORWARDED_CLIENT)).and_then(|v| v.to_str().ok());
+    match forwarded {
+        Some(name) if peer.is_coordinator() => Some(name.to_string()),
+        _ => peer.names.first().cloned(),
+    }
+}
 
 /// The bearer token a call carries (`authorization: Bearer <token>`), if any.
 fn bearer<T>(request: &Request<T>) -> Option<&str> {
@@ -364,19 +402,22 @@ impl Jobs for JobsApi {
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<EventStream>, Status> {
         self.admit(&request, Scope::Read)?;
+        let permit = self.watch_permit()?;
         let token = bearer(&request).map(str::to_string);
         let engine = match self.forward.target(&self.role, &request)? {
             Target::Local(engine) => engine,
             Target::Leader { mut client, addr } => {
+                let cert = caller_cert(&request);
+                let request = onward(request, cert);
                 let (metadata, run_id) =
                     (request.metadata().clone(), request.get_ref().run_id.clone());
-                let answer = client.watch_run(onward(request)).await;
+                let answer = client.watch_run(request).await;
                 let (role, forward) = (self.role.clone(), self.forward.clone());
                 let auth = self.auth.clone();
                 return answered(answer, &addr).map(|r| {
                     r.map(|events| {
                         let events = outliving(role, forward, metadata, run_id, Box::pin(events));
-                        guarded(events, auth, token)
+                        holding(guarded(events, auth, token), permit)
                     })
                 });
             }
@@ -388,11 +429,8 @@ impl Jobs for JobsApi {
             engine.watch(&r.run_id).await?
         };
         let stream = rx.map(|ev| Ok(wire::event(ev)));
-        Ok(Response::new(guarded(
-            Box::pin(stream),
-            self.auth.clone(),
-            token,
-        )))
+        let events = guarded(Box::pin(stream), self.auth.clone(), token);
+        Ok(Response::new(holding(events, permit)))
     }
 
     async fn cancel_run(
@@ -442,7 +480,15 @@ mod tests {
             open,
             ..Default::default()
         };
-        JobsApi::new(role, limits, 16 << 20, 1, InputLimits::default(), &security)
+        let limits = crate::api::ServeLimits {
+            render: limits,
+            max_message: 16 << 20,
+            max_pending_submits: 1,
+            max_watches: 1,
+            input: InputLimits::default(),
+            idle_timeout: std::time::Duration::from_secs(60),
+        };
+        JobsApi::new(role, &limits, &security)
     }
 
     #[tokio::test]
@@ -470,6 +516,32 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(next.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn a_watch_past_max_watches_is_refused_until_one_is_dropped() {
+        let api = follower(true);
+        let held = api.watch_permit().unwrap();
+        let watch = || pb::WatchRunRequest {
+            run_id: "r".into(),
+            resume: false,
+        };
+        let refused = api.watch_run(Request::new(watch())).await.err().unwrap();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert_eq!(
+            refused.message(),
+            "too many open watches (--max-watches 1); retry later"
+        );
+        // A stream holds its permit until it is dropped.
+        let stream = holding(Box::pin(tokio_stream::empty()), held);
+        assert!(api.watch_permit().is_err());
+        drop(stream);
+        let next = api.watch_run(Request::new(watch())).await.err().unwrap();
+        assert_eq!(
+            next.code(),
+            Code::Unavailable,
+            "past the limit, to the follower's answer"
+        );
     }
 
     #[tokio::test]

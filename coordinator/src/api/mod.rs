@@ -218,11 +218,16 @@ pub struct ServeLimits {
     pub max_message: usize,
     /// `--max-pending-submits`: `SubmitRun`/`RerunRun` calls in progress at once.
     pub max_pending_submits: usize,
+    /// `--max-watches`: `WatchRun` streams open at once.
+    pub max_watches: usize,
     /// `--max-factfile-size` and `--max-tasks`, for every submission.
     pub input: InputLimits,
     /// `--idle-timeout`: a connection whose peer sends nothing for this long is closed.
     pub idle_timeout: Duration,
 }
+
+/// HTTP/2 streams (calls) one connection may have open at once; a client queues the rest.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 200;
 
 /// How the port is secured (flags of `server::Config`).
 #[derive(Debug, Clone, Default)]
@@ -249,13 +254,7 @@ pub async fn serve(
     limits: ServeLimits,
     life: Lifecycle,
 ) -> Result<(), tonic::transport::Error> {
-    let ServeLimits {
-        render: render_limits,
-        max_message,
-        max_pending_submits,
-        input,
-        idle_timeout,
-    } = limits;
+    let (max_message, idle_timeout) = (limits.max_message, limits.idle_timeout);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobsServer<JobsApi>>().await;
     health.set_serving::<AgentsServer<AgentsApi>>().await;
@@ -293,16 +292,9 @@ pub async fn serve(
     // `--max-message-size`, both ways, on both services: a larger message is refused by name
     // (RESOURCE_EXHAUSTED / OUT_OF_RANGE), never silently truncated. Every message Factotum
     // itself sends stays well under it by construction (tails, leases and output pieces).
-    let jobs = JobsServer::new(JobsApi::new(
-        role.clone(),
-        render_limits,
-        max_message,
-        max_pending_submits,
-        input,
-        &security,
-    ))
-    .max_decoding_message_size(max_message)
-    .max_encoding_message_size(max_message);
+    let jobs = JobsServer::new(JobsApi::new(role.clone(), &limits, &security))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     let shutdown = life.token.clone();
     let (tls, life_for_accept) = (security.tls.clone(), life.clone());
     let agents = AgentsServer::new(AgentsApi {
@@ -313,6 +305,9 @@ pub async fn serve(
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let mut builder = tonic::transport::Server::builder()
+        // A request is read whole before it is served (or refused): what a flood of calls on
+        // one connection can make the coordinator hold is this many messages, at most.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         // Pings at least twice per `--idle-timeout`: a live peer's answers keep it from `Silent`.
         .http2_keepalive_interval(Some(Duration::from_secs(10).min(idle_timeout / 2)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));

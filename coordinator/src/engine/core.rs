@@ -62,7 +62,7 @@ impl<S: Store> Core<S> {
         }
     }
 
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, stop: CancellationToken) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>, stop: CancellationToken) {
         let mut beat = self.cfg.heartbeat_interval.map(every);
         let fenced = self.cfg.fenced.clone();
         let clock = self.cfg.clock;

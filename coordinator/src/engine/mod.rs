@@ -62,6 +62,9 @@ pub struct EngineConfig {
     pub history_max_runs: usize,
     /// Finished runs are deleted from the store this long after they ended.
     pub history_max_age: Duration,
+    /// Client calls waiting for the engine, at most (`--max-queued-calls`): past it a call is
+    /// refused at once. Agents' messages wait for room instead (their streams are slowed).
+    pub max_queued_calls: usize,
 }
 
 /// The default `watch_buffer`: 4 MiB of output per watcher.
@@ -81,6 +84,7 @@ impl Default for EngineConfig {
             watch_buffer: DEFAULT_WATCH_BUFFER,
             history_max_runs: 10_000,
             history_max_age: Duration::from_secs(30 * 86_400),
+            max_queued_calls: 1024,
         }
     }
 }
@@ -88,9 +92,10 @@ impl Default for EngineConfig {
 /// A handle to the engine; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Engine {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::Sender<Command>,
     deliverer: Deliverer,
     life: Lifecycle,
+    max_queued: usize,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
@@ -149,7 +154,8 @@ impl Engine {
     /// a fenced write fails (`config.fenced`).
     pub fn start<S: Store>(config: EngineConfig, store: S, life: impl Into<Lifecycle>) -> Engine {
         let life = life.into();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let max_queued = config.max_queued_calls.max(1);
+        let (tx, rx) = mpsc::channel(max_queued);
         let deliverer = Deliverer::new(store.clone(), life.clone());
         let core = core::Core::new(config, store, deliverer.clone());
         life.spawn(core.run(rx, life.token.clone()));
@@ -157,14 +163,17 @@ impl Engine {
             tx,
             deliverer,
             life,
+            max_queued,
         }
     }
 
+    /// A client's call: queued if there is room, else refused at once ([`EngineError::Busy`]).
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
-            .map_err(|_| EngineError::Stopped)?;
+        self.tx.try_send(make(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => EngineError::Busy(self.max_queued),
+            mpsc::error::TrySendError::Closed(_) => EngineError::Stopped,
+        })?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
@@ -237,7 +246,10 @@ impl Engine {
     /// Loads the store's active runs (after a restart or a failover) and queues their pending
     /// webhooks; returns how many runs it took over.
     pub async fn recover(&self) -> Result<usize, EngineError> {
-        self.ask(|reply| Command::Recover { reply }).await
+        // Not a client's call: it waits for room rather than being refused.
+        let (reply, rx) = oneshot::channel();
+        (self.tx.send(Command::Recover { reply }).await).map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
     }
 
     pub async fn list_agents(&self) -> Result<Vec<AgentInfo>, EngineError> {
@@ -269,11 +281,13 @@ impl Engine {
                     }
                     (msg, None) => Command::FromAgent { conn, msg },
                 };
-                if tx.send(cmd).is_err() {
+                // Waiting for room slows this agent's stream (HTTP/2 flow control), and loses
+                // nothing; the engine never waits on an agent's incoming stream, so no cycle.
+                if tx.send(cmd).await.is_err() {
                     return;
                 }
             }
-            let _ = tx.send(Command::AgentGone { conn });
+            let _ = tx.send(Command::AgentGone { conn }).await;
         });
     }
 

@@ -10,6 +10,7 @@ mod history;
 mod liveness;
 mod message_limits;
 mod placement;
+mod queue_limits;
 mod sessions;
 mod timers;
 mod watchers;

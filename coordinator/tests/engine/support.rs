@@ -210,13 +210,16 @@ pub fn state_of(info: &RunInfo, task: &str) -> String {
     t.state.as_str().to_string()
 }
 
-/// A store that records every transaction and can be made to fail.
+/// A store that records every transaction and can be made to fail, or to hang (while a test
+/// holds `hold`, every commit waits; `waiting` counts the commits that began).
 #[derive(Clone, Default)]
 pub struct TestStore {
     inner: MemoryStore,
     pub commits: Arc<Mutex<Vec<Vec<StoreOp>>>>,
     pub down: Arc<AtomicBool>,
     pub fenced: Arc<AtomicBool>,
+    pub hold: Arc<tokio::sync::Mutex<()>>,
+    pub waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TestStore {
@@ -231,6 +234,8 @@ impl TestStore {
 
 impl Store for TestStore {
     async fn commit(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        drop(self.hold.lock().await);
         if self.fenced.load(Ordering::SeqCst) {
             return Err(StoreError::Fenced);
         }

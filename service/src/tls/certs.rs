@@ -1,6 +1,7 @@
 //! A development CA for a fleet (`factotum-coordinator certs`), so the quick start and the
 //! tests need no openssl: in cert-manager's file names, `ca.crt` (and `ca.key`),
-//! `server/tls.{crt,key}` for the coordinators (every host given as a DNS or IP SAN),
+//! `server/tls.{crt,key}` for the coordinators (every host given as a DNS or IP SAN, and the URI
+//! SAN `factotum:coordinator`),
 //! `agents/<name>/tls.{crt,key}` (CN and DNS SAN the agent's name, URI SAN `factotum:agent`) and
 //! `cli/tls.{crt,key}` (URI SAN `factotum:client`). Keys are written 0600. Production uses the
 //! operator's PKI (cert-manager, Vault) with the same layout.
@@ -13,7 +14,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use super::{TlsError, AGENT_URI, CLIENT_URI};
+use super::{TlsError, AGENT_URI, CLIENT_URI, COORDINATOR_URI};
 
 fn failed(e: impl std::fmt::Display) -> TlsError {
     TlsError::Config(format!("cannot make the certificates: {e}"))
@@ -100,10 +101,11 @@ pub fn generate(out: &Path, hosts: &[String], agents: &[String]) -> Result<Vec<P
         Ok(())
     };
     let server_cn = hosts.first().map_or("factotum-coordinator", String::as_str);
-    let sans = hosts
+    let mut sans = hosts
         .iter()
         .map(|h| host_san(h))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    sans.push(uri(COORDINATOR_URI)?);
     issue(out.join("server"), leaf(server_cn, sans, true))?;
     for agent in agents {
         let sans = vec![

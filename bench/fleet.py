@@ -106,7 +106,7 @@ class Fleet:
     def __init__(self, bin_dir, work, agents=1, agent_args=(), agent_env=None, coordinator_args=()):
         self.bin, self.work, self.procs = bin_dir, work, []
         out = open(os.path.join(work, f"coordinator-{time.monotonic_ns()}.out"), "w+")
-        self.coordinator = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0",
+        self.coordinator = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
                                              *COORD(work), *tls_coordinator(), *coordinator_args],
                                             stdout=out, stderr=subprocess.DEVNULL)
         self.procs.append(self.coordinator)
@@ -372,7 +372,7 @@ def failover_once(bin_dir, work, ff, etcd, ttl, r, procs):
     for i in range(3):
         out = os.path.join(work, f"c{r}-{i}.out")
         err = os.path.join(work, f"c{r}-{i}.err")
-        p = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0",
+        p = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
                               "--etcd", etcd.endpoint, "--etcd-prefix", prefix, *ttl_flag],
                              stdout=open(out, "w"), stderr=open(err, "w"))
         procs.append(p)

@@ -250,6 +250,10 @@ pub struct TaskRecord {
     pub error_message: Option<String>,
     /// A task waiting for its next attempt is not ready before this time.
     pub retry_at: Option<DateTime<Utc>>,
+    /// When it last became ready (its dependencies met, its retry delay over): its wait for
+    /// an agent is measured from here. Not recorded: a restored run's ready tasks have none
+    /// until [`RunState::ready_from`] gives them one.
+    pub ready_at: Option<DateTime<Utc>>,
     /// Why the current attempt is being killed, if it is.
     pub stopping: Option<Stop>,
     /// Dependencies not yet succeeded (or failed with `continueOnFailure`).
@@ -343,6 +347,7 @@ impl RunState {
                 return_code: None,
                 error_message: None,
                 retry_at: None,
+                ready_at: None,
                 stopping: None,
                 unmet: t.deps.len() as u32,
             })
@@ -406,6 +411,7 @@ impl RunState {
             .copied()
             .filter(|&t| run.is_ready(t))
             .collect();
+
         // The first to fail and the first to finish early, as the live run saw them: by when
         // they ended (ties, and tasks without times, in display order).
         let first_ended = |state: TaskState| {
@@ -463,6 +469,18 @@ impl RunState {
     /// Tasks whose dependencies are done and that wait for a placement, in display order.
     pub fn ready(&self) -> &[TaskId] {
         &self.ready
+    }
+
+    /// Tasks running now.
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Ready tasks with no time they became ready (a restored run's) count from `now`.
+    pub fn ready_from(&mut self, now: DateTime<Utc>) {
+        for &t in &self.ready {
+            self.tasks[t as usize].ready_at.get_or_insert(now);
+        }
     }
 
     /// The ready tasks that may start now: as many as the job's `maxParallel` leaves room for.
@@ -593,7 +611,8 @@ impl RunState {
                     });
                 }
                 TaskState::Waiting if rec.retry_at.is_some_and(|d| d <= now) => {
-                    self.tasks[i].retry_at = None;
+                    let rec = &mut self.tasks[i];
+                    rec.ready_at = rec.retry_at.take();
                     due.push(t);
                 }
                 _ => {}
@@ -638,6 +657,9 @@ impl RunState {
             .copied()
             .filter(|&t| self.tasks[t as usize].unmet == 0)
             .collect();
+        for &t in &self.ready {
+            self.tasks[t as usize].ready_at = Some(now);
+        }
         if self.plan.is_empty() {
             self.set_job(JobState::Running, now, out);
             self.finish_if_done(now, out);
@@ -807,7 +829,12 @@ impl RunState {
                             self.skip_descendants(c, &reason, &mut transitions);
                         }
                     }
-                    None => self.ready.extend(newly_ready),
+                    None => {
+                        for &c in &newly_ready {
+                            self.tasks[c as usize].ready_at = Some(now);
+                        }
+                        self.ready.extend(newly_ready);
+                    }
                 }
             }
         }
@@ -843,6 +870,7 @@ impl RunState {
         self.running -= 1;
         if delay.is_zero() {
             rec.retry_at = None;
+            rec.ready_at = Some(now);
             self.ready.push(task);
             self.plan.sort_display(&mut self.ready);
         } else {

@@ -3,7 +3,7 @@
 //!
 //! The rooms, from the bottom up (arrows point down only; see docs/ARCHITECTURE.md):
 //! [`model`] (the vocabulary) and [`clock`]; [`placement`] (pure); [`spec`], [`persist`],
-//! [`store`], [`wire`] (conversions) and [`webhook`]; [`engine`] (one interpreter over small
+//! [`store`], [`wire`] (conversions), [`metrics`] and [`webhook`]; [`engine`] (one interpreter over small
 //! owners); [`api`] (gRPC); [`node`] (leadership) and [`server`] (a process).
 
 pub mod api;
@@ -13,8 +13,10 @@ pub mod engine;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod fence;
+pub mod http;
 #[cfg(feature = "etcd")]
 pub mod leader;
+pub mod metrics;
 pub mod model;
 #[cfg(feature = "etcd")]
 pub mod node;

@@ -1,13 +1,12 @@
 //! `factotum-coordinator`: owns runs, leases their tasks to agents, sends webhooks.
 //! Thin: parse flags, set up logging and signals, call [`factotum_coordinator::server::run`].
 
-use clap::Parser;
 use factotum_coordinator::server::{self, Config};
 use factotum_service::{lifecycle, logging, Lifecycle};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let config: Config = factotum_service::config::parse();
     if let Some(tool) = &config.command {
         return match server::tool(tool) {
             Ok(lines) => {
@@ -42,10 +41,14 @@ async fn coordinator(config: Config) -> anyhow::Result<()> {
     let listener = config.bind().await?;
     // Tests and scripts read this line to learn the port when listening on :0.
     println!("listening on {}", listener.local_addr()?);
+    let http = config.bind_http().await?;
+    if let Some(http) = &http {
+        println!("http listening on {}", http.local_addr()?);
+    }
     let shutdown = CancellationToken::new();
     let signals = Lifecycle::new();
     lifecycle::cancel_on_signal(&signals, shutdown.clone())?;
-    server::run(config, listener, shutdown).await?;
+    server::run_with_http(config, listener, http, shutdown).await?;
     signals.token.cancel();
     Ok(())
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::etcd::{EtcdConfig, EtcdStore};
+use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
 use crate::store::{MemoryStore, StoreError};
 use crate::{api, spec};
@@ -34,9 +35,19 @@ use crate::{api, spec};
 pub struct Config {
     #[command(subcommand)]
     pub command: Option<Tool>,
+    /// A TOML file of flags: each key a long flag name (`lost-after = "20s"`), an array for a
+    /// repeatable flag. Flags and their variables override it.
+    #[arg(long, env = "FACTOTUM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address for the gRPC API (clients and agents).
     #[arg(long, env = "FACTOTUM_LISTEN", default_value = "127.0.0.1:7400")]
     pub listen: SocketAddr,
+    /// Address for the HTTP port: GET /metrics (Prometheus; needs a `read` credential when
+    /// --tokens is set), /healthz, /readyz and /leader (for probes and load balancers). It uses
+    /// the gRPC port's TLS when that is configured. `off`: no HTTP port.
+    #[arg(long, env = "FACTOTUM_HTTP_LISTEN", value_name = "ADDR|off",
+          default_value = "127.0.0.1:7401", value_parser = http_listen)]
+    pub http_listen: HttpListen,
     /// The address other replicas and clients should use for this one (default: --listen).
     #[arg(long, env = "FACTOTUM_ADVERTISE")]
     pub advertise: Option<String>,
@@ -225,6 +236,53 @@ pub enum ServeError {
     Server(#[from] tonic::transport::Error),
 }
 
+/// systemd (`Type=notify`): READY once this coordinator serves and leads or knows the leader,
+/// a STATUS line at each change of role, STOPPING on shutdown. Outside systemd, no-ops.
+fn notify_systemd(routing: &api::Routing, life: &Lifecycle) {
+    use sd_notify::NotifyState;
+    let (mut engine, mut leader) = (routing.engine.clone(), routing.leader.clone());
+    let stop = life.token.clone();
+    life.spawn(async move {
+        let mut ready = false;
+        loop {
+            let status = match (
+                engine.borrow_and_update().is_some(),
+                leader.borrow_and_update().clone(),
+            ) {
+                (true, _) => Some("leading".to_string()),
+                (false, Some(l)) => Some(format!("following {l}")),
+                (false, None) => None,
+            };
+            if let Some(status) = status {
+                if !ready {
+                    let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+                    ready = true;
+                }
+                let _ = sd_notify::notify(false, &[NotifyState::Status(&status)]);
+            }
+            tokio::select! {
+                changed = engine.changed() => if changed.is_err() { break },
+                changed = leader.changed() => if changed.is_err() { break },
+                _ = stop.cancelled() => break,
+            }
+        }
+        let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    });
+}
+
+/// `--http-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpListen(pub Option<SocketAddr>);
+
+fn http_listen(s: &str) -> Result<HttpListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(HttpListen(None));
+    }
+    s.parse()
+        .map(|a| HttpListen(Some(a)))
+        .map_err(|e| format!("{e} (an address such as 127.0.0.1:7401, or off)"))
+}
+
 /// Tools beside serving.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Tool {
@@ -352,8 +410,11 @@ impl Config {
 
     /// What is refused before anything starts.
     pub fn check(&self) -> Result<(), ServeError> {
-        if !api::is_loopback(&self.listen) && !self.insecure && self.tls_cert.is_none() {
-            return Err(ServeError::Insecure(self.listen));
+        let addrs = std::iter::once(self.listen).chain(self.http_listen.0);
+        for addr in addrs {
+            if !api::is_loopback(&addr) && !self.insecure && self.tls_cert.is_none() {
+                return Err(ServeError::Insecure(addr));
+            }
         }
         for url in &self.webhook {
             spec::check_webhook_url(url).map_err(|e| ServeError::BadWebhook(e.to_string()))?;
@@ -370,6 +431,18 @@ impl Config {
                 addr: self.listen,
                 source,
             })
+    }
+
+    /// Binds `--http-listen`, unless it is `off` (after [`Config::check`]).
+    pub async fn bind_http(&self) -> Result<Option<TcpListener>, ServeError> {
+        let Some(addr) = self.http_listen.0 else {
+            return Ok(None);
+        };
+        self.check()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { addr, source })?;
+        Ok(Some(listener))
     }
 
     /// `--max-rendered-size` and `--max-rendered-total`.
@@ -411,11 +484,21 @@ impl Config {
 /// Time open streams get to close once the coordinator stops.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Serves on `listener` and leads (or follows) until `shutdown` fires, then resigns, stops
-/// serving and waits (boundedly) for everything it spawned.
+/// Serves on `listener` (no HTTP port) and leads (or follows) until `shutdown` fires, then
+/// resigns, stops serving and waits (boundedly) for everything it spawned.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    run_with_http(config, listener, None, shutdown).await
+}
+
+/// [`run`], with the HTTP port (metrics, health) on `http` if given.
+pub async fn run_with_http(
+    config: Config,
+    listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     config.check()?;
@@ -435,6 +518,11 @@ pub async fn run(
         .unwrap_or_else(|| format!("{scheme}://{addr}"));
     tracing::info!(%addr, %advertise, "coordinator listening");
     let life = Lifecycle::new();
+    let metrics = Arc::new(Metrics::new());
+    let engine_config = EngineConfig {
+        metrics: Arc::clone(&metrics),
+        ..config.engine()
+    };
     // A single node leads from the start: its engine is there before the first call is served
     // (a caller that connects as soon as `listening on` is printed must not be told there is
     // no leader).
@@ -442,7 +530,7 @@ pub async fn run(
         tracing::warn!(
             "no --etcd: runs are kept in memory on this single node and are lost on restart"
         );
-        Engine::start(config.engine(), MemoryStore::new(), life.child())
+        Engine::start(engine_config.clone(), MemoryStore::new(), life.child())
     });
     let (engine_tx, engine_rx) = watch::channel(single.clone());
     let (leader_tx, leader_rx) = watch::channel(None);
@@ -451,6 +539,17 @@ pub async fn run(
         leader: leader_rx,
     };
     reload_on_sighup(security.tls.clone(), security.auth.clone(), &life);
+    notify_systemd(&routing, &life);
+    if let Some(http) = http {
+        let port = crate::http::Port {
+            routing: routing.clone(),
+            metrics: Arc::clone(&metrics),
+            auth: security.auth.clone(),
+            tls: security.tls.clone(),
+            idle_timeout: config.idle_timeout,
+        };
+        life.spawn(crate::http::serve(port, http, life.clone()));
+    }
     let server = life.spawn(api::serve(
         routing,
         listener,
@@ -475,6 +574,7 @@ pub async fn run(
     } else {
         lead(
             &config,
+            engine_config,
             advertise,
             engine_tx.clone(),
             leader_tx,
@@ -499,6 +599,7 @@ pub async fn run(
 
 async fn lead(
     config: &Config,
+    engine: EngineConfig,
     advertise: String,
     engine_tx: watch::Sender<Option<Engine>>,
     leader_tx: watch::Sender<Option<String>>,
@@ -513,7 +614,7 @@ async fn lead(
         })?;
     let node = Node {
         store,
-        engine: config.engine(),
+        engine,
         advertise,
         lease_ttl: config.lease_ttl,
         engine_tx,

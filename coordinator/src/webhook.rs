@@ -13,6 +13,7 @@ use factotum_service::Lifecycle;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreOp};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -49,16 +50,20 @@ struct Queue {
     last_error: Option<String>,
 }
 
+/// A delivery and when it was queued (its lag is measured from there).
+type Queued = (Delivery, tokio::time::Instant);
+
 /// Handle to the delivery workers.
 #[derive(Clone)]
 pub struct Deliverer {
-    workers: Arc<Mutex<HashMap<QueueKey, mpsc::UnboundedSender<Delivery>>>>,
+    workers: Arc<Mutex<HashMap<QueueKey, mpsc::UnboundedSender<Queued>>>>,
     queues: Arc<Mutex<HashMap<QueueKey, Queue>>>,
     pending_total: watch::Sender<usize>,
     client: reqwest::Client,
     /// Workers and outbox deletes are tracked here and end with its token.
     life: Lifecycle,
     delete: Arc<dyn Fn(String) + Send + Sync>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -68,7 +73,7 @@ impl std::fmt::Debug for Deliverer {
 }
 
 impl Deliverer {
-    pub fn new<S: Store>(store: S, life: Lifecycle) -> Deliverer {
+    pub fn new<S: Store>(store: S, life: Lifecycle, metrics: Arc<Metrics>) -> Deliverer {
         let spawner = life.clone();
         let delete = Arc::new(move |key: String| {
             let store = store.clone();
@@ -78,7 +83,7 @@ impl Deliverer {
                 }
             });
         });
-        Deliverer {
+        let deliverer = Deliverer {
             workers: Default::default(),
             queues: Default::default(),
             pending_total: watch::channel(0).0,
@@ -89,7 +94,10 @@ impl Deliverer {
                 .unwrap_or_default(),
             life,
             delete,
-        }
+            metrics,
+        };
+        deliverer.count_outbox();
+        deliverer
     }
 
     /// Queues a payload; deliveries for the same run and URL go out in the order queued.
@@ -97,13 +105,14 @@ impl Deliverer {
         let key = (Arc::clone(&d.url), Arc::clone(&d.run_id));
         lock(&self.queues).entry(key.clone()).or_default().pending += 1;
         self.pending_total.send_modify(|n| *n += 1);
+        self.count_outbox();
         let mut workers = lock(&self.workers);
         let tx = workers.entry(key.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             self.life.spawn(self.clone().worker(key, rx));
             tx
         });
-        let _ = tx.send(d);
+        let _ = tx.send((d, tokio::time::Instant::now()));
     }
 
     /// The run will queue nothing more: its workers end once their queues are empty.
@@ -129,22 +138,39 @@ impl Deliverer {
         left
     }
 
-    async fn worker(self, key: QueueKey, mut rx: mpsc::UnboundedReceiver<Delivery>) {
-        while let Some(d) = rx.recv().await {
+    async fn worker(self, key: QueueKey, mut rx: mpsc::UnboundedReceiver<Queued>) {
+        while let Some((d, queued)) = rx.recv().await {
             let mut backoff = FIRST_BACKOFF;
+            let mut failures = 0u32;
             loop {
-                match self.post(&d).await {
+                let posted = self.post(&d).await;
+                self.metrics.delivered(posted.is_ok());
+                match posted {
                     Ok(()) => {
+                        self.metrics
+                            .webhook_lag
+                            .observe(queued.elapsed().as_secs_f64());
+                        if failures > 0 {
+                            tracing::info!(url = %d.url, run = %d.run_id, failures, "webhook delivered after failing");
+                        }
                         (self.delete)(d.outbox_key.clone());
                         if let Some(q) = lock(&self.queues).get_mut(&key) {
                             q.pending -= 1;
                             q.last_error = None;
                         }
                         self.pending_total.send_modify(|n| *n -= 1);
+                        self.count_outbox();
                         break;
                     }
                     Err(e) => {
-                        tracing::debug!(url = %d.url, error = %e, "webhook delivery failed; will retry");
+                        // The first failure of a payload at WARN, its retries at DEBUG: a dead
+                        // endpoint is seen without a line every backoff.
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(url = %d.url, run = %d.run_id, error = %e, "webhook delivery failed; retrying with backoff");
+                        } else {
+                            tracing::debug!(url = %d.url, error = %e, failures, "webhook delivery failed again; will retry");
+                        }
                         if let Some(q) = lock(&self.queues).get_mut(&key) {
                             q.last_error = Some(e);
                         }
@@ -166,6 +192,13 @@ impl Deliverer {
         if queues.get(&key).is_some_and(|q| q.pending == 0) {
             queues.remove(&key);
         }
+    }
+
+    /// The outbox gauge: this term's deliverer's count (a new term's starts from what it
+    /// recovers from the store).
+    fn count_outbox(&self) {
+        let pending = *self.pending_total.borrow();
+        (self.metrics.webhook_outbox).set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
 
     async fn post(&self, d: &Delivery) -> Result<(), String> {

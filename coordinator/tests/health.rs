@@ -26,6 +26,8 @@ fn coordinator(etcd: &str) -> Coordinator {
         .args([
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "off",
             "--etcd",
             etcd,
             "--lease-ttl",

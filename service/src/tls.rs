@@ -111,29 +111,44 @@ impl ServerFiles {
 }
 
 /// A server config that can be replaced (certificate rotation): each new connection takes the
-/// current one; connections already made keep theirs.
+/// current one; connections already made keep theirs. Two flavours of the same files: gRPC's
+/// (HTTP/2 only) and the HTTP port's (HTTP/1.1 too: probes and scrapers speak it).
 #[derive(Debug)]
 pub struct Reloadable {
     files: ServerFiles,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<(Arc<ServerConfig>, Arc<ServerConfig>)>,
 }
 
 impl Reloadable {
     pub fn new(files: ServerFiles) -> Result<Reloadable, TlsError> {
-        let current = RwLock::new(files.load()?);
+        let current = RwLock::new(Self::both(&files)?);
         Ok(Reloadable { files, current })
+    }
+
+    fn both(files: &ServerFiles) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), TlsError> {
+        let grpc = files.load()?;
+        let mut http = (*grpc).clone();
+        http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok((grpc, Arc::new(http)))
     }
 
     /// Reads the files again; on an error the config in use is kept.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = self.files.load()?;
+        let fresh = Self::both(&self.files)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
 
+    /// For the gRPC port (ALPN `h2`).
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         let config = self.current.read().unwrap_or_else(|p| p.into_inner());
-        tokio_rustls::TlsAcceptor::from(Arc::clone(&config))
+        tokio_rustls::TlsAcceptor::from(Arc::clone(&config.0))
+    }
+
+    /// For an HTTP port (ALPN `h2` or `http/1.1`).
+    pub fn http_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let config = self.current.read().unwrap_or_else(|p| p.into_inner());
+        tokio_rustls::TlsAcceptor::from(Arc::clone(&config.1))
     }
 }
 

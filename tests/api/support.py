@@ -114,7 +114,7 @@ class Coordinator(Proc):
         Coordinator.count += 1
         super().__init__(
             f"coordinator{Coordinator.count}",
-            [binary("factotum-coordinator"), "--listen", "127.0.0.1:0", *args],
+            [binary("factotum-coordinator"), "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", *args],
             tmp_path,
         )
 

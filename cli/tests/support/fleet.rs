@@ -51,8 +51,15 @@ impl Coordinator {
         } else {
             &["--listen", "127.0.0.1:0"]
         };
+        // Many coordinators run at once: none takes the default HTTP port.
+        let default_http: &[&str] = if extra.contains(&"--http-listen") {
+            &[]
+        } else {
+            &["--http-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(sibling("factotum-coordinator"))
             .args(default_listen)
+            .args(default_http)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -58,14 +58,32 @@ impl tonic::transport::server::Connected for Conn {
     }
 }
 
+impl Conn {
+    /// The peer's address, if the socket still knows it.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Conn::Plain(s) => s.stream.peer_addr().ok(),
+            Conn::Tls(t) => t.get_ref().0.stream.peer_addr().ok(),
+        }
+    }
+}
+
 /// Accepted connections, as the server takes them.
 pub type Incoming = Pin<Box<dyn Stream<Item = Result<Conn, std::io::Error>> + Send>>;
+
+/// Which port a connection is for: the TLS config's ALPN differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Grpc,
+    Http,
+}
 
 /// The connections accepted on `listener`: TLS with the current config of `tls` if given.
 pub fn incoming(
     listener: TcpListener,
     idle: Duration,
     tls: Option<Arc<Reloadable>>,
+    port: Port,
     life: Lifecycle,
 ) -> Incoming {
     // No Nagle: leases and results are small messages that must not wait for a delayed ACK.
@@ -96,7 +114,11 @@ pub fn incoming(
                 },
                 _ = stop.cancelled() => return,
             };
-            let (acceptor, tx) = (tls.acceptor(), tx.clone());
+            let acceptor = match port {
+                Port::Grpc => tls.acceptor(),
+                Port::Http => tls.http_acceptor(),
+            };
+            let tx = tx.clone();
             handshakes.spawn(async move {
                 let peer = stream.peer_addr().ok();
                 let shake = acceptor.accept(Silent::new(stream, idle));

@@ -327,7 +327,13 @@ pub async fn serve(
     // peer sends nothing at all for `--idle-timeout` (a TCP connection that never speaks
     // HTTP/2 included: tonic 0.14 has no handshake or idle timeout of its own). A live
     // HTTP/2 peer is never silent that long: it answers the keepalive pings below.
-    let incoming = conn::incoming(listener, idle_timeout, tls, life_for_accept);
+    let incoming = conn::incoming(
+        listener,
+        idle_timeout,
+        tls,
+        conn::Port::Grpc,
+        life_for_accept,
+    );
     router
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

@@ -399,6 +399,21 @@ impl Agents {
             .collect()
     }
 
+    /// Counts for the metrics: agents by state, free slots, attempts leased.
+    pub fn census(&self, s: &mut crate::metrics::Sample) {
+        for a in self.agents.values() {
+            match (a.tx.is_some(), a.draining) {
+                (false, _) => s.agents_disconnected += 1,
+                (true, true) => s.agents_draining += 1,
+                (true, false) => {
+                    s.agents_connected += 1;
+                    s.slots_free += u64::from(a.hello.slots.saturating_sub(a.in_use));
+                }
+            }
+        }
+        s.leases = self.leases.len();
+    }
+
     /// The agents as `agents` shows them, by name.
     pub fn infos(&self, now: Instant) -> Vec<AgentInfo> {
         let mut list: Vec<AgentInfo> = self

@@ -90,6 +90,11 @@ impl Commits {
         !self.stalled.is_empty()
     }
 
+    /// Batches waiting for the store to come back.
+    pub fn stalled_len(&self) -> usize {
+        self.stalled.len()
+    }
+
     /// The turn's batches to record now, or `None` when they must queue behind stalled ones.
     pub fn take_turn(&mut self) -> Option<Vec<Batch>> {
         let batches = std::mem::take(&mut self.pending);

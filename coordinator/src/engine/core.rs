@@ -19,6 +19,7 @@ use super::registry::{self, Runs};
 use super::runs;
 use super::timers::Timers;
 use super::{recovery, Command, EngineConfig};
+use crate::metrics::Sample;
 use crate::model::{EngineError, RunSpec, Submitted};
 use crate::placement::{self, Ask, Want};
 use crate::store::{Store, StoreError, StoreOp};
@@ -32,6 +33,8 @@ const GROUP: usize = 256;
 /// member without a leader answers at once), and one that is back should resume dispatch at
 /// once — after etcd re-elects its leader, within this of it.
 const RETRY_STALLED: Duration = Duration::from_millis(150);
+/// How often the metrics' gauges are sampled from the engine's state.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) struct Core<S: Store> {
     pub(super) cfg: EngineConfig,
@@ -77,6 +80,12 @@ impl<S: Store> Core<S> {
         // When stalled batches are next tried: a deadline kept across turns (a sleep started
         // anew each turn would never end while commands keep coming).
         let mut retry_at: Option<tokio::time::Instant> = None;
+        let metrics = Arc::clone(&self.cfg.metrics);
+        metrics.leader.set(1);
+        metrics
+            .epoch
+            .set(i64::try_from(self.store.epoch()).unwrap_or(i64::MAX));
+        let mut sample = Some(every(SAMPLE_EVERY));
         loop {
             if !self.commits.is_stalled() {
                 retry_at = None;
@@ -101,6 +110,7 @@ impl<S: Store> Core<S> {
                 _ = tick(&mut beat) => self.heartbeat(),
                 _ = tick(&mut liveness) => self.check_liveness(),
                 _ = tick(&mut trim) => self.trim_history(),
+                _ = tick(&mut sample) => self.sample(),
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
                     self.retry_stalled().await;
@@ -111,6 +121,34 @@ impl<S: Store> Core<S> {
             }
             self.flush().await;
         }
+        metrics.leader.set(0);
+        metrics.clear_sample();
+    }
+
+    /// The engine's state for the metrics' gauges.
+    fn sample(&self) {
+        let now = self.cfg.clock.now();
+        let mut s = Sample {
+            runs_active: self.runs.active.len(),
+            stalled_batches: self.commits.stalled_len(),
+            ..Sample::default()
+        };
+        let mut oldest: Option<chrono::DateTime<chrono::Utc>> = None;
+        for run in self.runs.active.values() {
+            let state = &run.state;
+            s.tasks_ready += state.ready().len();
+            s.tasks_running += state.running();
+            for &t in state.ready() {
+                let at = state.task(t).and_then(|r| r.ready_at);
+                oldest = match (oldest, at) {
+                    (Some(o), Some(a)) => Some(o.min(a)),
+                    (o, a) => o.or(a),
+                };
+            }
+        }
+        s.oldest_ready = oldest.map(|o| (now - o).to_std().unwrap_or_default());
+        self.agents.census(&mut s);
+        self.cfg.metrics.sample(&s);
     }
 
     async fn handle(&mut self, cmd: Command) {
@@ -259,6 +297,8 @@ impl<S: Store> Core<S> {
             }
             // Deadlines are absolute times from the records: due ones fire at once.
             self.timers.set(&run.id, run.state.next_deadline());
+            let mut run = run;
+            run.state.ready_from(self.cfg.clock.now());
             self.runs.active.insert(Arc::clone(&run.id), run);
         }
         for (id, ended) in found.ended {
@@ -316,19 +356,28 @@ impl<S: Store> Core<S> {
         };
         let placed: HashMap<TaskId, &Arc<str>> = placed.iter().map(|(t, a)| (*t, a)).collect();
         let epoch = self.store.epoch();
+        let metrics = Arc::clone(&self.cfg.metrics);
+        let now = self.cfg.clock.now();
         let mut batch = Batch {
             run: Some(Arc::clone(id)),
             ..Batch::default()
         };
         for action in actions {
             match action {
-                Action::Emit(update) => run.record(&update, &mut batch.ops, &mut batch.deliveries),
+                Action::Emit(update) => {
+                    metrics.observe(&run.state, &update);
+                    run.record(&update, &mut batch.ops, &mut batch.deliveries)
+                }
                 Action::Dispatch { task, attempt } => {
                     let (Some(agent), Some(spec)) =
                         (placed.get(&task), run.state.plan().task(task))
                     else {
                         continue;
                     };
+                    if let Some(ready) = run.state.task(task).and_then(|r| r.ready_at) {
+                        let waited = (now - ready).to_std().unwrap_or_default();
+                        metrics.task_start_latency.observe(waited.as_secs_f64());
+                    }
                     let r = wire::lease_ref(id, task, attempt, epoch);
                     let lease = wire::lease(r, spec, run.max_output, run.dry_run);
                     self.agents.lease((Arc::clone(id), task, attempt), agent);
@@ -452,8 +501,16 @@ impl<S: Store> Core<S> {
     }
 
     async fn write(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        let metrics = &self.cfg.metrics;
+        metrics.commit_batch_ops.observe(ops.len() as f64);
         for txn in transactions(ops) {
-            self.store.commit(txn).await?;
+            let began = tokio::time::Instant::now();
+            let written = self.store.commit(txn).await;
+            metrics.store_latency.observe(began.elapsed().as_secs_f64());
+            if written.is_err() {
+                metrics.store_errors.inc();
+            }
+            written?;
         }
         Ok(())
     }

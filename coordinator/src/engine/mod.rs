@@ -19,6 +19,7 @@ mod sessions;
 mod timers;
 mod watchers;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use factotum_proto::{agent_message, AgentMessage, CoordinatorMessage, Hello};
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::commit::{transactions, MAX_TXN_BYTES};
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 pub use crate::model::{
     AgentInfo, EngineError, Placement, RunInfo, RunPage, RunQuery, RunSpec, RunSummary, Submitted,
     TaskChange, TaskInfo, Watch, WatchEvent,
@@ -65,6 +67,8 @@ pub struct EngineConfig {
     /// Client calls waiting for the engine, at most (`--max-queued-calls`): past it a call is
     /// refused at once. Agents' messages wait for room instead (their streams are slowed).
     pub max_queued_calls: usize,
+    /// Where the engine records what it does (outlives the engine: one per process).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The default `watch_buffer`: 4 MiB of output per watcher.
@@ -85,6 +89,7 @@ impl Default for EngineConfig {
             history_max_runs: 10_000,
             history_max_age: Duration::from_secs(30 * 86_400),
             max_queued_calls: 1024,
+            metrics: Arc::default(),
         }
     }
 }
@@ -156,7 +161,7 @@ impl Engine {
         let life = life.into();
         let max_queued = config.max_queued_calls.max(1);
         let (tx, rx) = mpsc::channel(max_queued);
-        let deliverer = Deliverer::new(store.clone(), life.clone());
+        let deliverer = Deliverer::new(store.clone(), life.clone(), Arc::clone(&config.metrics));
         let core = core::Core::new(config, store, deliverer.clone());
         life.spawn(core.run(rx, life.token.clone()));
         Engine {

@@ -269,6 +269,7 @@ impl<S: Store> Core<S> {
     }
 
     pub(super) fn lose(&mut self, agent: &Arc<str>) {
+        self.cfg.metrics.agents_lost.inc();
         let attempts = self.agents.lose(agent);
         self.fail(attempts, &format!("agent {agent} lost"));
         self.dispatch_all();

@@ -9,6 +9,7 @@ mod commit;
 mod history;
 mod liveness;
 mod message_limits;
+mod metrics;
 mod placement;
 mod queue_limits;
 mod sessions;

@@ -63,6 +63,7 @@ fn runs_filters_and_limits_and_status_takes_a_prefix() {
     assert_eq!(o.status.code(), Some(3), "a bad argument: {}", stderr(&o));
     // A unique start of a run's reference will do.
     let id = failed[0].split_whitespace().next().unwrap().to_string();
+    let failed_id = id.clone();
     let o = run(&["status", &id[..8], "--coordinator", &c.url]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains(&id), "{}", stdout(&o));
@@ -70,7 +71,8 @@ fn runs_filters_and_limits_and_status_takes_a_prefix() {
     // Too short to be a prefix: not found (exit 4).
     let o = run(&["status", &id[..3], "--coordinator", &c.url]);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
-    // A cancel with a reason shows on the run; cancelling a finished run is not an error.
+    // A cancel with a reason shows on the run; cancelling a run that finished otherwise
+    // cancels nothing: one line, exit 4 (issue 13).
     let slow = d.write(
         "slow.factfile",
         &factfile("slow job", vec![task("t", "sleep 30", &[], &[])]),
@@ -95,11 +97,14 @@ fn runs_filters_and_limits_and_status_takes_a_prefix() {
         status.contains("cancelled job cancelled: maintenance"),
         "{status}"
     );
+    // Cancelling it again is what was asked: fine. A run that ended otherwise cannot be.
     let o = run(&["cancel", &id, "--coordinator", &c.url]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(&["cancel", &failed_id, "--coordinator", &c.url]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert!(
-        stdout(&o).contains("had already finished"),
+        stderr(&o).contains("has already finished: there is nothing to cancel"),
         "{}",
-        stdout(&o)
+        stderr(&o)
     );
 }

@@ -39,11 +39,17 @@ fn main() -> std::process::ExitCode {
 
 async fn coordinator(config: Config) -> anyhow::Result<()> {
     let listener = config.bind().await?;
-    // Tests and scripts read this line to learn the port when listening on :0.
-    println!("listening on {}", listener.local_addr()?);
     let http = config.bind_http().await?;
+    // Tests and scripts read these lines to learn the ports when listening on :0: written
+    // at once, and a reader that stopped reading (a closed pipe) is no reason to fail.
+    let mut lines = format!("listening on {}\n", listener.local_addr()?);
     if let Some(http) = &http {
-        println!("http listening on {}", http.local_addr()?);
+        lines.push_str(&format!("http listening on {}\n", http.local_addr()?));
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(lines.as_bytes()).and_then(|()| out.flush());
     }
     let shutdown = CancellationToken::new();
     let signals = Lifecycle::new();

@@ -97,10 +97,12 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_LOST_AFTER", value_name = "DURATION", default_value = "15s",
           value_parser = DurationRange::POSITIVE.parser())]
     pub lost_after: Duration,
-    /// How often agents send a heartbeat.
-    #[arg(long, env = "FACTOTUM_HEARTBEAT_INTERVAL", value_name = "DURATION", default_value = "2s",
+    /// How often agents send a heartbeat (the old name, --heartbeat-interval, still works; on
+    /// `factotum run` and `submit` that name means the webhook heartbeat).
+    #[arg(long, alias = "heartbeat-interval", env = "FACTOTUM_AGENT_HEARTBEAT",
+          value_name = "DURATION", default_value = "2s",
           value_parser = DurationRange::POSITIVE.parser())]
-    pub heartbeat_interval: Duration,
+    pub agent_heartbeat: Duration,
     /// etcd client URLs (comma-separated): runs are recorded there and survive restarts.
     /// Without it, runs live in this process's memory only.
     #[arg(long, env = "FACTOTUM_ETCD", value_delimiter = ',', value_name = "URL")]
@@ -457,7 +459,7 @@ impl Config {
         EngineConfig {
             webhooks: self.webhook.clone(),
             lost_after: Some(self.lost_after),
-            agent_heartbeat: self.heartbeat_interval,
+            agent_heartbeat: self.agent_heartbeat,
             failover_grace: self.failover_grace,
             watch_buffer: self.watch_buffer,
             history_max_runs: usize::try_from(self.history_max_runs).unwrap_or(usize::MAX),

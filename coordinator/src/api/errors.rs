@@ -159,7 +159,7 @@ impl From<EngineError> for Refusal {
             EngineError::Finished(run) => Refusal::new(
                 Code::FailedPrecondition,
                 Reason::RunFinished,
-                format!("run {run} has already finished"),
+                format!("run {run} has already finished: there is nothing to cancel"),
             ),
             EngineError::Store(e) => Refusal::new(
                 Code::Unavailable,

@@ -242,6 +242,12 @@ impl<S: Store> Core<S> {
             existing: false,
             watch: run.watch(),
         };
+        tracing::info!(
+            run = %id,
+            job = %run.meta.job_name,
+            tasks = run.state.tasks().len(),
+            "run submitted"
+        );
         self.runs.active.insert(Arc::clone(&id), run);
         self.apply(&id, Event::Start);
         self.dispatch(&id);
@@ -261,7 +267,10 @@ impl<S: Store> Core<S> {
     fn cancel(&mut self, run_id: &str, reason: String) -> Result<(), EngineError> {
         let id: Arc<str> = Arc::from(run_id);
         if !self.runs.active.contains_key(&id) {
+            // Cancelling a cancelled run again is what was asked: done. Any other finished
+            // run cannot be cancelled (FAILED_PRECONDITION), which the caller must hear.
             return match self.runs.is_finished(run_id) {
+                true if self.runs.was_cancelled(run_id) => Ok(()),
                 true => Err(EngineError::Finished(run_id.to_string())),
                 false => Err(EngineError::NoSuchRun(run_id.to_string())),
             };
@@ -527,7 +536,15 @@ impl<S: Store> Core<S> {
         }
         if let (Some(state), Some(id)) = (batch.ended, batch.run) {
             let now = self.cfg.clock.now();
-            self.runs.retire(&id, state, now);
+            if let Some((job, s)) = self.runs.retire(&id, state, now) {
+                let outcome = match (s.state, s.cancelled) {
+                    (_, true) => "cancelled",
+                    (factotum_common::run::JobState::Succeeded, _) => "succeeded",
+                    _ => "failed",
+                };
+                let failed = s.first_failed.as_deref().unwrap_or("");
+                tracing::info!(run = %id, %job, outcome, duration = ?s.duration, first_failed = failed, "run finished");
+            }
             self.timers.set(&id, None);
             self.deliverer.close_run(&id);
             self.history.record(id, now);

@@ -64,6 +64,11 @@ impl Runs {
         self.finished.contains_key(id)
     }
 
+    /// A finished run that ended because it was cancelled.
+    pub fn was_cancelled(&self, id: &str) -> bool {
+        self.finished.get(id).is_some_and(|f| f.summary.cancelled)
+    }
+
     /// A finished run whose task lists are only in the store.
     pub fn is_trimmed(&self, id: &str) -> bool {
         self.finished.get(id).is_some_and(|f| f.trimmed)
@@ -201,11 +206,16 @@ impl Runs {
 
     /// Moves an ended run to the finished ones: watchers get its end; the oldest finished
     /// runs (and, past the newest few, their histories) are forgotten.
-    pub fn retire(&mut self, id: &Arc<str>, state: JobState, now: DateTime<Utc>) {
-        let Some(mut run) = self.active.remove(id) else {
-            return;
-        };
+    /// Moves an ended run to the finished ones; returns its job's name and summary.
+    pub fn retire(
+        &mut self,
+        id: &Arc<str>,
+        state: JobState,
+        now: DateTime<Utc>,
+    ) -> Option<(String, RunSummary)> {
+        let mut run = self.active.remove(id)?;
         let summary = run.summarize(state, now);
+        let ended = (run.meta.job_name.clone(), summary.clone());
         let (history, forgotten) = run.end_watch(WatchEvent::Done(summary.clone()));
         let finished = FinishedRun {
             info: run.info(now),
@@ -222,6 +232,7 @@ impl Runs {
                 f.history = None;
             }
         }
+        Some(ended)
     }
 
     /// Forgets finished runs (deleted from the store with the history's limits).

@@ -32,9 +32,13 @@ pub enum Command {
     Dot(DotArgs),
     /// Submit a factfile to a coordinator; prints the run's reference (with --wait: runs it to
     /// the end with `run`'s output and exit codes).
+    ///
+    /// Takes `run`'s flags except three that only a local run has: --heartbeat-interval,
+    /// --webhook-timeout and --kill-grace (a submitted run's tasks are stopped with their
+    /// agent's --kill-grace, and its coordinator delivers its webhooks for as long as it takes).
     Submit(SubmitArgs),
     /// Show a run's state, its tasks, and why it waits if it does.
-    Status(RunRef),
+    Status(StatusArgs),
     /// Follow a run's transitions and output until it ends.
     Watch(RunRef),
     /// Cancel a run: nothing more starts, running tasks are stopped (FAILED, "job cancelled"),
@@ -45,7 +49,79 @@ pub enum Command {
     /// List the runs a coordinator knows, newest first (the newest 50 unless --limit says).
     Runs(RunsArgs),
     /// List the agents connected to a coordinator.
-    Agents(Remote),
+    Agents(AgentsArgs),
+    /// Print a shell completion script for factotum (or, with --bin, factotum-coordinator or
+    /// factotum-agent), e.g. `factotum completions bash > /etc/bash_completion.d/factotum`.
+    Completions(CompletionsArgs),
+    /// Write the manual pages of factotum, factotum-coordinator and factotum-agent (one per
+    /// command and subcommand) into a directory (for packaging).
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+/// How a command prints what it shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns and lines for people.
+    #[default]
+    Text,
+    /// One JSON document on stdout for programs (fields in docs/CLI-OUTPUT.md).
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Output {
+    /// text for people, json for programs: one JSON document on stdout (see docs/CLI-OUTPUT.md).
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub output: Format,
+}
+
+impl Output {
+    pub fn json(&self) -> bool {
+        self.output == Format::Json
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub run: RunRef,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentsArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// The programs `completions --bin` and `man` know.
+pub const BINARIES: [&str; 3] = ["factotum", "factotum-coordinator", "factotum-agent"];
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh or fish (also elvish, powershell).
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+    /// The program to complete.
+    #[arg(long, value_name = "PROGRAM", default_value = "factotum", value_parser = BINARIES)]
+    pub bin: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -104,6 +180,8 @@ pub struct RunsArgs {
     pub limit: u32,
     #[command(flatten)]
     pub remote: Remote,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 /// The run states `runs --state` takes (any case).
@@ -225,6 +303,39 @@ pub struct SubmitArgs {
     /// Submit at most once: a repeated submission with this key gets the first one's run.
     #[arg(long, value_name = "KEY", env = "FACTOTUM_IDEMPOTENCY_KEY")]
     pub idempotency_key: Option<String>,
+    /// With --wait, the run's output goes to stderr and the final status to stdout.
+    #[command(flatten)]
+    pub output: Output,
+    #[command(flatten)]
+    pub local_only: LocalOnly,
+}
+
+/// `run`'s flags that a submitted run cannot take: accepted by `submit` only to say so clearly
+/// (hidden; without them clap would answer "unexpected argument").
+#[derive(Debug, Args)]
+pub struct LocalOnly {
+    #[arg(long, hide = true, value_name = "DURATION")]
+    pub heartbeat_interval: Option<String>,
+    #[arg(long, hide = true, value_name = "DURATION")]
+    pub webhook_timeout: Option<String>,
+    #[arg(long, hide = true, value_name = "DURATION")]
+    pub kill_grace: Option<String>,
+}
+
+impl LocalOnly {
+    /// Why the flag given cannot apply to a submitted run, if one was given.
+    pub fn refusal(&self) -> Option<String> {
+        let why = if self.heartbeat_interval.is_some() {
+            "--heartbeat-interval is for `factotum run` only: a submitted run sends no heartbeat webhooks"
+        } else if self.webhook_timeout.is_some() {
+            "--webhook-timeout is for `factotum run` only: a coordinator delivers a submitted run's webhooks for as long as it takes"
+        } else if self.kill_grace.is_some() {
+            "--kill-grace is for `factotum run` only: a submitted run's tasks are stopped with their agent's --kill-grace"
+        } else {
+            return None;
+        };
+        Some(format!("Error: {why}"))
+    }
 }
 
 /// (Ours) How large templating may make a factfile (`run` and `validate`; a coordinator has the
@@ -346,6 +457,8 @@ pub struct ValidateArgs {
     pub render: RenderArgs,
     #[command(flatten)]
     pub input: InputArgs,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

@@ -14,11 +14,20 @@ use crate::connect::{reason_of, refused, with_client, Client};
 use crate::console::Console;
 use crate::exit;
 use crate::follow::follow;
+use crate::json;
 use crate::load::Failure;
 use crate::out::{errln, outln};
 
 pub fn submit(args: SubmitArgs) -> u8 {
-    let console = Console::new(args.job.no_colour);
+    if let Some(refusal) = args.local_only.refusal() {
+        errln!("{refusal}");
+        return exit::BAD_ARGUMENTS;
+    }
+    let json = args.output.json();
+    let mut console = Console::new(args.job.no_colour);
+    if json {
+        console = console.on_stderr();
+    }
     let request = match request(&args) {
         Ok(r) => r,
         Err(f) => {
@@ -35,7 +44,27 @@ pub fn submit(args: SubmitArgs) -> u8 {
                 .await
                 .map_err(refused)?
                 .into_inner();
-            started(&mut client, &remote, &submitted.run_id, wait, console).await
+            if json && !wait {
+                json::print(&json::Submitted {
+                    run_id: &submitted.run_id,
+                    job_reference: &submitted.job_reference,
+                    existing: submitted.existing,
+                });
+                return Ok(exit::OK);
+            }
+            let code = started(&mut client, &remote, &submitted.run_id, wait, console).await?;
+            if json {
+                // The run has ended: its final status, as `status -o json` prints it.
+                let run = client
+                    .get_run(pb::GetRunRequest {
+                        run_id: submitted.run_id.clone(),
+                    })
+                    .await
+                    .map_err(refused)?
+                    .into_inner();
+                json::print(&json::Run::new(&run, true));
+            }
+            Ok(code)
         }
     })
 }
@@ -129,9 +158,12 @@ pub fn cancel(args: CancelArgs) -> u8 {
                 .await;
             match answer {
                 Ok(_) => outln!("run {run} cancelled"),
-                // Cancelling is idempotent for the user: the run is over either way.
+                // One line, exit 4: nothing was cancelled (a script learns the run had ended).
                 Err(s) if reason_of(&s).as_deref() == Some("RUN_FINISHED") => {
-                    outln!("run {run} had already finished")
+                    return Err(Failure {
+                        message: format!("Error: {}: there is nothing to cancel", s.message()),
+                        ..refused(s)
+                    })
                 }
                 Err(s) => return Err(refused(s)),
             }

@@ -6,12 +6,15 @@ use factotum_common::format::{console_time, human};
 use factotum_common::run::{Stream, TaskState};
 use factotum_coordinator::{RunSummary, TaskChange};
 
-use crate::out::{self, errln, outln};
+use crate::out::{self, errln};
 
 /// Colour on or off for this process.
 #[derive(Debug, Clone, Copy)]
 pub struct Console {
     colour: bool,
+    /// What goes to stdout goes to stderr instead (`submit --wait -o json`: stdout is for the
+    /// final JSON document only).
+    all_on_stderr: bool,
 }
 
 const RESET: &str = "\x1b[0m";
@@ -30,6 +33,24 @@ impl Console {
                 && !env_off
                 && std::io::stdout().is_terminal()
                 && std::io::stderr().is_terminal(),
+            all_on_stderr: false,
+        }
+    }
+
+    /// This console, printing everything on stderr.
+    pub fn on_stderr(self) -> Console {
+        Console {
+            all_on_stderr: true,
+            ..self
+        }
+    }
+
+    /// Prints one of the lines `factotum run` prints on stdout.
+    fn stdout(&self, args: std::fmt::Arguments) {
+        if self.all_on_stderr {
+            out::stderr(args)
+        } else {
+            out::stdout(args)
         }
     }
 
@@ -82,7 +103,7 @@ impl Console {
     pub fn output(&self, task: &str, stream: Stream, line: &str) {
         let text = format_args!("[{}] {line}\n", self.paint(CYAN, task));
         match stream {
-            Stream::Stdout => out::stdout(text),
+            Stream::Stdout => self.stdout(text),
             Stream::Stderr => out::stderr(text),
         }
     }
@@ -95,7 +116,8 @@ impl Console {
             .filter(|(_, st)| *st == TaskState::Skipped)
             .map(|(n, _)| format!("'{n}'"))
             .collect();
-        outln!("{ran}/{} tasks run in {}", s.tasks.len(), human(s.duration));
+        let line = format!("{ran}/{} tasks run in {}", s.tasks.len(), human(s.duration));
+        self.stdout(format_args!("{line}\n"));
         if let Some(failed) = &s.first_failed {
             let line = if not_run.is_empty() {
                 format!("Factotum job executed abnormally as a task ('{failed}') failed!")
@@ -105,19 +127,31 @@ impl Console {
                     not_run.join(", ")
                 )
             };
-            outln!("{}", self.paint(RED, &line));
+            self.stdout(format_args!("{}\n", self.paint(RED, &line)));
         } else if let Some(early) = &s.first_no_op {
-            outln!(
-                "{}",
-                self.paint(
-                    GREEN,
-                    &format!(
-                        "Factotum job finished early as a task ('{early}') requested an early finish. The following tasks were not run: {}.",
-                        not_run.join(", ")
-                    )
-                )
+            let line = format!(
+                "Factotum job finished early as a task ('{early}') requested an early finish. The following tasks were not run: {}.",
+                not_run.join(", ")
             );
+            self.stdout(format_args!("{}\n", self.paint(GREEN, &line)));
         }
+    }
+
+    /// The end of a run that was cancelled (a client's run, not `factotum run`'s: Factotum had
+    /// no cancel): how much ran, who cancelled it and why, and what did not run.
+    pub fn cancelled(&self, s: &RunSummary, by: &str, reason: &str) {
+        let ran = s.tasks.iter().filter(|(_, st)| st.ran()).count();
+        let line = format!("{ran}/{} tasks run in {}", s.tasks.len(), human(s.duration));
+        self.stdout(format_args!("{line}\n"));
+        self.stdout(format_args!(
+            "{}\n",
+            self.paint(YELLOW, &cancelled_line(s, by, reason))
+        ));
+    }
+
+    /// Why the run's ready tasks are not running (a coordinator's placement says).
+    pub fn waiting(&self, reason: &str) {
+        errln!("{}", self.paint(YELLOW, &format!("Waiting: {reason}")));
     }
 
     pub fn warn(&self, text: &str) {
@@ -134,6 +168,36 @@ impl Console {
     pub fn error(&self, text: &str) {
         errln!("{}", self.paint(RED, &format!("Error: {text}")));
     }
+}
+
+/// `Factotum job was cancelled by <who>: <why> - the following tasks were not run: 'a', 'b'.`
+/// (`reason` as the coordinator keeps it: `job cancelled` or `job cancelled: <why>`).
+fn cancelled_line(s: &RunSummary, by: &str, reason: &str) -> String {
+    let mut line = "Factotum job was cancelled".to_string();
+    if !by.is_empty() {
+        line.push_str(&format!(" by {by}"));
+    }
+    let why = reason
+        .strip_prefix("job cancelled")
+        .unwrap_or(reason)
+        .trim_start_matches(':')
+        .trim();
+    if !why.is_empty() {
+        line.push_str(&format!(": {why}"));
+    }
+    let not_run: Vec<String> = s
+        .tasks
+        .iter()
+        .filter(|(_, st)| *st == TaskState::Skipped)
+        .map(|(n, _)| format!("'{n}'"))
+        .collect();
+    if !not_run.is_empty() {
+        line.push_str(&format!(
+            " - the following tasks were not run: {}",
+            not_run.join(", ")
+        ));
+    }
+    line + "."
 }
 
 /// The `--dry-run` table: TASK | COMMAND, one row per task.
@@ -166,4 +230,35 @@ pub fn command_table(rows: &[(String, String)]) -> String {
     }
     out.push_str(&rule);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use factotum_common::run::JobState;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_cancelled_run_says_who_why_and_what_did_not_run() {
+        let s = RunSummary {
+            run_id: "r".into(),
+            state: JobState::Failed,
+            tasks: vec![
+                (Arc::from("a"), TaskState::Failed),
+                (Arc::from("b"), TaskState::Skipped),
+            ],
+            duration: Default::default(),
+            first_failed: Some(Arc::from("a")),
+            first_no_op: None,
+            cancelled: true,
+        };
+        assert_eq!(
+            cancelled_line(&s, "alice", "job cancelled: maintenance"),
+            "Factotum job was cancelled by alice: maintenance - the following tasks were not run: 'b'."
+        );
+        assert_eq!(
+            cancelled_line(&s, "", "job cancelled"),
+            "Factotum job was cancelled - the following tasks were not run: 'b'."
+        );
+    }
 }

@@ -2,6 +2,10 @@
 //! the coordinator serving the watch: the CLI watches again through any coordinator it was
 //! given, asking to resume; the coordinator answers with a gap (output printed meanwhile is not
 //! re-sent) and a snapshot of every task, from which the transitions missed are printed.
+//!
+//! While it follows, the progress line ([`crate::progress`]) is kept on a terminal, and while
+//! none of the run's tasks runs the run is asked now and then why (`Run.waiting_reason`: the
+//! watch stream does not carry it), printing the reason each time it changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +14,7 @@ use std::time::Duration;
 use factotum_common::run::{JobState, TaskState};
 use factotum_coordinator::api::forward::resumable;
 use factotum_coordinator::wire::jobs as wire;
-use factotum_coordinator::{RunInfo, TaskChange, WatchEvent};
+use factotum_coordinator::{RunInfo, RunSummary, TaskChange, WatchEvent};
 use factotum_proto::jobs as pb;
 
 use crate::cli::Remote;
@@ -18,9 +22,91 @@ use crate::connect::{addresses, connect, refused, Client};
 use crate::console::Console;
 use crate::exit;
 use crate::load::Failure;
+use crate::progress::{self, Progress};
 
 /// How long to keep trying to watch again after a watch broke.
 const RESUME_FOR: Duration = Duration::from_secs(60);
+
+/// How often a run none of whose tasks runs (and none changed for as long) is asked why it
+/// waits: rarely enough that a run of many short tasks is not asked for its task list between
+/// each two of them.
+const ASK_WHY_EVERY: Duration = Duration::from_secs(2);
+
+/// What the follower knows of the run besides its events: its tasks' states (the progress
+/// line's, which also tell whether anything runs) and the waiting reason printed last.
+struct Watcher {
+    progress: Progress,
+    reason: String,
+    asked: Option<tokio::time::Instant>,
+    /// When a task last changed state.
+    changed: tokio::time::Instant,
+}
+
+impl Watcher {
+    fn new() -> Watcher {
+        Watcher {
+            progress: Progress::for_stderr(),
+            reason: String::new(),
+            asked: None,
+            changed: tokio::time::Instant::now(),
+        }
+    }
+
+    fn changes(&mut self, changes: &[TaskChange]) {
+        self.changed = tokio::time::Instant::now();
+        self.progress.changes(changes);
+    }
+
+    /// Asks the run for its state and why it waits (at once, or when it is due: nothing runs,
+    /// nothing changed and it was not asked for [`ASK_WHY_EVERY`]); prints a new reason.
+    async fn ask(&mut self, client: &mut Client, run_id: &str, console: &Console, now: bool) {
+        let idle = self.progress.running() == 0 && self.changed.elapsed() >= ASK_WHY_EVERY;
+        let due = self.asked.is_none_or(|t| t.elapsed() >= ASK_WHY_EVERY);
+        if !(now || (idle && due)) {
+            return;
+        }
+        self.asked = Some(tokio::time::Instant::now());
+        let Ok(run) = client
+            .get_run(pb::GetRunRequest {
+                run_id: run_id.to_string(),
+            })
+            .await
+        else {
+            return; // the watch says what is wrong, if anything is
+        };
+        let run = run.into_inner();
+        self.progress.total(run.task_count as usize);
+        let states: Vec<(&str, TaskState)> = run
+            .tasks
+            .iter()
+            .filter_map(|t| Some((t.name.as_str(), wire::task_state_from_pb(t.state)?)))
+            .collect();
+        self.progress.tasks(states);
+        if run.waiting_reason != self.reason {
+            if !run.waiting_reason.is_empty() {
+                console.waiting(&run.waiting_reason);
+            }
+            self.reason = run.waiting_reason;
+        }
+    }
+}
+
+/// The run's end as the console prints it; a cancelled run says who cancelled it and why
+/// (asked of the coordinator: the end event does not carry it).
+async fn ended(client: &mut Client, run_id: &str, console: &Console, summary: &RunSummary) {
+    if !summary.cancelled {
+        console.summary(summary);
+        return;
+    }
+    let run = client
+        .get_run(pb::GetRunRequest {
+            run_id: run_id.to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .unwrap_or_default();
+    console.cancelled(summary, &run.cancelled_by, &run.cancel_reason);
+}
 
 fn failure(message: String) -> Failure {
     Failure {
@@ -114,6 +200,9 @@ pub async fn follow(
         _ => return Err(failure("Error: cannot install signal handlers".into())),
     };
     let mut seen = Seen::default();
+    let mut watcher = Watcher::new();
+    watcher.ask(client, run_id, &console, true).await;
+    let mut tick = tokio::time::interval(progress::TICK);
     let mut cancelled = false;
     let mut resume = false;
     // Until when a broken watch is tried again (from the moment it broke).
@@ -150,15 +239,20 @@ pub async fn follow(
                         match wire::event_from_pb(ev, run_id) {
                             Some(WatchEvent::Tasks(changes)) => {
                                 seen.note(&changes);
+                                watcher.changes(&changes);
                                 console.task_changes(&changes);
                             }
-                            Some(WatchEvent::Snapshot(now)) => console.task_changes(&seen.missed(&now)),
+                            Some(WatchEvent::Snapshot(now)) => {
+                                watcher.progress.tasks(now.tasks.iter().map(|t| (&*t.name, t.state)));
+                                console.task_changes(&seen.missed(&now));
+                            }
                             Some(WatchEvent::Gap) => console.warn(
                                 "the watch was resumed through another coordinator: output printed meanwhile is not shown",
                             ),
                             Some(WatchEvent::Output { task, stream, line, .. }) => console.output(&task, stream, &line),
                             Some(WatchEvent::Done(summary)) => {
-                                console.summary(&summary);
+                                watcher.progress.finish();
+                                ended(client, run_id, &console, &summary).await;
                                 return Ok(if summary.state == JobState::Succeeded { exit::OK } else { exit::TASK_FAILED });
                             }
                             Some(WatchEvent::Lagged { skipped }) => console.lagged(skipped),
@@ -174,6 +268,11 @@ pub async fn follow(
                     Err(status) if resumable(&status) => None,
                     Err(status) => return Err(Failure { unavailable: None, ..refused(status) }),
                 },
+                _ = tick.tick() => {
+                    watcher.progress.tick();
+                    watcher.ask(client, run_id, &console, false).await;
+                    continue;
+                }
                 _ = sigint.recv() => Some("SIGINT"),
                 _ = sigterm.recv() => Some("SIGTERM"),
             };

@@ -8,9 +8,12 @@ mod cli;
 mod client;
 mod connect;
 mod console;
+mod docs;
 mod follow;
+mod json;
 mod load;
 mod out;
+mod progress;
 mod route;
 mod run;
 mod show;
@@ -59,7 +62,11 @@ fn main() -> ExitCode {
         cli::Command::Rerun(a) => client::rerun(a),
         cli::Command::Runs(a) => show::runs(a),
         cli::Command::Agents(a) => show::agents(a),
+        cli::Command::Completions(a) => docs::completions(a),
+        cli::Command::Man(a) => docs::man(a),
     };
+    // A progress line still shown (an early return) must not stay on the terminal.
+    out::progress_clear();
     ExitCode::from(code)
 }
 

@@ -10,18 +10,32 @@
 //! only the lines nobody can read are dropped. `submit --wait` follows its run to the end the same
 //! way; `watch`, which only looks, stops at once ([`stdout_closed`]). Any other write error
 //! (a full disk) also closes the stream, with one line on stderr saying so.
+//!
+//! The live progress line ([`crate::progress`]) is drawn here too, on stderr, and erased before
+//! any other line is written (to stderr, or to stdout when stdout is the terminal too).
 
 use std::fmt;
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 static STDERR_CLOSED: AtomicBool = AtomicBool::new(false);
+/// A progress line is on the terminal (stderr) now.
+static PROGRESS_SHOWN: AtomicBool = AtomicBool::new(false);
+
+/// Carriage return, then erase the whole line.
+const ERASE: &str = "\r\x1b[2K";
 
 /// Writes to stdout (see the module's comment for what a closed stdout does).
 pub fn stdout(args: fmt::Arguments) {
     if STDOUT_CLOSED.load(Ordering::Relaxed) {
         return;
+    }
+    // Only when both go to the terminal is the progress line in the way of stdout's lines.
+    static TERMINAL: OnceLock<bool> = OnceLock::new();
+    if *TERMINAL.get_or_init(|| std::io::stdout().is_terminal()) {
+        progress_clear();
     }
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
@@ -34,12 +48,31 @@ pub fn stdout(args: fmt::Arguments) {
 
 /// Writes to stderr; a failure closes it quietly (there is nowhere left to say so).
 pub fn stderr(args: fmt::Arguments) {
+    progress_clear();
+    raw_stderr(args);
+}
+
+fn raw_stderr(args: fmt::Arguments) {
     if STDERR_CLOSED.load(Ordering::Relaxed) {
         return;
     }
     let mut err = std::io::stderr().lock();
     if err.write_fmt(args).and_then(|()| err.flush()).is_err() {
         STDERR_CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Draws `line` as the progress line, in place of the one before (stderr must be a terminal:
+/// the caller, [`crate::progress::Progress`], checks).
+pub fn progress(line: &str) {
+    PROGRESS_SHOWN.store(true, Ordering::Relaxed);
+    raw_stderr(format_args!("{ERASE}{line}"));
+}
+
+/// Erases the progress line, if one is shown.
+pub fn progress_clear() {
+    if PROGRESS_SHOWN.swap(false, Ordering::Relaxed) {
+        raw_stderr(format_args!("{ERASE}"));
     }
 }
 

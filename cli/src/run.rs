@@ -9,6 +9,7 @@ use factotum_common::constraint::{self, Constraint, Identity};
 use factotum_common::dag::Plan;
 use factotum_common::run::JobState;
 use factotum_common::tags::parse_tags;
+use factotum_common::Factfile;
 use factotum_coordinator::spec;
 use factotum_coordinator::{
     Engine, EngineConfig, MemoryStore, Placement, RunSpec, Submission, WatchEvent,
@@ -19,8 +20,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cli::{DotArgs, RunArgs, ValidateArgs};
 use crate::console::{command_table, Console};
 use crate::exit;
+use crate::json;
 use crate::load::{self, Failure};
 use crate::out::{errln, out, outln};
+use crate::progress::{self, Progress};
 
 /// Prints a failure and returns its exit code.
 fn fail(f: Failure) -> u8 {
@@ -29,18 +32,52 @@ fn fail(f: Failure) -> u8 {
 }
 
 pub fn validate(args: ValidateArgs) -> u8 {
-    match load::factfile(
+    let loaded = load::factfile(
         &args.factfile,
         args.env.as_deref(),
         &BTreeMap::new(),
         args.render.limits(),
         args.input.limits(),
-    ) {
+    );
+    if args.output.json() {
+        return validate_json(&args, loaded);
+    }
+    match loaded {
         Ok(ff) => {
             // Planning cannot fail on a valid factfile; doing it proves the graph is runnable.
             let _plan = Plan::new(&ff);
             outln!("'{}' is a valid Factfile!", args.factfile.display());
             exit::OK
+        }
+        Err(f) => fail(f),
+    }
+}
+
+/// `validate -o json`: the verdict on the factfile as one document (exit 0 or 1); a bad
+/// argument (exit 3) is no verdict: its message goes to stderr, nothing to stdout.
+fn validate_json(args: &ValidateArgs, loaded: Result<Factfile, Failure>) -> u8 {
+    let factfile = args.factfile.display().to_string();
+    match loaded {
+        Ok(ff) => {
+            let plan = Plan::new(&ff);
+            json::print(&json::Validation {
+                valid: true,
+                factfile,
+                job_name: Some(&ff.data.name),
+                task_count: Some(plan.tasks.len()),
+                errors: vec![],
+            });
+            exit::OK
+        }
+        Err(f) if f.code == exit::INVALID_FACTFILE => {
+            json::print(&json::Validation {
+                valid: false,
+                factfile,
+                job_name: None,
+                task_count: None,
+                errors: vec![&f.message],
+            });
+            f.code
         }
         Err(f) => fail(f),
     }
@@ -249,6 +286,7 @@ const ENGINE_STOP: Duration = Duration::from_secs(5);
 /// Submits the run and prints its events until it ends; SIGINT/SIGTERM cancel it. Returns the
 /// exit code.
 async fn follow(engine: &Engine, spec: RunSpec, console: &Console) -> u8 {
+    let plan = std::sync::Arc::clone(&spec.plan);
     let submitted = match engine.submit(spec).await {
         Ok(s) => s,
         Err(e) => {
@@ -258,6 +296,14 @@ async fn follow(engine: &Engine, spec: RunSpec, console: &Console) -> u8 {
     };
     let run_id = submitted.run_id.clone();
     let mut watch = submitted.watch;
+    // On a terminal only, on stderr only: stdout stays Factotum's bytes.
+    let mut live = Progress::for_stderr();
+    live.tasks(
+        plan.tasks
+            .iter()
+            .map(|t| (&*t.name, factotum_common::run::TaskState::Waiting)),
+    );
+    let mut tick = tokio::time::interval(progress::TICK);
     let (mut sigint, mut sigterm) = match (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
@@ -273,17 +319,23 @@ async fn follow(engine: &Engine, spec: RunSpec, console: &Console) -> u8 {
     loop {
         let signal_name = tokio::select! {
             ev = watch.recv() => match ev {
-                Some(WatchEvent::Tasks(changes)) => { console.task_changes(&changes); continue; }
+                Some(WatchEvent::Tasks(changes)) => {
+                    console.task_changes(&changes);
+                    live.changes(&changes);
+                    continue;
+                }
                 Some(WatchEvent::Output { task, stream, line, .. }) => { console.output(&task, stream, &line); continue; }
                 Some(WatchEvent::Job { .. } | WatchEvent::Gap | WatchEvent::Snapshot(_)) => continue,
                 Some(WatchEvent::Lagged { skipped }) => { console.lagged(skipped); continue; }
                 Some(WatchEvent::Done(summary)) => {
+                    live.finish();
                     console.summary(&summary);
                     outcome = summary.state;
                     break;
                 }
                 None => break,
             },
+            _ = tick.tick() => { live.tick(); continue; }
             _ = sigint.recv() => "SIGINT",
             _ = sigterm.recv() => "SIGTERM",
         };
@@ -300,6 +352,7 @@ async fn follow(engine: &Engine, spec: RunSpec, console: &Console) -> u8 {
                 .await;
         }
     }
+    live.finish();
     if outcome == JobState::Succeeded {
         exit::OK
     } else {

@@ -1,6 +1,6 @@
 //! The client commands that show what a coordinator knows: `status`, `runs`, `agents`.
 //! Times print as RFC 3339 with milliseconds, durations in the console's format (`4.6s`,
-//! `2m, 3s`), states by name.
+//! `2m, 3s`), states by name; with `-o json`, the documents of [`crate::json`].
 
 use std::time::Duration;
 
@@ -9,9 +9,10 @@ use factotum_common::format::{human, timestamp};
 use factotum_coordinator::wire::jobs as wire;
 use factotum_proto::jobs as pb;
 
-use crate::cli::{RunRef, RunsArgs};
+use crate::cli::{AgentsArgs, RunsArgs, StatusArgs};
 use crate::connect::{refused, with_client};
 use crate::exit;
+use crate::json;
 use crate::load::Failure;
 use crate::out::{out, outln};
 
@@ -29,9 +30,38 @@ fn task_state(s: i32) -> &'static str {
     wire::task_state_from_pb(s).map_or("UNKNOWN", |s| s.as_str())
 }
 
-pub fn status(args: RunRef) -> u8 {
-    let run = args.run.clone();
-    with_client(&args.remote, |mut client| {
+/// Who cancelled a run and why, in one phrase: `job cancelled: maintenance (by alice)`.
+fn cancelled(r: &pb::Run) -> Option<String> {
+    if r.state != pb::RunState::Cancelled as i32 && r.cancel_reason.is_empty() {
+        return None;
+    }
+    let why = if r.cancel_reason.is_empty() {
+        "job cancelled"
+    } else {
+        &r.cancel_reason
+    };
+    Some(if r.cancelled_by.is_empty() {
+        why.to_string()
+    } else {
+        format!("{why} (by {})", r.cancelled_by)
+    })
+}
+
+/// What a listing says besides the state: who cancelled it and why, or why it waits.
+fn note(r: &pb::Run) -> String {
+    match cancelled(r) {
+        Some(c) => c,
+        None if json::active(r) && !r.waiting_reason.is_empty() => {
+            format!("waiting: {}", r.waiting_reason)
+        }
+        None => String::new(),
+    }
+}
+
+pub fn status(args: StatusArgs) -> u8 {
+    let run = args.run.run.clone();
+    let as_json = args.output.json();
+    with_client(&args.run.remote, |mut client| {
         let run = run.clone();
         async move {
             let s = client
@@ -39,13 +69,17 @@ pub fn status(args: RunRef) -> u8 {
                 .await
                 .map_err(refused)?
                 .into_inner();
+            if as_json {
+                json::print(&json::Run::new(&s, true));
+                return Ok(exit::OK);
+            }
             outln!("run       {}", s.run_id);
             outln!("job       {} ({})", s.job_name, s.job_reference);
             outln!("state     {}", wire::run_state_name(s.state));
             outln!("started   {}", time(s.start_time.as_ref()));
             outln!("duration  {}", duration(s.duration.as_ref()));
-            if !s.cancel_reason.is_empty() {
-                outln!("cancelled {}", s.cancel_reason);
+            if let Some(c) = cancelled(&s) {
+                outln!("cancelled {c}");
             }
             if !s.rerun_of.is_empty() {
                 outln!("rerun of  {}", s.rerun_of);
@@ -56,7 +90,8 @@ pub fn status(args: RunRef) -> u8 {
                 tags.sort();
                 outln!("tags      {}", tags.join(", "));
             }
-            if !s.waiting_reason.is_empty() {
+            // A finished run may still carry the last reason it waited: not worth showing.
+            if json::active(&s) && !s.waiting_reason.is_empty() {
                 outln!("waiting   {}", s.waiting_reason);
             }
             outln!();
@@ -141,6 +176,7 @@ pub fn runs(args: RunsArgs) -> u8 {
         }
     };
     let limit = args.limit as usize;
+    let as_json = args.output.json();
     with_client(&args.remote, |mut client| {
         let mut request = first.clone();
         async move {
@@ -158,7 +194,12 @@ pub fn runs(args: RunsArgs) -> u8 {
                 request.page_token = page.next_page_token;
             }
             runs.truncate(limit);
-            let rows: Vec<[String; 6]> = runs
+            if as_json {
+                let list: Vec<json::Run> = runs.iter().map(|r| json::Run::new(r, false)).collect();
+                json::print(&list);
+                return Ok(exit::OK);
+            }
+            let rows: Vec<[String; 7]> = runs
                 .iter()
                 .map(|r| {
                     [
@@ -168,13 +209,22 @@ pub fn runs(args: RunsArgs) -> u8 {
                         format!("{}/{}", r.tasks_done, r.task_count),
                         time(r.start_time.as_ref()),
                         duration(r.duration.as_ref()),
+                        note(r),
                     ]
                 })
                 .collect();
             out!(
                 "{}",
                 table(
-                    ["RUN", "JOB", "STATE", "TASKS DONE", "STARTED", "DURATION"],
+                    [
+                        "RUN",
+                        "JOB",
+                        "STATE",
+                        "TASKS DONE",
+                        "STARTED",
+                        "DURATION",
+                        "NOTE"
+                    ],
                     &rows
                 )
             );
@@ -183,13 +233,19 @@ pub fn runs(args: RunsArgs) -> u8 {
     })
 }
 
-pub fn agents(args: crate::cli::Remote) -> u8 {
-    with_client(&args, |mut client| async move {
+pub fn agents(args: AgentsArgs) -> u8 {
+    let as_json = args.output.json();
+    with_client(&args.remote, |mut client| async move {
         let list = client
             .list_agents(pb::ListAgentsRequest {})
             .await
             .map_err(refused)?
             .into_inner();
+        if as_json {
+            let list: Vec<json::Agent> = list.agents.iter().map(json::Agent::new).collect();
+            json::print(&list);
+            return Ok(exit::OK);
+        }
         let now = Utc::now();
         let rows: Vec<[String; 7]> = list
             .agents

@@ -1,7 +1,7 @@
 # The one test command: `make test` (what CI runs too).
-.PHONY: test deps fmt-check lint schemas unit api bench
+.PHONY: test deps fmt-check lint schemas unit api chart bench
 
-test: deps fmt-check lint schemas unit api
+test: deps fmt-check lint schemas unit api chart
 
 deps:
 	@scripts/install-deps.sh
@@ -27,6 +27,12 @@ unit:
 # coordinator, agent and etcd processes (the binaries `unit` built; pinned client in a venv).
 api:
 	scripts/api-tests.sh
+
+# The Helm chart (helm/factotum), offline: lint, every value set's objects validated as
+# Kubernetes objects, renders that must fail, the objects' flags, probes, ports and Secrets; and
+# the Dockerfile's binaries against the workspace's (pinned Helm SDK and validator in a venv).
+chart:
+	scripts/chart-tests.sh
 
 # Benchmarks (not part of the tests): figures go to docs/BENCHMARKS.md.
 bench:

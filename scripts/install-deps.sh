@@ -8,7 +8,8 @@ command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 # The schema checks and the webhook validation (../shared/tools/iglu-validate) use jsonschema.
 python3 -c 'import jsonschema' >/dev/null 2>&1 || need_apt+=(python3-jsonschema)
-# The API tests (scripts/api-tests.sh) install their pinned gRPC client in a venv.
+# The API and chart tests (scripts/api-tests.sh, scripts/chart-tests.sh) install their pinned
+# Python packages (a gRPC client; Helm's SDK and Kubernetes' schemas) in venvs.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # etcd-client's build script needs a protoc; the store tests start real etcd processes.
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)

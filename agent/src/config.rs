@@ -22,6 +22,10 @@ use crate::session::AgentConfig;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "factotum-agent", version)]
 pub struct AgentArgs {
+    /// A TOML file of flags: each key a long flag name (`kill-grace = "10s"`), an array for a
+    /// repeatable flag. Flags and their variables override it.
+    #[arg(long, env = "FACTOTUM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// A coordinator's gRPC address (repeatable; comma-separated in the env var), tried in order.
     #[arg(
         long,

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::Parser;
 use factotum_agent::{shim, AgentArgs};
 use factotum_service::lifecycle::cancel_on_signal;
 use factotum_service::Lifecycle;
@@ -31,7 +30,7 @@ fn agent_main() -> anyhow::Result<()> {
         };
         std::process::exit(shim::main(&dir));
     }
-    let args = AgentArgs::parse();
+    let args: AgentArgs = factotum_service::config::parse();
     factotum_service::logging::init(args.log_format);
     let (config, endpoints) = args.config()?;
     tokio::runtime::Builder::new_multi_thread()

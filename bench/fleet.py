@@ -77,6 +77,19 @@ COORD = lambda work: ()
 TLS = None
 
 
+_HTTP = {}
+
+
+def http_args(bin_dir):
+    """`--http-listen 127.0.0.1:0` for coordinators that have an HTTP port (older binaries,
+    measured with --compare, have none); several run at once, so none takes the default."""
+    if bin_dir not in _HTTP:
+        help_text = subprocess.run([os.path.join(bin_dir, "factotum-coordinator"), "--help"],
+                                   capture_output=True, text=True).stdout
+        _HTTP[bin_dir] = ("--http-listen", "127.0.0.1:0") if "--http-listen" in help_text else ()
+    return _HTTP[bin_dir]
+
+
 def make_certs(bin_dir, agents=8):
     pki = tempfile.mkdtemp()
     args = ["certs", "--out", pki, "--host", "127.0.0.1"]
@@ -106,7 +119,7 @@ class Fleet:
     def __init__(self, bin_dir, work, agents=1, agent_args=(), agent_env=None, coordinator_args=()):
         self.bin, self.work, self.procs = bin_dir, work, []
         out = open(os.path.join(work, f"coordinator-{time.monotonic_ns()}.out"), "w+")
-        self.coordinator = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+        self.coordinator = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0", *http_args(bin_dir),
                                              *COORD(work), *tls_coordinator(), *coordinator_args],
                                             stdout=out, stderr=subprocess.DEVNULL)
         self.procs.append(self.coordinator)
@@ -197,6 +210,7 @@ def hop_latency(bin_dir, runs):
     print(f"hop latency (chain of 200 true, {runs} runs, {len(hops)} hops{', --state-dir' if STATE('') else ''}"
           f"{', mTLS' if TLS else ''}): p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
           f"max {hops[-1]:.2f} ms", flush=True)
+    return p50
 
 
 def throughput(bin_dir, runs):
@@ -216,6 +230,22 @@ def throughput(bin_dir, runs):
           f"{', --state-dir' if STATE('') else ''}{', mTLS' if TLS else ''}): "
           f"{2000 / f:.0f} tasks/s (run took {f * 1000:.0f} ms); local runner {2000 / l:.0f} tasks/s "
           f"({l * 1000:.0f} ms); fleet/local ratio {l / f:.2f}", flush=True)
+    return 2000 / f
+
+
+def compare(args):
+    """The binaries in --bin against those in --compare (say, the previous commit's), run by
+    run in alternation (the machine is shared and noisy): medians and their ratios."""
+    rows = {"new": ([], []), "old": ([], [])}
+    for r in range(args.runs):
+        for label, bin_dir in (("old", args.compare), ("new", args.bin)):
+            print(f"-- run {r + 1}/{args.runs}, {label} ({bin_dir})", flush=True)
+            rows[label][0].append(hop_latency(bin_dir, 1))
+            rows[label][1].append(throughput(bin_dir, 1))
+    (new_hop, new_tp), (old_hop, old_tp) = ([statistics.median(x) for x in rows[k]] for k in ("new", "old"))
+    print(f"compare ({args.runs} alternating runs): hop p50 {new_hop:.2f} ms vs {old_hop:.2f} ms "
+          f"(new/old {new_hop / old_hop:.2f}); throughput {new_tp:.0f} vs {old_tp:.0f} tasks/s "
+          f"(new/old {new_tp / old_tp:.3f})", flush=True)
 
 
 def agent_spawns(log):
@@ -372,7 +402,7 @@ def failover_once(bin_dir, work, ff, etcd, ttl, r, procs):
     for i in range(3):
         out = os.path.join(work, f"c{r}-{i}.out")
         err = os.path.join(work, f"c{r}-{i}.err")
-        p = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+        p = subprocess.Popen([os.path.join(bin_dir, "factotum-coordinator"), "--listen", "127.0.0.1:0", *http_args(bin_dir),
                               "--etcd", etcd.endpoint, "--etcd-prefix", prefix, *ttl_flag],
                              stdout=open(out, "w"), stderr=open(err, "w"))
         procs.append(p)
@@ -501,6 +531,8 @@ def main():
     ap.add_argument("--tls", choices=["off", "on", "both"], default="off",
                     help="hop and throughput over mutual TLS (certificates from `factotum-coordinator certs`); "
                          "`both` measures plaintext then mTLS in the same run")
+    ap.add_argument("--compare", metavar="DIR",
+                    help="hop and throughput of --bin against the binaries in DIR, alternating run by run")
     ap.add_argument("--lease-ttl", default="default,2", metavar="TTLS",
                     help="failover (with --etcd): the coordinators' --lease-ttl values to measure, "
                          "comma-separated; `default` passes none (5 s) (default: default,2)")
@@ -519,7 +551,9 @@ def main():
         global STATE
         STATE = lambda work: ("--state-dir", os.path.join(work, f"state-{time.monotonic_ns()}"))
     try:
-        if args.tls == "off":
+        if args.compare:
+            compare(args)
+        elif args.tls == "off":
             measure(args, etcd)
         else:
             global TLS

@@ -113,6 +113,8 @@ pub struct Config {
     /// etcd user (with --etcd-password).
     #[arg(long, env = "FACTOTUM_ETCD_USER")]
     pub etcd_user: Option<String>,
+    /// etcd password (with --etcd-user). Prefer the variable or a config file: a flag shows
+    /// in `ps`.
     #[arg(long, env = "FACTOTUM_ETCD_PASSWORD", hide_env_values = true)]
     pub etcd_password: Option<String>,
     /// CA certificate (PEM) to trust for https:// etcd URLs.
@@ -121,6 +123,7 @@ pub struct Config {
     /// Client certificate and key (PEM) for etcd mutual TLS.
     #[arg(long, env = "FACTOTUM_ETCD_CERT", requires = "etcd_key")]
     pub etcd_cert: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-cert.
     #[arg(long, env = "FACTOTUM_ETCD_KEY", requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
     /// The leader's etcd lease (whole seconds, from 1s): a leader that stops renewing it loses

@@ -134,7 +134,8 @@ impl SpecError {
         for (flag, field) in FIELDS {
             text = text.replace(flag, field);
         }
-        text
+        // `factotum run` keeps Factotum's words, typo included (COMPAT); the API spells them.
+        text.replace("the specifed ", "the specified ")
     }
 }
 

@@ -197,6 +197,16 @@ mod tests {
 
     #[test]
     fn a_refusal_carries_a_standard_error_info_and_bad_request() {
+        let bad_url: Status = crate::spec::check_webhook_url("ftp://x")
+            .unwrap_err()
+            .into();
+        assert!(
+            bad_url
+                .message()
+                .starts_with("the specified webhook URL \"ftp://x\" is invalid"),
+            "the API spells what `run` keeps of Factotum's words: {}",
+            bad_url.message()
+        );
         let status: Status =
             SpecError::bad("env_json", "Error: the --env value is not valid JSON").into();
         assert_eq!(status.code(), Code::InvalidArgument);

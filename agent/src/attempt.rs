@@ -1,7 +1,8 @@
 //! Attempt supervision: starting a leased attempt (as the agent's child, or under a shim that
 //! records it in its attempt directory), adopting one a previous agent process started, finding
 //! after a restart what ended meanwhile, and stopping them. What the session needs to know comes
-//! out of [`Attempts::next`] as [`AttemptEvent`]s, already shaped as protocol messages.
+//! out of [`Attempts::next`] as [`AttemptEvent`]s, already shaped as protocol messages; each
+//! attempt's go through its `outlet`, where output is throttled (`--max-stream-rate`).
 
 use std::collections::HashMap;
 use std::fs;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use factotum_common::run::{clamp_max_output, MAX_TAIL};
 use factotum_common::run::{Outcome, Stream};
 use factotum_common::tail::{last_bytes, Tail};
-use factotum_proto::{agent_message, attempt_result, AttemptResult, Lease, LeaseRef, Started};
+use factotum_proto::{agent_message, attempt_result, AttemptResult, Lease, LeaseRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,11 @@ use crate::executor::{execute, ExecEvent, ExecSpec};
 use crate::frame::{self, Frame, Recorded};
 use crate::kill::Escalation;
 use crate::shim;
+use crate::throttle::StreamRate;
+
+mod outlet;
+
+use outlet::Outlet;
 
 /// `(run, task, attempt)`.
 pub type Key = (String, u32, u32);
@@ -43,6 +49,8 @@ pub struct Supervision {
     /// Where attempts are recorded (absolute), with the shim that records them.
     pub state_dir: Option<PathBuf>,
     pub shim_exe: Option<PathBuf>,
+    /// Output each attempt streams, at most (see [`crate::throttle`]); `None`: every line.
+    pub max_stream_rate: Option<StreamRate>,
 }
 
 /// The attempts running on this agent, each a task of its own with a cancel token.
@@ -89,10 +97,15 @@ impl Attempts {
         let cancel = CancellationToken::new();
         self.running.insert(r.key(), (r.clone(), cancel.clone()));
         let shim = self.record(&lease, &r);
-        let events = self.events_tx.clone();
+        let outlet = Outlet::new(
+            r.clone(),
+            self.events_tx.clone(),
+            self.how.max_stream_rate,
+            false,
+        );
         let grace = self.how.kill_grace;
         self.tasks
-            .spawn(run_attempt(lease, r, grace, shim, events, cancel));
+            .spawn(run_attempt(lease, r, grace, shim, outlet, cancel));
     }
 
     /// Stops one attempt (TERM, grace, KILL); its result comes as usual.
@@ -187,9 +200,11 @@ impl Attempts {
                 tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, pid, "adopting a task still running");
                 let cancel = CancellationToken::new();
                 self.running.insert(r.key(), (r.clone(), cancel.clone()));
-                let (grace, events) = (self.how.kill_grace, self.events_tx.clone());
+                let rate = self.how.max_stream_rate;
+                let outlet = Outlet::new(r.clone(), self.events_tx.clone(), rate, true);
+                let grace = self.how.kill_grace;
                 self.tasks
-                    .spawn(adopt(dir, r, max, pid, grace, events, cancel));
+                    .spawn(adopt(dir, r, max, pid, grace, outlet, cancel));
             }
         }
         ended
@@ -201,7 +216,7 @@ async fn run_attempt(
     r: LeaseRef,
     kill_grace: Duration,
     shim: Option<(PathBuf, PathBuf)>,
-    events: mpsc::Sender<AttemptEvent>,
+    mut outlet: Outlet,
     cancel: CancellationToken,
 ) {
     let pid_file = shim.as_ref().map(|(_, dir)| dir.join(shim::PID));
@@ -219,30 +234,23 @@ async fn run_attempt(
         cwd: (!lease.cwd.is_empty()).then(|| PathBuf::from(lease.cwd)),
     };
     let (ev_tx, mut ev_rx) = mpsc::channel::<ExecEvent>(256);
-    let forward = {
-        let events = events.clone();
-        let r = r.clone();
-        async move {
-            while let Some(ev) = ev_rx.recv().await {
-                let msg = match ev {
-                    ExecEvent::Started { pid } => {
-                        if let Some(f) = &pid_file {
-                            let _ = fs::write(f, pid.to_string());
-                        }
-                        agent_message::Msg::Started(Started {
-                            lease: Some(r.clone()),
-                            pid,
-                        })
+    let forward = async {
+        while let Some(ev) = ev_rx.recv().await {
+            let sent = match ev {
+                ExecEvent::Started { pid } => {
+                    if let Some(f) = &pid_file {
+                        let _ = fs::write(f, pid.to_string());
                     }
-                    ExecEvent::Line {
-                        stream,
-                        line,
-                        continued,
-                    } => output_msg(&r, stream, line, continued),
-                };
-                if events.send(AttemptEvent::Message(msg)).await.is_err() {
-                    return;
+                    outlet.started(pid).await
                 }
+                ExecEvent::Line {
+                    stream,
+                    line,
+                    continued,
+                } => outlet.output(stream, line, continued).await,
+            };
+            if sent.is_err() {
+                return;
             }
         }
     };
@@ -252,7 +260,7 @@ async fn run_attempt(
         Outcome::SpawnFailed(err) | Outcome::Lost(err) => attempt_result::Outcome::SpawnError(err),
     };
     let done = result_msg(&r, outcome, result.stdout, result.stderr, result.duration);
-    let _ = events.send(AttemptEvent::Done(r.key(), done)).await;
+    outlet.done(done).await;
 }
 
 /// Follows a task that a previous agent process started under a shim: new output lines from
@@ -263,7 +271,7 @@ async fn adopt(
     max_output: usize,
     pid: i32,
     kill_grace: Duration,
-    events: mpsc::Sender<AttemptEvent>,
+    mut outlet: Outlet,
     cancel: CancellationToken,
 ) {
     use std::io::Seek;
@@ -286,8 +294,8 @@ async fn adopt(
                         continued,
                     }) = frame::parse_frame(line.trim_end_matches('\n'))
                     {
-                        let msg = output_msg(&r, stream, text.to_string(), continued);
-                        if events.send(AttemptEvent::Message(msg)).await.is_err() {
+                        let sent = outlet.output(stream, text.to_string(), continued).await;
+                        if sent.is_err() {
                             return;
                         }
                     }
@@ -296,7 +304,7 @@ async fn adopt(
             }
         }
         if let Some(f) = result_on_disk(&dir, &r, max_output, Some(pid), stopping.stopping()) {
-            let _ = events.send(AttemptEvent::Done(r.key(), f)).await;
+            outlet.done(f).await;
             return;
         }
         let now = tokio::time::Instant::now();
@@ -383,18 +391,6 @@ pub fn shim_alive(pid: i32, dir: &Path) -> bool {
         })
 }
 
-fn output_msg(r: &LeaseRef, stream: Stream, line: String, continued: bool) -> agent_message::Msg {
-    agent_message::Msg::Output(factotum_proto::Output {
-        lease: Some(r.clone()),
-        stream: match stream {
-            Stream::Stdout => factotum_proto::Stream::Stdout as i32,
-            Stream::Stderr => factotum_proto::Stream::Stderr as i32,
-        },
-        line,
-        continued,
-    })
-}
-
 fn result_msg(
     r: &LeaseRef,
     outcome: attempt_result::Outcome,
@@ -432,116 +428,4 @@ fn result_msg(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::process::Command;
-
-    #[test]
-    fn a_shim_is_recognised_by_an_absolute_or_a_relative_directory() {
-        let base = std::env::temp_dir().join(format!("factotum-shim-alive-{}", std::process::id()));
-        let dir = base.join("attempts").join("run-0-1");
-        fs::create_dir_all(&dir).unwrap();
-        // Stand-ins for shims: one named by the absolute path, one (from an older agent) by a
-        // path relative to its working directory. `; :` keeps sh from exec'ing sleep.
-        let mut children = [
-            (dir.clone(), None),
-            (PathBuf::from("attempts/run-0-1"), Some(&base)),
-        ]
-        .map(|(arg, cwd)| {
-            let mut c = Command::new("/bin/sh");
-            c.args(["-c", "sleep 30; :", "shim"]).arg(arg);
-            if let Some(cwd) = cwd {
-                c.current_dir(cwd);
-            }
-            c.spawn().unwrap()
-        });
-        for child in &children {
-            let pid = i32::try_from(child.id()).unwrap();
-            // Right after the spawn, exec may not have set up the command line yet.
-            for _ in 0..200 {
-                if fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(b"\0")) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            assert!(shim_alive(pid, &dir));
-            assert!(!shim_alive(pid, &base.join("attempts").join("run-0-2")));
-        }
-        for child in &mut children {
-            let _ = child.kill();
-            let _ = child.wait();
-            assert!(!shim_alive(i32::try_from(child.id()).unwrap(), &dir));
-        }
-        let _ = fs::remove_dir_all(base);
-    }
-
-    #[test]
-    fn a_result_carries_at_most_max_tail_bytes_of_each_stream() {
-        let r = LeaseRef {
-            run_id: "run".into(),
-            task: 0,
-            attempt: 1,
-            epoch: 0,
-        };
-        // 2 MiB of two-byte characters: within a 1 Mi-character tail, but over MAX_TAIL bytes.
-        let big = "é".repeat(1 << 20);
-        let f = result_msg(
-            &r,
-            attempt_result::Outcome::ExitCode(0),
-            big.clone(),
-            "small".into(),
-            Duration::from_secs(1),
-        );
-        assert!(f.stdout_tail.len() <= MAX_TAIL, "{}", f.stdout_tail.len());
-        assert!(f.stdout_tail.len() >= MAX_TAIL - 1);
-        assert!(big.ends_with(&f.stdout_tail));
-        assert_eq!(f.stderr_tail, "small");
-        assert!(prost::Message::encoded_len(&f) < factotum_common::run::MIN_MAX_MESSAGE / 2);
-        // A spawn error is cut too.
-        let f = result_msg(
-            &r,
-            attempt_result::Outcome::SpawnError("é".repeat(1 << 20)),
-            String::new(),
-            String::new(),
-            Duration::from_secs(1),
-        );
-        let Some(attempt_result::Outcome::SpawnError(e)) = f.outcome else {
-            panic!("not a spawn error");
-        };
-        assert!(e.len() <= MAX_TAIL / 8 + 3, "{}", e.len());
-        // A lease asking for more keeps MAX_TAIL characters.
-        assert_eq!(clamp_max_output(10_000_000), MAX_TAIL);
-    }
-
-    #[test]
-    fn an_attempt_directory_reads_back_its_exit_and_tails() {
-        let dir = std::env::temp_dir().join(format!("factotum-attempt-dir-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let lines = [
-            frame::line(Stream::Stdout, "one", false),
-            frame::line(Stream::Stderr, "two", false),
-            frame::line(Stream::Stdout, "thr", false),
-            frame::line(Stream::Stderr, "-and-", true),
-            frame::line(Stream::Stdout, "ee", true),
-        ];
-        fs::write(dir.join(shim::OUTPUT), lines.join("\n") + "\n").unwrap();
-        assert_eq!(read_exit(&dir), None);
-        fs::write(
-            dir.join(shim::EXIT),
-            frame::exit(4, Duration::from_secs(1)) + "\n",
-        )
-        .unwrap();
-        assert_eq!(
-            read_exit(&dir),
-            Some(Recorded {
-                code: 4,
-                duration: Duration::from_secs(1)
-            })
-        );
-        assert_eq!(
-            read_tails(&dir, 100),
-            ("one\nthree".to_string(), "two-and-".to_string())
-        );
-        let _ = fs::remove_dir_all(dir);
-    }
-}
+mod tests;

@@ -2,6 +2,7 @@
 //! [`crate::run`] takes.
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use anyhow::{bail, Context};
 use factotum_service::{DurationRange, LogFormat};
 
 use crate::session::AgentConfig;
+use crate::throttle::StreamRate;
 
 /// The Factotum agent: takes task leases from a coordinator and runs them with `sh -c`, each in
 /// its own process group.
@@ -75,6 +77,13 @@ pub struct AgentArgs {
     #[arg(long, env = "FACTOTUM_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value = "16MiB",
           value_parser = factotum_service::size::at_least(factotum_common::run::MIN_MAX_MESSAGE as u64))]
     pub max_message_size: usize,
+    /// Output bytes per second that each task streams to the coordinator (512KiB, 1MiB, ...; 0
+    /// or `unlimited`: every line, and a coordinator that falls behind slows the task down).
+    /// Over it, lines are left out of the stream, never held back: the task is not slowed, its
+    /// result keeps its tail, and one line on its stderr says how many bytes were not streamed.
+    #[arg(long, env = "FACTOTUM_MAX_STREAM_RATE", value_name = "BYTES", default_value = "1MiB",
+          value_parser = stream_rate)]
+    pub max_stream_rate: u64,
     #[command(flatten)]
     pub tls: factotum_service::tls::ClientArgs,
     /// Log format (the level comes from RUST_LOG, default info).
@@ -156,6 +165,7 @@ impl AgentArgs {
                 None => None,
             },
             state_dir: self.state_dir.clone(),
+            max_stream_rate: NonZeroU64::new(self.max_stream_rate).map(StreamRate),
         };
         let tls = self.tls.config()?;
         let config = Config {
@@ -193,6 +203,15 @@ pub(crate) fn endpoint(url: &str) -> anyhow::Result<tonic::transport::Endpoint> 
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20)))
+}
+
+/// `--max-stream-rate`: a size (per second, so `1MiB/s` reads too); 0 or `unlimited` for none.
+fn stream_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("unlimited") {
+        return Ok(0);
+    }
+    factotum_service::size::parse_size(t.strip_suffix("/s").unwrap_or(t))
 }
 
 /// The task supervisor: `factotum-shim` beside this binary, else this binary itself (`--shim`).
@@ -257,6 +276,22 @@ mod tests {
         );
         let e = parse(&["--kill-grace", "soon"]).unwrap_err().to_string();
         assert!(e.contains("like 15 (seconds), 500ms"), "{e}");
+    }
+
+    #[test]
+    fn the_stream_rate_is_a_size_per_second_or_unlimited() {
+        let rate = |args: &[&str]| parse(args).map(|a| a.max_stream_rate);
+        assert_eq!(rate(&[]).unwrap(), 1 << 20);
+        assert_eq!(rate(&["--max-stream-rate", "64KiB"]).unwrap(), 64 << 10);
+        assert_eq!(rate(&["--max-stream-rate", "2MiB/s"]).unwrap(), 2 << 20);
+        assert_eq!(rate(&["--max-stream-rate", "1000"]).unwrap(), 1000);
+        for none in ["0", "unlimited", "Unlimited"] {
+            assert_eq!(rate(&["--max-stream-rate", none]).unwrap(), 0, "{none}");
+        }
+        let e = rate(&["--max-stream-rate", "fast"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a size"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`attempt`]: supervising attempts: spawn, adopt after a restart, recover results on disk.
 //! - [`executor`] runs one command line (`sh -c`, own process group, streamed lines, bounded
 //!   tails); [`shim`] is the per-task supervisor process that lets a task outlive the agent.
+//! - [`throttle`]: how much of an attempt's output is streamed (`--max-stream-rate`), pure.
 //! - [`kill`]: TERM, grace, KILL; [`frame`]: the shim's line framing; [`identity`].
 
 pub mod attempt;
@@ -23,6 +24,7 @@ pub mod notify;
 pub mod reconnect;
 pub mod session;
 pub mod shim;
+pub mod throttle;
 
 pub use config::{AgentArgs, Config, Endpoints};
 pub use daemon::run;

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempt::{AttemptEvent, Attempts, Key, Supervision};
+use crate::throttle::StreamRate;
 
 /// Who this agent is and how it runs tasks.
 #[derive(Debug, Clone)]
@@ -37,6 +38,9 @@ pub struct AgentConfig {
     pub state_dir: Option<PathBuf>,
     /// The executable that runs as the shim (`<exe> --shim <dir>`): `factotum-agent` itself.
     pub shim_exe: Option<PathBuf>,
+    /// Output each attempt streams, at most (`--max-stream-rate`); `None`: every line, waiting
+    /// for the link if it must (`factotum run`, whose console is the stream).
+    pub max_stream_rate: Option<StreamRate>,
 }
 
 /// The two directions of a session.
@@ -101,6 +105,7 @@ impl Agent {
             kill_grace: cfg.kill_grace,
             state_dir: cfg.state_dir.clone(),
             shim_exe: cfg.shim_exe.clone(),
+            max_stream_rate: cfg.max_stream_rate,
         });
         let state_id = match &cfg.state_dir {
             Some(dir) => state_id(dir).unwrap_or_else(|e| {

@@ -57,6 +57,7 @@ fn config(mode: Mode, state_dir: &Path) -> AgentConfig {
         // Relative on purpose: the shim runs in the task's directory and must not care.
         state_dir: shim_exe.as_ref().map(|_| relative(state_dir)),
         shim_exe,
+        max_stream_rate: None,
     }
 }
 

@@ -244,6 +244,8 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) 
         drain_grace: Duration::ZERO,
         state_dir: None,
         shim_exe: None,
+        // The console is the stream: every line, as Factotum prints it.
+        max_stream_rate: None,
     };
     let agent = Lifecycle::new();
     let stop = agent.token.clone();

@@ -173,7 +173,13 @@ fn a_long_line_through_a_state_dir_agent_keeps_its_bytes_in_the_result_tail() {
         &c.url,
         "keeper",
         None,
-        &["--state-dir", &state.to_string_lossy()],
+        // Every piece streamed: the pieces are the subject here, not the stream rate.
+        &[
+            "--state-dir",
+            &state.to_string_lossy(),
+            "--max-stream-rate",
+            "unlimited",
+        ],
     );
     wait_for_agents(&c.url, 1);
     let rx = Receiver::start();

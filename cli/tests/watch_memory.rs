@@ -13,7 +13,13 @@ use support::*;
 #[test]
 fn three_stalled_watchers_cost_the_coordinator_bounded_memory() {
     let c = Coordinator::start(&["--watch-buffer", "1MiB"]);
-    let _a = agent(&c.url, "chatty-host", None, &[]);
+    // Every line streamed, however fast: the watch buffer is the subject, not the stream rate.
+    let _a = agent(
+        &c.url,
+        "chatty-host",
+        None,
+        &["--max-stream-rate", "unlimited"],
+    );
     wait_for_agents(&c.url, 1);
     let dir = Dir::new();
     // 24 MB: 240,000 lines of 99 characters and a newline.

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::{execute, ExecEvent, ExecSpec};
 use crate::frame::{self, Frame, Recorded};
 use crate::kill::Escalation;
+use crate::metrics::metrics;
 use crate::shim;
 use crate::throttle::StreamRate;
 
@@ -106,6 +107,7 @@ impl Attempts {
         let grace = self.how.kill_grace;
         self.tasks
             .spawn(run_attempt(lease, r, grace, shim, outlet, cancel));
+        metrics().set_running(self.running.len());
     }
 
     /// Stops one attempt (TERM, grace, KILL); its result comes as usual.
@@ -143,6 +145,7 @@ impl Attempts {
     fn ended(&mut self, ev: &AttemptEvent) {
         if let AttemptEvent::Done(key, _) = ev {
             self.running.remove(key);
+            metrics().set_running(self.running.len());
         }
     }
 
@@ -207,6 +210,7 @@ impl Attempts {
                     .spawn(adopt(dir, r, max, pid, grace, outlet, cancel));
             }
         }
+        metrics().set_running(self.running.len());
         ended
     }
 }

@@ -86,6 +86,10 @@ pub struct AgentArgs {
     pub max_stream_rate: u64,
     #[command(flatten)]
     pub tls: factotum_service::tls::ClientArgs,
+    /// Address for an HTTP port with GET /metrics (Prometheus) and /healthz; plain HTTP, none
+    /// by default. It prints `http listening on ADDR` (useful with port 0).
+    #[arg(long, env = "FACTOTUM_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(
         long,
@@ -106,6 +110,8 @@ pub struct Config {
     pub max_message: usize,
     /// TLS for `https://` coordinators (`--tls-ca`, `--tls-cert`, `--tls-key`).
     pub tls: tonic::transport::ClientTlsConfig,
+    /// `--http-listen`: serve /metrics and /healthz there.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// The coordinators' addresses, checked, without duplicates, in the order given. Never empty.
@@ -173,6 +179,7 @@ impl AgentArgs {
             disconnect_limit: self.disconnect_limit,
             max_message: self.max_message_size,
             tls,
+            http_listen: self.http_listen,
         };
         Ok((config, endpoints))
     }

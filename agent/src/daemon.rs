@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{tls_endpoint, Config, Endpoints, CONNECT_TIMEOUT};
+use crate::metrics::metrics;
 use crate::notify::{self, Systemd};
 use crate::reconnect::{Backoff, Conn, Delay, Event};
 use crate::session::{Agent, Link, SessionEnd};
@@ -49,7 +50,17 @@ async fn serve(
         disconnect_limit,
         max_message,
         tls,
+        http_listen,
     } = config;
+    let m = metrics();
+    m.slots.set(i64::from(cfg.slots));
+    if let Some(addr) = http_listen {
+        let bound = crate::http::serve(addr, life).await?;
+        tracing::info!(%bound, "HTTP port (metrics, health) listening");
+        // Scripts and tests read this line to learn the port when listening on :0.
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), "http listening on {bound}");
+    }
     if let Some(dir) = &cfg.state_dir {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir.join("attempts"))
@@ -108,6 +119,8 @@ async fn serve(
             Conn::Connecting { target, .. } => match connect(target, max_message, &tls, life).await
             {
                 Ok(l) => {
+                    m.sessions.inc();
+                    m.connected.set(1);
                     systemd.connected(target);
                     tracing::info!(coordinator = %target, running = agent.running(), "connected");
                     disconnected_since = None;
@@ -115,6 +128,7 @@ async fn serve(
                     Event::Connected
                 }
                 Err(e) => {
+                    m.connect_failures.inc();
                     disconnected_since.get_or_insert_with(Instant::now);
                     let leader_hint = e
                         .downcast_ref::<tonic::Status>()
@@ -146,6 +160,7 @@ async fn serve(
                     }
                     None => false,
                 };
+                m.connected.set(0);
                 disconnected_since.get_or_insert_with(Instant::now);
                 Event::SessionEnded { welcomed }
             }

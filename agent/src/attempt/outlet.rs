@@ -6,6 +6,7 @@ use factotum_proto::{agent_message, AttemptResult, LeaseRef, Started};
 use tokio::sync::mpsc::{self, error::TrySendError, Permit};
 
 use super::AttemptEvent;
+use crate::metrics::metrics;
 use crate::throttle::{StreamRate, Throttle, Verdict};
 
 /// The session is gone: nobody is listening any more.
@@ -55,6 +56,8 @@ impl Outlet {
         line: String,
         continued: bool,
     ) -> Result<(), Closed> {
+        let m = metrics();
+        m.output(stream, line.len());
         let Some(throttle) = &mut self.throttle else {
             return self
                 .send(output_msg(&self.r, stream, line, continued))
@@ -62,13 +65,16 @@ impl Outlet {
         };
         let now = tokio::time::Instant::now().into_std();
         if self.may_wait {
-            if let Verdict::Stream(notice) = throttle.offer(now, stream, line.len(), continued, 2) {
+            let verdict = throttle.offer(now, stream, line.len(), continued, 2);
+            if let Verdict::Stream(notice) = verdict {
                 if let Some(n) = notice {
                     let notice = output_msg(&self.r, Stream::Stderr, n.to_string(), false);
                     self.send(notice).await?;
                 }
                 self.send(output_msg(&self.r, stream, line, continued))
                     .await?;
+            } else {
+                m.output_not_streamed.inc_by(line.len() as u64);
             }
             return Ok(());
         }
@@ -81,10 +87,17 @@ impl Outlet {
                 let notice = output_msg(&self.r, Stream::Stderr, n.to_string(), false);
                 p.send(AttemptEvent::Message(notice));
             }
-            if let Some(p) = permits.next() {
-                let msg = output_msg(&self.r, stream, line, continued);
-                p.send(AttemptEvent::Message(msg));
+            match permits.next() {
+                Some(p) => {
+                    let msg = output_msg(&self.r, stream, line, continued);
+                    p.send(AttemptEvent::Message(msg));
+                }
+                None => {
+                    m.output_not_streamed.inc_by(line.len() as u64);
+                }
             }
+        } else {
+            m.output_not_streamed.inc_by(line.len() as u64);
         }
         Ok(())
     }

@@ -33,9 +33,9 @@ pub enum Command {
     /// Submit a factfile to a coordinator; prints the run's reference (with --wait: runs it to
     /// the end with `run`'s output and exit codes).
     ///
-    /// Takes `run`'s flags except three that only a local run has: --heartbeat-interval,
-    /// --webhook-timeout and --kill-grace (a submitted run's tasks are stopped with their
-    /// agent's --kill-grace, and its coordinator delivers its webhooks for as long as it takes).
+    /// Takes `run`'s flags except two that only a local run has: --webhook-timeout and
+    /// --kill-grace (a submitted run's tasks are stopped with their agent's --kill-grace, and
+    /// its coordinator delivers its webhooks for as long as it takes).
     Submit(SubmitArgs),
     /// Show a run's state, its tasks, and why it waits if it does.
     Status(StatusArgs),
@@ -303,6 +303,15 @@ pub struct SubmitArgs {
     /// Submit at most once: a repeated submission with this key gets the first one's run.
     #[arg(long, value_name = "KEY", env = "FACTOTUM_IDEMPOTENCY_KEY")]
     pub idempotency_key: Option<String>,
+    /// Send a RUNNING task update (webhook) with the output so far at this interval, as `run`
+    /// does; the coordinator sends them (off by default; at least 100ms).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "FACTOTUM_HEARTBEAT_INTERVAL",
+        value_parser = DurationRange::from(Duration::from_millis(100)).parser()
+    )]
+    pub heartbeat_interval: Option<Duration>,
     /// With --wait, the run's output goes to stderr and the final status to stdout.
     #[command(flatten)]
     pub output: Output,
@@ -315,8 +324,6 @@ pub struct SubmitArgs {
 #[derive(Debug, Args)]
 pub struct LocalOnly {
     #[arg(long, hide = true, value_name = "DURATION")]
-    pub heartbeat_interval: Option<String>,
-    #[arg(long, hide = true, value_name = "DURATION")]
     pub webhook_timeout: Option<String>,
     #[arg(long, hide = true, value_name = "DURATION")]
     pub kill_grace: Option<String>,
@@ -325,9 +332,7 @@ pub struct LocalOnly {
 impl LocalOnly {
     /// Why the flag given cannot apply to a submitted run, if one was given.
     pub fn refusal(&self) -> Option<String> {
-        let why = if self.heartbeat_interval.is_some() {
-            "--heartbeat-interval is for `factotum run` only: a submitted run sends no heartbeat webhooks"
-        } else if self.webhook_timeout.is_some() {
+        let why = if self.webhook_timeout.is_some() {
             "--webhook-timeout is for `factotum run` only: a coordinator delivers a submitted run's webhooks for as long as it takes"
         } else if self.kill_grace.is_some() {
             "--kill-grace is for `factotum run` only: a submitted run's tasks are stopped with their agent's --kill-grace"

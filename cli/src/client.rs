@@ -117,6 +117,9 @@ fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
         dry_run: args.job.dry_run,
         allow_concurrent: args.allow_concurrent,
         idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
+        heartbeat_interval: args
+            .heartbeat_interval
+            .and_then(|d| prost_types::Duration::try_from(d).ok()),
     })
 }
 

@@ -179,6 +179,8 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
         idempotency_key: None,
         render_limits: args.render.limits(),
         max_message: 0,
+        // The local engine's own heartbeat (EngineConfig::heartbeat_interval) sends them.
+        heartbeat: None,
     };
     let run = spec::prepare_within(submission, args.input.limits())?;
     // Factotum's local constraint check: this machine must satisfy every host constraint.

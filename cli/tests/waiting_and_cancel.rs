@@ -135,11 +135,7 @@ fn submit_names_the_run_flags_it_cannot_take() {
         "x.factfile",
         &factfile("x", vec![task("a", "true", &[], &[])]),
     );
-    for (flag, value) in [
-        ("--kill-grace", "5s"),
-        ("--heartbeat-interval", "1s"),
-        ("--webhook-timeout", "5s"),
-    ] {
+    for (flag, value) in [("--kill-grace", "5s"), ("--webhook-timeout", "5s")] {
         // Refused before any coordinator is asked (none listens here).
         let o = run(&[
             "submit",

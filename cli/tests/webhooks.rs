@@ -197,6 +197,65 @@ fn heartbeats_carry_output_so_far_and_tails_are_bounded() {
 }
 
 #[test]
+fn a_submitted_run_sends_heartbeats_from_its_coordinator() {
+    use support::fleet::{agent, wait_for_agents, Coordinator};
+    let rx = Receiver::start();
+    let c = Coordinator::start(&[]);
+    let _a = agent(&c.url, "beating", None, &[]);
+    wait_for_agents(&c.url, 1);
+    let d = Dir::new();
+    let ff = d.write(
+        "hb.factfile",
+        &factfile(
+            "hb fleet",
+            vec![task(
+                "long",
+                "for i in 1 2 3 4; do echo line$i; sleep 0.5; done",
+                &[],
+                &[],
+            )],
+        ),
+    );
+    let submit = |interval: &str| {
+        run(&[
+            "submit",
+            &ff,
+            "--wait",
+            "--allow-concurrent",
+            "--webhook",
+            &rx.url,
+            "--heartbeat-interval",
+            interval,
+            "--coordinator",
+            &c.url,
+        ])
+    };
+    let o = submit("0.4");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The coordinator delivers in the background: wait for the run's end to arrive.
+    assert!(eventually(std::time::Duration::from_secs(10), || {
+        transitions(&rx.payloads()).contains(&"job RUNNING->SUCCEEDED".to_string())
+    }));
+    let p = rx.payloads();
+    let beats: Vec<&Value> = p
+        .iter()
+        .filter(|x| transitions(std::slice::from_ref(x))[0] == "long RUNNING->RUNNING")
+        .collect();
+    assert!(beats.len() >= 2, "{:?}", transitions(&p));
+    let seen = beats.last().unwrap()["data"]["taskStates"][0]["stdout"]
+        .as_str()
+        .unwrap();
+    assert!(
+        seen.starts_with("line1"),
+        "a heartbeat carries the output so far: {seen:?}"
+    );
+    // Too short an interval is refused before anything runs.
+    let o = submit("10ms");
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("100ms"), "{}", stderr(&o));
+}
+
+#[test]
 fn deliveries_are_retried_in_order_with_the_same_event_id() {
     let rx = Receiver::failing_first(3);
     let o = run(&[

@@ -42,6 +42,8 @@ pub struct RunSpec {
     pub uuid: String,
     /// The run this one re-runs (`factotum rerun`).
     pub rerun_of: Option<String>,
+    /// Send `RUNNING → RUNNING` task updates (webhooks) with the output so far this often.
+    pub heartbeat: Option<Duration>,
 }
 
 /// A run as `status` shows it.

@@ -39,6 +39,9 @@ pub struct SpecRecord {
     /// The run this one re-runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<String>,
+    /// Its webhook heartbeat, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -35,6 +35,8 @@ pub struct Submission {
     pub dry_run: bool,
     pub allow_concurrent: bool,
     pub idempotency_key: Option<String>,
+    /// Send `RUNNING → RUNNING` task updates (webhooks) with the output so far this often.
+    pub heartbeat: Option<std::time::Duration>,
     /// `--max-rendered-size` and `--max-rendered-total`: how large templating may make it.
     pub render_limits: Limits,
     /// `--max-message-size` (0: [`DEFAULT_MAX_MESSAGE`]): a task whose lease would take more
@@ -338,6 +340,7 @@ pub fn prepare_within(sub: Submission, input: InputLimits) -> Result<RunSpec, Sp
         idempotency_key: sub.idempotency_key,
         uuid: uuid::Uuid::new_v4().to_string(),
         rerun_of: None,
+        heartbeat: sub.heartbeat,
     })
 }
 

@@ -19,6 +19,9 @@ use crate::model::RunQuery;
 use crate::spec::{prepare_within, InputLimits, Submission};
 use crate::wire::jobs as wire;
 
+/// The shortest webhook heartbeat a submission may ask for.
+const MIN_HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Runs a `ListRuns` page holds unless asked otherwise, and at most.
 pub const DEFAULT_PAGE: usize = 50;
 pub const MAX_PAGE: usize = 1000;
@@ -315,6 +318,15 @@ impl Jobs for JobsApi {
             .map(wire::constraint_from_pb)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Refusal::bad(Reason::InvalidArgument, "constraints", e).status())?;
+        let heartbeat = match r.heartbeat_interval.as_ref().map(wire::from_duration) {
+            Some(d) if d < MIN_HEARTBEAT => {
+                let why = "heartbeat_interval must be at least 100ms (or unset: no heartbeat)";
+                return Err(
+                    Refusal::bad(Reason::InvalidArgument, "heartbeat_interval", why).status(),
+                );
+            }
+            d => d,
+        };
         let sub = Submission {
             factfile: r.factfile,
             factfile_name: if r.factfile_name.is_empty() {
@@ -344,6 +356,7 @@ impl Jobs for JobsApi {
             dry_run: r.dry_run,
             render_limits: self.render_limits,
             max_message: self.max_message,
+            heartbeat,
         };
         // Preparing resolves host names: keep that off the async workers.
         let input = self.input;

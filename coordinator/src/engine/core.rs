@@ -33,6 +33,8 @@ const GROUP: usize = 256;
 /// member without a leader answers at once), and one that is back should resume dispatch at
 /// once — after etcd re-elects its leader, within this of it.
 const RETRY_STALLED: Duration = Duration::from_millis(150);
+/// How often runs' own heartbeats are checked: they are due at most this late.
+const RUN_BEAT_CHECK: Duration = Duration::from_millis(100);
 /// How often the metrics' gauges are sampled from the engine's state.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -86,6 +88,8 @@ impl<S: Store> Core<S> {
             .epoch
             .set(i64::try_from(self.store.epoch()).unwrap_or(i64::MAX));
         let mut sample = Some(every(SAMPLE_EVERY));
+        // Runs' own webhook heartbeats (`submit --heartbeat-interval`), checked this often.
+        let mut run_beats = Some(every(RUN_BEAT_CHECK));
         loop {
             if !self.commits.is_stalled() {
                 retry_at = None;
@@ -111,6 +115,7 @@ impl<S: Store> Core<S> {
                 _ = tick(&mut liveness) => self.check_liveness(),
                 _ = tick(&mut trim) => self.trim_history(),
                 _ = tick(&mut sample) => self.sample(),
+                _ = tick(&mut run_beats) => self.run_heartbeats(),
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
                     self.retry_stalled().await;
@@ -330,6 +335,17 @@ impl<S: Store> Core<S> {
         }
         self.dispatch_all();
         Ok(taken)
+    }
+
+    /// The runs whose own webhook heartbeat is due send one.
+    fn run_heartbeats(&mut self) {
+        let now = self.cfg.clock.now();
+        let due: Vec<Arc<str>> = (self.runs.active.iter_mut())
+            .filter_map(|(id, run)| run.beat_due(now).then(|| Arc::clone(id)))
+            .collect();
+        for id in due {
+            self.apply(&id, Event::Heartbeat);
+        }
     }
 
     fn heartbeat(&mut self) {

@@ -237,6 +237,7 @@ async fn restore_run(
         outbox_seq: state.outbox_seq,
         rerun_of: spec.rerun_of.clone(),
         watch_buffer: cfg.watch_buffer,
+        heartbeat: spec.heartbeat_ms.map(std::time::Duration::from_millis),
     }))
 }
 
@@ -286,6 +287,7 @@ pub(super) async fn rerun_spec<S: Store>(
         idempotency_key: None,
         uuid: uuid::Uuid::new_v4().to_string(),
         rerun_of: Some(old.to_string()),
+        heartbeat: spec.heartbeat_ms.map(std::time::Duration::from_millis),
     })
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use factotum_common::constraint::{Constraint, Placement};
@@ -36,6 +37,9 @@ pub(super) struct Run {
     pub waiting_reason: Option<String>,
     pub outbox_seq: u64,
     pub rerun_of: Option<String>,
+    /// Its webhook heartbeat (`--heartbeat-interval` on `submit`), and when it is next due.
+    heartbeat: Option<Duration>,
+    next_beat: Option<DateTime<Utc>>,
 }
 
 /// What a run is built from: a new submission or a store's records.
@@ -52,6 +56,7 @@ pub(super) struct RunParts {
     pub rerun_of: Option<String>,
     /// Bytes of output lines queued for one watcher, and kept for late ones.
     pub watch_buffer: usize,
+    pub heartbeat: Option<Duration>,
 }
 
 impl Run {
@@ -71,6 +76,35 @@ impl Run {
             waiting_reason: None,
             outbox_seq: p.outbox_seq,
             rerun_of: p.rerun_of,
+            heartbeat: p.heartbeat,
+            next_beat: None,
+        }
+    }
+
+    /// Whether it sends webhook heartbeats of its own.
+    pub fn has_heartbeat(&self) -> bool {
+        self.heartbeat.is_some()
+    }
+
+    /// Whether its webhook heartbeat is due at `now` (the first one interval after it is
+    /// first asked); when it is, the next is set one interval later.
+    pub fn beat_due(&mut self, now: DateTime<Utc>) -> bool {
+        let Some(every) = self
+            .heartbeat
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+        else {
+            return false;
+        };
+        match self.next_beat {
+            Some(at) if now >= at => {
+                self.next_beat = Some(now + every);
+                true
+            }
+            Some(_) => false,
+            None => {
+                self.next_beat = Some(now + every);
+                false
+            }
         }
     }
 
@@ -289,6 +323,9 @@ pub(super) fn submitted(
         dry_run: spec.dry_run,
         tasks: spec.plan.tasks.iter().map(|t| t.name.to_string()).collect(),
         rerun_of: spec.rerun_of.clone(),
+        heartbeat_ms: spec
+            .heartbeat
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
     let initial = persist::StateRecord {
         state: JobState::Waiting.as_str().into(),
@@ -325,6 +362,7 @@ pub(super) fn submitted(
         outbox_seq: 0,
         rerun_of: spec.rerun_of,
         watch_buffer,
+        heartbeat: spec.heartbeat,
     });
     (run, ops)
 }

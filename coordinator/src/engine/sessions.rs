@@ -202,7 +202,9 @@ impl<S: Store> Core<S> {
         }
         let name = Arc::clone(&task.name);
         let stream = wire::stream_from_pb(o.stream);
-        if self.cfg.heartbeat_interval.is_some() {
+        // Only a heartbeat shows output before the result does: without one, the tails are
+        // the result's.
+        if self.cfg.heartbeat_interval.is_some() || run.has_heartbeat() {
             let ev = Event::Output {
                 task: r.task,
                 attempt: r.attempt,

@@ -3,7 +3,7 @@
 # fails), and `systemd-analyze security --offline=true` must not rate a unit's exposure above
 # its ceiling below, so a later edit cannot quietly weaken the sandbox. Needs systemd 250 or
 # newer (--offline, --threshold).
-# The units name /usr/local/bin/...; the check points them at the binaries just built instead.
+# The units name /usr/bin/factotum-...; the check points them at the binaries just built instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(cd "${1:-${CARGO_TARGET_DIR:-$PWD/target}/release}" && pwd)
@@ -18,7 +18,7 @@ declare -A ceiling=(
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for unit in agent/systemd/factotum-agent.service coordinator/systemd/factotum-coordinator.service; do
-  sed "s|/usr/local/bin/|$bin/|g" "$unit" > "$work/$(basename "$unit")"
+  sed "s|/usr/bin/factotum|$bin/factotum|g" "$unit" > "$work/$(basename "$unit")"
 done
 systemd-analyze verify "$work"/*.service 2> "$work/stderr" || true
 if [ -s "$work/stderr" ]; then

@@ -61,8 +61,9 @@ def test_a_duplicate_is_already_exists_naming_the_active_run_then_cancel_with_a_
     assert run.tasks_done == run.task_count == 1, run
     # Cancelling kills the task on its agent.
     eventually(lambda: not sleeping(marker), timeout=20)
-    err = refused(c.jobs.CancelRun, S.CancelRunRequest(run_id=first.run_id), grpc.StatusCode.FAILED_PRECONDITION)
-    assert error_details(err)[1].reason == "RUN_FINISHED"
+    # Cancelling a cancelled run again is what was asked: fine (a run that ended otherwise is
+    # FAILED_PRECONDITION RUN_FINISHED: cli/tests/runs_list.rs).
+    c.jobs.CancelRun(S.CancelRunRequest(run_id=first.run_id), timeout=10)
     # Over: the job may be submitted again.
     again = c.jobs.SubmitRun(request, timeout=10)
     assert again.run_id != first.run_id

@@ -26,6 +26,7 @@ pub mod placement;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod systemd;
 pub mod webhook;
 pub mod wire;
 

@@ -241,40 +241,6 @@ pub enum ServeError {
     Server(#[from] tonic::transport::Error),
 }
 
-/// systemd (`Type=notify`): READY once this coordinator serves and leads or knows the leader,
-/// a STATUS line at each change of role, STOPPING on shutdown. Outside systemd, no-ops.
-fn notify_systemd(routing: &api::Routing, life: &Lifecycle) {
-    use sd_notify::NotifyState;
-    let (mut engine, mut leader) = (routing.engine.clone(), routing.leader.clone());
-    let stop = life.token.clone();
-    life.spawn(async move {
-        let mut ready = false;
-        loop {
-            let status = match (
-                engine.borrow_and_update().is_some(),
-                leader.borrow_and_update().clone(),
-            ) {
-                (true, _) => Some("leading".to_string()),
-                (false, Some(l)) => Some(format!("following {l}")),
-                (false, None) => None,
-            };
-            if let Some(status) = status {
-                if !ready {
-                    let _ = sd_notify::notify(false, &[NotifyState::Ready]);
-                    ready = true;
-                }
-                let _ = sd_notify::notify(false, &[NotifyState::Status(&status)]);
-            }
-            tokio::select! {
-                changed = engine.changed() => if changed.is_err() { break },
-                changed = leader.changed() => if changed.is_err() { break },
-                _ = stop.cancelled() => break,
-            }
-        }
-        let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
-    });
-}
-
 /// `--http-listen`: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpListen(pub Option<SocketAddr>);
@@ -544,7 +510,7 @@ pub async fn run_with_http(
         leader: leader_rx,
     };
     reload_on_sighup(security.tls.clone(), security.auth.clone(), &life);
-    notify_systemd(&routing, &life);
+    crate::systemd::notify(&routing, &life);
     if let Some(http) = http {
         let port = crate::http::Port {
             routing: routing.clone(),

@@ -132,26 +132,11 @@ impl<S: Store> Core<S> {
 
     /// The engine's state for the metrics' gauges.
     fn sample(&self) {
-        let now = self.cfg.clock.now();
         let mut s = Sample {
-            runs_active: self.runs.active.len(),
             stalled_batches: self.commits.stalled_len(),
             ..Sample::default()
         };
-        let mut oldest: Option<chrono::DateTime<chrono::Utc>> = None;
-        for run in self.runs.active.values() {
-            let state = &run.state;
-            s.tasks_ready += state.ready().len();
-            s.tasks_running += state.running();
-            for &t in state.ready() {
-                let at = state.task(t).and_then(|r| r.ready_at);
-                oldest = match (oldest, at) {
-                    (Some(o), Some(a)) => Some(o.min(a)),
-                    (o, a) => o.or(a),
-                };
-            }
-        }
-        s.oldest_ready = oldest.map(|o| (now - o).to_std().unwrap_or_default());
+        self.runs.census(self.cfg.clock.now(), &mut s);
         self.agents.census(&mut s);
         self.cfg.metrics.sample(&s);
     }

@@ -64,6 +64,23 @@ impl Runs {
         self.finished.contains_key(id)
     }
 
+    /// Counts for the metrics: active runs, their ready and running tasks, and how long the
+    /// task ready longest has waited at `now`.
+    pub fn census(&self, now: DateTime<Utc>, s: &mut crate::metrics::Sample) {
+        s.runs_active = self.active.len();
+        let mut oldest: Option<DateTime<Utc>> = None;
+        for state in self.active.values().map(|r| &r.state) {
+            s.tasks_ready += state.ready().len();
+            s.tasks_running += state.running();
+            let ready_at = state
+                .ready()
+                .iter()
+                .filter_map(|&t| state.task(t)?.ready_at);
+            oldest = oldest.into_iter().chain(ready_at).min();
+        }
+        s.oldest_ready = oldest.map(|o| (now - o).to_std().unwrap_or_default());
+    }
+
     /// A finished run that ended because it was cancelled.
     pub fn was_cancelled(&self, id: &str) -> bool {
         self.finished.get(id).is_some_and(|f| f.summary.cancelled)

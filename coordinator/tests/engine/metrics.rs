@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use factotum_coordinator::metrics::Metrics;
-use factotum_coordinator::EngineConfig;
+use factotum_coordinator::{Engine, EngineConfig};
 use factotum_proto::{agent_message, attempt_result, AttemptResult};
 use serde_json::json;
 
@@ -20,8 +20,8 @@ fn value(m: &Metrics, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_task_that_waited_for_an_agent_is_counted_timed_and_its_wait_seen_while_it_waits() {
+/// An engine recording into fresh metrics, and a run of one task submitted to it.
+async fn one_task_run() -> (Arc<Metrics>, Engine, String) {
     let metrics = Arc::new(Metrics::new());
     let engine = memory_engine(EngineConfig {
         metrics: Arc::clone(&metrics),
@@ -32,6 +32,12 @@ async fn a_task_that_waited_for_an_agent_is_counted_timed_and_its_wait_seen_whil
         .await
         .unwrap()
         .run_id;
+    (metrics, engine, run)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_that_waited_for_an_agent_is_counted_timed_and_its_wait_seen_while_it_waits() {
+    let (metrics, engine, run) = one_task_run().await;
     // No agent for 30 s: the task waits, and the gauges say so once sampled (every second:
     // the sleeps end between samples, never on one).
     tokio::time::sleep(Duration::from_millis(30_500)).await;
@@ -87,16 +93,7 @@ async fn a_task_that_waited_for_an_agent_is_counted_timed_and_its_wait_seen_whil
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_run_is_counted_as_cancelled() {
-    let metrics = Arc::new(Metrics::new());
-    let engine = memory_engine(EngineConfig {
-        metrics: Arc::clone(&metrics),
-        ..EngineConfig::default()
-    });
-    let run = engine
-        .submit(spec(vec![task("only", &[], json!({}))], json!({})))
-        .await
-        .unwrap()
-        .run_id;
+    let (metrics, engine, run) = one_task_run().await;
     engine.cancel(&run, "job cancelled").await.unwrap();
     finished(&engine, &run).await;
     assert_eq!(

@@ -11,6 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use factotum_common::redact::{LineRedactor, Redactor};
 use factotum_common::run::{clamp_max_output, MAX_TAIL};
 use factotum_common::run::{Outcome, Stream};
 use factotum_common::tail::{last_bytes, Tail};
@@ -161,8 +162,12 @@ impl Attempts {
     fn record(&self, lease: &Lease, r: &LeaseRef) -> Option<(PathBuf, PathBuf)> {
         let (state, exe) = (self.how.state_dir.as_ref()?, self.how.shim_exe.as_ref()?);
         let dir = shim::attempt_dir(state, &r.run_id, r.task, r.attempt);
-        let written = fs::create_dir_all(&dir)
-            .and_then(|()| fs::write(dir.join(shim::LEASE), prost::Message::encode_to_vec(lease)));
+        let written = shim::create_private_dir(&dir).and_then(|()| {
+            shim::write_private(
+                &dir.join(shim::LEASE),
+                &prost::Message::encode_to_vec(lease),
+            )
+        });
         match written {
             Ok(()) => Some((exe.clone(), dir)),
             Err(e) => {
@@ -192,10 +197,11 @@ impl Attempts {
                 continue;
             };
             let max = clamp_max_output(lease.max_output as usize);
+            let redact = Redactor::new(&lease.redact);
             let pid = fs::read_to_string(dir.join(shim::PID))
                 .ok()
                 .and_then(|p| p.trim().parse::<i32>().ok());
-            if let Some(f) = result_on_disk(&dir, &r, max, pid, false) {
+            if let Some(f) = result_on_disk(&dir, &r, max, &redact, pid, false) {
                 tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, "found an attempt that ended while away");
                 ended.push(f);
             } else if let Some(pid) = pid {
@@ -206,8 +212,13 @@ impl Attempts {
                 let rate = self.how.max_stream_rate;
                 let outlet = Outlet::new(r.clone(), self.events_tx.clone(), rate, true);
                 let grace = self.how.kill_grace;
-                self.tasks
-                    .spawn(adopt(dir, r, max, pid, grace, outlet, cancel));
+                let how = Adopted {
+                    max_output: max,
+                    redact,
+                    pid,
+                    kill_grace: grace,
+                };
+                self.tasks.spawn(adopt(dir, r, how, outlet, cancel));
             }
         }
         metrics().set_running(self.running.len());
@@ -236,6 +247,7 @@ async fn run_attempt(
             env
         },
         cwd: (!lease.cwd.is_empty()).then(|| PathBuf::from(lease.cwd)),
+        redact: Redactor::new(&lease.redact),
     };
     let (ev_tx, mut ev_rx) = mpsc::channel::<ExecEvent>(256);
     let forward = async {
@@ -243,7 +255,7 @@ async fn run_attempt(
             let sent = match ev {
                 ExecEvent::Started { pid } => {
                     if let Some(f) = &pid_file {
-                        let _ = fs::write(f, pid.to_string());
+                        let _ = shim::write_private(f, pid.to_string().as_bytes());
                     }
                     outlet.started(pid).await
                 }
@@ -267,23 +279,39 @@ async fn run_attempt(
     outlet.done(done).await;
 }
 
+/// How an adopted attempt is followed.
+struct Adopted {
+    max_output: usize,
+    redact: Redactor,
+    /// Its shim's.
+    pid: i32,
+    kill_grace: Duration,
+}
+
 /// Follows a task that a previous agent process started under a shim: new output lines from
-/// its output file, its end from its exit file; a cancel stops its process group.
+/// its output file (redacted as the lease says), its end from its exit file; a cancel stops its
+/// process group.
 async fn adopt(
     dir: PathBuf,
     r: LeaseRef,
-    max_output: usize,
-    pid: i32,
-    kill_grace: Duration,
+    how: Adopted,
     mut outlet: Outlet,
     cancel: CancellationToken,
 ) {
     use std::io::Seek;
     const POLL: Duration = Duration::from_millis(50);
+    let Adopted {
+        max_output,
+        redact,
+        pid,
+        kill_grace,
+    } = how;
     let output = dir.join(shim::OUTPUT);
     // Lines already written were seen (or lost) with the previous agent: follow from the end.
     let mut offset = fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
     let mut stopping = Escalation::new(u32::try_from(pid).ok(), kill_grace);
+    let mut redacting = [LineRedactor::new(), LineRedactor::new()];
+    let mut passed = vec![];
     loop {
         if let Ok(mut f) = fs::File::open(&output) {
             if f.seek(std::io::SeekFrom::Start(offset)).is_ok() {
@@ -298,8 +326,15 @@ async fn adopt(
                         continued,
                     }) = frame::parse_frame(line.trim_end_matches('\n'))
                     {
-                        let sent = outlet.output(stream, text.to_string(), continued).await;
-                        if sent.is_err() {
+                        let ends = !frame::may_continue(text);
+                        redacting[usize::from(stream == Stream::Stderr)].push(
+                            &redact,
+                            text,
+                            continued,
+                            ends,
+                            &mut passed,
+                        );
+                        if send_all(&mut outlet, stream, &mut passed).await.is_err() {
                             return;
                         }
                     }
@@ -307,7 +342,14 @@ async fn adopt(
                 }
             }
         }
-        if let Some(f) = result_on_disk(&dir, &r, max_output, Some(pid), stopping.stopping()) {
+        let killed = stopping.stopping();
+        if let Some(f) = result_on_disk(&dir, &r, max_output, &redact, Some(pid), killed) {
+            for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+                redacting[i].finish(&redact, &mut passed);
+                if send_all(&mut outlet, stream, &mut passed).await.is_err() {
+                    return;
+                }
+            }
             outlet.done(f).await;
             return;
         }
@@ -320,6 +362,20 @@ async fn adopt(
     }
 }
 
+/// Sends what redaction passed on (an empty end of a line cut where it ended is not sent).
+async fn send_all(
+    outlet: &mut Outlet,
+    stream: Stream,
+    passed: &mut Vec<(String, bool)>,
+) -> Result<(), outlet::Closed> {
+    for (text, continued) in passed.drain(..) {
+        if !(continued && text.is_empty()) {
+            outlet.output(stream, text, continued).await?;
+        }
+    }
+    Ok(())
+}
+
 /// How an attempt run under a shim ended, from its directory: the recorded exit; or, the shim
 /// gone without one, a kill (`killed`: we stopped it, and a signal counts as 1) or a supervisor
 /// that died. `None` while the shim (`pid`) still runs.
@@ -327,6 +383,7 @@ fn result_on_disk(
     dir: &Path,
     r: &LeaseRef,
     max: usize,
+    redact: &Redactor,
     pid: Option<i32>,
     killed: bool,
 ) -> Option<AttemptResult> {
@@ -342,7 +399,7 @@ fn result_on_disk(
             Duration::ZERO,
         ),
     };
-    let (out, err) = read_tails(dir, max);
+    let (out, err) = read_tails(dir, max, redact);
     Some(result_msg(r, outcome, out, err, duration))
 }
 
@@ -351,9 +408,17 @@ pub fn read_exit(dir: &Path) -> Option<Recorded> {
     frame::parse_exit(&fs::read_to_string(dir.join(shim::EXIT)).ok()?)
 }
 
-/// The last `max` characters of each stream in `<dir>/output`.
-pub fn read_tails(dir: &Path, max: usize) -> (String, String) {
-    let (mut out, mut err) = (Tail::new(max), Tail::new(max));
+/// The last `max` characters of each stream in `<dir>/output`, redacted by `redact` (the file
+/// itself keeps the task's raw output).
+pub fn read_tails(dir: &Path, max: usize, redact: &Redactor) -> (String, String) {
+    let mut tails = [Tail::new(max), Tail::new(max)];
+    let mut redacting = [LineRedactor::new(), LineRedactor::new()];
+    let mut passed = vec![];
+    let mut keep = |i: usize, passed: &mut Vec<(String, bool)>| {
+        for (text, continued) in passed.drain(..) {
+            tails[i].push_piece(&text, continued);
+        }
+    };
     if let Ok(f) = fs::File::open(dir.join(shim::OUTPUT)) {
         for line in BufReader::new(f).lines().map_while(Result::ok) {
             if let Some(Frame::Line {
@@ -362,13 +427,18 @@ pub fn read_tails(dir: &Path, max: usize) -> (String, String) {
                 continued,
             }) = frame::parse_frame(&line)
             {
-                match stream {
-                    Stream::Stdout => out.push_piece(text, continued),
-                    Stream::Stderr => err.push_piece(text, continued),
-                }
+                let i = usize::from(stream == Stream::Stderr);
+                let ends = !frame::may_continue(text);
+                redacting[i].push(redact, text, continued, ends, &mut passed);
+                keep(i, &mut passed);
             }
         }
     }
+    for (i, r) in redacting.iter_mut().enumerate() {
+        r.finish(redact, &mut passed);
+        keep(i, &mut passed);
+    }
+    let [out, err] = tails;
     (out.as_str().to_string(), err.as_str().to_string())
 }
 

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use factotum_common::redact::{LineRedactor, Redactor};
 use factotum_common::run::{Outcome, Stream, TaskResult};
 use factotum_common::tail::Tail;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -18,11 +19,7 @@ use crate::kill::Escalation;
 /// background process that inherited the pipes can hold them open forever; we don't wait for it.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
-/// The most bytes of one output line held at once. A longer line (or output with no newline at
-/// all) is passed on in pieces of at most this size, each after the first flagged `continued`,
-/// so what a task prints never costs more than this per pipe. Pieces end on a character
-/// boundary; the result's tails keep the line's bytes as written (nothing added between pieces).
-pub const MAX_LINE: usize = 1 << 20;
+pub use crate::frame::MAX_LINE;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -41,6 +38,9 @@ pub struct ExecSpec {
     pub env: Vec<(String, String)>,
     /// The task's working directory; `None`: the agent's own.
     pub cwd: Option<PathBuf>,
+    /// Replaced by `[redacted]` in every line reported and in the result's tails and spawn
+    /// error (the lease's `redact`).
+    pub redact: Redactor,
 }
 
 /// Events an attempt reports while it runs.
@@ -108,12 +108,13 @@ pub async fn execute(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
+            let why = spawn_error(&e, spec.cwd.as_deref());
             return TaskResult {
-                outcome: Outcome::SpawnFailed(spawn_error(&e, spec.cwd.as_deref())),
+                outcome: Outcome::SpawnFailed(spec.redact.redact(&why).into_owned()),
                 stdout: String::new(),
                 stderr: String::new(),
                 duration: begun.elapsed(),
-            }
+            };
         }
     };
     let pid = child.id();
@@ -141,6 +142,9 @@ pub async fn execute(
     let mut status = None;
     let mut stopping = Escalation::new(pid, spec.kill_grace);
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Each stream's redaction: it may hold back the end of a line cut in pieces.
+    let mut redacting = [LineRedactor::new(), LineRedactor::new()];
+    let mut passed: Vec<(String, bool)> = vec![];
     // Until the process has exited and its pipes are closed (or, after the exit, a short drain
     // time has passed), forward lines and honour cancellation.
     loop {
@@ -208,28 +212,30 @@ pub async fn execute(
             other => other,
         };
         if let Some(Piece { stream, piece: p }) = piece {
-            match stream {
-                Stream::Stdout => stdout.push_piece(&p.text, p.continued),
-                Stream::Stderr => stderr.push_piece(&p.text, p.continued),
-            }
-            // A line that ended right where its last piece was cut leaves an empty end: nothing
-            // more to show.
-            if !(p.continued && p.text.is_empty()) {
-                let (line, continued) = (p.text, p.continued);
-                let _ = events
-                    .send(ExecEvent::Line {
-                        stream,
-                        line,
-                        continued,
-                    })
-                    .await;
-            }
+            // Through a shim, a piece as long as the shim cuts them may go on in the next one.
+            let ends = p.ends && !(framed && frame::may_continue(&p.text));
+            redacting[stream_index(stream)].push(
+                &spec.redact,
+                &p.text,
+                p.continued,
+                ends,
+                &mut passed,
+            );
+            let tail = match stream {
+                Stream::Stdout => &mut stdout,
+                Stream::Stderr => &mut stderr,
+            };
+            pass_on(stream, &mut passed, tail, &events).await;
         }
         for p in pipes.iter_mut() {
             if p.as_ref().is_some_and(|p| p.closed) {
                 *p = None;
             }
         }
+    }
+    for (stream, tail) in [(Stream::Stdout, &mut stdout), (Stream::Stderr, &mut stderr)] {
+        redacting[stream_index(stream)].finish(&spec.redact, &mut passed);
+        pass_on(stream, &mut passed, tail, &events).await;
     }
     // Leave nothing of the group behind once we were asked to stop.
     stopping.finish();
@@ -242,6 +248,36 @@ pub async fn execute(
         stdout: stdout.as_str().to_string(),
         stderr: stderr.as_str().to_string(),
         duration: begun.elapsed(),
+    }
+}
+
+fn stream_index(s: Stream) -> usize {
+    match s {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
+}
+
+/// Hands on what redaction passed: into the stream's tail and to `events`.
+async fn pass_on(
+    stream: Stream,
+    passed: &mut Vec<(String, bool)>,
+    tail: &mut Tail,
+    events: &mpsc::Sender<ExecEvent>,
+) {
+    for (line, continued) in passed.drain(..) {
+        tail.push_piece(&line, continued);
+        // A line that ended right where its last piece was cut leaves an empty end: nothing
+        // more to show.
+        if !(continued && line.is_empty()) {
+            let _ = events
+                .send(ExecEvent::Line {
+                    stream,
+                    line,
+                    continued,
+                })
+                .await;
+        }
     }
 }
 

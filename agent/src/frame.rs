@@ -103,6 +103,23 @@ pub fn strip_newline(line: &mut Vec<u8>) -> bool {
     true
 }
 
+/// Whether a framed piece from a shim may have been cut for its length (the next piece of its
+/// stream may go on its line): the shim cuts at [`SHIM_PIECE`] bytes, less at most three of a
+/// character that waits for the next piece. The framing does not say; a shorter piece always
+/// ends its line.
+pub fn may_continue(text: &str) -> bool {
+    text.len() + 3 >= SHIM_PIECE
+}
+
+/// The most bytes of one output line held at once. A longer line (or output with no newline at
+/// all) is passed on in pieces of at most this size, each after the first flagged `continued`,
+/// so what a task prints never costs more than this per pipe. Pieces end on a character
+/// boundary; the result's tails keep the line's bytes as written (nothing added between pieces).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// The most bytes of a line the shim puts in one frame.
+pub const SHIM_PIECE: usize = MAX_LINE - FRAMING;
+
 /// A line, or a piece of one.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Piece {

@@ -17,6 +17,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,6 @@ use std::time::Instant;
 
 use factotum_common::run::Stream;
 
-use crate::executor::MAX_LINE;
 use crate::frame::{self, exit_code, Splitter};
 
 /// Files of one attempt directory.
@@ -53,6 +53,7 @@ pub fn run(dir: &Path, command_line: &str) -> i32 {
         let _ = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(dir.join(OUTPUT))
             .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
     };
@@ -93,7 +94,7 @@ pub fn run(dir: &Path, command_line: &str) -> i32 {
                         // A long line in pieces: what the shim holds of a line is bounded, and
                         // a framed piece fits in one of the agent's lines.
                         let mut reader = BufReader::new(pipe);
-                        let mut split = Splitter::new(MAX_LINE - frame::FRAMING);
+                        let mut split = Splitter::new(frame::SHIM_PIECE);
                         loop {
                             let piece = match reader.fill_buf() {
                                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -134,7 +135,8 @@ pub fn run(dir: &Path, command_line: &str) -> i32 {
     };
     let exit = frame::exit(code, begun.elapsed());
     let tmp = dir.join(format!("{EXIT}.tmp"));
-    let _ = fs::write(&tmp, format!("{exit}\n")).and_then(|()| fs::rename(&tmp, dir.join(EXIT)));
+    let _ = write_private(&tmp, format!("{exit}\n").as_bytes())
+        .and_then(|()| fs::rename(&tmp, dir.join(EXIT)));
     emit(&format!("X{exit}"));
     i32::from(!ok)
 }
@@ -151,6 +153,27 @@ pub fn main(dir: &Path) -> i32 {
             3
         }
     }
+}
+
+/// Writes `bytes` to a new (or emptied) file only its owner may read (mode 0600): what an
+/// attempt directory holds is the task's raw output and its lease, secrets and all.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+}
+
+/// Creates an attempt directory (and the directories above it) only its owner may enter.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// `<state dir>/attempts/<run>-<task>-<attempt>`.

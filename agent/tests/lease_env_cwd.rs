@@ -78,6 +78,7 @@ fn lease(command_line: &str, env: &[(&str, &str)], cwd: &Path) -> Lease {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         cwd: cwd.to_string_lossy().into_owned(),
+        redact: vec![],
     }
 }
 
@@ -169,7 +170,7 @@ async fn lease_env_and_cwd_reach_the_task() {
                 Some(0),
                 "{mode:?}"
             );
-            let (out, err) = attempt::read_tails(&dir, 10_000);
+            let (out, err) = attempt::read_tails(&dir, 10_000, &Default::default());
             assert_eq!(out, f.stdout_tail, "{mode:?}");
             assert_eq!(err, "oops", "{mode:?}");
         }
@@ -211,4 +212,79 @@ async fn an_empty_lease_cwd_is_the_agents_own() {
         std::fs::canonicalize(std::env::current_dir().unwrap()).unwrap()
     );
     let _ = std::fs::remove_dir_all(base);
+}
+
+#[tokio::test]
+async fn secrets_are_redacted_in_what_is_reported_and_attempt_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    const SECRET: &str = "s3cr3t-value";
+    // A long line that puts the secret across the agent's piece cut (MAX_LINE) and the shim's
+    // (MAX_LINE - 3), then short lines on both streams; the spawn error case is below.
+    let pad = factotum_agent::executor::MAX_LINE - 9;
+    let command = format!(
+        "head -c {pad} /dev/zero | tr '\\0' a; printf \"$TOKEN\"; echo; echo \"token=$TOKEN\"; \
+         echo \"$TOKEN\" >&2; echo abc"
+    );
+    for mode in MODES {
+        let base = scratch(&format!("redact-{mode:?}"));
+        let (work, state) = (base.join("work"), base.join("state"));
+        std::fs::create_dir_all(&work).unwrap();
+        let mut l = lease(&command, &[("TOKEN", SECRET)], &work);
+        l.redact = vec![SECRET.into(), "abc".into()];
+        let (f, lines) = run(config(mode, &state), l).await;
+        assert_eq!(
+            f.outcome,
+            Some(attempt_result::Outcome::ExitCode(0)),
+            "{mode:?}"
+        );
+        let all = lines.concat();
+        assert!(!all.contains(SECRET), "{mode:?}: the secret was streamed");
+        assert!(!f.stdout_tail.contains(SECRET), "{mode:?}");
+        assert!(!f.stderr_tail.contains(SECRET), "{mode:?}");
+        assert!(
+            f.stdout_tail
+                .ends_with("a[redacted]\ntoken=[redacted]\nabc"),
+            "{mode:?}"
+        );
+        assert_eq!(f.stderr_tail, "[redacted]", "{mode:?}");
+        assert!(
+            lines.contains(&"1:token=[redacted]".to_string()),
+            "{mode:?}"
+        );
+        // Short values are left alone (see MIN_SECRET).
+        assert!(lines.contains(&"1:abc".to_string()), "{mode:?}");
+        if !matches!(mode, Mode::Direct) {
+            let dir = shim::attempt_dir(&state, "run", 0, 1);
+            // The files keep the raw output, for the agent's owner only.
+            let raw = std::fs::read_to_string(dir.join(shim::OUTPUT)).unwrap();
+            assert!(raw.contains(&format!("token={SECRET}")), "{mode:?}");
+            for name in [shim::OUTPUT, shim::LEASE, shim::EXIT, shim::PID] {
+                let mode_bits = std::fs::metadata(dir.join(name))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode_bits & 0o777, 0o600, "{mode:?}: {name}");
+            }
+            let dir_bits = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(dir_bits & 0o777, 0o700, "{mode:?}");
+            // Tails read back from the file (after a restart) are redacted the same way.
+            let redact = factotum_common::redact::Redactor::new([SECRET]);
+            let (out, err) = attempt::read_tails(&dir, 10_000, &redact);
+            assert_eq!(
+                (out.as_str(), err.as_str()),
+                (f.stdout_tail.as_str(), "[redacted]")
+            );
+        }
+        // A spawn error names the working directory: redacted too.
+        let missing = base.join(format!("dir-{SECRET}"));
+        let mut l = lease("echo never", &[], &missing);
+        l.redact = vec![SECRET.into()];
+        let (f, _) = run(config(mode, &base.join("state2")), l).await;
+        let shown = format!("{:?}", f.outcome);
+        assert!(
+            !shown.contains(SECRET) && shown.contains("[redacted]"),
+            "{mode:?}: {shown}"
+        );
+        let _ = std::fs::remove_dir_all(base);
+    }
 }

@@ -50,7 +50,7 @@ fn a_long_line_is_recorded_in_bounded_pieces_that_join_up_again() {
     // Every piece is valid UTF-8: no character was cut in two.
     assert!(std::str::from_utf8(&output).is_ok());
     // Read back, the tails are the bytes as written.
-    let (out, err) = attempt::read_tails(&dir, 20);
+    let (out, err) = attempt::read_tails(&dir, 20, &Default::default());
     assert_eq!(out, format!("{}\nshort", "a".repeat(14)));
     assert_eq!(err, "é".repeat(20));
     let _ = std::fs::remove_dir_all(dir);

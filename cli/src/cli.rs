@@ -244,6 +244,11 @@ pub struct JobArgs {
     /// Print each task's command line and simulate every task with exit code 0.
     #[arg(long)]
     pub dry_run: bool,
+    /// (Ours) Show secrets: by default the string values of --env and the tasks' env values
+    /// (4 characters or more) are replaced by [redacted] in the tasks' output, webhooks and the
+    /// store, and webhooks carry the untemplated factfile with env values redacted.
+    #[arg(long, env = "FACTOTUM_NO_REDACT")]
+    pub no_redact: bool,
     /// No colours (also off with CLICOLOR=0, NO_COLOR, or when the output is not a terminal).
     #[arg(long, env = "FACTOTUM_NO_COLOUR")]
     pub no_colour: bool,

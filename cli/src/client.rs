@@ -120,6 +120,7 @@ fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
         heartbeat_interval: args
             .heartbeat_interval
             .and_then(|d| prost_types::Duration::try_from(d).ok()),
+        no_redact: args.job.no_redact,
     })
 }
 

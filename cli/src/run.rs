@@ -7,6 +7,7 @@ use std::time::Duration;
 use factotum_agent::{run_session, AgentConfig, Link};
 use factotum_common::constraint::{self, Constraint, Identity};
 use factotum_common::dag::Plan;
+use factotum_common::redact::Redactor;
 use factotum_common::run::JobState;
 use factotum_common::tags::parse_tags;
 use factotum_common::Factfile;
@@ -181,6 +182,7 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
         max_message: 0,
         // The local engine's own heartbeat (EngineConfig::heartbeat_interval) sends them.
         heartbeat: None,
+        no_redact: args.job.no_redact,
     };
     let run = spec::prepare_within(submission, args.input.limits())?;
     // Factotum's local constraint check: this machine must satisfy every host constraint.
@@ -213,7 +215,12 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
             .iter()
             .map(|&t| {
                 let task = &plan.tasks[t as usize];
-                (task.name.to_string(), task.command_line.clone())
+                // Templated: it may hold a secret the task's output would not show.
+                let secrets = task.policy().redact.as_deref().unwrap_or_default();
+                let line = Redactor::new(secrets)
+                    .redact(&task.command_line)
+                    .into_owned();
+                (task.name.to_string(), line)
             })
             .collect();
         out!("{}", command_table(&rows));

@@ -66,6 +66,33 @@ impl Plan {
 }
 
 impl Plan {
+    /// The plan with each task's [`TaskPolicy::redact`] set: `run_secrets` (a run's `--env`
+    /// string leaves) and the task's own `env` values, those worth redacting
+    /// ([`crate::redact::secrets`]). Tasks without `env` of their own share one list.
+    pub fn redacting(mut self, run_secrets: &[String]) -> Plan {
+        let shared: Option<Arc<[String]>> = {
+            let s = crate::redact::secrets(run_secrets);
+            (!s.is_empty()).then(|| s.into())
+        };
+        for t in &mut self.tasks {
+            let own = &t.policy().env;
+            let list = if own.is_empty() {
+                shared.clone()
+            } else {
+                let all = run_secrets
+                    .iter()
+                    .map(String::as_str)
+                    .chain(own.iter().map(|(_, v)| v.as_str()));
+                let s = crate::redact::secrets(all);
+                (!s.is_empty()).then(|| s.into())
+            };
+            if let Some(list) = list {
+                t.policy.get_or_insert_with(Box::default).redact = Some(list);
+            }
+        }
+        self
+    }
+
     /// Plans the whole factfile, which must have passed validation (every way of reading one
     /// validates it); see [`Plan::try_new`] for one that may not have.
     pub fn new(ff: &Factfile) -> Plan {

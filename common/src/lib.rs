@@ -9,6 +9,7 @@ pub mod dot;
 pub mod factfile;
 pub mod format;
 pub mod graph;
+pub mod redact;
 pub mod reference;
 pub mod run;
 pub mod tags;

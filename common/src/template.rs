@@ -287,6 +287,18 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
+/// `s` as `{{x}}` writes it (HTML-escaped).
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match escaped(c) {
+            Some(e) => out.push_str(e),
+            None => out.push(c),
+        }
+    }
+    out
+}
+
 /// What `{{x}}` writes for `c`.
 fn escaped(c: char) -> Option<&'static str> {
     match c {

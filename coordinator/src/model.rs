@@ -44,6 +44,23 @@ pub struct RunSpec {
     pub rerun_of: Option<String>,
     /// Send `RUNNING → RUNNING` task updates (webhooks) with the output so far this often.
     pub heartbeat: Option<Duration>,
+    /// `--no-redact`: nothing is redacted (`redaction` is empty).
+    pub no_redact: bool,
+    /// What the run's tasks' output and payloads hide (the plan's tasks carry their lists).
+    pub redaction: Redaction,
+}
+
+/// A run's redaction, decided at submission (`spec::redaction`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redaction {
+    /// `--env`'s string leaves worth redacting (longest first); with each task's own `env`
+    /// values they make its lease's `redact`.
+    pub secrets: Vec<String>,
+    /// The factfile the payloads' `factfile` field carries instead of the templated one: the
+    /// submitted text, compact, with every task `env` value and every secret replaced by
+    /// `[redacted]`. `None`: nothing to hide (no `--env` strings, no task `env`), or redaction
+    /// is off — the templated factfile, as Factotum sends it.
+    pub shown_factfile: Option<String>,
 }
 
 /// A run as `status` shows it.

@@ -42,6 +42,13 @@ pub struct SpecRecord {
     /// Its webhook heartbeat, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
+    /// `--no-redact`: a new leader redacts nothing either.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_redact: bool,
+    /// `--env`'s secrets (each task's own `env` values are in the factfile), for a new leader's
+    /// leases. Secret: with `--store-key` the record is sealed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +193,9 @@ pub struct Recorded {
     pub spec: SpecRecord,
     /// The templated compact factfile.
     pub compact: String,
+    /// What the payloads' `factfile` shows instead, when the run redacts
+    /// (`runs/<id>/shown`; see `model::Redaction`).
+    pub shown: Option<String>,
     pub factfile: factotum_common::Factfile,
     keys: HashMap<String, Vec<u8>>,
 }
@@ -201,9 +211,11 @@ impl Recorded {
             .ok_or("no readable factfile")?;
         let factfile = factotum_common::Factfile::parse_compact(&compact)
             .map_err(|e| format!("its factfile no longer parses: {e}"))?;
+        let shown = keys.get("shown").and_then(|b| unpack_factfile(b));
         Ok(Recorded {
             spec,
             compact,
+            shown,
             factfile,
             keys,
         })

@@ -13,7 +13,9 @@ use factotum_common::template::{Limits, Vars};
 use factotum_common::{Factfile, FactfileError};
 use serde_json::Value;
 
-use crate::model::{Placement, RunSpec};
+use crate::model::{Placement, Redaction, RunSpec};
+
+pub mod redaction;
 
 /// What to run and how.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +44,8 @@ pub struct Submission {
     /// `--max-message-size` (0: [`DEFAULT_MAX_MESSAGE`]): a task whose lease would take more
     /// than [`lease_limit`] of it is refused.
     pub max_message: usize,
+    /// `--no-redact`: output, payloads and the factfile field as Factotum has them.
+    pub no_redact: bool,
 }
 
 /// `--max-factfile-size` and `--max-tasks`: how large a factfile may be before it is read whole,
@@ -308,6 +312,12 @@ pub fn prepare_within(sub: Submission, input: InputLimits) -> Result<RunSpec, Sp
     )?;
     let plan =
         Plan::from_starts(&ff, &sub.start).map_err(|e| SpecError::bad("start", e.to_string()))?;
+    let redaction = if sub.no_redact {
+        Redaction::default()
+    } else {
+        redaction::decide(&sub.factfile, &env)
+    };
+    let plan = redaction::replan(plan, sub.no_redact, &redaction.secrets);
     let max_message = if sub.max_message == 0 {
         DEFAULT_MAX_MESSAGE
     } else {
@@ -341,6 +351,8 @@ pub fn prepare_within(sub: Submission, input: InputLimits) -> Result<RunSpec, Sp
         uuid: uuid::Uuid::new_v4().to_string(),
         rerun_of: None,
         heartbeat: sub.heartbeat,
+        no_redact: sub.no_redact,
+        redaction,
     })
 }
 
@@ -481,6 +493,7 @@ mod tests {
             dry_run: true,
             env: Default::default(),
             cwd: String::new(),
+            redact: vec![],
         });
         assert!(
             lease_size(task) >= encoded,

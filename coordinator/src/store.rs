@@ -157,6 +157,10 @@ pub mod keys {
     pub fn run_factfile(run: &str) -> String {
         format!("runs/{run}/factfile")
     }
+    /// The factfile a redacting run's payloads show (see `model::Redaction`).
+    pub fn run_shown(run: &str) -> String {
+        format!("runs/{run}/shown")
+    }
     pub fn run_state(run: &str) -> String {
         format!("runs/{run}/state")
     }

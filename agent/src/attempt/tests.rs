@@ -104,7 +104,7 @@ fn an_attempt_directory_reads_back_its_exit_and_tails() {
         })
     );
     assert_eq!(
-        read_tails(&dir, 100),
+        read_tails(&dir, 100, &Redactor::default()),
         ("one\nthree".to_string(), "two-and-".to_string())
     );
     let _ = fs::remove_dir_all(dir);

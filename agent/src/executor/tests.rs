@@ -9,6 +9,7 @@ fn spec(line: &str) -> ExecSpec {
         shim: None,
         env: vec![],
         cwd: None,
+        redact: Redactor::default(),
     }
 }
 

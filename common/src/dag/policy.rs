@@ -31,6 +31,7 @@ impl PlanTask {
             env: Vec::new(),
             cwd: None,
             constraints: Vec::new(),
+            redact: None,
         };
         self.policy.as_deref().unwrap_or(&NONE)
     }
@@ -51,6 +52,10 @@ pub struct TaskPolicy {
     pub cwd: Option<String>,
     /// On top of the run's constraints. Host addresses are resolved by the coordinator.
     pub constraints: Vec<Constraint>,
+    /// What the agent replaces by `[redacted]` in the task's output: the run's `--env` secrets
+    /// and this task's own `env` values (see [`crate::redact`]); `None`: nothing. Set by
+    /// [`super::Plan::redacting`], never by the factfile.
+    pub redact: Option<Arc<[String]>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +134,7 @@ impl TaskPolicy {
                 .collect(),
             cwd: t.cwd.clone(),
             constraints,
+            redact: None,
         }))
     }
 

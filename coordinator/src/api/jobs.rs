@@ -357,6 +357,7 @@ impl Jobs for JobsApi {
             render_limits: self.render_limits,
             max_message: self.max_message,
             heartbeat,
+            no_redact: r.no_redact,
         };
         // Preparing resolves host names: keep that off the async workers.
         let input = self.input;

@@ -12,8 +12,9 @@ use factotum_common::webhook::RunMeta;
 
 use super::registry::FinishedRun;
 use super::runs::{webhooks, Run, RunParts};
-use crate::model::{EngineError, RunSpec};
+use crate::model::{EngineError, Redaction, RunSpec};
 use crate::persist;
+use crate::spec::redaction;
 use crate::store::{keys, Store, SCAN_PAGE};
 use crate::webhook::Delivery;
 
@@ -197,7 +198,11 @@ async fn restore_run(
     let rec = persist::Recorded::read(keys)?;
     let state = rec.state()?;
     let job = state.job_state().ok_or("unknown job state")?;
-    let plan = Plan::subset(&rec.factfile, &rec.spec.tasks);
+    let plan = redaction::replan(
+        Plan::subset(&rec.factfile, &rec.spec.tasks),
+        rec.spec.no_redact,
+        &rec.spec.redact,
+    );
     // A finished run is kept for `status` and `runs` only: no host names to look up.
     let (plan, constraints) = if job.is_terminal() {
         (Arc::new(plan), rec.constraints())
@@ -205,19 +210,25 @@ async fn restore_run(
         resolved(plan, rec.constraints()).await?
     };
     let records = (0..plan.len() as u32).map(|t| rec.task(t)).collect();
-    let persist::Recorded { spec, compact, .. } = rec;
+    let persist::Recorded {
+        spec,
+        compact,
+        shown,
+        ..
+    } = rec;
     let webhooks = webhooks(&cfg.webhooks, &spec.webhooks);
     let opts = RunOptions {
         max_output: spec.max_output,
         snapshots: !webhooks.is_empty(),
     };
-    let meta = RunMeta::new(
+    let mut meta = RunMeta::new(
         &compact,
         &spec.job_name,
         spec.tags.clone(),
         id.to_string(),
         spec.start_time,
     );
+    redaction::show(&mut meta, shown.as_deref());
     Ok(Run::new(RunParts {
         id: Arc::clone(id),
         state: RunState::restore(
@@ -270,10 +281,18 @@ pub(super) async fn rerun_spec<S: Store>(
     if names.is_empty() {
         return Err(EngineError::NothingToRerun(old.to_string()));
     }
-    let (plan, constraints) = resolved(Plan::subset(&rec.factfile, &names), rec.constraints())
-        .await
-        .map_err(why)?;
-    let persist::Recorded { spec, compact, .. } = rec;
+    let plan = redaction::replan(
+        Plan::subset(&rec.factfile, &names),
+        rec.spec.no_redact,
+        &rec.spec.redact,
+    );
+    let (plan, constraints) = resolved(plan, rec.constraints()).await.map_err(why)?;
+    let persist::Recorded {
+        spec,
+        compact,
+        shown,
+        ..
+    } = rec;
     Ok(RunSpec {
         compact_factfile: compact,
         plan,
@@ -288,6 +307,11 @@ pub(super) async fn rerun_spec<S: Store>(
         uuid: uuid::Uuid::new_v4().to_string(),
         rerun_of: Some(old.to_string()),
         heartbeat: spec.heartbeat_ms.map(std::time::Duration::from_millis),
+        no_redact: spec.no_redact,
+        redaction: Redaction {
+            secrets: spec.redact,
+            shown_factfile: shown,
+        },
     })
 }
 

@@ -17,6 +17,7 @@ use factotum_common::webhook::{payload, RunMeta};
 use super::watchers::Watchers;
 use crate::model::{RunInfo, RunSpec, RunSummary, TaskChange, TaskInfo, Watch, WatchEvent};
 use crate::persist;
+use crate::spec::redaction;
 use crate::store::{keys, StoreOp};
 use crate::webhook::Delivery;
 
@@ -294,13 +295,14 @@ pub(super) fn submitted(
     watch_buffer: usize,
 ) -> (Run, Vec<StoreOp>) {
     let run_ref = factotum_common::reference::run_reference(&spec.uuid);
-    let meta = RunMeta::new(
+    let mut meta = RunMeta::new(
         &spec.compact_factfile,
         &spec.plan.job_name,
         spec.tags.clone(),
         run_ref.clone(),
         now,
     );
+    redaction::show(&mut meta, spec.redaction.shown_factfile.as_deref());
     let webhooks = webhooks(engine_webhooks, &spec.webhooks);
     let opts = RunOptions {
         max_output: spec.max_output,
@@ -326,6 +328,8 @@ pub(super) fn submitted(
         heartbeat_ms: spec
             .heartbeat
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        no_redact: spec.no_redact,
+        redact: spec.redaction.secrets.clone(),
     };
     let initial = persist::StateRecord {
         state: JobState::Waiting.as_str().into(),
@@ -346,6 +350,11 @@ pub(super) fn submitted(
             value: serde_json::to_vec(&initial).unwrap_or_default(),
         },
     ];
+    let shown = spec.redaction.shown_factfile.as_ref();
+    ops.extend(shown.map(|f| StoreOp::Put {
+        key: keys::run_shown(&id),
+        value: persist::pack_factfile(f),
+    }));
     ops.extend(spec.idempotency_key.as_ref().map(|k| StoreOp::Put {
         key: keys::idempotency(k),
         value: id.as_bytes().to_vec(),

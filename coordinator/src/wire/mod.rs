@@ -67,6 +67,7 @@ pub fn lease(r: LeaseRef, spec: &PlanTask, max_output: u32, dry_run: bool) -> Co
             dry_run,
             env: spec.policy().env.iter().cloned().collect(),
             cwd: spec.policy().cwd.clone().unwrap_or_default(),
+            redact: spec.policy().redact.as_deref().unwrap_or_default().to_vec(),
         })),
     }
 }

@@ -12,6 +12,7 @@ mod message_limits;
 mod metrics;
 mod placement;
 mod queue_limits;
+mod redaction;
 mod sessions;
 mod timers;
 mod watchers;

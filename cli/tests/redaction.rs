@@ -197,3 +197,102 @@ fn a_fleet_run_shows_no_secret_in_status_watch_or_webhooks() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("token=s3cr3t-value"), "{}", stdout(&o));
 }
+
+/// Every key and value under etcd's root (its JSON gateway), decoded.
+fn etcd_dump(endpoint: &str) -> Vec<(String, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let host = endpoint.trim_start_matches("http://");
+    let body = r#"{"key": "AA==", "range_end": "AA=="}"#;
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let request = format!(
+        "POST /v3/kv/range HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let json = answer.split_once("\r\n\r\n").unwrap().1;
+    let v: Value = serde_json::from_str(json).unwrap();
+    v["kvs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|kv| {
+            let key = unbase64(kv["key"].as_str().unwrap());
+            let value = unbase64(kv["value"].as_str().unwrap_or(""));
+            (String::from_utf8_lossy(&key).into_owned(), value)
+        })
+        .collect()
+}
+
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn with_a_store_key_etcd_holds_no_secret_and_a_restart_reads_the_runs_back() {
+    let etcd = support::fleet::Etcd::start();
+    let d = Dir::new();
+    // 32 bytes (0, 1, …, 31) in base64, as `head -c32 /dev/urandom | base64` writes a key.
+    let key = d.write(
+        "store.key",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",
+    );
+    let start = || {
+        let c = Coordinator::start(&["--etcd", &etcd.endpoint, "--store-key", &key]);
+        assert!(
+            eventually(Duration::from_secs(15), || c.leads()),
+            "no leader"
+        );
+        c
+    };
+    let c = start();
+    let a = agent(&c.url, "solo", None, &[]);
+    wait_for_agents(&c.url, 1);
+    let ff = leaky_factfile(&d);
+    let o = run(&[
+        "submit",
+        &ff,
+        "--coordinator",
+        &c.url,
+        "--env",
+        ENV,
+        "--wait",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let runs = stdout(&run(&["runs", "--coordinator", &c.url, "-o", "json"]));
+    let id = serde_json::from_str::<Value>(&runs).unwrap()[0]["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let dump = etcd_dump(&etcd.endpoint);
+    assert!(
+        dump.iter()
+            .any(|(k, _)| k.ends_with(&format!("runs/{id}/spec"))),
+        "{:?}",
+        dump.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+    for (k, v) in &dump {
+        for secret in [TOKEN, KEY] {
+            assert!(
+                !holds(v, secret) && !k.contains(secret),
+                "{k} holds a secret"
+            );
+        }
+    }
+    // A new coordinator with the same key reads the sealed records back.
+    drop(a);
+    drop(c);
+    let c = start();
+    let o = run(&["status", &id, "--coordinator", &c.url]);
+    assert!(
+        stdout(&o).contains("SUCCEEDED"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}

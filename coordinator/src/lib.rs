@@ -22,6 +22,7 @@ pub mod model;
 pub mod node;
 pub mod persist;
 pub mod placement;
+pub mod seal;
 #[cfg(feature = "etcd")]
 pub mod server;
 pub mod spec;

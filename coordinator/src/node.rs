@@ -22,6 +22,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::etcd::EtcdStore;
 use crate::fence::Fence;
 use crate::leader::{self, Leadership};
+use crate::seal::{Sealed, StoreKey};
 
 /// Where this coordinator stands.
 #[derive(Debug)]
@@ -62,6 +63,8 @@ pub enum NodeError {
 /// A coordinator in an election.
 pub struct Node {
     pub store: EtcdStore,
+    /// `--store-key`: the records holding a run's secrets are sealed with it.
+    pub store_key: Option<StoreKey>,
     pub engine: EngineConfig,
     /// The address other replicas and clients should use for this one.
     pub advertise: String,
@@ -156,7 +159,8 @@ impl Node {
             fenced: fenced.clone(),
             ..self.engine.clone()
         };
-        let engine = Engine::start(config, self.store.fenced(fence.clone()), term_life.clone());
+        let store = Sealed::new(self.store.fenced(fence.clone()), self.store_key.clone());
+        let engine = Engine::start(config, store, term_life.clone());
         Ok(Some(Term {
             fence,
             leadership,

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::etcd::{EtcdConfig, EtcdStore};
+use crate::seal::StoreKey;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
 use crate::store::{MemoryStore, StoreError};
@@ -126,6 +127,11 @@ pub struct Config {
     /// The private key (PEM) of --etcd-cert.
     #[arg(long, env = "FACTOTUM_ETCD_KEY", requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
+    /// A file holding 32 random bytes in base64 (`head -c32 /dev/urandom | base64`): the
+    /// records holding a run's secrets (its spec and templated factfile) are sealed with it in
+    /// etcd. Every coordinator sharing the etcd prefix needs the same key.
+    #[arg(long, env = "FACTOTUM_STORE_KEY", value_name = "FILE")]
+    pub store_key: Option<PathBuf>,
     /// The leader's etcd lease (whole seconds, from 1s): a leader that stops renewing it loses
     /// leadership after this long, and a standby takes over.
     #[arg(long, env = "FACTOTUM_LEASE_TTL", value_name = "DURATION", default_value = "5s",
@@ -237,6 +243,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    StoreKey(#[from] crate::seal::SealError),
     #[error("the gRPC server failed: {0}")]
     Server(#[from] tonic::transport::Error),
 }
@@ -583,8 +591,10 @@ async fn lead(
             endpoints: config.etcd.join(","),
             source,
         })?;
+    let store_key = config.store_key.as_deref().map(StoreKey::read).transpose()?;
     let node = Node {
         store,
+        store_key,
         engine,
         advertise,
         lease_ttl: config.lease_ttl,

@@ -50,6 +50,10 @@ pub enum Command {
     Runs(RunsArgs),
     /// List the agents connected to a coordinator.
     Agents(AgentsArgs),
+    /// Webhook delivery on a coordinator: endpoints and dead letters (`list`), sending a run's
+    /// dead-lettered events again (`replay`), an endpoint a 410 disabled (`enable`).
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Print a shell completion script for factotum (or, with --bin, factotum-coordinator or
     /// factotum-agent), e.g. `factotum completions bash > /etc/bash_completion.d/factotum`.
     Completions(CompletionsArgs),
@@ -102,6 +106,51 @@ pub struct AgentsArgs {
     pub remote: Remote,
     #[command(flatten)]
     pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// List webhook endpoints (state, filter, pending and dead-lettered events, last error) and
+    /// the newest dead letters. Needs the `read` scope.
+    List(WebhooksListArgs),
+    /// Send a run's dead-lettered events again, in order, with their original webhook-id,
+    /// sequence and ttm. Needs the `admin` scope.
+    Replay(WebhooksReplayArgs),
+    /// Enable an endpoint that answered 410 Gone (its events since then are dead letters:
+    /// replay them per run). Needs the `admin` scope.
+    Enable(WebhooksEnableArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WebhooksListArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhooksReplayArgs {
+    /// The run (its reference, or a unique prefix of at least 6 characters).
+    #[arg(value_name = "RUN")]
+    pub run: String,
+    /// Only events with this sequence number (the factotum-sequence header) or later.
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    pub from: u64,
+    /// Only to this URL (one of the run's own endpoints).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhooksEnableArgs {
+    /// The endpoint's URL, as `webhooks list` shows it.
+    #[arg(value_name = "URL")]
+    pub url: String,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 /// The programs `completions --bin` and `man` know.
@@ -444,6 +493,17 @@ pub struct RunArgs {
         value_parser = DurationRange::ANY.parser()
     )]
     pub webhook_timeout: Duration,
+    /// (Ours) Sign every webhook (Standard Webhooks `webhook-signature`) with this secret,
+    /// `whsec_` and base64 (repeatable: each signs, for rotation; comma-separated in the
+    /// variable).
+    #[arg(
+        long,
+        env = "FACTOTUM_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_secret: Vec<factotum_coordinator::webhook::sign::Secret>,
     /// (Ours) On cancel, the time between TERM and KILL of a task's process group (a bare
     /// number is seconds; units work too: 500ms, 15s, 2m).
     #[arg(

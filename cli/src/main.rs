@@ -17,6 +17,7 @@ mod progress;
 mod route;
 mod run;
 mod show;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
         cli::Command::Rerun(a) => client::rerun(a),
         cli::Command::Runs(a) => show::runs(a),
         cli::Command::Agents(a) => show::agents(a),
+        cli::Command::Webhooks(c) => webhooks::command(c),
         cli::Command::Completions(a) => docs::completions(a),
         cli::Command::Man(a) => docs::man(a),
     };

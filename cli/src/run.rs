@@ -12,6 +12,8 @@ use factotum_common::run::JobState;
 use factotum_common::tags::parse_tags;
 use factotum_common::Factfile;
 use factotum_coordinator::spec;
+use factotum_coordinator::webhook::endpoint::Endpoints;
+use factotum_coordinator::webhook::DeliveryConfig;
 use factotum_coordinator::{
     Engine, EngineConfig, MemoryStore, Placement, RunSpec, Submission, WatchEvent,
 };
@@ -232,6 +234,10 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
 async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) -> u8 {
     let config = EngineConfig {
         heartbeat_interval: args.heartbeat_interval,
+        delivery: DeliveryConfig {
+            endpoints: Endpoints::new(args.webhook_secret.clone(), &[]),
+            ..DeliveryConfig::default()
+        },
         ..EngineConfig::default()
     };
     let service = Lifecycle::new();
@@ -272,15 +278,21 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) 
         console.warn("the local agent did not stop in time; its tasks may still be running");
     }
     for u in engine.flush_webhooks(args.webhook_timeout).await {
-        console.warn(&format!(
-            "{} webhook payload(s) for run {} were not delivered to {}{}",
-            u.pending,
-            u.run_id,
-            u.url,
-            u.last_error
-                .map(|e| format!(" (last error: {e})"))
-                .unwrap_or_default()
-        ));
+        let last = (u.last_error.as_ref())
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default();
+        if u.pending > 0 {
+            console.warn(&format!(
+                "{} webhook payload(s) for run {} were not delivered to {}{last}",
+                u.pending, u.run_id, u.url,
+            ));
+        }
+        if u.dead > 0 {
+            console.warn(&format!(
+                "{} webhook payload(s) for run {} were refused by {}{last}",
+                u.dead, u.run_id, u.url,
+            ));
+        }
     }
     if !service.shut_down(ENGINE_STOP).await {
         console.warn("the engine did not stop in time");

@@ -301,7 +301,7 @@ pub fn agents(args: AgentsArgs) -> u8 {
 }
 
 /// Left-aligned columns separated by two spaces.
-fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+pub(crate) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut width = header.map(|h| h.chars().count());
     for r in rows {
         for (w, c) in width.iter_mut().zip(r) {

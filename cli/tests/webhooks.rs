@@ -269,12 +269,27 @@ fn deliveries_are_retried_in_order_with_the_same_event_id() {
     let p = rx.payloads();
     assert_eq!(transitions(&p)[0], "job null->WAITING");
     assert_eq!(transitions(&p).len(), 9);
-    let ids: Vec<String> = rx
-        .received()
-        .iter()
-        .map(|r| r.header("webhook-id").unwrap().to_string())
-        .collect();
-    assert!(ids[0].ends_with("-0") && ids[8].ends_with("-8"), "{ids:?}");
+    // Each event's id is a UUID that its retries repeat; its sequence number has a header.
+    let ids_of = |rs: &[Received]| -> Vec<(String, String)> {
+        rs.iter()
+            .map(|r| {
+                let id = r.header("webhook-id").unwrap().to_string();
+                (r.header("factotum-sequence").unwrap().to_string(), id)
+            })
+            .collect()
+    };
+    let got = ids_of(&rx.received());
+    let seqs: Vec<String> = got.iter().map(|(s, _)| s.clone()).collect();
+    assert_eq!(seqs, (0..9).map(|n| n.to_string()).collect::<Vec<_>>());
+    let unique: std::collections::HashSet<&String> = got.iter().map(|(_, id)| id).collect();
+    assert_eq!(unique.len(), 9, "{got:?}");
+    for (_, id) in &got {
+        assert_eq!(id.len(), 36, "a UUID: {id}");
+        assert_eq!(&id[14..15], "5", "version 5: {id}");
+    }
+    // The three failed attempts were the first event, with the same id.
+    let all = ids_of(&rx.requests());
+    assert!(all[..4].iter().all(|x| *x == got[0]), "{all:?}");
 }
 
 #[test]

@@ -187,6 +187,93 @@ pub fn payload(meta: &RunMeta, update: &Update, names: &dyn Fn(u32) -> String) -
     serde_json::to_string(&body).ok()
 }
 
+/// The largest request body sent: Snowplow collectors refuse 2 MiB and more.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// [`payload`] kept within `limit` bytes by shortening the largest output tails first (each
+/// keeps its end, as a tail does); `Err(size)` when even empty tails leave it larger, with
+/// that size. `None` when the update carries no snapshot.
+pub fn payload_within(
+    meta: &RunMeta,
+    update: &Update,
+    names: &dyn Fn(u32) -> String,
+    limit: usize,
+) -> Option<Result<String, usize>> {
+    let body = payload(meta, update, names)?;
+    if body.len() <= limit {
+        return Some(Ok(body));
+    }
+    let mut snap: Snapshot = update.snapshot.as_deref()?.clone();
+    let mut size = body.len();
+    loop {
+        // Every tail is cut down to one level of JSON bytes, the highest that removes what is
+        // over; the loop is for what rounding to characters leaves.
+        let over = size - limit;
+        let lens: Vec<usize> = (snap.tasks.iter())
+            .flat_map(|t| [&t.stdout, &t.stderr])
+            .filter_map(|s| s.as_deref().map(json_len))
+            .collect();
+        if lens.iter().all(|l| *l == 0) {
+            return Some(Err(size));
+        }
+        let cut_at = |level: usize| lens.iter().map(|l| l.saturating_sub(level)).sum::<usize>();
+        let (mut lo, mut hi) = (0, lens.iter().copied().max().unwrap_or(0));
+        while lo < hi {
+            // The highest level whose cut is enough: cut_at falls as the level rises.
+            let mid = (lo + hi).div_ceil(2);
+            if cut_at(mid) >= over {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        for tail in (snap.tasks.iter_mut())
+            .flat_map(|t| [&mut t.stdout, &mut t.stderr])
+            .filter_map(|s| s.as_mut())
+        {
+            keep_end(tail, lo);
+        }
+        let shrunk = Update {
+            kind: update.kind.clone(),
+            at: update.at,
+            snapshot: Some(std::sync::Arc::new(snap.clone())),
+        };
+        let body = payload(meta, &shrunk, names)?;
+        if body.len() <= limit {
+            return Some(Ok(body));
+        }
+        size = body.len();
+    }
+}
+
+/// Bytes a character takes in a JSON string.
+fn json_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// Bytes a string takes in JSON, quotes aside.
+fn json_len(s: &str) -> usize {
+    s.chars().map(json_char_len).sum()
+}
+
+/// Keeps the end of `tail` that takes at most `max` bytes in JSON.
+fn keep_end(tail: &mut String, max: usize) {
+    let mut kept = 0;
+    let mut start = tail.len();
+    for (i, c) in tail.char_indices().rev() {
+        kept += json_char_len(c);
+        if kept > max {
+            break;
+        }
+        start = i;
+    }
+    tail.replace_range(..start, "");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +364,40 @@ mod tests {
         assert!(a.get("stderr").is_none());
         let b = v["data"]["taskStates"][1].as_object().unwrap();
         assert_eq!(b.len(), 2, "{b:?}");
+    }
+
+    #[test]
+    fn large_tails_are_shortened_largest_first_to_fit() {
+        let mut s = (*snap()).clone();
+        s.tasks[0].stdout = Some(format!("start{}end", "x".repeat(600_000)));
+        s.tasks[1].stderr = Some("\u{e9}\n".repeat(200_000)); // 2 + 2 bytes each in JSON
+        let u = Update {
+            kind: UpdateKind::Job {
+                previous: None,
+                current: JobState::Running,
+            },
+            at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+            snapshot: Some(Arc::new(s)),
+        };
+        let full = payload(&meta(), &u, &|_| String::new()).unwrap();
+        assert!(full.len() > 1_000_000);
+        let body = payload_within(&meta(), &u, &|_| String::new(), 500_000)
+            .unwrap()
+            .unwrap();
+        assert!(body.len() <= 500_000, "{}", body.len());
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let out = v["data"]["taskStates"][0]["stdout"].as_str().unwrap();
+        let err = v["data"]["taskStates"][1]["stderr"].as_str().unwrap();
+        assert!(
+            out.ends_with("xend") && out.len() > 100_000,
+            "tails keep their end"
+        );
+        // Both were cut to one level of JSON bytes.
+        let (o, e) = (json_len(out), json_len(err));
+        assert!(o.abs_diff(e) <= 4 && e > 100_000, "{o} {e}");
+        // Nothing left to cut: the size is reported.
+        let small = payload_within(&meta(), &u, &|_| String::new(), 100).unwrap();
+        assert!(matches!(small, Err(n) if n > 100 && n < 2_000), "{small:?}");
     }
 
     #[test]

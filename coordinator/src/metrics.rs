@@ -39,6 +39,9 @@ pub struct Metrics {
     pub webhook_deliveries: Family<ResultLabel, Counter>,
     pub webhook_lag: Histogram,
     pub webhook_outbox: Gauge,
+    pub webhook_dead_lettered: Family<ResultLabel, Counter>,
+    pub webhook_dead_letters: Gauge,
+    pub webhook_endpoints_disabled: Gauge,
     pub store_latency: Histogram,
     pub store_errors: Counter,
     pub commit_batch_ops: Histogram,
@@ -93,6 +96,9 @@ impl Metrics {
             webhook_deliveries: Family::default(),
             webhook_lag: seconds(),
             webhook_outbox: Gauge::default(),
+            webhook_dead_lettered: Family::default(),
+            webhook_dead_letters: Gauge::default(),
+            webhook_endpoints_disabled: Gauge::default(),
             store_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             store_errors: Counter::default(),
             commit_batch_ops: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -136,7 +142,9 @@ impl Metrics {
         );
         add!(
             "webhook_deliveries",
-            "Webhook POSTs by result (delivered: a 2xx; failed: retried later)",
+            "Webhook POSTs by result (delivered: a 2xx; failed: retried later; refused: a 4xx that \
+             dead-letters the event or a 410 that disables the endpoint; heartbeat_failed: a \
+             best-effort heartbeat not delivered)",
             self.webhook_deliveries
         );
         add!(
@@ -148,6 +156,23 @@ impl Metrics {
             "webhook_outbox",
             "Webhook deliveries queued and not yet delivered",
             self.webhook_outbox
+        );
+        add!(
+            "webhook_dead_lettered",
+            "Webhook events given up on and kept as dead letters, by why (refused: a 4xx; \
+             expired: retried past --webhook-retry-for; disabled: the endpoint answered 410; \
+             too_large: over 1 MiB with empty output tails)",
+            self.webhook_dead_lettered
+        );
+        add!(
+            "webhook_dead_letters",
+            "Dead letters held in the store (at most --webhook-dead-letters)",
+            self.webhook_dead_letters
+        );
+        add!(
+            "webhook_endpoints_disabled",
+            "Webhook endpoints disabled by a 410 until `factotum webhooks enable`",
+            self.webhook_endpoints_disabled
         );
         add!(
             "store_transaction_seconds",
@@ -293,10 +318,17 @@ impl Metrics {
         }
     }
 
-    pub fn delivered(&self, ok: bool) {
-        let result = if ok { "delivered" } else { "failed" };
+    /// One POST's result: `delivered`, `failed`, `refused` or `heartbeat_failed`.
+    pub fn delivered(&self, result: &'static str) {
         self.webhook_deliveries
             .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// An event given up on: `refused`, `expired`, `disabled` or `too_large`.
+    pub fn dead_lettered(&self, why: &'static str) {
+        (self.webhook_dead_lettered)
+            .get_or_create(&ResultLabel { result: why })
             .inc();
     }
 

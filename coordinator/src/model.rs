@@ -305,6 +305,16 @@ pub enum EngineError {
     NothingToRerun(String),
     #[error("run {run} cannot be re-run: {why}")]
     CannotRerun { run: String, why: String },
+    #[error("{url} is not one of run {run}'s webhook endpoints ({})", endpoints.join(", "))]
+    NotAnEndpoint {
+        run: String,
+        url: String,
+        endpoints: Vec<String>,
+    },
+    #[error("the factfile is {0} characters in base64, over the 1000000 the webhook schemas allow in `factfile`: with webhooks, submit a smaller factfile")]
+    TooLargeForWebhooks(usize),
+    #[error("webhook endpoint {0} is not disabled")]
+    NotDisabled(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }

@@ -90,6 +90,9 @@ pub struct StateRecord {
     pub state: String,
     /// The next webhook event's sequence number (event ids stay unique across failovers).
     pub outbox_seq: u64,
+    /// The last webhook event's `ttm` (ms since the epoch).
+    #[serde(default)]
+    pub last_ttm: i64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cancelled: Option<String>,
 }
@@ -272,15 +275,21 @@ pub fn pack_factfile(compact: &str) -> Vec<u8> {
 
 /// An outbox entry: `<url>\n<payload>`, gzip when large (a 10,000-task run's payloads are
 /// megabytes of JSON).
-pub fn pack_outbox(url: &str, body: &str) -> Vec<u8> {
-    pack_factfile(&format!("{url}\n{body}"))
+pub fn pack_outbox(url: &str, ttm: i64, body: &str) -> Vec<u8> {
+    pack_factfile(&format!("{url}\n{ttm}\n{body}"))
 }
 
-/// The URL and payload of an outbox entry.
-pub fn unpack_outbox(bytes: &[u8]) -> Option<(String, String)> {
+/// The URL, `ttm` and payload of an outbox entry (one written before `ttm` was recorded,
+/// `<url>\n<payload>`, reads with `ttm` 0).
+pub fn unpack_outbox(bytes: &[u8]) -> Option<(String, i64, String)> {
     let text = unpack_factfile(bytes)?;
-    let (url, body) = text.split_once('\n')?;
-    Some((url.to_string(), body.to_string()))
+    let (url, rest) = text.split_once('\n')?;
+    match rest.split_once('\n') {
+        Some((ttm, body)) if !ttm.starts_with('{') => {
+            Some((url.to_string(), ttm.parse().ok()?, body.to_string()))
+        }
+        _ => Some((url.to_string(), 0, rest.to_string())),
+    }
 }
 
 pub fn unpack_factfile(bytes: &[u8]) -> Option<String> {

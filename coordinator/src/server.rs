@@ -16,10 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::etcd::{EtcdConfig, EtcdStore};
-use crate::seal::StoreKey;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
+use crate::seal::StoreKey;
 use crate::store::{MemoryStore, StoreError};
+use crate::webhook::endpoint::{EndpointList, EndpointSpec, Endpoints};
+use crate::webhook::sign::Secret;
+use crate::webhook::DeliveryConfig;
 use crate::{api, spec};
 
 /// The Factotum coordinator: accepts runs over gRPC and leases their tasks to agents.
@@ -91,9 +94,31 @@ pub struct Config {
     /// (this coordinator presents its own certificate to it). Default: --tls-client-ca.
     #[arg(long, env = "FACTOTUM_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
-    /// POST every transition of every run to this URL (repeatable; comma-separated in the env var).
-    #[arg(long, env = "FACTOTUM_WEBHOOK", value_delimiter = ',')]
-    pub webhook: Vec<String>,
+    /// POST every transition of every run to this URL (repeatable; comma-separated in the env
+    /// var). In a config file, `[[webhook]]` tables (`url`, `secrets`, `filter` = all, job or
+    /// terminal) give a URL its own secrets and the events it gets.
+    #[arg(long, env = "FACTOTUM_WEBHOOK", value_name = "URL")]
+    pub webhook: Vec<EndpointList>,
+    /// Sign every webhook (Standard Webhooks: `webhook-signature`) with this secret, `whsec_`
+    /// and base64 (repeatable: each signs, for rotation; comma-separated in the env var).
+    #[arg(
+        long,
+        env = "FACTOTUM_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_secret: Vec<Secret>,
+    /// Retry a webhook event that fails (connection errors, timeouts, 408, 429, 5xx) until this
+    /// long after its transition; then it becomes a dead letter (`factotum webhooks`).
+    #[arg(long, env = "FACTOTUM_WEBHOOK_RETRY_FOR", value_name = "DURATION", default_value = "24h",
+          value_parser = DurationRange::POSITIVE.parser())]
+    pub webhook_retry_for: Duration,
+    /// Dead letters (webhook events given up on) kept in the store, at most; past it the oldest
+    /// are dropped.
+    #[arg(long, env = "FACTOTUM_WEBHOOK_DEAD_LETTERS", value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_dead_letters: u32,
     /// An agent silent this long is lost; its running tasks fail.
     #[arg(long, env = "FACTOTUM_LOST_AFTER", value_name = "DURATION", default_value = "15s",
           value_parser = DurationRange::POSITIVE.parser())]
@@ -395,8 +420,8 @@ impl Config {
                 return Err(ServeError::Insecure(addr));
             }
         }
-        for url in &self.webhook {
-            spec::check_webhook_url(url).map_err(|e| ServeError::BadWebhook(e.to_string()))?;
+        for e in self.webhook.iter().flat_map(|l| &l.0) {
+            spec::check_webhook_url(&e.url).map_err(|e| ServeError::BadWebhook(e.to_string()))?;
         }
         Ok(())
     }
@@ -433,8 +458,19 @@ impl Config {
     }
 
     pub fn engine(&self) -> EngineConfig {
+        let endpoints: Vec<EndpointSpec> = self
+            .webhook
+            .iter()
+            .flat_map(|l| l.0.iter().cloned())
+            .collect();
         EngineConfig {
-            webhooks: self.webhook.clone(),
+            webhooks: endpoints.iter().map(|e| e.url.clone()).collect(),
+            delivery: DeliveryConfig {
+                endpoints: Endpoints::new(self.webhook_secret.clone(), &endpoints),
+                retry_for: self.webhook_retry_for,
+                dead_letters: self.webhook_dead_letters as usize,
+                ..DeliveryConfig::default()
+            },
             lost_after: Some(self.lost_after),
             agent_heartbeat: self.agent_heartbeat,
             failover_grace: self.failover_grace,
@@ -591,7 +627,11 @@ async fn lead(
             endpoints: config.etcd.join(","),
             source,
         })?;
-    let store_key = config.store_key.as_deref().map(StoreKey::read).transpose()?;
+    let store_key = config
+        .store_key
+        .as_deref()
+        .map(StoreKey::read)
+        .transpose()?;
     let node = Node {
         store,
         store_key,

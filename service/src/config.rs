@@ -83,6 +83,35 @@ fn set_by_user(given: &ArgMatches, arg: &Arg) -> bool {
     }
 }
 
+/// A TOML value as JSON.
+fn json(value: &DeValue) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    Ok(match value {
+        DeValue::String(s) => Value::String(s.to_string()),
+        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+            .map_err(|e| e.to_string())?
+            .into(),
+        DeValue::Float(f) => {
+            let f: f64 = f.as_str().parse().map_err(|_| "not a number".to_string())?;
+            serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .ok_or("not a finite number")?
+        }
+        DeValue::Boolean(b) => Value::Bool(*b),
+        DeValue::Datetime(d) => Value::String(d.to_string()),
+        DeValue::Array(items) => Value::Array(
+            (items.iter())
+                .map(|i| json(i.get_ref()))
+                .collect::<Result<_, _>>()?,
+        ),
+        DeValue::Table(t) => Value::Object(
+            (t.iter())
+                .map(|(k, v)| Ok((k.get_ref().to_string(), json(v.get_ref())?)))
+                .collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
 /// One config file's text, and its name for messages.
 struct File<'a> {
     path: &'a str,
@@ -212,7 +241,11 @@ impl Key<'_> {
             DeValue::Float(f) => f.as_str().to_string(),
             DeValue::Boolean(b) => b.to_string(),
             DeValue::Datetime(d) => d.to_string(),
-            DeValue::Array(_) | DeValue::Table(_) => {
+            // A table (`[[webhook]]`) reaches the flag as JSON: its parser decides.
+            DeValue::Table(_) => json(value)
+                .map_err(|e| self.error(ErrorKind::InvalidValue, e))?
+                .to_string(),
+            DeValue::Array(_) => {
                 return Err(self.error(
                     ErrorKind::InvalidValue,
                     format!("takes a string or a number, not {}", value.type_str()),
@@ -379,6 +412,30 @@ mod tests {
         assert_eq!(
             [l.flag, l.env, l.file, l.none],
             ["flag", "env", "file", "default"]
+        );
+    }
+
+    #[test]
+    fn an_array_of_tables_reaches_its_flag_as_json() {
+        #[derive(Debug, clap::Parser)]
+        struct Hooks {
+            #[arg(long)]
+            config: Option<PathBuf>,
+            #[arg(long)]
+            webhook: Vec<String>,
+        }
+        let f = file(
+            "[[webhook]]\nurl = 'http://a/x'\nsecrets = ['s1', 's2']\nfilter = \"terminal\"\n\n\
+             [[webhook]]\nurl = 'http://b/y'\nn = 3\n",
+        );
+        let h: Hooks =
+            try_parse_from(["prog".as_ref(), "--config".as_ref(), f.path().as_os_str()]).unwrap();
+        assert_eq!(
+            h.webhook,
+            [
+                r#"{"filter":"terminal","secrets":["s1","s2"],"url":"http://a/x"}"#,
+                r#"{"n":3,"url":"http://b/y"}"#
+            ]
         );
     }
 

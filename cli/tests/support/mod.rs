@@ -117,6 +117,8 @@ pub fn shared(rel: &str) -> String {
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The request target: path and query.
+    pub target: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
 }
@@ -131,13 +133,34 @@ impl Received {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+    /// A query parameter of the request target.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let q = self.target.split_once('?')?.1;
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
 }
 
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A status and extra headers (a 2xx records the request as received).
+    Status(u16, Vec<(String, String)>),
+    /// Never answer (the connection stays open).
+    Hang,
+}
+
+/// Decides each answer from the request's number (1-based, all requests) and the request.
+pub type Responder = Arc<dyn Fn(usize, &Received) -> Answer + Send + Sync>;
+
 /// A real HTTP server on 127.0.0.1:0 that records POSTs. The first `fail_first` requests get a
-/// 500, the rest a 200.
+/// 500, the rest a 200 (or what a [`Responder`] says).
 pub struct Receiver {
     pub url: String,
     got: Arc<Mutex<Vec<Received>>>,
+    all: Arc<Mutex<Vec<Received>>>,
     attempts: Arc<Mutex<usize>>,
 }
 
@@ -147,22 +170,46 @@ impl Receiver {
     }
 
     pub fn failing_first(fail_first: usize) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let got = Arc::new(Mutex::new(vec![]));
-        let attempts = Arc::new(Mutex::new(0));
-        let (g, a) = (got.clone(), attempts.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (g, a) = (g.clone(), a.clone());
-                std::thread::spawn(move || serve(conn, g, a, fail_first));
-            }
-        });
-        Receiver { url, got, attempts }
+        Self::answering(Arc::new(move |n, _| {
+            Answer::Status(if n <= fail_first { 500 } else { 200 }, vec![])
+        }))
     }
 
+    /// A receiver whose answers `respond` decides; its URL's path is `/hook`.
+    pub fn answering(respond: Responder) -> Receiver {
+        Self::at_path("/hook", respond)
+    }
+
+    /// The same, listening on `path` (e.g. Snowplow's `/com.snowplowanalytics.iglu/v1`).
+    pub fn at_path(path: &str, respond: Responder) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}{path}", listener.local_addr().unwrap());
+        let got = Arc::new(Mutex::new(vec![]));
+        let all = Arc::new(Mutex::new(vec![]));
+        let attempts = Arc::new(Mutex::new(0));
+        let (g, al, a) = (got.clone(), all.clone(), attempts.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (g, al, a, r) = (g.clone(), al.clone(), a.clone(), respond.clone());
+                std::thread::spawn(move || serve(conn, g, al, a, r));
+            }
+        });
+        Receiver {
+            url,
+            got,
+            all,
+            attempts,
+        }
+    }
+
+    /// The requests answered with a 2xx, in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
+    }
+
+    /// Every request, whatever its answer.
+    pub fn requests(&self) -> Vec<Received> {
+        self.all.lock().unwrap().clone()
     }
 
     pub fn attempts(&self) -> usize {
@@ -178,8 +225,9 @@ impl Receiver {
 fn serve(
     conn: TcpStream,
     got: Arc<Mutex<Vec<Received>>>,
+    all: Arc<Mutex<Vec<Received>>>,
     attempts: Arc<Mutex<usize>>,
-    fail_first: usize,
+    respond: Responder,
 ) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
@@ -188,6 +236,11 @@ fn serve(
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
             return;
         }
+        let target = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
         let mut headers = vec![];
         loop {
             let mut line = String::new();
@@ -216,17 +269,26 @@ fn serve(
             *a += 1;
             *a
         };
-        let status = if n <= fail_first {
-            "500 Internal Server Error"
-        } else {
-            got.lock().unwrap().push(Received {
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-            "200 OK"
+        let request = Received {
+            target,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
         };
-        let _ =
-            conn.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+        all.lock().unwrap().push(request.clone());
+        let (status, extra) = match respond(n, &request) {
+            Answer::Status(status, extra) => (status, extra),
+            Answer::Hang => {
+                std::thread::sleep(Duration::from_secs(3600));
+                return;
+            }
+        };
+        if (200..300).contains(&status) {
+            got.lock().unwrap().push(request);
+        }
+        let extra: String = extra.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        let _ = conn.write_all(
+            format!("HTTP/1.1 {status} X\r\n{extra}Content-Length: 0\r\n\r\n").as_bytes(),
+        );
     }
 }
 

@@ -32,6 +32,8 @@ pub enum Reason {
     StoreUnavailable,
     /// No leader is known (a follower cannot forward): retry shortly.
     NoLeader,
+    /// EnableWebhook for an endpoint that is not disabled.
+    WebhookNotDisabled,
 }
 
 impl Reason {
@@ -50,6 +52,7 @@ impl Reason {
             Reason::Unauthenticated => "UNAUTHENTICATED",
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
             Reason::NoLeader => "NO_LEADER",
+            Reason::WebhookNotDisabled => "WEBHOOK_NOT_DISABLED",
         }
     }
 }
@@ -161,6 +164,18 @@ impl From<EngineError> for Refusal {
                 Reason::RunFinished,
                 format!("run {run} has already finished: there is nothing to cancel"),
             ),
+            e @ EngineError::NotAnEndpoint { .. } => {
+                Refusal::bad(Reason::InvalidArgument, "url", e.to_string())
+            }
+            e @ EngineError::TooLargeForWebhooks(_) => {
+                Refusal::bad(Reason::InvalidFactfile, "factfile", e.to_string())
+            }
+            e @ EngineError::NotDisabled(_) => Refusal::new(
+                Code::FailedPrecondition,
+                Reason::WebhookNotDisabled,
+                e.to_string(),
+            )
+            .field("url"),
             EngineError::Store(e) => Refusal::new(
                 Code::Unavailable,
                 Reason::StoreUnavailable,

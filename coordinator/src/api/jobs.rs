@@ -472,6 +472,38 @@ impl Jobs for JobsApi {
             agents: agents.iter().map(|a| wire::agent(a, now)).collect(),
         }))
     }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        let engine = local_or_forward!(self, request, list_webhooks, Scope::Read);
+        let (endpoints, dead) = engine.list_webhooks();
+        Ok(Response::new(wire::webhooks(&endpoints, &dead)))
+    }
+
+    async fn replay_webhooks(
+        &self,
+        request: Request<pb::ReplayWebhooksRequest>,
+    ) -> Result<Response<pb::ReplayWebhooksResponse>, Status> {
+        let engine = local_or_forward!(self, request, replay_webhooks, Scope::Admin);
+        let r = request.into_inner();
+        let url = Some(r.url).filter(|u| !u.is_empty());
+        let done = (engine.replay_webhooks(&r.run_id, r.from_sequence, url)).await?;
+        Ok(Response::new(pb::ReplayWebhooksResponse {
+            replayed: done.replayed,
+            skipped: done.skipped,
+        }))
+    }
+
+    async fn enable_webhook(
+        &self,
+        request: Request<pb::EnableWebhookRequest>,
+    ) -> Result<Response<pb::EnableWebhookResponse>, Status> {
+        let engine = local_or_forward!(self, request, enable_webhook, Scope::Admin);
+        engine.enable_webhook(&request.into_inner().url)?;
+        Ok(Response::new(pb::EnableWebhookResponse {}))
+    }
 }
 
 #[cfg(test)]

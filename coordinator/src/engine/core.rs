@@ -33,6 +33,9 @@ const GROUP: usize = 256;
 /// member without a leader answers at once), and one that is back should resume dispatch at
 /// once — after etcd re-elects its leader, within this of it.
 const RETRY_STALLED: Duration = Duration::from_millis(150);
+/// The most characters the webhook schemas allow in `factfile` (base64).
+const MAX_FACTFILE_FIELD: usize = 1_000_000;
+
 /// How often runs' own heartbeats are checked: they are due at most this late.
 const RUN_BEAT_CHECK: Duration = Duration::from_millis(100);
 /// How often the metrics' gauges are sampled from the engine's state.
@@ -194,6 +197,12 @@ impl<S: Store> Core<S> {
                 answer(reply, Ok(self.agents.infos(self.cfg.clock.instant())))
             }
             Command::Recover { reply } => answer(reply, self.recover().await),
+            Command::ReplayWebhooks {
+                run_id,
+                from,
+                url,
+                reply,
+            } => answer(reply, self.replay(&run_id, from, url.as_deref()).await),
             Command::AgentHello { conn, hello, tx } => self.hello(conn, hello, tx).await,
             Command::FromAgent { conn, msg } => self.agent_said(conn, msg).await,
             Command::AgentGone { conn } => self.agent_gone(conn),
@@ -215,6 +224,11 @@ impl<S: Store> Core<S> {
             &self.cfg.webhooks,
             self.cfg.watch_buffer,
         );
+        // The schema's `factfile` is at most 1,000,000 characters, and every event carries it.
+        let encoded = run.meta.factfile_base64.len();
+        if !run.webhooks.is_empty() && encoded > MAX_FACTFILE_FIELD {
+            return Err(EngineError::TooLargeForWebhooks(encoded));
+        }
         if !allow_concurrent {
             if let Some(active) = self.runs.active_of_job(&run.meta.job_reference) {
                 return Err(EngineError::AlreadyActive(active.id.to_string()));
@@ -308,8 +322,13 @@ impl<S: Store> Core<S> {
         for (key, run) in found.idempotency {
             self.runs.remember_key(key, run);
         }
+        self.deliverer.restore(found.dead, found.disabled);
         let mut closed = HashSet::new();
-        for d in found.outbox {
+        for d in found
+            .outbox
+            .into_iter()
+            .filter(|d| !self.deliverer.is_dead(&d.outbox_key))
+        {
             if !self.runs.active.contains_key(&d.run_id) {
                 closed.insert(Arc::clone(&d.run_id));
             }
@@ -372,11 +391,15 @@ impl<S: Store> Core<S> {
             run: Some(Arc::clone(id)),
             ..Batch::default()
         };
+        // A batch of heartbeats alone writes nothing (no heartbeats in the store).
+        let mut only_beats = true;
         for action in actions {
+            only_beats &= matches!(&action, Action::Emit(u) if super::runs::is_heartbeat(u));
             match action {
                 Action::Emit(update) => {
                     metrics.observe(&run.state, &update);
-                    run.record(&update, &mut batch.ops, &mut batch.deliveries)
+                    let endpoints = self.deliverer.endpoints();
+                    run.record(&update, endpoints, &mut batch.ops, &mut batch.deliveries)
                 }
                 Action::Dispatch { task, attempt } => {
                     let (Some(agent), Some(spec)) =
@@ -406,7 +429,9 @@ impl<S: Store> Core<S> {
                 Action::RunEnded(state) => batch.ended = Some(state),
             }
         }
-        batch.ops.push(run.state_op());
+        if !only_beats {
+            batch.ops.push(run.state_op());
+        }
         self.timers.set(id, run.state.next_deadline());
         self.commits.push(batch);
     }

@@ -18,6 +18,7 @@ mod runs;
 mod sessions;
 mod timers;
 mod watchers;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,9 @@ pub use crate::model::{
     TaskChange, TaskInfo, Watch, WatchEvent,
 };
 use crate::store::Store;
-use crate::webhook::{Deliverer, Undelivered};
+use crate::webhook::dead::DeadLetter;
+use crate::webhook::{Deliverer, DeliveryConfig, EndpointReport, Undelivered};
+pub use webhooks::Replayed;
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -69,6 +72,8 @@ pub struct EngineConfig {
     pub max_queued_calls: usize,
     /// Where the engine records what it does (outlives the engine: one per process).
     pub metrics: Arc<Metrics>,
+    /// How webhooks are delivered: endpoints' secrets and filters, retries, dead letters.
+    pub delivery: DeliveryConfig,
 }
 
 /// The default `watch_buffer`: 4 MiB of output per watcher.
@@ -90,6 +95,7 @@ impl Default for EngineConfig {
             history_max_age: Duration::from_secs(30 * 86_400),
             max_queued_calls: 1024,
             metrics: Arc::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -137,6 +143,12 @@ enum Command {
     ListAgents {
         reply: Reply<Vec<AgentInfo>>,
     },
+    ReplayWebhooks {
+        run_id: String,
+        from: u64,
+        url: Option<String>,
+        reply: Reply<Replayed>,
+    },
     Recover {
         reply: Reply<usize>,
     },
@@ -161,7 +173,12 @@ impl Engine {
         let life = life.into();
         let max_queued = config.max_queued_calls.max(1);
         let (tx, rx) = mpsc::channel(max_queued);
-        let deliverer = Deliverer::new(store.clone(), life.clone(), Arc::clone(&config.metrics));
+        let deliverer = Deliverer::new(
+            store.clone(),
+            life.clone(),
+            Arc::clone(&config.metrics),
+            config.delivery.clone(),
+        );
         let core = core::Core::new(config, store, deliverer.clone());
         life.spawn(core.run(rx, life.token.clone()));
         Engine {
@@ -259,6 +276,36 @@ impl Engine {
 
     pub async fn list_agents(&self) -> Result<Vec<AgentInfo>, EngineError> {
         self.ask(|reply| Command::ListAgents { reply }).await
+    }
+
+    /// Webhook endpoints and dead letters, as the deliverer holds them.
+    pub fn list_webhooks(&self) -> (Vec<EndpointReport>, Vec<DeadLetter>) {
+        self.deliverer.report()
+    }
+
+    /// Sends a run's dead letters (from sequence `from`, to `url` only when given) again.
+    pub async fn replay_webhooks(
+        &self,
+        run_id: &str,
+        from: u64,
+        url: Option<String>,
+    ) -> Result<Replayed, EngineError> {
+        let run_id = run_id.to_string();
+        self.ask(|reply| Command::ReplayWebhooks {
+            run_id,
+            from,
+            url,
+            reply,
+        })
+        .await
+    }
+
+    /// Enables an endpoint a 410 disabled.
+    pub fn enable_webhook(&self, url: &str) -> Result<(), EngineError> {
+        match self.deliverer.enable(url) {
+            true => Ok(()),
+            false => Err(EngineError::NotDisabled(url.to_string())),
+        }
     }
 
     /// Connects an agent session: `from_agent` carries its messages in (the first must be

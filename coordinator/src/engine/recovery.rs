@@ -16,7 +16,8 @@ use crate::model::{EngineError, Redaction, RunSpec};
 use crate::persist;
 use crate::spec::redaction;
 use crate::store::{keys, Store, SCAN_PAGE};
-use crate::webhook::Delivery;
+use crate::webhook::dead::{self, DeadLetter, Disabled};
+use crate::webhook::{self, Delivery};
 
 /// What the store holds for a new leader.
 #[derive(Default)]
@@ -28,6 +29,9 @@ pub(super) struct Recovered {
     pub idempotency: Vec<(String, String)>,
     /// Webhook events not yet delivered, in order per run, with their original event ids.
     pub outbox: Vec<Delivery>,
+    /// Webhook events given up on, by key, and endpoints disabled by a 410.
+    pub dead: Vec<(String, DeadLetter)>,
+    pub disabled: Vec<Disabled>,
     /// When each finished run ended (for the history's limits).
     pub ended: Vec<(Arc<str>, chrono::DateTime<chrono::Utc>)>,
 }
@@ -78,23 +82,37 @@ pub(super) async fn load<S: Store>(
             out.idempotency.push((k, run));
         }
     }
+    for (key, value) in store.scan("deadletter/").await? {
+        if let Ok(d) = serde_json::from_slice(&value) {
+            out.dead.push((key, d));
+        }
+    }
+    for (_, value) in store.scan(dead::disabled_prefix()).await? {
+        if let Ok(d) = serde_json::from_slice(&value) {
+            out.disabled.push(d);
+        }
+    }
+    // An entry written before `ttm` was recorded gets its horizon from now.
+    let now_ms = chrono::Utc::now().timestamp_millis();
     for (key, value) in store.scan("outbox/").await? {
         let parts: Vec<&str> = key.splitn(4, '/').collect();
         let [_, run, seq, _] = parts.as_slice() else {
             continue;
         };
-        let Some((url, body)) = persist::unpack_outbox(&value) else {
+        let Some((url, ttm, body)) = persist::unpack_outbox(&value) else {
             continue;
         };
+        let seq = seq.parse::<u64>().unwrap_or(0);
         out.outbox.push(Delivery {
             url: Arc::from(url.as_str()),
             run_id: Arc::from(*run),
-            event_id: format!(
-                "{run}-{}",
-                seq.trim_start_matches('0').parse::<u64>().unwrap_or(0)
-            ),
+            seq: Some(seq),
+            event_id: Arc::from(webhook::event_id(run, seq)),
+            ttm: if ttm == 0 { now_ms } else { ttm },
+            retry_from: if ttm == 0 { now_ms } else { ttm },
             body: Arc::from(body.as_str()),
             outbox_key: key.clone(),
+            refused: None,
         });
     }
     Ok(out)
@@ -246,6 +264,7 @@ async fn restore_run(
         constraints,
         placement: spec.placement,
         outbox_seq: state.outbox_seq,
+        last_ttm: state.last_ttm,
         rerun_of: spec.rerun_of.clone(),
         watch_buffer: cfg.watch_buffer,
         heartbeat: spec.heartbeat_ms.map(std::time::Duration::from_millis),

@@ -12,14 +12,15 @@ use chrono::{DateTime, Utc};
 use factotum_common::constraint::{Constraint, Placement};
 use factotum_common::dag::TaskId;
 use factotum_common::run::{JobState, RunOptions, RunState, TaskState, Update, UpdateKind};
-use factotum_common::webhook::{payload, RunMeta};
+use factotum_common::webhook::{payload_within, RunMeta, MAX_BODY};
 
 use super::watchers::Watchers;
 use crate::model::{RunInfo, RunSpec, RunSummary, TaskChange, TaskInfo, Watch, WatchEvent};
 use crate::persist;
 use crate::spec::redaction;
 use crate::store::{keys, StoreOp};
-use crate::webhook::Delivery;
+use crate::webhook::endpoint::{Endpoints, EventKind};
+use crate::webhook::{self, dead, Delivery};
 
 pub(super) struct Run {
     pub id: Arc<str>,
@@ -37,6 +38,8 @@ pub(super) struct Run {
     pub task_agent: HashMap<TaskId, Arc<str>>,
     pub waiting_reason: Option<String>,
     pub outbox_seq: u64,
+    /// The last event's `ttm` (ms): the next is later, so `ttm` orders a run's events.
+    pub last_ttm: i64,
     pub rerun_of: Option<String>,
     /// Its webhook heartbeat (`--heartbeat-interval` on `submit`), and when it is next due.
     heartbeat: Option<Duration>,
@@ -54,6 +57,7 @@ pub(super) struct RunParts {
     pub constraints: Vec<Constraint>,
     pub placement: Placement,
     pub outbox_seq: u64,
+    pub last_ttm: i64,
     pub rerun_of: Option<String>,
     /// Bytes of output lines queued for one watcher, and kept for late ones.
     pub watch_buffer: usize,
@@ -76,6 +80,7 @@ impl Run {
             task_agent: HashMap::new(),
             waiting_reason: None,
             outbox_seq: p.outbox_seq,
+            last_ttm: p.last_ttm,
             rerun_of: p.rerun_of,
             heartbeat: p.heartbeat,
             next_beat: None,
@@ -133,7 +138,13 @@ impl Run {
     }
 
     /// Store writes and webhook deliveries for one update; watchers are told.
-    pub fn record(&mut self, update: &Update, ops: &mut Vec<StoreOp>, out: &mut Vec<Delivery>) {
+    pub fn record(
+        &mut self,
+        update: &Update,
+        endpoints: &Endpoints,
+        ops: &mut Vec<StoreOp>,
+        out: &mut Vec<Delivery>,
+    ) {
         match &update.kind {
             UpdateKind::Job { .. } => {} // the state record is written with every batch
             UpdateKind::Tasks(ts) => {
@@ -155,29 +166,69 @@ impl Run {
         }
         let ev = self.watch_event(update);
         self.tell(ev);
-        if self.webhooks.is_empty() {
+        let kind = event_kind(update);
+        let urls: Vec<(usize, &Arc<str>)> = (self.webhooks.iter().enumerate())
+            .filter(|(_, url)| endpoints.filter(url).wants(kind))
+            .collect();
+        if urls.is_empty() {
             return;
         }
         let plan = Arc::clone(self.state.plan());
         let names = move |t: u32| plan.task(t).map(|t| t.name.to_string()).unwrap_or_default();
-        let Some(body) = payload(&self.meta, update, &names) else {
+        let Some(body) = payload_within(&self.meta, update, &names, MAX_BODY) else {
             return;
         };
-        let body: Arc<str> = Arc::from(body);
+        let (body, refused) = match body {
+            Ok(body) => (Arc::from(body), None),
+            Err(size) => (
+                Arc::from(""),
+                Some(format!(
+                    "the event is {size} bytes with every output tail empty, over the {MAX_BODY}-byte limit"
+                )),
+            ),
+        };
+        // `ttm`: the transition's time, made strictly increasing within the run.
+        let ttm = update.at.timestamp_millis().max(self.last_ttm + 1);
+        self.last_ttm = ttm;
+        if is_heartbeat(update) {
+            // Best effort: never stored, so a heartbeat takes no sequence number.
+            let event_id: Arc<str> = Arc::from(webhook::heartbeat_id(&self.id, ttm));
+            for (_, url) in urls {
+                out.push(Delivery {
+                    url: Arc::clone(url),
+                    run_id: Arc::clone(&self.id),
+                    seq: None,
+                    event_id: Arc::clone(&event_id),
+                    ttm,
+                    retry_from: ttm,
+                    body: Arc::clone(&body),
+                    outbox_key: String::new(),
+                    refused: None,
+                });
+            }
+            return;
+        }
         let seq = self.outbox_seq;
         self.outbox_seq += 1;
-        for (i, url) in self.webhooks.iter().enumerate() {
-            let outbox_key = format!("{}/{i}", keys::outbox(&self.id, seq));
-            ops.push(StoreOp::Put {
-                key: outbox_key.clone(),
-                value: persist::pack_outbox(url, &body),
-            });
+        let event_id: Arc<str> = Arc::from(webhook::event_id(&self.id, seq));
+        for (i, url) in urls {
+            let outbox_key = dead::outbox_key(&self.id, seq, i);
+            if refused.is_none() {
+                ops.push(StoreOp::Put {
+                    key: outbox_key.clone(),
+                    value: persist::pack_outbox(url, ttm, &body),
+                });
+            }
             out.push(Delivery {
                 url: Arc::clone(url),
                 run_id: Arc::clone(&self.id),
-                event_id: format!("{}-{seq}", self.id),
+                seq: Some(seq),
+                event_id: Arc::clone(&event_id),
+                ttm,
+                retry_from: ttm,
                 body: Arc::clone(&body),
                 outbox_key,
+                refused: refused.clone(),
             });
         }
     }
@@ -187,6 +238,7 @@ impl Run {
         let state = persist::StateRecord {
             state: self.state.job_state().as_str().into(),
             outbox_seq: self.outbox_seq,
+            last_ttm: self.last_ttm,
             cancelled: self.state.cancelled().map(str::to_string),
         };
         StoreOp::Put {
@@ -334,6 +386,7 @@ pub(super) fn submitted(
     let initial = persist::StateRecord {
         state: JobState::Waiting.as_str().into(),
         outbox_seq: 0,
+        last_ttm: 0,
         cancelled: None,
     };
     let mut ops = vec![
@@ -369,6 +422,7 @@ pub(super) fn submitted(
         constraints: spec.constraints,
         placement: spec.placement,
         outbox_seq: 0,
+        last_ttm: 0,
         rerun_of: spec.rerun_of,
         watch_buffer,
         heartbeat: spec.heartbeat,
@@ -383,4 +437,29 @@ pub(super) fn webhooks(engine: &[String], run: &[String]) -> Vec<Arc<str>> {
         .chain(run)
         .map(|u| Arc::from(u.as_str()))
         .collect()
+}
+
+/// A RUNNING → RUNNING task update: a heartbeat.
+pub(super) fn is_heartbeat(update: &Update) -> bool {
+    match &update.kind {
+        UpdateKind::Tasks(ts) => {
+            !ts.is_empty()
+                && ts
+                    .iter()
+                    .all(|t| t.previous == t.current && t.current == TaskState::Running)
+        }
+        UpdateKind::Job { .. } => false,
+    }
+}
+
+/// What an update is, for endpoints' filters.
+fn event_kind(update: &Update) -> EventKind {
+    match &update.kind {
+        UpdateKind::Job { current, .. } => EventKind::Job {
+            terminal: current.is_terminal(),
+        },
+        UpdateKind::Tasks(ts) => EventKind::Tasks {
+            terminal: ts.iter().any(|t| t.current.is_terminal()),
+        },
+    }
 }

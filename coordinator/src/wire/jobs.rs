@@ -11,6 +11,9 @@ use factotum_common::run::{JobState, Stream, TaskState};
 use factotum_proto::jobs as pb;
 
 use crate::model::{AgentInfo, RunInfo, RunSummary, TaskChange, TaskInfo, WatchEvent};
+use crate::webhook::dead::DeadLetter;
+use crate::webhook::endpoint::Filter;
+use crate::webhook::EndpointReport;
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -332,6 +335,48 @@ pub fn placement(p: Placement) -> pb::Placement {
     match p {
         Placement::Sticky => pb::Placement::Sticky,
         Placement::Spread => pb::Placement::Spread,
+    }
+}
+
+/// Dead letters a ListWebhooks answer lists, at most (the total is counted).
+const MAX_DEAD_LISTED: usize = 1000;
+
+/// The ListWebhooks answer: endpoints, and the newest dead letters.
+pub fn webhooks(endpoints: &[EndpointReport], dead: &[DeadLetter]) -> pb::ListWebhooksResponse {
+    pb::ListWebhooksResponse {
+        endpoints: (endpoints.iter())
+            .map(|e| pb::WebhookEndpoint {
+                url: e.url.clone(),
+                disabled: e.disabled.is_some(),
+                disabled_since: e.disabled.as_ref().map(|d| timestamp(d.since)),
+                pending: e.pending as u64,
+                dead_lettered: e.dead as u64,
+                last_error: (e.disabled.as_ref().map(|d| d.error.clone()))
+                    .or_else(|| e.last_error.clone())
+                    .unwrap_or_default(),
+                filter: match e.filter {
+                    Filter::All => "all",
+                    Filter::Job => "job",
+                    Filter::Terminal => "terminal",
+                }
+                .into(),
+                signed: e.signed,
+            })
+            .collect(),
+        dead_letters: (dead.iter().take(MAX_DEAD_LISTED))
+            .map(|d| pb::DeadLetter {
+                run_id: d.run.clone(),
+                sequence: d.seq,
+                url: d.url.clone(),
+                event_id: crate::webhook::event_id(&d.run, d.seq),
+                reason: d.why.as_str().into(),
+                error: d.error.clone(),
+                attempts: d.attempts,
+                dead_at: Some(timestamp(d.at)),
+                transition_time: DateTime::from_timestamp_millis(d.ttm).map(timestamp),
+            })
+            .collect(),
+        dead_letters_total: dead.len() as u64,
     }
 }
 

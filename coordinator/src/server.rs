@@ -555,6 +555,21 @@ pub async fn run_with_http(
     };
     reload_on_sighup(security.tls.clone(), security.auth.clone(), &life);
     crate::systemd::notify(&routing, &life);
+    let limits = api::ServeLimits {
+        render: config.render_limits(),
+        input: crate::spec::InputLimits {
+            max_size: config.max_factfile_size,
+            max_tasks: usize::try_from(config.max_tasks).unwrap_or(usize::MAX),
+            max_webhooks: config.max_webhooks,
+        },
+        max_message: config.max_message_size,
+        max_pending_submits: config.max_pending_submits as usize,
+        max_watches: config.max_watches as usize,
+        idle_timeout: config.idle_timeout,
+    };
+    // One client API for both ports: the HTTP port's handlers call it in-process, so they get
+    // its authentication, limits and forwarding to the leader.
+    let jobs = api::JobsApi::new(routing.clone(), &limits, &security);
     if let Some(http) = http {
         let port = crate::http::Port {
             routing: routing.clone(),
@@ -562,6 +577,7 @@ pub async fn run_with_http(
             auth: security.auth.clone(),
             tls: security.tls.clone(),
             idle_timeout: config.idle_timeout,
+            jobs: jobs.clone(),
         };
         life.spawn(crate::http::serve(port, http, life.clone()));
     }
@@ -569,18 +585,8 @@ pub async fn run_with_http(
         routing,
         listener,
         security,
-        api::ServeLimits {
-            render: config.render_limits(),
-            input: crate::spec::InputLimits {
-                max_size: config.max_factfile_size,
-                max_tasks: usize::try_from(config.max_tasks).unwrap_or(usize::MAX),
-                max_webhooks: config.max_webhooks,
-            },
-            max_message: config.max_message_size,
-            max_pending_submits: config.max_pending_submits as usize,
-            max_watches: config.max_watches as usize,
-            idle_timeout: config.idle_timeout,
-        },
+        limits,
+        jobs,
         life.clone(),
     ));
     let outcome = if single.is_some() {

@@ -252,6 +252,7 @@ pub async fn serve(
     listener: TcpListener,
     security: Security,
     limits: ServeLimits,
+    jobs: JobsApi,
     life: Lifecycle,
 ) -> Result<(), tonic::transport::Error> {
     let (max_message, idle_timeout) = (limits.max_message, limits.idle_timeout);
@@ -292,7 +293,7 @@ pub async fn serve(
     // `--max-message-size`, both ways, on both services: a larger message is refused by name
     // (RESOURCE_EXHAUSTED / OUT_OF_RANGE), never silently truncated. Every message Factotum
     // itself sends stays well under it by construction (tails, leases and output pieces).
-    let jobs = JobsServer::new(JobsApi::new(role.clone(), &limits, &security))
+    let jobs = JobsServer::new(jobs)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let shutdown = life.token.clone();

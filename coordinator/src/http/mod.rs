@@ -39,6 +39,9 @@ pub struct Port {
     pub auth: Option<Arc<Auth>>,
     pub tls: Option<Arc<Reloadable>>,
     pub idle_timeout: Duration,
+    /// The client API (the gRPC service, called in-process): handlers get its
+    /// authentication, limits and forwarding to the leader.
+    pub jobs: crate::api::JobsApi,
 }
 
 /// OpenMetrics text, which Prometheus reads (and prefers).

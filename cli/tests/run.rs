@@ -111,11 +111,24 @@ fn templating_env_tags_and_command() {
         r#"{"greeting": "Hello", "who": {"name": "Ada"}, "count": 3}"#,
         "--tag",
         "client, acme ",
+        "--no-redact",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("[greet] Hello, Ada!"), "{out}");
     assert!(out.contains("[count] 3 items for acme"), "{out}");
+    // Redacted by default: `--env`'s strings of 4 characters or more ("Ada" is left alone).
+    let o = run(&[
+        "run",
+        &repo().join("samples/variables.factfile").to_string_lossy(),
+        "--env",
+        r#"{"greeting": "Hello", "who": {"name": "Ada"}, "count": 3}"#,
+        "--tag",
+        "client, acme ",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("[greet] [redacted], Ada!"), "{out}");
 }
 
 #[test]

@@ -360,10 +360,18 @@ pub fn env_and_cwd(r: &dyn Runner) {
             json!({}),
         ),
     );
-    let o = r.run(&ff, &["--env", "{\"who\": \"world\"}"]);
+    let o = r.run(&ff, &["--env", "{\"who\": \"world\"}", "--no-redact"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         stdout(&o).contains(&format!("[show] hello world from {}", workdir.display())),
+        "{}",
+        stdout(&o)
+    );
+    // By default the env value (and the `--env` value in it) shows redacted.
+    let o = r.run(&ff, &["--env", "{\"who\": \"world\"}"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("[show] [redacted] from {}", workdir.display())),
         "{}",
         stdout(&o)
     );

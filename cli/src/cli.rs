@@ -298,6 +298,12 @@ pub struct JobArgs {
     /// store, and webhooks carry the untemplated factfile with env values redacted.
     #[arg(long, env = "FACTOTUM_NO_REDACT")]
     pub no_redact: bool,
+    /// (Ours) Run at most N of the job's tasks at once (within the factfile's maxParallel; on
+    /// `submit` it sets the run's). Default: no limit, as Factotum — but `run` never starts more
+    /// than the machine's process limits leave room for: the rest wait, and it says so.
+    #[arg(long, value_name = "N", env = "FACTOTUM_PARALLEL",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub parallel: Option<u32>,
     /// No colours (also off with CLICOLOR=0, NO_COLOR, or when the output is not a terminal).
     #[arg(long, env = "FACTOTUM_NO_COLOUR")]
     pub no_colour: bool,

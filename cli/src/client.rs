@@ -121,6 +121,9 @@ fn request(args: &SubmitArgs) -> Result<pb::SubmitRunRequest, Failure> {
             .heartbeat_interval
             .and_then(|d| prost_types::Duration::try_from(d).ok()),
         no_redact: args.job.no_redact,
+        parallel: args.job.parallel.unwrap_or(0),
+        // Factotum Server's fields: only its HTTP API sets them.
+        ..Default::default()
     })
 }
 

@@ -10,6 +10,7 @@ mod connect;
 mod console;
 mod docs;
 mod follow;
+mod headroom;
 mod json;
 mod load;
 mod out;

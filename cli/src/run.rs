@@ -185,8 +185,10 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
         // The local engine's own heartbeat (EngineConfig::heartbeat_interval) sends them.
         heartbeat: None,
         no_redact: args.job.no_redact,
+        parallel: args.job.parallel,
     };
-    let run = spec::prepare_within(submission, args.input.limits())?;
+    let mut run = spec::prepare_within(submission, args.input.limits())?;
+    hold_to_headroom(&mut run, &console);
     // Factotum's local constraint check: this machine must satisfy every host constraint.
     if !run.constraints.is_empty() {
         // Only host constraints get here (see above).
@@ -298,6 +300,25 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) 
         console.warn("the engine did not stop in time");
     }
     code
+}
+
+/// Never more tasks at once than the machine's process limits leave room for: a tighter
+/// `maxParallel` for this run, said once when it binds (more tasks than that could be ready).
+fn hold_to_headroom(run: &mut RunSpec, console: &Console) {
+    let Some(room) = crate::headroom::task_limit() else {
+        return;
+    };
+    let limit = run.plan.max_parallel.unwrap_or(u32::MAX);
+    if room >= limit || (run.plan.tasks.len() as u64) <= u64::from(room) {
+        return;
+    }
+    console.warn(&format!(
+        "this machine's process limits leave room for {room} tasks at once: the job's other \
+         ready tasks wait for a free place (--parallel sets a lower limit)"
+    ));
+    let mut plan = (*run.plan).clone();
+    plan.max_parallel = Some(room);
+    run.plan = std::sync::Arc::new(plan);
 }
 
 /// How long past `--kill-grace` the local agent gets to stop its tasks and report them.

@@ -46,6 +46,15 @@ pub enum PlanError {
 }
 
 impl Plan {
+    /// The plan with at most `limit` tasks running at once (`--parallel`), within the job's
+    /// own `maxParallel`.
+    pub fn limited(mut self, limit: Option<u32>) -> Plan {
+        if let Some(n) = limit {
+            self.max_parallel = Some(self.max_parallel.map_or(n, |m| m.min(n)));
+        }
+        self
+    }
+
     /// The tasks a `--from-failed` rerun runs: every task not in `succeeded`, and their
     /// descendants, in display order.
     pub(crate) fn not_succeeded(&self, succeeded: &[bool]) -> Vec<TaskId> {

@@ -46,6 +46,8 @@ pub struct RunSpec {
     pub heartbeat: Option<Duration>,
     /// `--no-redact`: nothing is redacted (`redaction` is empty).
     pub no_redact: bool,
+    /// `--parallel` (already applied to the plan; recorded so a new leader applies it too).
+    pub parallel: Option<u32>,
     /// What the run's tasks' output and payloads hide (the plan's tasks carry their lists).
     pub redaction: Redaction,
 }

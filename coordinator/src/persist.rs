@@ -49,6 +49,9 @@ pub struct SpecRecord {
     /// leases. Secret: with `--store-key` the record is sealed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<String>,
+    /// `--parallel`: at most this many tasks at once (a new leader and a rerun keep it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -46,6 +46,8 @@ pub struct Submission {
     pub max_message: usize,
     /// `--no-redact`: output, payloads and the factfile field as Factotum has them.
     pub no_redact: bool,
+    /// `--parallel`: at most this many of its tasks at once (within the job's `maxParallel`).
+    pub parallel: Option<u32>,
 }
 
 /// `--max-factfile-size` and `--max-tasks`: how large a factfile may be before it is read whole,
@@ -310,8 +312,9 @@ pub fn prepare_within(sub: Submission, input: InputLimits) -> Result<RunSpec, Sp
         sub.render_limits,
         input,
     )?;
-    let plan =
-        Plan::from_starts(&ff, &sub.start).map_err(|e| SpecError::bad("start", e.to_string()))?;
+    let plan = Plan::from_starts(&ff, &sub.start)
+        .map_err(|e| SpecError::bad("start", e.to_string()))?
+        .limited(sub.parallel);
     let redaction = if sub.no_redact {
         Redaction::default()
     } else {
@@ -352,6 +355,7 @@ pub fn prepare_within(sub: Submission, input: InputLimits) -> Result<RunSpec, Sp
         rerun_of: None,
         heartbeat: sub.heartbeat,
         no_redact: sub.no_redact,
+        parallel: sub.parallel,
         redaction,
     })
 }

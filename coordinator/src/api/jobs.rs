@@ -358,6 +358,7 @@ impl Jobs for JobsApi {
             max_message: self.max_message,
             heartbeat,
             no_redact: r.no_redact,
+            parallel: (r.parallel > 0).then_some(r.parallel),
         };
         // Preparing resolves host names: keep that off the async workers.
         let input = self.input;

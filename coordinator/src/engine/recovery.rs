@@ -217,7 +217,7 @@ async fn restore_run(
     let state = rec.state()?;
     let job = state.job_state().ok_or("unknown job state")?;
     let plan = redaction::replan(
-        Plan::subset(&rec.factfile, &rec.spec.tasks),
+        Plan::subset(&rec.factfile, &rec.spec.tasks).limited(rec.spec.parallel),
         rec.spec.no_redact,
         &rec.spec.redact,
     );
@@ -301,7 +301,7 @@ pub(super) async fn rerun_spec<S: Store>(
         return Err(EngineError::NothingToRerun(old.to_string()));
     }
     let plan = redaction::replan(
-        Plan::subset(&rec.factfile, &names),
+        Plan::subset(&rec.factfile, &names).limited(rec.spec.parallel),
         rec.spec.no_redact,
         &rec.spec.redact,
     );
@@ -327,6 +327,7 @@ pub(super) async fn rerun_spec<S: Store>(
         rerun_of: Some(old.to_string()),
         heartbeat: spec.heartbeat_ms.map(std::time::Duration::from_millis),
         no_redact: spec.no_redact,
+        parallel: spec.parallel,
         redaction: Redaction {
             secrets: spec.redact,
             shown_factfile: shown,

@@ -382,6 +382,7 @@ pub(super) fn submitted(
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         no_redact: spec.no_redact,
         redact: spec.redaction.secrets.clone(),
+        parallel: spec.parallel,
     };
     let initial = persist::StateRecord {
         state: JobState::Waiting.as_str().into(),

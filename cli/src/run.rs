@@ -291,7 +291,7 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) 
         }
         if u.dead > 0 {
             console.warn(&format!(
-                "{} webhook payload(s) for run {} were refused by {}{last}",
+                "{} webhook payload(s) for run {} were given up on for {}{last}",
                 u.dead, u.run_id, u.url,
             ));
         }

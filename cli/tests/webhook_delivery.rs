@@ -295,7 +295,7 @@ fn a_refusal_is_not_retried_and_the_run_says_what_was_refused() {
     let err = stderr(&o);
     assert!(
         err.contains("9 webhook payload(s) for run ")
-            && err.contains(&format!("were refused by {}", rx.url))
+            && err.contains(&format!("were given up on for {}", rx.url))
             && err.contains("HTTP 400 Bad Request"),
         "{err}"
     );

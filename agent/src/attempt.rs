@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::{execute, ExecEvent, ExecSpec};
 use crate::frame::{self, Frame, Recorded};
 use crate::kill::Escalation;
+use crate::logs::{LogBook, LogPaths};
 use crate::metrics::metrics;
 use crate::shim;
 use crate::throttle::StreamRate;
@@ -53,6 +54,8 @@ pub struct Supervision {
     pub shim_exe: Option<PathBuf>,
     /// Output each attempt streams, at most (see [`crate::throttle`]); `None`: every line.
     pub max_stream_rate: Option<StreamRate>,
+    /// Where every attempt's full output is kept (`--log-dir`); `None`: nowhere.
+    pub logs: Option<LogBook>,
 }
 
 /// The attempts running on this agent, each a task of its own with a cancel token.
@@ -81,6 +84,11 @@ impl Attempts {
         self.running.len()
     }
 
+    /// Where attempts started from now on keep their full output.
+    pub fn set_logs(&mut self, logs: Option<LogBook>) {
+        self.how.logs = logs;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.running.is_empty()
     }
@@ -98,7 +106,10 @@ impl Attempts {
     pub fn spawn(&mut self, lease: Lease, r: LeaseRef) {
         let cancel = CancellationToken::new();
         self.running.insert(r.key(), (r.clone(), cancel.clone()));
-        let shim = self.record(&lease, &r);
+        let log = (self.how.logs.as_ref()).and_then(|b| b.begin(&r.run_id, r.task, r.attempt));
+        let shim = self.record(&lease, &r, log.as_ref());
+        // Through a shim, the shim writes the log; else the executor does.
+        let log = log.filter(|_| shim.is_none());
         let outlet = Outlet::new(
             r.clone(),
             self.events_tx.clone(),
@@ -107,7 +118,7 @@ impl Attempts {
         );
         let grace = self.how.kill_grace;
         self.tasks
-            .spawn(run_attempt(lease, r, grace, shim, outlet, cancel));
+            .spawn(run_attempt(lease, r, grace, (shim, log), outlet, cancel));
         metrics().set_running(self.running.len());
     }
 
@@ -145,6 +156,9 @@ impl Attempts {
 
     fn ended(&mut self, ev: &AttemptEvent) {
         if let AttemptEvent::Done(key, _) = ev {
+            if let Some(logs) = &self.how.logs {
+                logs.end(&key.0, key.1, key.2);
+            }
             self.running.remove(key);
             metrics().set_running(self.running.len());
         }
@@ -159,15 +173,28 @@ impl Attempts {
 
     /// Records the lease in its attempt directory; `None` (run without a shim) when there is no
     /// state dir or it cannot be written.
-    fn record(&self, lease: &Lease, r: &LeaseRef) -> Option<(PathBuf, PathBuf)> {
+    fn record(
+        &self,
+        lease: &Lease,
+        r: &LeaseRef,
+        log: Option<&LogPaths>,
+    ) -> Option<(PathBuf, PathBuf)> {
         let (state, exe) = (self.how.state_dir.as_ref()?, self.how.shim_exe.as_ref()?);
         let dir = shim::attempt_dir(state, &r.run_id, r.task, r.attempt);
-        let written = shim::create_private_dir(&dir).and_then(|()| {
-            shim::write_private(
-                &dir.join(shim::LEASE),
-                &prost::Message::encode_to_vec(lease),
-            )
-        });
+        let written = shim::create_private_dir(&dir)
+            .and_then(|()| {
+                shim::write_private(
+                    &dir.join(shim::LEASE),
+                    &prost::Message::encode_to_vec(lease),
+                )
+            })
+            .and_then(|()| match log {
+                Some(l) => {
+                    let paths = format!("{}\n{}\n", l.stdout().display(), l.stderr().display());
+                    shim::write_private(&dir.join(shim::LOG), paths.as_bytes())
+                }
+                None => Ok(()),
+            });
         match written {
             Ok(()) => Some((exe.clone(), dir)),
             Err(e) => {
@@ -209,6 +236,12 @@ impl Attempts {
                 tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, pid, "adopting a task still running");
                 let cancel = CancellationToken::new();
                 self.running.insert(r.key(), (r.clone(), cancel.clone()));
+                // Its shim still appends its log: followed until it ends.
+                let log = (self.how.logs.as_ref())
+                    .and_then(|b| Some((b, b.paths(&r.run_id, r.task, r.attempt)?)));
+                if let Some((book, paths)) = log {
+                    book.live(&paths);
+                }
                 let rate = self.how.max_stream_rate;
                 let outlet = Outlet::new(r.clone(), self.events_tx.clone(), rate, true);
                 let grace = self.how.kill_grace;
@@ -230,7 +263,7 @@ async fn run_attempt(
     lease: Lease,
     r: LeaseRef,
     kill_grace: Duration,
-    shim: Option<(PathBuf, PathBuf)>,
+    (shim, log): (Option<(PathBuf, PathBuf)>, Option<LogPaths>),
     mut outlet: Outlet,
     cancel: CancellationToken,
 ) {
@@ -248,6 +281,7 @@ async fn run_attempt(
         },
         cwd: (!lease.cwd.is_empty()).then(|| PathBuf::from(lease.cwd)),
         redact: Redactor::new(&lease.redact),
+        log,
     };
     let (ev_tx, mut ev_rx) = mpsc::channel::<ExecEvent>(256);
     let forward = async {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use factotum_service::{DurationRange, LogFormat};
 
+use crate::logs::LogSettings;
 use crate::session::AgentConfig;
 use crate::throttle::StreamRate;
 
@@ -84,6 +85,19 @@ pub struct AgentArgs {
     #[arg(long, env = "FACTOTUM_MAX_STREAM_RATE", value_name = "BYTES", default_value = "1MiB",
           value_parser = stream_rate)]
     pub max_stream_rate: u64,
+    /// Where every task attempt's complete stdout and stderr are kept, raw, for `factotum logs`
+    /// (default: <state-dir>/logs; without --state-dir, $XDG_STATE_HOME/factotum/logs/<name>,
+    /// or ~/.local/state/…); `off`: none are kept.
+    #[arg(long, env = "FACTOTUM_LOG_DIR", value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Task logs older than this are removed (checked at start and periodically).
+    #[arg(long, env = "FACTOTUM_LOG_MAX_AGE", value_name = "DURATION", default_value = "7d",
+          value_parser = DurationRange::ANY.parser())]
+    pub log_max_age: Duration,
+    /// At most this much disk for task logs: the oldest attempts' logs are removed first.
+    #[arg(long, env = "FACTOTUM_LOG_MAX_BYTES", value_name = "BYTES", default_value = "10GiB",
+          value_parser = factotum_service::size::parse_size)]
+    pub log_max_bytes: u64,
     #[command(flatten)]
     pub tls: factotum_service::tls::ClientArgs,
     /// Address for an HTTP port with GET /metrics (Prometheus) and /healthz; plain HTTP, none
@@ -112,6 +126,8 @@ pub struct Config {
     pub tls: tonic::transport::ClientTlsConfig,
     /// `--http-listen`: serve /metrics and /healthz there.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// `--log-dir` (resolved), `--log-max-age`, `--log-max-bytes`; `None`: `--log-dir off`.
+    pub logs: Option<LogSettings>,
 }
 
 /// The coordinators' addresses, checked, without duplicates, in the order given. Never empty.
@@ -174,7 +190,19 @@ impl AgentArgs {
             max_stream_rate: NonZeroU64::new(self.max_stream_rate).map(StreamRate),
         };
         let tls = self.tls.config()?;
+        let logs = match &self.log_dir {
+            Some(d) if d.as_os_str() == "off" => None,
+            dir => Some(LogSettings {
+                dir: match dir {
+                    Some(d) => d.clone(),
+                    None => crate::logs::default_dir(self.state_dir.as_deref(), &agent.agent_id),
+                },
+                max_age: self.log_max_age,
+                max_bytes: self.log_max_bytes,
+            }),
+        };
         let config = Config {
+            logs,
             agent,
             disconnect_limit: self.disconnect_limit,
             max_message: self.max_message_size,

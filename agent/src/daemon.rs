@@ -51,6 +51,7 @@ async fn serve(
         max_message,
         tls,
         http_listen,
+        logs,
     } = config;
     let m = metrics();
     m.slots.set(i64::from(cfg.slots));
@@ -76,6 +77,8 @@ async fn serve(
     notify::stopping_on(life, shutdown.clone());
     let mut systemd = Systemd::default();
     let mut agent = Agent::new(cfg);
+    // Before `recover`: adopted attempts' logs are followed as live ones.
+    agent.set_logs(crate::logs::keep(logs, life)?);
     agent.recover();
     let configured = endpoints.as_slice();
     let backoff = Backoff::default();

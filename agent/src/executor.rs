@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame::{self, exit_code, Frame, Splitter};
 use crate::kill::Escalation;
+use crate::logs::{LogPaths, LogWriter};
 
 /// How long to keep reading output after the task exited, for lines still in the pipes. A
 /// background process that inherited the pipes can hold them open forever; we don't wait for it.
@@ -41,6 +42,9 @@ pub struct ExecSpec {
     /// Replaced by `[redacted]` in every line reported and in the result's tails and spawn
     /// error (the lease's `redact`).
     pub redact: Redactor,
+    /// Where the task's raw output is appended (its full log), when the agent keeps logs and
+    /// runs the task itself (a shim writes its own).
+    pub log: Option<LogPaths>,
 }
 
 /// Events an attempt reports while it runs.
@@ -124,15 +128,16 @@ pub async fn execute(
         let _ = events.send(ExecEvent::Started { pid }).await;
     }
     // Both pipes are read right here (no reader tasks): one less hop per line and per task.
+    let log = spec.log.as_ref().filter(|_| !framed);
     let mut pipes = [
-        child
-            .stdout
-            .take()
-            .map(|p| Pipe::new(Box::new(p), Stream::Stdout)),
-        child
-            .stderr
-            .take()
-            .map(|p| Pipe::new(Box::new(p), Stream::Stderr)),
+        child.stdout.take().map(|p| {
+            let log = log.map(|l| LogWriter::open(l.stdout()));
+            Pipe::new(Box::new(p), Stream::Stdout, log)
+        }),
+        child.stderr.take().map(|p| {
+            let log = log.map(|l| LogWriter::open(l.stderr()));
+            Pipe::new(Box::new(p), Stream::Stderr, log)
+        }),
     ];
     let mut stdout = Tail::new(spec.max_output);
     let mut stderr = Tail::new(spec.max_output);
@@ -329,15 +334,22 @@ struct Pipe {
     stream: Stream,
     split: Splitter,
     closed: bool,
+    /// The stream's full log: every raw byte read, as it is read.
+    log: Option<LogWriter>,
 }
 
 impl Pipe {
-    fn new(pipe: Box<dyn AsyncRead + Unpin + Send>, stream: Stream) -> Pipe {
+    fn new(
+        pipe: Box<dyn AsyncRead + Unpin + Send>,
+        stream: Stream,
+        log: Option<LogWriter>,
+    ) -> Pipe {
         Pipe {
             reader: BufReader::new(pipe),
             stream,
             split: Splitter::new(MAX_LINE),
             closed: false,
+            log,
         }
     }
 }
@@ -359,10 +371,22 @@ async fn next_piece(pipe: &mut Option<Pipe>) -> Option<Piece> {
         let available = p.reader.fill_buf().await.unwrap_or(&[]);
         if available.is_empty() {
             p.closed = true;
+            if let Some(log) = &mut p.log {
+                log.flush();
+            }
             return p.split.finish().map(|piece| Piece { stream, piece });
         }
         let (n, piece) = p.split.feed(available);
+        if let Some(log) = &mut p.log {
+            log.push(&available[..n]);
+        }
         p.reader.consume(n);
+        // The next read may wait for the task: what it wrote so far goes to the file first.
+        if p.reader.buffer().is_empty() {
+            if let Some(log) = &mut p.log {
+                log.flush();
+            }
+        }
         if let Some(piece) = piece {
             return Some(Piece { stream, piece });
         }

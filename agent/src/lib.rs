@@ -11,6 +11,8 @@
 //! - [`executor`] runs one command line (`sh -c`, own process group, streamed lines, bounded
 //!   tails); [`shim`] is the per-task supervisor process that lets a task outlive the agent.
 //! - [`throttle`]: how much of an attempt's output is streamed (`--max-stream-rate`), pure.
+//! - [`logs`]: every attempt's full raw output on disk (`--log-dir`), its retention, and
+//!   serving it to a coordinator on the session.
 //! - [`kill`]: TERM, grace, KILL; [`frame`]: the shim's line framing; [`identity`].
 
 pub mod attempt;
@@ -21,6 +23,7 @@ pub mod frame;
 pub mod http;
 pub mod identity;
 pub mod kill;
+pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub mod reconnect;

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempt::{AttemptEvent, Attempts, Key, Supervision};
+use crate::logs::{serve::Serving, LogBook};
 use crate::throttle::StreamRate;
 
 /// Who this agent is and how it runs tasks.
@@ -80,6 +81,8 @@ pub struct Agent {
     state_id: String,
     /// Why the last session was refused, if it was (logged once per streak of refusals).
     refused: Option<String>,
+    /// Where full task logs are kept and served from (`None`: they are not).
+    logs: Option<LogBook>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -106,6 +109,7 @@ impl Agent {
             state_dir: cfg.state_dir.clone(),
             shim_exe: cfg.shim_exe.clone(),
             max_stream_rate: cfg.max_stream_rate,
+            logs: None,
         });
         let state_id = match &cfg.state_dir {
             Some(dir) => state_id(dir).unwrap_or_else(|e| {
@@ -125,7 +129,14 @@ impl Agent {
             instance_id: random_id(),
             state_id,
             refused: None,
+            logs: None,
         }
+    }
+
+    /// Keeps every attempt's full output in `logs` from now on, and serves it on request.
+    pub fn set_logs(&mut self, logs: Option<LogBook>) {
+        self.attempts.set_logs(logs.clone());
+        self.logs = logs;
     }
 
     /// Attempts still running.
@@ -218,6 +229,8 @@ impl Agent {
         }
         let mut beat: Option<tokio::time::Interval> = None;
         let mut told_draining = false;
+        // Log requests of this session; dropping it stops them.
+        let mut serving = Serving::new(self.logs.clone());
         loop {
             // The drain grace runs out with tasks still running: stop them, keep reporting.
             let grace_over = self
@@ -259,6 +272,9 @@ impl Agent {
                             return SessionEnd::Stopped; // everything reported
                         }
                     }
+                    Some(coordinator_message::Msg::LogRequest(r)) => serving.request(r, tx.clone()),
+                    Some(coordinator_message::Msg::LogCredit(c)) => serving.credit(c),
+                    Some(coordinator_message::Msg::LogCancel(c)) => serving.cancel(c),
                     Some(coordinator_message::Msg::Refused(r)) => {
                         // Once per streak: the agent keeps trying (backing off) quietly.
                         if self.refused.is_none() {

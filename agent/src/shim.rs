@@ -32,10 +32,17 @@ pub const LEASE: &str = "lease";
 pub const OUTPUT: &str = "output";
 pub const EXIT: &str = "exit";
 pub const PID: &str = "pid";
+/// The full log's two files (stdout, then stderr: one path a line), when the agent keeps logs.
+pub const LOG: &str = "log";
 
 /// The shim's main: runs `command_line` with `sh -c` in this process group and records it in
 /// `dir`. Returns the process exit code for the shim itself.
 pub fn run(dir: &Path, command_line: &str) -> i32 {
+    // The raw bytes of each stream, appended to its full log as they are read (see
+    // `crate::logs`).
+    let logs: Vec<PathBuf> = fs::read_to_string(dir.join(LOG))
+        .map(|t| t.lines().map(PathBuf::from).collect())
+        .unwrap_or_default();
     // A TERM or INT sent to the task's process group must not stop the shim before it has
     // recorded the exit code: handle them (handlers, unlike an ignored disposition, are reset
     // for the task by exec).
@@ -90,7 +97,9 @@ pub fn run(dir: &Path, command_line: &str) -> i32 {
             std::thread::scope(|scope| {
                 for (pipe, stream) in pipes.into_iter().flatten() {
                     let emit = &emit;
+                    let log = logs.get(usize::from(stream == Stream::Stderr)).cloned();
                     scope.spawn(move || {
+                        let mut log = log.map(crate::logs::LogWriter::open);
                         // A long line in pieces: what the shim holds of a line is bounded, and
                         // a framed piece fits in one of the agent's lines.
                         let mut reader = BufReader::new(pipe);
@@ -104,7 +113,16 @@ pub fn run(dir: &Path, command_line: &str) -> i32 {
                                 },
                                 Ok(available) => {
                                     let (n, piece) = split.feed(available);
+                                    if let Some(log) = &mut log {
+                                        log.push(&available[..n]);
+                                    }
                                     reader.consume(n);
+                                    // The next read may wait: the file has all so far first.
+                                    if reader.buffer().is_empty() {
+                                        if let Some(log) = &mut log {
+                                            log.flush();
+                                        }
+                                    }
                                     match piece {
                                         Some(p) => p,
                                         None => continue,

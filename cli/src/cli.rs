@@ -50,6 +50,9 @@ pub enum Command {
     Runs(RunsArgs),
     /// List the agents connected to a coordinator.
     Agents(AgentsArgs),
+    /// Print a task's complete output, as the agent that ran it keeps it (raw, not redacted):
+    /// its stdout to stdout and its stderr to stderr, byte for byte.
+    Logs(LogsArgs),
     /// Webhook delivery on a coordinator: endpoints and dead letters (`list`), sending a run's
     /// dead-lettered events again (`replay`), an endpoint a 410 disabled (`enable`).
     #[command(subcommand)]
@@ -258,6 +261,35 @@ pub struct RunRef {
     /// No colours.
     #[arg(long, env = "FACTOTUM_NO_COLOUR")]
     pub no_colour: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The run's reference, or a unique start of it.
+    pub run: String,
+    /// The task's name.
+    pub task: String,
+    /// Which attempt (from 1; default: the latest).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub attempt: u32,
+    /// Keep printing what the task writes until the attempt ends.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last BYTES of each stream (then, with --follow, what comes).
+    #[arg(long, value_name = "BYTES", value_parser = factotum_service::size::parse_size)]
+    pub tail: Option<u64>,
+    /// Which of the task's streams: both (stdout to stdout, stderr to stderr), stdout or stderr.
+    #[arg(long, value_enum, default_value = "both")]
+    pub stream: LogStreams,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogStreams {
+    Both,
+    Stdout,
+    Stderr,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ mod follow;
 mod headroom;
 mod json;
 mod load;
+mod logs;
 mod out;
 mod progress;
 mod route;
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
         cli::Command::Rerun(a) => client::rerun(a),
         cli::Command::Runs(a) => show::runs(a),
         cli::Command::Agents(a) => show::agents(a),
+        cli::Command::Logs(a) => logs::logs(a),
         cli::Command::Webhooks(c) => webhooks::command(c),
         cli::Command::Completions(a) => docs::completions(a),
         cli::Command::Man(a) => docs::man(a),

@@ -10,6 +10,7 @@ fn spec(line: &str) -> ExecSpec {
         env: vec![],
         cwd: None,
         redact: Redactor::default(),
+        log: None,
     }
 }
 

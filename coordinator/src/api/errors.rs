@@ -34,6 +34,10 @@ pub enum Reason {
     NoLeader,
     /// EnableWebhook for an endpoint that is not disabled.
     WebhookNotDisabled,
+    /// GetTaskLog: no such attempt, or its agent has no log of it (never kept, or removed).
+    LogNotFound,
+    /// GetTaskLog: the agent holding the log is not connected.
+    AgentGone,
 }
 
 impl Reason {
@@ -53,6 +57,8 @@ impl Reason {
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
             Reason::NoLeader => "NO_LEADER",
             Reason::WebhookNotDisabled => "WEBHOOK_NOT_DISABLED",
+            Reason::LogNotFound => "LOG_NOT_FOUND",
+            Reason::AgentGone => "AGENT_GONE",
         }
     }
 }

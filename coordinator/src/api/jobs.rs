@@ -411,6 +411,25 @@ impl Jobs for JobsApi {
     }
 
     type WatchRunStream = EventStream;
+    type GetTaskLogStream = super::logs::LogStream;
+
+    async fn get_task_log(
+        &self,
+        request: Request<pb::GetTaskLogRequest>,
+    ) -> Result<Response<super::logs::LogStream>, Status> {
+        self.admit(&request, Scope::Read)?;
+        let engine = match self.forward.target(&self.role, &request)? {
+            Target::Local(engine) => engine,
+            Target::Leader { mut client, addr } => {
+                let cert = caller_cert(&request);
+                let answer = client.get_task_log(onward(request, cert)).await;
+                let boxed = |s| Box::pin(s) as super::logs::LogStream;
+                return answered(answer, &addr).map(|r| r.map(boxed));
+            }
+        };
+        let stream = super::logs::serve(&engine, request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
 
     async fn watch_run(
         &self,

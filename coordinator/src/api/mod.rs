@@ -6,6 +6,7 @@ pub mod conn;
 pub mod errors;
 pub mod forward;
 pub mod jobs;
+pub mod logs;
 
 use std::net::SocketAddr;
 use std::pin::Pin;

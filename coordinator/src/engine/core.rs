@@ -417,6 +417,10 @@ impl<S: Store> Core<S> {
                     // Who holds it, for a new leader (see `HolderRecord`).
                     let holder = self.agents.holder_record(agent, attempt);
                     batch.ops.push(holder.put(id, task));
+                    // Which agent ran each attempt, kept with the run: where its log is.
+                    batch.ops.push(super::logs::attempt_record(
+                        id, task, attempt, &spec.name, agent,
+                    ));
                     run.task_agent.insert(task, Arc::clone(agent));
                     batch.sends.push((Arc::clone(agent), lease));
                 }

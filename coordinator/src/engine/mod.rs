@@ -12,6 +12,7 @@ mod agents;
 mod commit;
 mod core;
 mod history;
+pub mod logs;
 mod recovery;
 mod registry;
 mod runs;
@@ -105,6 +106,8 @@ impl Default for EngineConfig {
 pub struct Engine {
     tx: mpsc::Sender<Command>,
     deliverer: Deliverer,
+    /// Full task logs, read from the agents (outside the interpreter's loop).
+    logs: logs::LogHub,
     life: Lifecycle,
     max_queued: usize,
 }
@@ -179,11 +182,13 @@ impl Engine {
             Arc::clone(&config.metrics),
             config.delivery.clone(),
         );
+        let logs = logs::LogHub::new(store.clone());
         let core = core::Core::new(config, store, deliverer.clone());
         life.spawn(core.run(rx, life.token.clone()));
         Engine {
             tx,
             deliverer,
+            logs,
             life,
             max_queued,
         }
@@ -319,13 +324,20 @@ impl Engine {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let conn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tx = self.tx.clone();
+        let logs = self.logs.clone();
         self.life.spawn(async move {
             let mut to_agent = Some(to_agent);
             while let Some(msg) = from_agent.recv().await {
                 let Some(msg) = msg.msg else { continue };
                 let cmd = match (msg, to_agent.take()) {
                     (agent_message::Msg::Hello(hello), Some(tx)) => {
+                        logs.hello(conn, &hello.agent_id, &tx);
                         Command::AgentHello { conn, hello, tx }
+                    }
+                    // Log chunks go straight to their reader, never through the interpreter.
+                    (agent_message::Msg::LogChunk(c), None) => {
+                        logs.chunk(conn, c);
+                        continue;
                     }
                     (_, Some(_)) => {
                         tracing::warn!(conn, "agent spoke before Hello; closing its session");
@@ -339,8 +351,38 @@ impl Engine {
                     return;
                 }
             }
+            logs.gone(conn);
             let _ = tx.send(Command::AgentGone { conn }).await;
         });
+    }
+
+    /// Reads attempt `attempt` (0: the latest) of the task named `task` of `run_id` from the
+    /// agent that ran it: where it is, then its chunks (see [`logs::LogHub::open`]).
+    pub async fn task_log(
+        &self,
+        run_id: &str,
+        task: &str,
+        attempt: u32,
+        stream: i32,
+        offsets: (i64, i64),
+        follow: bool,
+    ) -> Result<(logs::Located, logs::LogReader), logs::LogError> {
+        let run = self.get_run(run_id).await?;
+        let Some(t) = run.tasks.iter().find(|t| &*t.name == task) else {
+            return Err(logs::LogError::NotFound(format!(
+                "run {} has no task named '{task}'",
+                run.run_id
+            )));
+        };
+        if t.attempt == 0 {
+            return Err(logs::LogError::NotFound(format!(
+                "task '{task}' of run {} has not started: it has no log yet",
+                run.run_id
+            )));
+        }
+        let at = self.logs.locate(&run.run_id, task, attempt).await?;
+        let reader = self.logs.open(&run.run_id, &at, stream, offsets, follow)?;
+        Ok((at, reader))
     }
 
     /// Waits (at most `timeout`) for queued webhooks; returns what is still undelivered.

@@ -103,7 +103,10 @@ impl<S: Store> Core<S> {
             let holder = self.agents.holder_record(agent, attempt);
             self.commits.push(Batch {
                 run: Some(Arc::clone(&id)),
-                ops: vec![holder.put(&id, task)],
+                ops: vec![
+                    holder.put(&id, task),
+                    super::logs::attempt_record(&id, task, attempt, &spec.name, agent),
+                ],
                 sends: vec![(Arc::clone(agent), lease)],
                 ..Batch::default()
             });
@@ -135,7 +138,8 @@ impl<S: Store> Core<S> {
         };
         match msg {
             agent_message::Msg::Heartbeat(hb) => self.agents.set_draining(&agent, hb.draining),
-            agent_message::Msg::Hello(_) => {}
+            // Log chunks never come here: `Engine::attach_agent` routes them to their reader.
+            agent_message::Msg::Hello(_) | agent_message::Msg::LogChunk(_) => {}
             agent_message::Msg::Started(s) => {
                 // Nothing is done with a start yet; a non-holder's is still worth a warning.
                 if let Some(r) = &s.lease {

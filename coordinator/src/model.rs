@@ -156,6 +156,11 @@ pub struct TaskInfo {
     pub duration: Option<Duration>,
     pub return_code: Option<i32>,
     pub error_message: Option<String>,
+    /// The tasks it depends on.
+    pub deps: Vec<Arc<str>>,
+    /// The current attempt's output tails.
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// An agent as `agents` shows it.

@@ -204,6 +204,33 @@ fn bearer<T>(request: &Request<T>) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The metadata naming the task whose output tails a `GetRun` answer carries.
+pub const OUTPUT_OF: &str = "factotum-output-of";
+
+/// The task a `GetRun` call asks the output tails of (`factotum-output-of`, percent-encoded).
+fn output_of<T>(request: &Request<T>) -> String {
+    let Some(value) = request.metadata().get(OUTPUT_OF) else {
+        return String::new();
+    };
+    let bytes = value.as_bytes();
+    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A watch made with `token` that ends (UNAUTHENTICATED) as soon as a re-read of `--tokens`
 /// no longer lets the token read.
 fn guarded(events: EventStream, auth: Option<Arc<Auth>>, token: Option<String>) -> EventStream {
@@ -393,8 +420,9 @@ impl Jobs for JobsApi {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let engine = local_or_forward!(self, request, get_run, Scope::Read);
+        let output_of = output_of(&request);
         let info = engine.get_run(&request.into_inner().run_id).await?;
-        Ok(Response::new(wire::run(&info, true)))
+        Ok(Response::new(wire::run_with_output(&info, &output_of)))
     }
 
     async fn list_runs(

@@ -287,8 +287,9 @@ impl Run {
                 .iter()
                 .filter_map(|&t| {
                     let rec = self.state.task(t)?;
+                    let planned = plan.task(t)?;
                     Some(TaskInfo {
-                        name: Arc::clone(&plan.task(t)?.name),
+                        name: Arc::clone(&planned.name),
                         state: rec.state,
                         attempt: rec.attempt,
                         agent: self.task_agent.get(&t).map(|a| a.to_string()),
@@ -296,6 +297,11 @@ impl Run {
                         duration: rec.duration,
                         return_code: rec.return_code,
                         error_message: rec.error_message.clone(),
+                        deps: (planned.deps.iter())
+                            .filter_map(|&d| Some(Arc::clone(&plan.task(d)?.name)))
+                            .collect(),
+                        stdout: rec.stdout.as_str().to_string(),
+                        stderr: rec.stderr.as_str().to_string(),
                     })
                 })
                 .collect(),

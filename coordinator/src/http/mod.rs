@@ -30,6 +30,11 @@ use crate::api::Routing;
 use crate::auth::{Auth, Scope};
 use crate::metrics::Metrics;
 
+mod api;
+mod sse;
+mod ui;
+mod web;
+
 /// What the HTTP port serves from.
 #[derive(Clone)]
 pub struct Port {
@@ -54,11 +59,13 @@ pub fn router(port: Port) -> Router {
         .route("/readyz", get(readyz))
         .route("/leader", get(leader))
         .route("/metrics", get(metrics))
+        .merge(ui::routes())
         .with_state(port)
 }
 
 /// Serves the HTTP port on `listener` until `life`'s token fires.
 pub async fn serve(port: Port, listener: TcpListener, life: Lifecycle) {
+    let ui = ui::context(&listener, &life.token);
     let incoming = conn::incoming(
         listener,
         port.idle_timeout,
@@ -67,7 +74,7 @@ pub async fn serve(port: Port, listener: TcpListener, life: Lifecycle) {
         life.clone(),
     );
     let stop = life.token.clone();
-    let served = axum::serve(Accepted(incoming), router(port))
+    let served = axum::serve(Accepted(incoming), router(port).layer(ui))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
     if let Err(e) = served {

@@ -117,7 +117,25 @@ pub fn task(t: &TaskInfo) -> pb::Task {
         duration: t.duration.map(duration),
         return_code: t.return_code,
         error_message: t.error_message.clone().unwrap_or_default(),
+        dependencies: t.deps.iter().map(|d| d.to_string()).collect(),
+        stdout: String::new(),
+        stderr: String::new(),
     }
+}
+
+/// A run as `GetRun` shows it, with the output tails of the task named `output_of` (if any).
+pub fn run_with_output(r: &RunInfo, output_of: &str) -> pb::Run {
+    let mut run = run(r, true);
+    if output_of.is_empty() {
+        return run;
+    }
+    for (pb, info) in run.tasks.iter_mut().zip(&r.tasks) {
+        if &*info.name == output_of {
+            pb.stdout = info.stdout.clone();
+            pb.stderr = info.stderr.clone();
+        }
+    }
+    run
 }
 
 /// A run as `GetRun` shows it (`with_tasks`), or as `ListRuns` does (no task list).
@@ -286,6 +304,11 @@ fn snapshot_info(s: pb::Snapshot, run_id: &str) -> RunInfo {
                 duration: t.duration.as_ref().map(from_duration),
                 return_code: t.return_code,
                 error_message: Some(t.error_message).filter(|e| !e.is_empty()),
+                deps: (t.dependencies.iter())
+                    .map(|d| Arc::from(d.as_str()))
+                    .collect(),
+                stdout: t.stdout,
+                stderr: t.stderr,
             })
         })
         .collect();

@@ -181,9 +181,8 @@ impl LogHub {
         }
         best.ok_or_else(|| {
             LogError::NotFound(match attempt {
-                0 => format!(
-                    "task '{task}' of run {run} has not been leased to any agent: it has no log"
-                ),
+                // The task has started (the caller checked): leased before attempts were recorded.
+                0 => format!("no record of which agent ran task '{task}' of run {run} (leased by an older coordinator): its log cannot be found"),
                 n => format!("task '{task}' of run {run} has no attempt {n}"),
             })
         })

@@ -324,4 +324,36 @@ pub enum EngineError {
     NotDisabled(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// Factotum Server's `drain` state: no new runs until `run` (see `engine::server_jobs`).
+    #[error("the coordinators are draining: no new runs are accepted until the state is set back to run")]
+    Draining,
+    /// A run of the same Factotum Server job id is still active (the run's id).
+    #[error("a run of this server job is still active: {0}")]
+    ServerJobActive(String),
+}
+
+/// A Factotum Server job request (`/submit`'s body, its id computed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerJob {
+    pub job_id: String,
+    pub job_name: String,
+    pub factfile_path: String,
+    pub factfile_args: Vec<String>,
+}
+
+/// The queue as `/status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServerStatus {
+    pub draining: bool,
+    /// Active runs none of whose tasks was leased yet.
+    pub waiting_runs: u32,
+}
+
+/// What `/check` shows: the job (empty when the run was not submitted through `/submit`)
+/// and its run.
+#[derive(Debug, Clone)]
+pub struct ServerJobRun {
+    pub job: ServerJob,
+    pub run: RunInfo,
 }

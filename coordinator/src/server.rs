@@ -236,6 +236,10 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_IDLE_TIMEOUT", value_name = "DURATION", default_value = "5m",
           value_parser = DurationRange::from(Duration::from_secs(1)).parser())]
     pub idle_timeout: Duration,
+    /// Factotum Server's `POST /submit` on the HTTP port reads `factfilePath` only under this
+    /// directory (symbolic links resolved); without it, it reads none.
+    #[arg(long, env = "FACTOTUM_SERVER_FACTFILE_ROOT", value_name = "DIR")]
+    pub server_factfile_root: Option<std::path::PathBuf>,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(
         long,
@@ -578,6 +582,7 @@ pub async fn run_with_http(
             tls: security.tls.clone(),
             idle_timeout: config.idle_timeout,
             jobs: jobs.clone(),
+            server_factfile_root: config.server_factfile_root.clone(),
         };
         life.spawn(crate::http::serve(port, http, life.clone()));
     }

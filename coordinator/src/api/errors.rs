@@ -187,6 +187,15 @@ impl From<EngineError> for Refusal {
                 Reason::StoreUnavailable,
                 format!("the store is unavailable: {e}"),
             ),
+            e @ EngineError::Draining => {
+                Refusal::new(Code::FailedPrecondition, Reason::Draining, e.to_string())
+            }
+            EngineError::ServerJobActive(run) => Refusal::new(
+                Code::AlreadyExists,
+                Reason::DuplicateRun,
+                format!("a run of this server job is still active: {run}"),
+            )
+            .meta("run_id", run),
         }
     }
 }

@@ -85,7 +85,11 @@ impl JobsApi {
     /// Who makes the call, if the port needs credentials, or why it may not be served:
     /// UNAUTHENTICATED without a known credential (a bearer token, or a client certificate
     /// listed in `--tokens`), PERMISSION_DENIED naming the scope it lacks.
-    fn admit<T>(&self, request: &Request<T>, scope: Scope) -> Result<Option<Principal>, Status> {
+    pub(crate) fn admit<T>(
+        &self,
+        request: &Request<T>,
+        scope: Scope,
+    ) -> Result<Option<Principal>, Status> {
         let unauthenticated = |why: String| {
             Refusal::new(Code::Unauthenticated, Reason::Unauthenticated, why).status()
         };
@@ -149,6 +153,11 @@ impl JobsApi {
             .meta("limit", "max_pending_submits")
             .status()
         })
+    }
+
+    /// `--max-pending-submits` (Factotum Server's `/status` calls it `maxQueueSize`).
+    pub fn max_pending_submits(&self) -> usize {
+        self.max_pending
     }
 
     /// A permit for one `WatchRun` stream, held until the stream is dropped; RESOURCE_EXHAUSTED
@@ -338,7 +347,10 @@ impl Jobs for JobsApi {
     ) -> Result<Response<pb::SubmitRunResponse>, Status> {
         let _permit = self.submit_permit()?;
         let engine = local_or_forward!(self, request, submit_run, Scope::Submit);
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        let server_job = (r.server_job.take())
+            .filter(|j| !j.job_id.is_empty())
+            .map(wire::server_job_from_pb);
         let constraints = r
             .constraints
             .into_iter()
@@ -392,7 +404,10 @@ impl Jobs for JobsApi {
         let spec = tokio::task::spawn_blocking(move || prepare_within(sub, input))
             .await
             .map_err(|e| Status::internal(format!("preparing the run failed: {e}")))??;
-        let submitted = engine.submit(spec).await?;
+        let submitted = match server_job {
+            Some(job) => engine.submit_server_job(spec, job).await?,
+            None => engine.submit(spec).await?,
+        };
         Ok(Response::new(pb::SubmitRunResponse {
             run_id: submitted.run_id,
             job_reference: submitted.job_reference,
@@ -551,6 +566,36 @@ impl Jobs for JobsApi {
         let engine = local_or_forward!(self, request, enable_webhook, Scope::Admin);
         engine.enable_webhook(&request.into_inner().url)?;
         Ok(Response::new(pb::EnableWebhookResponse {}))
+    }
+
+    async fn get_server_status(
+        &self,
+        request: Request<pb::GetServerStatusRequest>,
+    ) -> Result<Response<pb::ServerStatus>, Status> {
+        let engine = local_or_forward!(self, request, get_server_status, Scope::Read);
+        let status = engine.server_status().await?;
+        Ok(Response::new(wire::server_status(status)))
+    }
+
+    async fn set_server_state(
+        &self,
+        request: Request<pb::SetServerStateRequest>,
+    ) -> Result<Response<pb::ServerStatus>, Status> {
+        let engine = local_or_forward!(self, request, set_server_state, Scope::Admin);
+        let status = engine.set_draining(request.into_inner().draining).await?;
+        Ok(Response::new(wire::server_status(status)))
+    }
+
+    async fn get_server_job(
+        &self,
+        request: Request<pb::GetServerJobRequest>,
+    ) -> Result<Response<pb::ServerJobRun>, Status> {
+        let engine = local_or_forward!(self, request, get_server_job, Scope::Read);
+        let found = engine.server_job(&request.into_inner().id).await?;
+        Ok(Response::new(pb::ServerJobRun {
+            job: Some(wire::server_job(&found.job)),
+            run: Some(wire::run(&found.run, true)),
+        }))
     }
 }
 

@@ -17,10 +17,11 @@ use super::commit::{ops_of, transactions, Batch, Commits};
 use super::history::{self, History};
 use super::registry::{self, Runs};
 use super::runs;
+use super::server_jobs::ServerJobs;
 use super::timers::Timers;
 use super::{recovery, Command, EngineConfig};
 use crate::metrics::Sample;
-use crate::model::{EngineError, RunSpec, Submitted};
+use crate::model::{EngineError, RunSpec, ServerJob, Submitted};
 use crate::placement::{self, Ask, Want};
 use crate::store::{Store, StoreError, StoreOp};
 use crate::webhook::Deliverer;
@@ -50,6 +51,8 @@ pub(super) struct Core<S: Store> {
     pub(super) commits: Commits,
     pub(super) timers: Timers,
     pub(super) history: History,
+    /// Factotum Server's drain setting and jobs (`server_jobs`, `server_turn`).
+    pub(super) server: ServerJobs,
 }
 
 fn answer<T>(reply: super::Reply<T>, result: Result<T, EngineError>) {
@@ -67,6 +70,7 @@ impl<S: Store> Core<S> {
             agents: Agents::default(),
             commits: Commits::default(),
             timers: Timers::default(),
+            server: ServerJobs::default(),
         }
     }
 
@@ -206,10 +210,20 @@ impl<S: Store> Core<S> {
             Command::AgentHello { conn, hello, tx } => self.hello(conn, hello, tx).await,
             Command::FromAgent { conn, msg } => self.agent_said(conn, msg).await,
             Command::AgentGone { conn } => self.agent_gone(conn),
+            Command::Server(ask) => self.server(ask).await,
         }
     }
 
     async fn submit(&mut self, spec: RunSpec) -> Result<Submitted, EngineError> {
+        self.submit_as(spec, None).await
+    }
+
+    /// A submission, for a Factotum Server job (`job`) or not.
+    pub(super) async fn submit_as(
+        &mut self,
+        spec: RunSpec,
+        job: Option<&ServerJob>,
+    ) -> Result<Submitted, EngineError> {
         if let Some(existing) = spec
             .idempotency_key
             .as_deref()
@@ -217,8 +231,11 @@ impl<S: Store> Core<S> {
         {
             return Ok(existing);
         }
+        if self.server.draining {
+            return Err(EngineError::Draining);
+        }
         let (allow_concurrent, key) = (spec.allow_concurrent, spec.idempotency_key.clone());
-        let (mut run, ops) = runs::submitted(
+        let (mut run, mut ops) = runs::submitted(
             spec,
             self.cfg.clock.now(),
             &self.cfg.webhooks,
@@ -234,8 +251,14 @@ impl<S: Store> Core<S> {
                 return Err(EngineError::AlreadyActive(active.id.to_string()));
             }
         }
+        // A server job's duplicate check and record: in this turn and this transaction.
+        let server_record = self.server_record(job, &run.id)?;
+        ops.extend(server_record.as_ref().map(|(op, _)| op.clone()));
         // Acknowledged only once recorded: what was asked, the factfile, the initial state.
         self.store.commit(ops).await?;
+        if let Some((_, record)) = server_record {
+            self.server.remember(record);
+        }
         let id = Arc::clone(&run.id);
         if let Some(key) = key {
             self.runs.remember_key(key, id.to_string());
@@ -293,6 +316,7 @@ impl<S: Store> Core<S> {
 
     /// Takes over the active runs recorded in the store.
     async fn recover(&mut self) -> Result<usize, EngineError> {
+        self.load_server_state().await?;
         let active = &self.runs.active;
         let found = recovery::load(&self.store, &self.cfg, |id| active.contains_key(id)).await?;
         let grace = self.cfg.clock.instant() + self.cfg.failover_grace;

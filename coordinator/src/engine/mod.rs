@@ -16,6 +16,8 @@ pub mod logs;
 mod recovery;
 mod registry;
 mod runs;
+mod server_jobs;
+mod server_turn;
 mod sessions;
 mod timers;
 mod watchers;
@@ -33,8 +35,8 @@ pub use self::commit::{transactions, MAX_TXN_BYTES};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 pub use crate::model::{
-    AgentInfo, EngineError, Placement, RunInfo, RunPage, RunQuery, RunSpec, RunSummary, Submitted,
-    TaskChange, TaskInfo, Watch, WatchEvent,
+    AgentInfo, EngineError, Placement, RunInfo, RunPage, RunQuery, RunSpec, RunSummary, ServerJob,
+    ServerJobRun, ServerStatus, Submitted, TaskChange, TaskInfo, Watch, WatchEvent,
 };
 use crate::store::Store;
 use crate::webhook::dead::DeadLetter;
@@ -167,6 +169,8 @@ enum Command {
     AgentGone {
         conn: u64,
     },
+    /// Factotum Server's API (`server_jobs`).
+    Server(server_jobs::Ask),
 }
 
 impl Engine {

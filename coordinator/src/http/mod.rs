@@ -12,6 +12,9 @@
 //! It shares the gRPC port's TLS (and its reloads) with HTTP/1.1 allowed by ALPN; a client
 //! certificate is optional at the handshake (kubelet probes have none).
 
+mod server_api;
+mod server_args;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +50,8 @@ pub struct Port {
     /// The client API (the gRPC service, called in-process): handlers get its
     /// authentication, limits and forwarding to the leader.
     pub jobs: crate::api::JobsApi,
+    /// `--server-factfile-root`: Factotum Server's `POST /submit` reads factfiles only under it.
+    pub server_factfile_root: Option<std::path::PathBuf>,
 }
 
 /// OpenMetrics text, which Prometheus reads (and prefers).
@@ -59,6 +64,7 @@ pub fn router(port: Port) -> Router {
         .route("/readyz", get(readyz))
         .route("/leader", get(leader))
         .route("/metrics", get(metrics))
+        .merge(server_api::routes())
         .merge(ui::routes())
         .with_state(port)
 }

@@ -10,7 +10,9 @@ use factotum_common::constraint::{Constraint, Placement};
 use factotum_common::run::{JobState, Stream, TaskState};
 use factotum_proto::jobs as pb;
 
-use crate::model::{AgentInfo, RunInfo, RunSummary, TaskChange, TaskInfo, WatchEvent};
+use crate::model::{
+    AgentInfo, RunInfo, RunSummary, ServerJob, ServerStatus, TaskChange, TaskInfo, WatchEvent,
+};
 use crate::webhook::dead::DeadLetter;
 use crate::webhook::endpoint::Filter;
 use crate::webhook::EndpointReport;
@@ -400,6 +402,32 @@ pub fn webhooks(endpoints: &[EndpointReport], dead: &[DeadLetter]) -> pb::ListWe
             })
             .collect(),
         dead_letters_total: dead.len() as u64,
+    }
+}
+
+/// Factotum Server's job request, from a `SubmitRunRequest`.
+pub fn server_job_from_pb(j: pb::ServerJob) -> ServerJob {
+    ServerJob {
+        job_id: j.job_id,
+        job_name: j.job_name,
+        factfile_path: j.factfile_path,
+        factfile_args: j.factfile_args,
+    }
+}
+
+pub fn server_job(j: &ServerJob) -> pb::ServerJob {
+    pb::ServerJob {
+        job_id: j.job_id.clone(),
+        job_name: j.job_name.clone(),
+        factfile_path: j.factfile_path.clone(),
+        factfile_args: j.factfile_args.clone(),
+    }
+}
+
+pub fn server_status(s: ServerStatus) -> pb::ServerStatus {
+    pb::ServerStatus {
+        draining: s.draining,
+        waiting_runs: s.waiting_runs,
     }
 }
 

@@ -188,7 +188,7 @@ fn prepare(args: &RunArgs, console: &Console, me: &Identity) -> Result<Option<Ru
         parallel: args.job.parallel,
     };
     let mut run = spec::prepare_within(submission, args.input.limits())?;
-    hold_to_headroom(&mut run, &console);
+    hold_to_headroom(&mut run, console);
     // Factotum's local constraint check: this machine must satisfy every host constraint.
     if !run.constraints.is_empty() {
         // Only host constraints get here (see above).

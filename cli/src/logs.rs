@@ -49,7 +49,12 @@ pub fn logs(args: LogsArgs) -> u8 {
                 if c.data.is_empty() {
                     continue;
                 }
-                let end = i64::try_from(c.offset + c.data.len() as u64).unwrap_or(i64::MAX);
+                // Raw offsets: redacted data may be shorter or longer than what it stands for.
+                let raw_end = match c.end_offset {
+                    0 => c.offset + c.data.len() as u64,
+                    end => end,
+                };
+                let end = i64::try_from(raw_end).unwrap_or(i64::MAX);
                 let (out, err) = at.get();
                 let written = if c.stream == pb::Stream::Stderr as i32 {
                     at.set((out, end));

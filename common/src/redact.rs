@@ -234,5 +234,8 @@ impl LineRedactor {
     }
 }
 
+mod bytes;
+pub use bytes::{ByteRedactor, Piece};
+
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,10 @@
 //! names the attempt and its agent; a log that cannot be read ends the stream with NOT_FOUND
 //! (LOG_NOT_FOUND) or FAILED_PRECONDITION (AGENT_GONE) and a message saying why.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+
+use factotum_common::redact::{ByteRedactor, Piece, Redactor};
 
 use factotum_proto::jobs as pb;
 use tokio::sync::mpsc;
@@ -23,6 +26,12 @@ pub async fn serve(engine: &Engine, r: pb::GetTaskLogRequest) -> Result<LogStrea
         let why = "name the task whose log to read";
         return Err(Refusal::bad(Reason::InvalidArgument, "task", why).status());
     }
+    // The log is raw on the agent; what leaves the coordinator is redacted like the task's
+    // streamed output (the run's `--env` secrets and the task's own `env` values).
+    let secrets = engine
+        .task_secrets(&r.run_id, &r.task)
+        .await
+        .map_err(Status::from)?;
     let offsets = (r.stdout_offset, r.stderr_offset);
     let (at, mut reader) = engine
         .task_log(&r.run_id, &r.task, r.attempt, r.stream, offsets, r.follow)
@@ -35,20 +44,42 @@ pub async fn serve(engine: &Engine, r: pb::GetTaskLogRequest) -> Result<LogStrea
         agent: at.agent.clone(),
         ..pb::TaskLogChunk::default()
     };
+    let redactor = Redactor::new(&secrets);
+    let mut streams: HashMap<i32, ByteRedactor> = HashMap::new();
+    let chunk = move |stream: i32, p: Piece| pb::TaskLogChunk {
+        stream,
+        offset: p.start,
+        data: p.data,
+        attempt: at.attempt,
+        agent: String::new(),
+        end_offset: p.end,
+    };
     tokio::spawn(async move {
         if tx.send(Ok(first)).await.is_err() {
             return;
         }
         while let Some(c) = reader.next().await {
-            let item = c.map_err(status).map(|c| pb::TaskLogChunk {
-                stream: c.stream,
-                offset: c.offset,
-                data: c.data,
-                attempt: at.attempt,
-                agent: String::new(),
-            });
-            if tx.send(item).await.is_err() {
-                return; // the caller is gone: dropping the reader cancels the agent's side
+            let pieces = match c {
+                Ok(c) => {
+                    let r =
+                        (streams.entry(c.stream)).or_insert_with(|| ByteRedactor::new(&redactor));
+                    let pieces = r.push(c.offset, &c.data);
+                    pieces.into_iter().map(|p| Ok(chunk(c.stream, p))).collect()
+                }
+                Err(e) => vec![Err(status(e))],
+            };
+            for item in pieces {
+                if tx.send(item).await.is_err() {
+                    return; // the caller is gone: dropping the reader cancels the agent's side
+                }
+            }
+        }
+        // The end: what each stream still held back.
+        for (stream, mut r) in streams {
+            if let Some(p) = r.finish() {
+                if tx.send(Ok(chunk(stream, p))).await.is_err() {
+                    return;
+                }
             }
         }
     });

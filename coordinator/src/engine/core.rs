@@ -201,6 +201,11 @@ impl<S: Store> Core<S> {
                 answer(reply, Ok(self.agents.infos(self.cfg.clock.instant())))
             }
             Command::Recover { reply } => answer(reply, self.recover().await),
+            Command::TaskSecrets {
+                run_id,
+                task,
+                reply,
+            } => answer(reply, self.task_secrets(&run_id, &task).await),
             Command::ReplayWebhooks {
                 run_id,
                 from,

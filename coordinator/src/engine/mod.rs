@@ -148,6 +148,11 @@ enum Command {
     ListAgents {
         reply: Reply<Vec<AgentInfo>>,
     },
+    TaskSecrets {
+        run_id: String,
+        task: String,
+        reply: Reply<Vec<String>>,
+    },
     ReplayWebhooks {
         run_id: String,
         from: u64,
@@ -290,6 +295,17 @@ impl Engine {
     /// Webhook endpoints and dead letters, as the deliverer holds them.
     pub fn list_webhooks(&self) -> (Vec<EndpointReport>, Vec<DeadLetter>) {
         self.deliverer.report()
+    }
+
+    /// What the agent redacts in a task's output (its log is redacted the same way when read).
+    pub async fn task_secrets(&self, run_id: &str, task: &str) -> Result<Vec<String>, EngineError> {
+        let (run_id, task) = (run_id.to_string(), task.to_string());
+        self.ask(|reply| Command::TaskSecrets {
+            run_id,
+            task,
+            reply,
+        })
+        .await
     }
 
     /// Sends a run's dead letters (from sequence `from`, to `url` only when given) again.

@@ -274,6 +274,35 @@ async fn restore_run(
 /// A new run of a finished run's recorded factfile (already templated with its variables),
 /// tags, webhooks, constraints and options: all its tasks, or with `from_failed` those that
 /// did not succeed and their descendants.
+/// What the agent redacted in `task`'s output, from the run's records (a run no longer held
+/// whole in memory): the run's `--env` secrets and the task's own `env` values.
+pub(super) async fn recorded_secrets<S: Store>(
+    store: &S,
+    run: &str,
+    task: &str,
+) -> Result<Vec<String>, EngineError> {
+    let keys = run_records(store, run).await?;
+    let rec = persist::Recorded::read(keys).map_err(|why| EngineError::CannotRerun {
+        run: run.to_string(),
+        why,
+    })?;
+    let plan = redaction::replan(
+        Plan::subset(&rec.factfile, &rec.spec.tasks),
+        rec.spec.no_redact,
+        &rec.spec.redact,
+    );
+    Ok(task_secrets(&plan, task))
+}
+
+/// A plan task's secrets (none when the run is not redacted).
+pub(super) fn task_secrets(plan: &Plan, task: &str) -> Vec<String> {
+    (plan.tasks.iter())
+        .find(|t| &*t.name == task)
+        .and_then(|t| t.policy().redact.clone())
+        .map(|r| r.to_vec())
+        .unwrap_or_default()
+}
+
 pub(super) async fn rerun_spec<S: Store>(
     store: &S,
     old: &str,

@@ -1,5 +1,6 @@
-//! The interpreter's webhook verbs: replaying a run's dead letters (their bodies read back
-//! from the outbox). The same interpreter as [`super::core`], in its own file.
+//! The interpreter's verbs about what leaves the coordinator: replaying a run's dead letters
+//! (their bodies read back from the outbox), and a task's secrets for reading its log. The same
+//! interpreter as [`super::core`], in its own file.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,6 +21,19 @@ pub struct Replayed {
 }
 
 impl<S: Store> Core<S> {
+    /// A task's secrets: from the run's plan while it is active, else from its records.
+    pub(super) async fn task_secrets(
+        &mut self,
+        run_id: &str,
+        task: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        let id = self.runs.resolve(run_id)?;
+        if let Some(run) = self.runs.active.get(&id) {
+            return Ok(super::recovery::task_secrets(run.state.plan(), task));
+        }
+        super::recovery::recorded_secrets(&self.store, &id, task).await
+    }
+
     /// Queues a run's dead letters again, in order, with their original ids and `ttm`.
     pub(super) async fn replay(
         &mut self,

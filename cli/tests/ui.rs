@@ -74,7 +74,17 @@ fn the_json_api_pages_runs_decodes_task_names_and_maps_errors() {
     ));
     assert_eq!(log.status, 200, "{}", log.body);
     assert_eq!(log.body, "from-the-slash-task\n");
-    assert_eq!(log.header("x-factotum-log"), Some("tail"));
+    assert_eq!(
+        log.header("x-factotum-log"),
+        Some("full"),
+        "the agent's own log"
+    );
+    assert_eq!(log.header("x-factotum-attempt"), Some("1"));
+    let tail = get(&format!(
+        "{}/api/runs/{id}/tasks/load%2Fpart%201/log?tail=5",
+        c.http
+    ));
+    assert_eq!(tail.body, "task\n");
     let error = |path: &str, status: u16, reason: &str| {
         let a = get(&format!("{}{path}", c.http));
         assert_eq!(a.status, status, "{path}: {}", a.body);
@@ -92,7 +102,7 @@ fn the_json_api_pages_runs_decodes_task_names_and_maps_errors() {
         "TASK_NOT_FOUND",
     );
     let attempt = format!("/api/runs/{id}/tasks/after/log?attempt=7");
-    error(&attempt, 404, "ATTEMPT_NOT_KEPT");
+    error(&attempt, 404, "LOG_NOT_FOUND");
     error("/api/runs?state=SLEEPING", 400, "INVALID_ARGUMENT");
     error("/api/runs?page_token=junk", 400, "INVALID_ARGUMENT");
     error("/api/runs?since=yesterday", 400, "INVALID_ARGUMENT");
@@ -159,7 +169,8 @@ fn the_json_api_pages_runs_decodes_task_names_and_maps_errors() {
 #[test]
 fn server_sent_events_are_numbered_and_resume_after_last_event_id() {
     let c = WebCoordinator::start(&[]);
-    let _a = agent(&c.url, "sse-agent", None, &[]);
+    // An agent that keeps no full logs: the log is the coordinator's tail.
+    let _a = agent(&c.url, "sse-agent", None, &["--log-dir", "off"]);
     wait_for_agents(&c.url, 1);
     let d = Dir::new();
     let ff = d.write(
@@ -214,6 +225,10 @@ fn server_sent_events_are_numbered_and_resume_after_last_event_id() {
     assert_eq!(names[..2], ["gap", "snapshot"], "{names:?}");
     assert_eq!(snapshot["tasks"][0]["name"], "slow");
     assert_eq!(end["state"], "SUCCEEDED", "{names:?}");
+    let log = get(&format!("{}/api/runs/{id}/tasks/next/log?follow=1", c.http));
+    assert_eq!(log.body, "done\n", "{log:?}");
+    assert_eq!(log.header("x-factotum-log"), Some("tail"));
+    assert!(log.header("x-factotum-log-note").is_some());
     let a = request("GET", &url, &[("Last-Event-ID", "junk")], "");
     assert_eq!(
         a.status, 200,
@@ -329,6 +344,9 @@ fn the_ui_lists_runs_follows_a_live_run_and_its_log_cancels_it_and_shows_agents(
     b.wait_text("#log", LIMIT, |t| t.contains("working-3"));
     let followed = b.wait_text("#log", LIMIT, |t| t.contains("working-12"));
     assert!(!followed.contains("<img"), "the log is the selected task's");
+    let status = b.text("#log-status");
+    assert!(status.contains("full log, following"), "{status}");
+    b.wait_text("#log-attempts", LIMIT, |t| t == "1");
     b.wait_text(
         "#tasks-table tr[data-task='transform/clean'] td:nth-child(4)",
         LIMIT,

@@ -5,8 +5,9 @@
 //! - `GET /api/runs/{run}`: one run with its tasks (dependencies included).
 //! - `GET /api/runs/{run}/events`: server-sent events from `WatchRun` (`id:` numbers them;
 //!   `Last-Event-ID` resumes with a snapshot).
-//! - `GET /api/runs/{run}/tasks/{task}/log?attempt=&follow=1`: the task's output tail as text;
-//!   with `follow=1`, then its output lines as they come, until the task ends.
+//! - `GET /api/runs/{run}/tasks/{task}/log?attempt=&follow=1&tail=`: the task's log as text (the
+//!   full log its agent keeps, else the coordinator's tail; [`super::log`]); with `follow=1`,
+//!   then what it writes until the attempt ends; `tail=N`: from the last N bytes of each stream.
 //! - `POST /api/runs/{run}/cancel`, `POST /api/runs/{run}/rerun?from_failed=1`.
 //! - `GET /api/agents`: the agents, the tasks each runs, and why waiting runs wait.
 //!
@@ -28,7 +29,7 @@ use super::web::{
     context, csrf_refusal, decode, error, exposed, json_response, query, refused, run_json, time,
     Caller, Ctx,
 };
-use super::{sse, Port};
+use super::{log, sse, Port};
 
 /// Active runs the agents page looks into for running tasks and waiting reasons.
 const AGENTS_PAGE_RUNS: u32 = 200;
@@ -168,16 +169,24 @@ async fn run_get(
                 },
             };
             let follow = q.get("follow").is_some_and(|f| f == "1" || f == "true");
-            sse::log(
-                port,
-                shutdown,
-                caller,
-                run.clone(),
-                task.clone(),
+            let tail = match q.get("tail").filter(|t| !t.is_empty()) {
+                None => None,
+                Some(t) => match t.parse::<u64>() {
+                    Ok(t) => Some(t),
+                    Err(_) => {
+                        let why = "tail is a number of bytes";
+                        return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", why);
+                    }
+                },
+            };
+            let ask = log::Ask {
+                run: run.clone(),
+                task: task.clone(),
                 attempt,
                 follow,
-            )
-            .await
+                tail,
+            };
+            log::log(port, shutdown, caller, ask).await
         }
         _ => not_found(),
     }

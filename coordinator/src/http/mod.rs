@@ -34,6 +34,7 @@ use crate::auth::{Auth, Scope};
 use crate::metrics::Metrics;
 
 mod api;
+mod log;
 mod sse;
 mod ui;
 mod web;

@@ -1,6 +1,6 @@
-//! The streaming answers of the web UI's API: a run's server-sent events and a task's log.
-//! Each is a task pumping a `WatchRun` stream into the response body; it stops when the
-//! client goes away, when the watch ends, or when the coordinator shuts down.
+//! A run's server-sent events (`GET /api/runs/{run}/events`): a task pumping a `WatchRun`
+//! stream into the response body; it stops when the client goes away, when the watch ends, or
+//! when the coordinator shuts down.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -22,9 +22,9 @@ use super::Port;
 /// How often an idle event stream sends a comment (proxies close silent connections).
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-type Chunks = mpsc::Sender<Result<Bytes, Infallible>>;
+pub(super) type Chunks = mpsc::Sender<Result<Bytes, Infallible>>;
 
-fn body(rx: mpsc::Receiver<Result<Bytes, Infallible>>) -> Body {
+pub(super) fn body(rx: mpsc::Receiver<Result<Bytes, Infallible>>) -> Body {
     Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
@@ -149,116 +149,6 @@ pub async fn events(
     response
 }
 
-async fn send(tx: &Chunks, text: String) -> bool {
+pub(super) async fn send(tx: &Chunks, text: String) -> bool {
     tx.send(Ok(Bytes::from(text))).await.is_ok()
-}
-
-/// `GET /api/runs/{run}/tasks/{task}/log`: the output the coordinator holds of the task's
-/// current attempt. An ended task's is the tail of its result (stdout, then stderr); with
-/// `follow`, an active task's is its lines from `WatchRun` — the recent ones the run's watch
-/// history keeps, then the new ones until the task ends (the engine keeps no tail of a running
-/// attempt unless the run has heartbeats). The full logs of issue 16 will replace both.
-pub async fn log(
-    port: Port,
-    shutdown: CancellationToken,
-    caller: Caller,
-    run: String,
-    task: String,
-    attempt: Option<u32>,
-    follow: bool,
-) -> Response {
-    let mut req = caller.call(pb::GetRunRequest {
-        run_id: run.clone(),
-    });
-    if let Ok(v) = web::encode(&task).parse() {
-        req.metadata_mut().insert(crate::api::jobs::OUTPUT_OF, v);
-    }
-    let got = match port.jobs.get_run(req).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => return web::refused(&status),
-    };
-    let Some(t) = got.tasks.iter().find(|t| t.name == task) else {
-        let why = format!("run {} has no task '{task}'", got.run_id);
-        return web::error(StatusCode::NOT_FOUND, "TASK_NOT_FOUND", why);
-    };
-    if let Some(a) = attempt.filter(|&a| a != t.attempt) {
-        let why = format!(
-            "only the output of the current attempt ({}) is kept, not of attempt {a}",
-            t.attempt
-        );
-        return web::error(StatusCode::NOT_FOUND, "ATTEMPT_NOT_KEPT", why);
-    }
-    let (tx, rx) = mpsc::channel(64);
-    if follow && active(t.state) {
-        let req = pb::WatchRunRequest {
-            run_id: got.run_id.clone(),
-            resume: false,
-        };
-        let watch = match port.jobs.watch_run(caller.call(req)).await {
-            Ok(s) => s.into_inner(),
-            Err(status) => return web::refused(&status),
-        };
-        tokio::spawn(follow_lines(watch, task, tx, shutdown));
-    } else {
-        let mut head = String::new();
-        for tail in [&t.stdout, &t.stderr] {
-            if !tail.is_empty() {
-                head.push_str(tail);
-                if !tail.ends_with('\n') {
-                    head.push('\n');
-                }
-            }
-        }
-        let _ = tx.try_send(Ok(Bytes::from(head)));
-    }
-    let mut response = web::text_stream(body(rx));
-    let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&t.attempt.to_string()) {
-        h.insert("x-factotum-attempt", v);
-    }
-    h.insert("x-factotum-log", HeaderValue::from_static("tail"));
-    response
-}
-
-fn active(state: i32) -> bool {
-    matches!(
-        pb::TaskState::try_from(state),
-        Ok(pb::TaskState::Waiting | pb::TaskState::Running)
-    )
-}
-
-/// `task`'s output lines from `watch` (its history, then what comes) until the task ends.
-/// A piece of a line over the agent's line limit shows as a line of its own.
-async fn follow_lines(
-    mut watch: impl tokio_stream::Stream<Item = Result<pb::RunEvent, tonic::Status>> + Unpin,
-    task: String,
-    tx: Chunks,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let ev = tokio::select! {
-            ev = watch.next() => ev,
-            _ = tx.closed() => return,
-            _ = shutdown.cancelled() => return,
-        };
-        let Some(Ok(pb::RunEvent { event: Some(ev) })) = ev else {
-            return;
-        };
-        let text = match ev {
-            Event::Output(o) if o.task == task => o.line + "\n",
-            Event::Lagged(l) => format!("[{} output lines of this run were not kept]\n", l.skipped),
-            Event::Tasks(c)
-                if c.changes
-                    .iter()
-                    .any(|c| c.name == task && !active(c.current)) =>
-            {
-                return
-            }
-            Event::End(_) => return,
-            _ => continue,
-        };
-        if !send(&tx, text).await {
-            return;
-        }
-    }
 }

@@ -126,6 +126,8 @@ function runRow(r) {
 // ---- one run ----
 
 const ACTIVE = ["WAITING", "RUNNING"];
+// The log view starts this many bytes from the end of each stream (the whole log is a link).
+const LOG_TAIL = 262144;
 
 function runPage(id) {
   use("run-template");
@@ -162,6 +164,7 @@ function runPage(id) {
     c[5].textContent = t.state === "RUNNING" ? "running" : fmtDur(t.duration);
     c[6].textContent = t.return_code === null || t.return_code === undefined ? "" : t.return_code;
     c[7].textContent = t.error_message || "";
+    if (selected === t.name) attemptsBar(t.name);
     if (t.node) {
       t.node.setAttribute("class", "node state-" + t.state + (selected === t.name ? " selected" : ""));
       t.node.querySelector("title").textContent = t.name + ": " + t.state;
@@ -190,19 +193,39 @@ function runPage(id) {
     }, 300);
     cleanup.push(() => clearTimeout(refreshing));
   };
-  const selectTask = (name) => {
+  // One button per attempt of the selected task; the bold one is shown.
+  let shownAttempt, barFor = "";
+  const attemptsBar = (name) => {
+    const t = tasks.get(name);
+    const current = (t && t.attempt) || 0;
+    const key = name + "/" + current + "/" + shownAttempt;
+    if (key === barFor) return;
+    barFor = key;
+    $("log-attempts").replaceChildren(...Array.from({ length: current }, (_, i) => {
+      const b = el("button", i + 1, i + 1 === (shownAttempt || current) ? "attempt current" : "attempt");
+      b.setAttribute("type", "button");
+      b.addEventListener("click", () => selectTask(name, i + 1 === current ? undefined : i + 1));
+      return b;
+    }));
+  };
+  const selectTask = (name, attempt) => {
     selected = name;
+    shownAttempt = attempt;
     for (const t of tasks.values()) row(t);
     $("log-task").textContent = name;
-    followLog(name);
+    attemptsBar(name);
+    followLog(name, attempt);
   };
-  const followLog = async (name) => {
+  const followLog = async (name, attempt) => {
     if (logAbort) logAbort.abort();
     const abort = logAbort = new AbortController();
     const pre = $("log");
     pre.textContent = "";
     $("log-status").textContent = "(loading)";
-    const url = "/api/runs/" + encodeURIComponent(id) + "/tasks/" + encodeURIComponent(name) + "/log?follow=1";
+    const url = "/api/runs/" + encodeURIComponent(id) + "/tasks/" + encodeURIComponent(name) + "/log" +
+      (attempt ? "?attempt=" + attempt : "?follow=1") + "&tail=" + LOG_TAIL;
+    const whole = $("log-whole");
+    whole.setAttribute("href", url.replace(/[?].*$/, "") + (attempt ? "?attempt=" + attempt : ""));
     try {
       const r = await fetch(url, { credentials: "same-origin", signal: abort.signal });
       if (!r.ok) {
@@ -211,7 +234,9 @@ function runPage(id) {
         $("log-status").textContent = "(" + (data.error || r.statusText) + ")";
         return;
       }
-      $("log-status").textContent = "(following)";
+      const note = decodeURIComponent(r.headers.get("x-factotum-log-note") || "");
+      const kind = r.headers.get("x-factotum-log") === "tail" ? "output tail kept by the coordinator" + (note ? " (" + note + ")" : "") : "full log";
+      $("log-status").textContent = "(" + kind + (attempt ? "" : ", following") + ")";
       const reader = r.body.getReader();
       const dec = new TextDecoder();
       for (;;) {
@@ -223,11 +248,11 @@ function runPage(id) {
       }
       if (abort.signal.aborted) return;
       const t = tasks.get(name);
-      if (t && ACTIVE.includes(t.state) && run && ACTIVE.includes(run.state)) {
+      if (!attempt && t && ACTIVE.includes(t.state) && run && ACTIVE.includes(run.state)) {
         const again = setTimeout(() => { if (selected === name) followLog(name); }, 1000);
         cleanup.push(() => clearTimeout(again));
       }
-      $("log-status").textContent = "(end)";
+      $("log-status").textContent = "(" + kind + ", end)";
     } catch (e) {
       if (!abort.signal.aborted) $("log-status").textContent = "(" + e.message + ")";
     }

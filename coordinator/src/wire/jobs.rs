@@ -306,7 +306,9 @@ fn snapshot_info(s: pb::Snapshot, run_id: &str) -> RunInfo {
                 duration: t.duration.as_ref().map(from_duration),
                 return_code: t.return_code,
                 error_message: Some(t.error_message).filter(|e| !e.is_empty()),
-                deps: (t.dependencies.iter())
+                deps: t
+                    .dependencies
+                    .iter()
                     .map(|d| Arc::from(d.as_str()))
                     .collect(),
                 stdout: t.stdout,

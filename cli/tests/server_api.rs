@@ -427,6 +427,18 @@ fn drain_and_duplicates_hold_across_coordinators_on_one_etcd() {
         (400, "Job is already being processed")
     );
 
+    // The web UI and its JSON API behind the VIP: the follower serves them from the leader.
+    let listed = second.get("/api/runs?job=gated");
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let runs = listed.json()["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(runs.len(), 1, "{}", listed.body);
+    let page = second.get("/ui/");
+    assert_eq!(page.status, 200);
+    assert!(page.body.to_lowercase().contains("<html"), "{}", page.body);
+
     // A new leader reads drain back.
     assert_eq!(second.post("/settings", r#"{"state":"drain"}"#).status, 200);
     drop(first);

@@ -22,6 +22,9 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
 pub use crate::frame::MAX_LINE;
 
+/// Bytes read from a task's pipe at once (a Linux pipe's default capacity).
+const READ_BUFFER: usize = 64 * 1024;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
@@ -53,8 +56,9 @@ pub enum ExecEvent {
     Started {
         pid: u32,
     },
-    /// A line, or a piece of a long one (`continued`: it goes on the line the stream's
-    /// previous piece began).
+    /// Output: one or more whole lines joined by `\n` (read directly, every whole line one
+    /// read brought comes at once), or a piece of a long line (`continued`: it goes on the line
+    /// the stream's previous piece began).
     Line {
         stream: Stream,
         line: String,
@@ -129,14 +133,16 @@ pub async fn execute(
     }
     // Both pipes are read right here (no reader tasks): one less hop per line and per task.
     let log = spec.log.as_ref().filter(|_| !framed);
+    // Read directly, whole lines travel in batches (one event per read); a shim's frames are
+    // parsed one line at a time.
     let mut pipes = [
         child.stdout.take().map(|p| {
             let log = log.map(|l| LogWriter::open(l.stdout()));
-            Pipe::new(Box::new(p), Stream::Stdout, log)
+            Pipe::new(Box::new(p), Stream::Stdout, log, !framed)
         }),
         child.stderr.take().map(|p| {
             let log = log.map(|l| LogWriter::open(l.stderr()));
-            Pipe::new(Box::new(p), Stream::Stderr, log)
+            Pipe::new(Box::new(p), Stream::Stderr, log, !framed)
         }),
     ];
     let mut stdout = Tail::new(spec.max_output);
@@ -343,11 +349,17 @@ impl Pipe {
         pipe: Box<dyn AsyncRead + Unpin + Send>,
         stream: Stream,
         log: Option<LogWriter>,
+        batch: bool,
     ) -> Pipe {
         Pipe {
-            reader: BufReader::new(pipe),
+            // A pipe's default capacity: a busy writer fills it between two of our reads.
+            reader: BufReader::with_capacity(READ_BUFFER, pipe),
             stream,
-            split: Splitter::new(MAX_LINE),
+            split: if batch {
+                Splitter::batching(MAX_LINE)
+            } else {
+                Splitter::new(MAX_LINE)
+            },
             closed: false,
             log,
         }

@@ -112,8 +112,9 @@ async fn run(cfg: AgentConfig, lease: Lease) -> (AttemptResult, Vec<String>) {
     let finished = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match from_agent.recv().await.and_then(|m| m.msg) {
+                // Whole lines of one read come in one message, joined by '\n'.
                 Some(agent_message::Msg::Output(o)) => {
-                    lines.push(format!("{}:{}", o.stream, o.line))
+                    (o.line.split('\n')).for_each(|l| lines.push(format!("{}:{l}", o.stream)))
                 }
                 Some(agent_message::Msg::AttemptResult(f)) => return f,
                 Some(_) => {}

@@ -100,8 +100,24 @@ impl Console {
         }
     }
 
+    /// Output as it comes: one or more lines joined by `\n` (an agent passes on every whole
+    /// line it read at once), each printed as `[task] line`, all in one write.
     pub fn output(&self, task: &str, stream: Stream, line: &str) {
-        let text = format_args!("[{}] {line}\n", self.paint(CYAN, task));
+        let name = self.paint(CYAN, task);
+        let mut text = String::new();
+        let text = if line.contains('\n') {
+            text.reserve(line.len() + (name.len() + 4) * (line.len() / 8 + 1));
+            for l in line.split('\n') {
+                text.push('[');
+                text.push_str(&name);
+                text.push_str("] ");
+                text.push_str(l);
+                text.push('\n');
+            }
+            format_args!("{text}")
+        } else {
+            format_args!("[{name}] {line}\n")
+        };
         match stream {
             Stream::Stdout => self.stdout(text),
             Stream::Stderr => out::stderr(text),

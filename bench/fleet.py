@@ -248,6 +248,40 @@ def compare(args):
           f"(new/old {new_tp / old_tp:.3f})", flush=True)
 
 
+def durable(args):
+    """Agents with --state-dir against plain agents (issue 15: durable agents at full speed),
+    run by run in alternation in one invocation: medians and the ratios state-dir/plain."""
+    global STATE
+    # Logs where a plain agent keeps them by default (a long-lived directory), not in the
+    # fresh temporary state dir: creating files in a directory just made where the previous
+    # run's were removed costs ext4 far more (inode allocation skips recently freed inodes)
+    # and would measure the file system, not the agent. --durable-fresh-logs keeps the default.
+    home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    # With --durable-fresh-logs both keep logs in a fresh temporary directory instead (the
+    # state dir's default for --state-dir agents; --log-dir there for plain ones).
+    fresh = args.durable_fresh_logs
+    logs = () if fresh else ("--log-dir", os.path.join(home, "factotum", "logs", "bench-durable"))
+    plain = lambda work: ("--log-dir", os.path.join(work, f"logs-{time.monotonic_ns()}")) if fresh else ()
+    state = lambda work: ("--state-dir", os.path.join(work, f"state-{time.monotonic_ns()}"), *logs)
+    rows = {"plain": ([], []), "state-dir": ([], [])}
+    for r in range(args.runs):
+        for label, mode in (("plain", plain), ("state-dir", state)):
+            STATE = mode
+            print(f"-- run {r + 1}/{args.runs}, {label}", flush=True)
+            if args.only in (None, "hop"):
+                rows[label][0].append(hop_latency(args.bin, 1))
+            if args.only in (None, "throughput"):
+                rows[label][1].append(throughput(args.bin, 1))
+    med = {k: [statistics.median(x) if x else None for x in v] for k, v in rows.items()}
+    (p_hop, p_tp), (s_hop, s_tp) = med["plain"], med["state-dir"]
+    if p_hop:
+        print(f"durable: hop p50 (median of {args.runs} runs' p50) --state-dir {s_hop:.2f} ms vs plain "
+              f"{p_hop:.2f} ms: ratio {s_hop / p_hop:.2f} (target <= 1.2)", flush=True)
+    if p_tp:
+        print(f"durable: throughput (median of {args.runs}) --state-dir {s_tp:.0f} vs plain {p_tp:.0f} "
+              f"tasks/s: ratio {s_tp / p_tp:.2f} (target >= 0.9)", flush=True)
+
+
 def agent_spawns(log):
     """Times (s) of the agent's `process spawned` events."""
     out = []
@@ -526,6 +560,12 @@ def main():
     ap.add_argument("--scale", default="1000,5000")
     ap.add_argument("--only", choices=["hop", "throughput", "scale", "submit", "failover"])
     ap.add_argument("--state-dir", action="store_true", help="agents run tasks under their supervisor (--state-dir)")
+    ap.add_argument("--durable", action="store_true",
+                    help="hop and throughput (or --only one) of agents with --state-dir against plain agents, "
+                         "alternating run by run; prints the medians' ratios")
+    ap.add_argument("--durable-fresh-logs", action="store_true",
+                    help="with --durable: every agent keeps its logs in a fresh temporary directory (for "
+                         "--state-dir agents the default, in the state dir) rather than a long-lived one")
     ap.add_argument("--etcd", action="store_true", help="coordinators record runs in a throwaway etcd")
     ap.add_argument("--policies", action="store_true", help="every task has a timeout and a retry (timers)")
     ap.add_argument("--tls", choices=["off", "on", "both"], default="off",
@@ -551,7 +591,9 @@ def main():
         global STATE
         STATE = lambda work: ("--state-dir", os.path.join(work, f"state-{time.monotonic_ns()}"))
     try:
-        if args.compare:
+        if args.durable:
+            durable(args)
+        elif args.compare:
             compare(args)
         elif args.tls == "off":
             measure(args, etcd)

@@ -247,7 +247,7 @@ stage_completions factotum-agent factotum-agent
 stage_doc factotum-agent
 maintainer_scripts factotum-agent factotum-agent.service agent.toml
 build factotum-agent "Factotum agent: runs the shell tasks a Factotum coordinator leases" \
-  "The agent of Factotum, a DAG runner for shell tasks: it connects to one or more coordinators, takes the tasks they lease to this machine and runs them (sh -c, in their own process groups, under a small supervisor that lets them outlive the agent), streaming their output back. Installs factotum-agent and factotum-shim, the systemd unit factotum-agent.service (not enabled), /etc/factotum/agent.toml and the factotum system user the unit runs as."
+  "The agent of Factotum, a DAG runner for shell tasks: it connects to one or more coordinators, takes the tasks they lease to this machine and runs them (sh -c, in their own process groups, recorded in its state directory so that they outlive the agent), streaming their output back. Installs factotum-agent and factotum-shim (the per-task supervisor of earlier agents; this one no longer starts it), the systemd unit factotum-agent.service (not enabled), /etc/factotum/agent.toml and the factotum system user the unit runs as."
 
 # factotum: the CLI and the coordinator
 stage_bin factotum factotum

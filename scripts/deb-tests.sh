@@ -85,7 +85,7 @@ if command -v systemctl > /dev/null; then
 fi
 
 # What the units would run: the coordinator with its config file, the agent as the factotum
-# user with its own and a state directory (so tasks run under /usr/bin/factotum-shim).
+# user with its own and a state directory (tasks recorded in its journal, children of the agent).
 FACTOTUM_CONFIG=/etc/factotum/coordinator.toml /usr/bin/factotum-coordinator --listen 127.0.0.1:0 \
   --http-listen 127.0.0.1:0 > "$work/coordinator.out" 2> "$work/coordinator.log" &
 pids+=($!)
@@ -120,8 +120,9 @@ cat > "$work/who.factfile" <<'EOF'
 EOF
 /usr/bin/factotum submit "$work/who.factfile" --coordinator "$url" --wait > "$work/submit.out" 2>&1 ||
   { cat "$work/submit.out" "$work/agent.log" >&2; fail "a run on the installed coordinator and agent failed"; }
-grep -q 'user=factotum supervisor=/usr/bin/factotum-shim' "$work/submit.out" ||
-  { cat "$work/submit.out" >&2; fail "the task did not run as factotum under /usr/bin/factotum-shim"; }
+grep -q 'user=factotum supervisor=/usr/bin/factotum-agent' "$work/submit.out" ||
+  { cat "$work/submit.out" >&2; fail "the task did not run as factotum under /usr/bin/factotum-agent"; }
+[ -s "$work/state/journal" ] || fail "the agent recorded nothing in its state directory's journal"
 kill "${pids[@]}" 2> /dev/null || true
 wait "${pids[@]}" 2> /dev/null || true
 pids=()

@@ -6,29 +6,30 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use factotum_common::redact::{LineRedactor, Redactor};
+use factotum_common::redact::Redactor;
+use factotum_common::run::Outcome;
 use factotum_common::run::{clamp_max_output, MAX_TAIL};
-use factotum_common::run::{Outcome, Stream};
-use factotum_common::tail::{last_bytes, Tail};
+use factotum_common::tail::last_bytes;
 use factotum_proto::{agent_message, attempt_result, AttemptResult, Lease, LeaseRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{execute, ExecEvent, ExecSpec};
-use crate::frame::{self, Frame, Recorded};
-use crate::kill::Escalation;
+use crate::frame::Recorded;
 use crate::logs::{LogBook, LogPaths};
 use crate::metrics::metrics;
 use crate::shim;
 use crate::throttle::StreamRate;
 
+mod durable;
+mod legacy;
 mod outlet;
+pub mod recorded;
 
 use outlet::Outlet;
 
@@ -62,6 +63,10 @@ pub struct Supervision {
 #[derive(Debug)]
 pub struct Attempts {
     how: Supervision,
+    /// With a state dir (and no shim): where attempts are recorded, and what it held when
+    /// opened (for [`Attempts::recover`]).
+    journal: Option<recorded::Journal>,
+    pending: Vec<recorded::Entry>,
     running: HashMap<Key, (LeaseRef, CancellationToken)>,
     tasks: JoinSet<()>,
     events_tx: mpsc::Sender<AttemptEvent>,
@@ -71,8 +76,18 @@ pub struct Attempts {
 impl Attempts {
     pub fn new(how: Supervision) -> Attempts {
         let (events_tx, events_rx) = mpsc::channel(4096);
+        let opened = match (&how.state_dir, &how.shim_exe) {
+            (Some(state), None) => shim::create_private_dir(&state.join("output"))
+                .and_then(|()| recorded::Journal::open(state))
+                .inspect_err(|e| tracing::warn!(dir = %state.display(), error = %e, "cannot open the state directory's journal; tasks will not survive an agent restart"))
+                .ok(),
+            _ => None,
+        };
+        let (journal, pending) = opened.map_or((None, vec![]), |(j, p)| (Some(j), p));
         Attempts {
             how,
+            journal,
+            pending,
             running: HashMap::new(),
             tasks: JoinSet::new(),
             events_tx,
@@ -102,21 +117,48 @@ impl Attempts {
         self.running.values().map(|(r, _)| r)
     }
 
-    /// Starts the leased attempt.
+    /// Starts the leased attempt: recorded in its attempt directory with `--state-dir` (see
+    /// [`recorded`]; under a shim process if one is configured), else as the agent's child.
     pub fn spawn(&mut self, lease: Lease, r: LeaseRef) {
+        // A finished attempt's task keeps its memory until joined, and `next` joins only when
+        // no event waits: a busy agent (a 200k-task dry run) would keep every one (~6 KB each).
+        while self.tasks.try_join_next().is_some() {}
         let cancel = CancellationToken::new();
         self.running.insert(r.key(), (r.clone(), cancel.clone()));
         let log = (self.how.logs.as_ref()).and_then(|b| b.begin(&r.run_id, r.task, r.attempt));
-        let shim = self.record(&lease, &r, log.as_ref());
+        let grace = self.how.kill_grace;
+        let rate = self.how.max_stream_rate;
+        if let (Some(journal), Some(state), false) =
+            (&self.journal, &self.how.state_dir, lease.dry_run)
+        {
+            let name = recorded::name(&r.run_id, r.task, r.attempt);
+            let outputs = match &log {
+                Some(l) => [l.stdout(), l.stderr()],
+                None => recorded::own_outputs(state, &name),
+            };
+            match journal.lease(&name, &lease, &outputs) {
+                Ok(()) => {
+                    let argv = recorded::argv(&lease.command_line, state, &name);
+                    // Its output is read from files: waiting for the session stalls nobody.
+                    let outlet = Outlet::new(r.clone(), self.events_tx.clone(), rate, true);
+                    let run = durable::run(lease, r, (argv, outputs), grace, outlet, cancel);
+                    self.tasks.spawn(run);
+                    metrics().set_running(self.running.len());
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the attempt in the journal; it will not survive an agent restart");
+                }
+            }
+        }
+        let shim = (!lease.dry_run && self.journal.is_none())
+            .then(|| self.record(&lease, &r, log.as_ref()))
+            .flatten()
+            .zip(self.how.shim_exe.clone())
+            .map(|(dir, exe)| (exe, dir));
         // Through a shim, the shim writes the log; else the executor does.
         let log = log.filter(|_| shim.is_none());
-        let outlet = Outlet::new(
-            r.clone(),
-            self.events_tx.clone(),
-            self.how.max_stream_rate,
-            false,
-        );
-        let grace = self.how.kill_grace;
+        let outlet = Outlet::new(r.clone(), self.events_tx.clone(), rate, false);
         self.tasks
             .spawn(run_attempt(lease, r, grace, (shim, log), outlet, cancel));
         metrics().set_running(self.running.len());
@@ -165,21 +207,35 @@ impl Attempts {
     }
 
     /// The coordinator has the attempt's result: its directory can go.
-    pub fn forget(&self, r: &LeaseRef) {
-        if let Some(state) = &self.how.state_dir {
-            let _ = fs::remove_dir_all(shim::attempt_dir(state, &r.run_id, r.task, r.attempt));
+    pub fn forget(&mut self, r: &LeaseRef) {
+        let Some(state) = &self.how.state_dir else {
+            return;
+        };
+        match &mut self.journal {
+            Some(journal) => {
+                let name = recorded::name(&r.run_id, r.task, r.attempt);
+                journal.forget(&name);
+                if self.how.logs.is_none() {
+                    for f in recorded::own_outputs(state, &name) {
+                        let _ = fs::remove_file(f);
+                    }
+                }
+                // An attempt an older agent's shim recorded.
+                let dir = shim::attempt_dir(state, &r.run_id, r.task, r.attempt);
+                if dir.exists() {
+                    let _ = fs::remove_dir_all(dir);
+                }
+            }
+            None => {
+                let _ = fs::remove_dir_all(shim::attempt_dir(state, &r.run_id, r.task, r.attempt));
+            }
         }
     }
 
-    /// Records the lease in its attempt directory; `None` (run without a shim) when there is no
-    /// state dir or it cannot be written.
-    fn record(
-        &self,
-        lease: &Lease,
-        r: &LeaseRef,
-        log: Option<&LogPaths>,
-    ) -> Option<(PathBuf, PathBuf)> {
-        let (state, exe) = (self.how.state_dir.as_ref()?, self.how.shim_exe.as_ref()?);
+    /// Records the lease in its attempt directory for a shim (and where its full log goes);
+    /// `None` (run as the agent's own child) when there is no state dir or it cannot be written.
+    fn record(&self, lease: &Lease, r: &LeaseRef, log: Option<&LogPaths>) -> Option<PathBuf> {
+        let state = self.how.state_dir.as_ref()?;
         let dir = shim::attempt_dir(state, &r.run_id, r.task, r.attempt);
         let written = shim::create_private_dir(&dir)
             .and_then(|()| {
@@ -196,7 +252,7 @@ impl Attempts {
                 None => Ok(()),
             });
         match written {
-            Ok(()) => Some((exe.clone(), dir)),
+            Ok(()) => Some(dir),
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot record the attempt; it will not survive an agent restart");
                 None
@@ -211,7 +267,13 @@ impl Attempts {
         let Some(state) = self.how.state_dir.clone() else {
             return ended;
         };
+        // Which tasks still run: their processes name their attempt directories.
+        let running = recorded::find_running(&state.join("attempts"));
+        for e in std::mem::take(&mut self.pending) {
+            self.recover_entry(&state, e, &running, &mut ended);
+        }
         let Ok(entries) = fs::read_dir(state.join("attempts")) else {
+            metrics().set_running(self.running.len());
             return ended;
         };
         for entry in entries.flatten() {
@@ -225,18 +287,21 @@ impl Attempts {
             };
             let max = clamp_max_output(lease.max_output as usize);
             let redact = Redactor::new(&lease.redact);
-            let pid = fs::read_to_string(dir.join(shim::PID))
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok());
+            // An older agent's shim also left its pid.
+            let pid = running.get(&dir).copied().or_else(|| {
+                fs::read_to_string(dir.join(shim::PID))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+            });
             if let Some(f) = result_on_disk(&dir, &r, max, &redact, pid, false) {
                 tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, "found an attempt that ended while away");
                 ended.push(f);
             } else if let Some(pid) = pid {
-                // `result_on_disk` is `None` only while the shim runs.
+                // `result_on_disk` is `None` only while the task's shell (or shim) runs.
                 tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, pid, "adopting a task still running");
                 let cancel = CancellationToken::new();
                 self.running.insert(r.key(), (r.clone(), cancel.clone()));
-                // Its shim still appends its log: followed until it ends.
+                // Its log is still being appended: followed until it ends.
                 let log = (self.how.logs.as_ref())
                     .and_then(|b| Some((b, b.paths(&r.run_id, r.task, r.attempt)?)));
                 if let Some((book, paths)) = log {
@@ -244,18 +309,58 @@ impl Attempts {
                 }
                 let rate = self.how.max_stream_rate;
                 let outlet = Outlet::new(r.clone(), self.events_tx.clone(), rate, true);
-                let grace = self.how.kill_grace;
-                let how = Adopted {
+                let how = durable::Adopted {
                     max_output: max,
                     redact,
                     pid,
-                    kill_grace: grace,
+                    kill_grace: self.how.kill_grace,
                 };
-                self.tasks.spawn(adopt(dir, r, how, outlet, cancel));
+                self.tasks.spawn(legacy::adopt(dir, r, how, outlet, cancel));
             }
         }
         metrics().set_running(self.running.len());
         ended
+    }
+
+    /// One attempt the journal holds: its result if it ended, else adopted.
+    fn recover_entry(
+        &mut self,
+        state: &Path,
+        e: recorded::Entry,
+        running: &HashMap<PathBuf, i32>,
+        ended: &mut Vec<AttemptResult>,
+    ) {
+        let Some(r) = e.lease.lease.clone() else {
+            return;
+        };
+        let redact = Redactor::new(&e.lease.redact);
+        let marker = state.join("attempts").join(&e.name);
+        let journal = state.join(recorded::JOURNAL);
+        let Some(&pid) = running.get(&marker).filter(|_| e.exit.is_none()) else {
+            // It may have recorded its exit since the journal was read.
+            let exit = e.exit.or_else(|| recorded::find_exit(&journal, &e.name));
+            tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, "found an attempt that ended while away");
+            ended.push(durable::ended(&e, &r, exit, false, &redact));
+            return;
+        };
+        tracing::info!(run = %r.run_id, task = r.task, attempt = r.attempt, pid, "adopting a task still running");
+        let cancel = CancellationToken::new();
+        self.running.insert(r.key(), (r.clone(), cancel.clone()));
+        if let Some(book) = &self.how.logs {
+            if let Some(paths) = book.paths(&r.run_id, r.task, r.attempt) {
+                book.live(&paths);
+            }
+        }
+        let rate = self.how.max_stream_rate;
+        let outlet = Outlet::new(r.clone(), self.events_tx.clone(), rate, true);
+        let how = durable::Adopted {
+            max_output: clamp_max_output(e.lease.max_output as usize),
+            redact,
+            pid,
+            kill_grace: self.how.kill_grace,
+        };
+        let job = durable::adopt((journal, e, marker), r, how, outlet, cancel);
+        self.tasks.spawn(job);
     }
 }
 
@@ -313,103 +418,6 @@ async fn run_attempt(
     outlet.done(done).await;
 }
 
-/// How an adopted attempt is followed.
-struct Adopted {
-    max_output: usize,
-    redact: Redactor,
-    /// Its shim's.
-    pid: i32,
-    kill_grace: Duration,
-}
-
-/// Follows a task that a previous agent process started under a shim: new output lines from
-/// its output file (redacted as the lease says), its end from its exit file; a cancel stops its
-/// process group.
-async fn adopt(
-    dir: PathBuf,
-    r: LeaseRef,
-    how: Adopted,
-    mut outlet: Outlet,
-    cancel: CancellationToken,
-) {
-    use std::io::Seek;
-    const POLL: Duration = Duration::from_millis(50);
-    let Adopted {
-        max_output,
-        redact,
-        pid,
-        kill_grace,
-    } = how;
-    let output = dir.join(shim::OUTPUT);
-    // Lines already written were seen (or lost) with the previous agent: follow from the end.
-    let mut offset = fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-    let mut stopping = Escalation::new(u32::try_from(pid).ok(), kill_grace);
-    let mut redacting = [LineRedactor::new(), LineRedactor::new()];
-    let mut passed = vec![];
-    loop {
-        if let Ok(mut f) = fs::File::open(&output) {
-            if f.seek(std::io::SeekFrom::Start(offset)).is_ok() {
-                let mut reader = BufReader::new(f);
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap_or(0) > 0 && line.ends_with('\n') {
-                    offset += line.len() as u64;
-                    // Output lines only: the closing `X<code>` line is read from `exit`.
-                    if let Some(Frame::Line {
-                        stream,
-                        text,
-                        continued,
-                    }) = frame::parse_frame(line.trim_end_matches('\n'))
-                    {
-                        let ends = !frame::may_continue(text);
-                        redacting[usize::from(stream == Stream::Stderr)].push(
-                            &redact,
-                            text,
-                            continued,
-                            ends,
-                            &mut passed,
-                        );
-                        if send_all(&mut outlet, stream, &mut passed).await.is_err() {
-                            return;
-                        }
-                    }
-                    line.clear();
-                }
-            }
-        }
-        let killed = stopping.stopping();
-        if let Some(f) = result_on_disk(&dir, &r, max_output, &redact, Some(pid), killed) {
-            for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
-                redacting[i].finish(&redact, &mut passed);
-                if send_all(&mut outlet, stream, &mut passed).await.is_err() {
-                    return;
-                }
-            }
-            outlet.done(f).await;
-            return;
-        }
-        let now = tokio::time::Instant::now();
-        if cancel.is_cancelled() {
-            stopping.stop(now);
-        }
-        stopping.tick(now);
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Sends what redaction passed on (an empty end of a line cut where it ended is not sent).
-async fn send_all(
-    outlet: &mut Outlet,
-    stream: Stream,
-    passed: &mut Vec<(String, bool)>,
-) -> Result<(), outlet::Closed> {
-    for (text, continued) in passed.drain(..) {
-        if !(continued && text.is_empty()) {
-            outlet.output(stream, text, continued).await?;
-        }
-    }
-    Ok(())
-}
-
 /// How an attempt run under a shim ended, from its directory: the recorded exit; or, the shim
 /// gone without one, a kill (`killed`: we stopped it, and a signal counts as 1) or a supervisor
 /// that died. `None` while the shim (`pid`) still runs.
@@ -421,9 +429,14 @@ fn result_on_disk(
     pid: Option<i32>,
     killed: bool,
 ) -> Option<AttemptResult> {
-    let (outcome, duration) = match read_exit(dir) {
-        Some(done) => (attempt_result::Outcome::ExitCode(done.code), done.duration),
+    let recorded = match read_exit(dir) {
         None if pid.is_some_and(|p| shim_alive(p, dir)) => return None,
+        // It may have recorded its exit between the first look and its end.
+        None => read_exit(dir),
+        done => done,
+    };
+    let (outcome, duration) = match recorded {
+        Some(done) => (attempt_result::Outcome::ExitCode(done.code), done.duration),
         None if killed => (attempt_result::Outcome::ExitCode(1), Duration::ZERO),
         None => (
             attempt_result::Outcome::SpawnError(
@@ -437,43 +450,15 @@ fn result_on_disk(
     Some(result_msg(r, outcome, out, err, duration))
 }
 
-/// Reads `<dir>/exit`, if the task has ended.
+/// Reads `<dir>/exit` (a shim's), if the task has ended.
 pub fn read_exit(dir: &Path) -> Option<Recorded> {
-    frame::parse_exit(&fs::read_to_string(dir.join(shim::EXIT)).ok()?)
+    crate::frame::parse_exit(&fs::read_to_string(dir.join(shim::EXIT)).ok()?)
 }
 
-/// The last `max` characters of each stream in `<dir>/output`, redacted by `redact` (the file
-/// itself keeps the task's raw output).
+/// The last `max` characters of each stream in a shim's `<dir>/output`, redacted by `redact`
+/// (the file itself keeps the task's raw output).
 pub fn read_tails(dir: &Path, max: usize, redact: &Redactor) -> (String, String) {
-    let mut tails = [Tail::new(max), Tail::new(max)];
-    let mut redacting = [LineRedactor::new(), LineRedactor::new()];
-    let mut passed = vec![];
-    let mut keep = |i: usize, passed: &mut Vec<(String, bool)>| {
-        for (text, continued) in passed.drain(..) {
-            tails[i].push_piece(&text, continued);
-        }
-    };
-    if let Ok(f) = fs::File::open(dir.join(shim::OUTPUT)) {
-        for line in BufReader::new(f).lines().map_while(Result::ok) {
-            if let Some(Frame::Line {
-                stream,
-                text,
-                continued,
-            }) = frame::parse_frame(&line)
-            {
-                let i = usize::from(stream == Stream::Stderr);
-                let ends = !frame::may_continue(text);
-                redacting[i].push(redact, text, continued, ends, &mut passed);
-                keep(i, &mut passed);
-            }
-        }
-    }
-    for (i, r) in redacting.iter_mut().enumerate() {
-        r.finish(redact, &mut passed);
-        keep(i, &mut passed);
-    }
-    let [out, err] = tails;
-    (out.as_str().to_string(), err.as_str().to_string())
+    legacy::read_tails(dir, max, redact)
 }
 
 /// Whether `pid` is a live shim for `dir` (not a zombie, not a recycled pid of something else:

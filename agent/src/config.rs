@@ -182,10 +182,9 @@ impl AgentArgs {
             }),
             kill_grace: self.kill_grace,
             drain_grace: self.drain_grace,
-            shim_exe: match &self.state_dir {
-                Some(_) => Some(shim_exe()?),
-                None => None,
-            },
+            // With --state-dir tasks are recorded by their own shell (attempt::recorded): no
+            // supervisor process per task.
+            shim_exe: None,
             state_dir: self.state_dir.clone(),
             max_stream_rate: NonZeroU64::new(self.max_stream_rate).map(StreamRate),
         };
@@ -247,14 +246,6 @@ fn stream_rate(s: &str) -> Result<u64, String> {
         return Ok(0);
     }
     factotum_service::size::parse_size(t.strip_suffix("/s").unwrap_or(t))
-}
-
-/// The task supervisor: `factotum-shim` beside this binary, else this binary itself (`--shim`).
-fn shim_exe() -> anyhow::Result<PathBuf> {
-    let me =
-        std::env::current_exe().context("cannot find my own executable for the task supervisor")?;
-    let small = me.with_file_name("factotum-shim");
-    Ok(if small.exists() { small } else { me })
 }
 
 #[cfg(test)]

@@ -34,10 +34,11 @@ pub struct AgentConfig {
     pub kill_grace: Duration,
     /// Once draining, how long running tasks may go on before they are stopped.
     pub drain_grace: Duration,
-    /// Where attempts are recorded so they survive an agent restart (with `shim_exe`);
-    /// `None`: tasks run as the agent's own children and die with it.
+    /// Where attempts are recorded so they survive an agent restart (see
+    /// `attempt::recorded`); `None`: tasks run as the agent's own children and die with it.
     pub state_dir: Option<PathBuf>,
-    /// The executable that runs as the shim (`<exe> --shim <dir>`): `factotum-agent` itself.
+    /// With a state dir: run each task under this per-task shim instead (`<exe> --shim <dir>`,
+    /// or `factotum-shim <dir>`), as earlier agents did; the agent's flags leave it `None`.
     pub shim_exe: Option<PathBuf>,
     /// Output each attempt streams, at most (`--max-stream-rate`); `None`: every line, waiting
     /// for the link if it must (`factotum run`, whose console is the stream).

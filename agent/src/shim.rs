@@ -1,7 +1,9 @@
-//! The task supervisor ("shim") that lets a task outlive its agent.
+//! The per-task supervisor ("shim") earlier agents used to let a task outlive them.
 //!
-//! With `--state-dir`, the agent does not run `sh -c` itself: it starts `factotum-agent --shim
-//! <attempt dir>`, which runs the command, appends every output line to `<dir>/output` (a long
+//! An agent with `--state-dir` no longer starts one (its tasks' own shells record them, see
+//! [`crate::attempt::recorded`]): a shim runs only for an [`crate::AgentConfig`] that names a
+//! `shim_exe`, and a restarted agent still adopts tasks an older agent started this way. The
+//! shim (`factotum-agent --shim <attempt dir>`, or `factotum-shim`) runs the command, appends every output line to `<dir>/output` (a long
 //! line in pieces, so the shim never holds more than one piece of a line) and
 //! writes the exit code to `<dir>/exit` when the task ends — whether or not the agent is still
 //! there. A restarted agent finds the attempt directories, reports the recorded results and

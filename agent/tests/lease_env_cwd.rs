@@ -1,5 +1,6 @@
-//! A lease's `env` and `cwd` reach the task: run by the agent itself, and under each of the two
-//! shims (`factotum-shim`, and `factotum-agent --shim`), with real processes.
+//! A lease's `env` and `cwd` reach the task: run by the agent itself, recorded by its own shell
+//! (`--state-dir`), and under each of the two shims an older agent used (`factotum-shim`, and
+//! `factotum-agent --shim`), with real processes.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -19,9 +20,11 @@ enum Mode {
     Direct,
     Shim,
     AgentAsShim,
+    /// With a state dir and no shim: the task's shell records it (the agent's default).
+    Recorded,
 }
 
-const MODES: [Mode; 3] = [Mode::Direct, Mode::Shim, Mode::AgentAsShim];
+const MODES: [Mode; 4] = [Mode::Direct, Mode::Shim, Mode::AgentAsShim, Mode::Recorded];
 
 /// A fresh, empty directory for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -42,7 +45,7 @@ fn relative(path: &Path) -> PathBuf {
 
 fn config(mode: Mode, state_dir: &Path) -> AgentConfig {
     let shim_exe = match mode {
-        Mode::Direct => None,
+        Mode::Direct | Mode::Recorded => None,
         Mode::Shim => Some(PathBuf::from(env!("CARGO_BIN_EXE_factotum-shim"))),
         Mode::AgentAsShim => Some(PathBuf::from(env!("CARGO_BIN_EXE_factotum-agent"))),
     };
@@ -55,7 +58,8 @@ fn config(mode: Mode, state_dir: &Path) -> AgentConfig {
         kill_grace: Duration::from_millis(300),
         drain_grace: Duration::ZERO,
         // Relative on purpose: the shim runs in the task's directory and must not care.
-        state_dir: shim_exe.as_ref().map(|_| relative(state_dir)),
+        state_dir: (shim_exe.is_some() || matches!(mode, Mode::Recorded))
+            .then(|| relative(state_dir)),
         shim_exe,
         max_stream_rate: None,
     }
@@ -157,14 +161,23 @@ async fn lease_env_and_cwd_reach_the_task() {
             lines.contains(&"1:bar $baz".to_string()),
             "{mode:?}: {lines:?}"
         );
-        // The task ran in its directory; the shim kept its records in the attempt directory.
+        // The task ran in its directory; its records were kept in the state directory.
         let mut made: Vec<_> = std::fs::read_dir(&work)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         made.sort();
         assert_eq!(made, ["made"], "{mode:?}");
-        if !matches!(mode, Mode::Direct) {
+        if matches!(mode, Mode::Recorded) {
+            let name = attempt::recorded::name("run", 0, 1);
+            let journal = state.join(attempt::recorded::JOURNAL);
+            assert_eq!(attempt::recorded::find_exit(&journal, &name), Some(0));
+            let outputs = attempt::recorded::own_outputs(&state, &name);
+            let (out, err) = attempt::recorded::read_tails(outputs, 10_000, &Default::default());
+            assert_eq!(out, f.stdout_tail);
+            assert_eq!(err, "oops");
+        }
+        if matches!(mode, Mode::Shim | Mode::AgentAsShim) {
             let dir = shim::attempt_dir(&state, "run", 0, 1);
             assert_eq!(
                 attempt::read_exit(&dir).map(|r| r.code),
@@ -254,7 +267,33 @@ async fn secrets_are_redacted_in_what_is_reported_and_attempt_files_are_private(
         );
         // Short values are left alone (see MIN_SECRET).
         assert!(lines.contains(&"1:abc".to_string()), "{mode:?}");
-        if !matches!(mode, Mode::Direct) {
+        if matches!(mode, Mode::Recorded) {
+            // The output files keep the raw output; they and the journal (leases and their
+            // environments) are for the agent's owner only.
+            let name = attempt::recorded::name("run", 0, 1);
+            let outputs = attempt::recorded::own_outputs(&state, &name);
+            let raw = std::fs::read_to_string(&outputs[0]).unwrap();
+            assert!(raw.contains(&format!("token={SECRET}")));
+            for f in outputs
+                .iter()
+                .chain([&state.join(attempt::recorded::JOURNAL)])
+            {
+                let bits = std::fs::metadata(f).unwrap().permissions().mode();
+                assert_eq!(bits & 0o777, 0o600, "{}", f.display());
+            }
+            let dir_bits = std::fs::metadata(state.join("output"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(dir_bits & 0o777, 0o700);
+            let redact = factotum_common::redact::Redactor::new([SECRET]);
+            let (out, err) = attempt::recorded::read_tails(outputs, 10_000, &redact);
+            assert_eq!(
+                (out.as_str(), err.as_str()),
+                (f.stdout_tail.as_str(), "[redacted]")
+            );
+        }
+        if matches!(mode, Mode::Shim | Mode::AgentAsShim) {
             let dir = shim::attempt_dir(&state, "run", 0, 1);
             // The files keep the raw output, for the agent's owner only.
             let raw = std::fs::read_to_string(dir.join(shim::OUTPUT)).unwrap();

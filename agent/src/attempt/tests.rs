@@ -1,4 +1,6 @@
 use super::*;
+use crate::frame;
+use factotum_common::run::Stream;
 use std::process::Command;
 
 #[test]

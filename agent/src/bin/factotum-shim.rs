@@ -1,12 +1,12 @@
-//! `factotum-shim <attempt dir>`: the small per-task supervisor an agent with `--state-dir` runs
-//! each task under (see `factotum_agent::shim`). A separate, small binary: it is started once
-//! per task, so its start-up cost counts.
+//! `factotum-shim <attempt dir>`: the small per-task supervisor earlier agents with `--state-dir`
+//! ran each task under (see `factotum_agent::shim`; agents now record tasks through their own
+//! shells). A separate, small binary: it is started once per task, so its start-up cost counts.
 
 const USAGE: &str = "usage: factotum-shim <attempt dir>
 
-The per-task supervisor a factotum-agent with --state-dir starts for each task: it runs the
-command the agent wrote into <attempt dir>, records its output and exit code there, and lets
-the task outlive the agent. Not meant to be run by hand.";
+The per-task supervisor earlier factotum-agents with --state-dir started for each task: it runs
+the command the agent wrote into <attempt dir>, records its output and exit code there, and
+lets the task outlive the agent. Agents now record tasks without it. Not meant to be run by hand.";
 
 fn main() {
     let arg = std::env::args_os().nth(1);

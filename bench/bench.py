@@ -75,13 +75,38 @@ def big_factfile(path, n=100_000):
     write_factfile(path, "100k tasks", tasks)
 
 
+def output_bench(args):
+    """`factotum run` of one task printing short lines (issue 15 item 4): lines/s and peak RSS,
+    without and with redaction (an `--env` secret makes every line go through the redactor)."""
+    os.makedirs(args.out, exist_ok=True)
+    cases = [("yes | head -c 50000000", 25_000_000), ("seq 10000000", 10_000_000)]
+    for command, lines in cases:
+        ff = os.path.join(args.out, "output.factfile")
+        doc = {"schema": "iglu:com.snowplowanalytics.factotum/factfile/jsonschema/1-0-0",
+               "data": {"name": "output", "tasks": [{
+                   "name": "o", "executor": "shell", "command": "sh", "arguments": ["-c", command],
+                   "dependsOn": [], "onResult": {"terminateJobWithSuccess": [], "continueJob": [0]}}]}}
+        with open(ff, "w") as f:
+            json.dump(doc, f)
+        for label, extra in [("plain", []), ("redacting", ["--env", '{"token":"s3cr3t-value"}'])]:
+            samples = [measure_rss([args.factotum, "run", ff, *extra]) for _ in range(args.runs)]
+            t = statistics.median(s[0] for s in samples)
+            rss = max(s[1] for s in samples)
+            print(f"{command:24} {label:10} median {t*1000:7.0f} ms  {lines / t / 1e6:6.1f} M lines/s  "
+                  f"max RSS {rss:.0f} MiB", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--factotum", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "factotum"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"))
     ap.add_argument("--generate-100k", metavar="PATH", help=argparse.SUPPRESS)
+    ap.add_argument("--output", action="store_true", help="only the short-line output benchmark")
     args = ap.parse_args()
+    if args.output:
+        output_bench(args)
+        return
     if args.generate_100k:
         big_factfile(args.generate_100k)
         return

@@ -67,6 +67,8 @@ pub struct Attempts {
     /// opened (for [`Attempts::recover`]).
     journal: Option<recorded::Journal>,
     pending: Vec<recorded::Entry>,
+    /// Attempts whose output went to `<state>/output` (no log kept): removed once forgotten.
+    own_outputs: std::collections::HashSet<String>,
     running: HashMap<Key, (LeaseRef, CancellationToken)>,
     tasks: JoinSet<()>,
     events_tx: mpsc::Sender<AttemptEvent>,
@@ -88,6 +90,7 @@ impl Attempts {
             how,
             journal,
             pending,
+            own_outputs: Default::default(),
             running: HashMap::new(),
             tasks: JoinSet::new(),
             events_tx,
@@ -134,7 +137,10 @@ impl Attempts {
             let name = recorded::name(&r.run_id, r.task, r.attempt);
             let outputs = match &log {
                 Some(l) => [l.stdout(), l.stderr()],
-                None => recorded::own_outputs(state, &name),
+                None => {
+                    self.own_outputs.insert(name.clone());
+                    recorded::own_outputs(state, &name)
+                }
             };
             match journal.lease(&name, &lease, &outputs) {
                 Ok(()) => {
@@ -215,7 +221,7 @@ impl Attempts {
             Some(journal) => {
                 let name = recorded::name(&r.run_id, r.task, r.attempt);
                 journal.forget(&name);
-                if self.how.logs.is_none() {
+                if self.own_outputs.remove(&name) {
                     for f in recorded::own_outputs(state, &name) {
                         let _ = fs::remove_file(f);
                     }
@@ -334,6 +340,9 @@ impl Attempts {
             return;
         };
         let redact = Redactor::new(&e.lease.redact);
+        if e.outputs == recorded::own_outputs(state, &e.name) {
+            self.own_outputs.insert(e.name.clone());
+        }
         let marker = state.join("attempts").join(&e.name);
         let journal = state.join(recorded::JOURNAL);
         let Some(&pid) = running.get(&marker).filter(|_| e.exit.is_none()) else {

@@ -177,7 +177,15 @@ fn many_short_tasks_under_a_state_dir_all_report_and_leave_nothing_pending() {
     let c = Coordinator::start(&[]);
     let d = Dir::new();
     let state = d.file("state");
-    let flags = ["--state-dir", state.to_str().unwrap(), "--slots", "0"];
+    // No full logs: the output goes to files in the state dir, removed once acknowledged.
+    let flags = [
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--slots",
+        "0",
+        "--log-dir",
+        "off",
+    ];
     let mut first = agent(&c.url, "many", None, &flags);
     wait_for_agents(&c.url, 1);
     let tasks: Vec<_> = (0..300)
@@ -197,6 +205,12 @@ fn many_short_tasks_under_a_state_dir_all_report_and_leave_nothing_pending() {
         eventually(Duration::from_secs(10), || pending(&state).is_empty()),
         "every result acknowledged and forgotten: {:?}",
         pending(&state)
+    );
+    let outputs = || std::fs::read_dir(state.join("output")).map_or(0, |d| d.count());
+    assert!(
+        eventually(Duration::from_secs(5), || outputs() == 0),
+        "{} output files left",
+        outputs()
     );
     // A restart finds nothing to report or adopt, and compacts the journal.
     first.0.kill().unwrap();

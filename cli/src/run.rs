@@ -15,7 +15,7 @@ use factotum_coordinator::spec;
 use factotum_coordinator::webhook::endpoint::Endpoints;
 use factotum_coordinator::webhook::DeliveryConfig;
 use factotum_coordinator::{
-    Engine, EngineConfig, MemoryStore, Placement, RunSpec, Submission, WatchEvent,
+    Engine, EngineConfig, NoStore, Placement, RunSpec, Submission, WatchEvent,
 };
 use factotum_service::Lifecycle;
 use tokio::signal::unix::{signal, SignalKind};
@@ -243,7 +243,7 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) 
         ..EngineConfig::default()
     };
     let service = Lifecycle::new();
-    let engine = Engine::start(config, MemoryStore::new(), service.clone());
+    let engine = Engine::start(config, NoStore, service.clone());
 
     // The in-process agent: the same session protocol as a remote agent, over channels. It is
     // tracked, so every way out below stops it and waits for it (its tasks killed, TERM then

@@ -41,6 +41,25 @@ impl RunMeta {
             start_time,
         }
     }
+
+    /// The same for a run that sends no webhooks: no base64 copy of its factfile (a
+    /// 200,000-task factfile's is some 50 MB).
+    pub fn unsent(
+        compact_factfile: &str,
+        job_name: &str,
+        tags: BTreeMap<String, String>,
+        run_reference: String,
+        start_time: DateTime<Utc>,
+    ) -> RunMeta {
+        RunMeta {
+            job_name: job_name.to_string(),
+            job_reference: crate::reference::job_reference(compact_factfile, &tags),
+            run_reference,
+            factfile_base64: String::new(),
+            tags,
+            start_time,
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -39,5 +39,5 @@ pub use model::{
     TaskChange, TaskInfo, WatchEvent,
 };
 pub use spec::{prepare, SpecError, Submission};
-pub use store::{MemoryStore, Store, StoreError, StoreOp};
+pub use store::{MemoryStore, NoStore, Store, StoreError, StoreOp};
 pub use webhook::{Deliverer, Undelivered};

@@ -86,7 +86,32 @@ pub fn last_write_per_key(ops: Vec<StoreOp>) -> Vec<StoreOp> {
     out
 }
 
-/// The single-node store: a map in memory. Used by `factotum run` and a coordinator without etcd.
+/// A store that keeps nothing: `factotum run`'s. A local run is never taken over, re-run or
+/// listed from its records, so writing them would only hold every task's record (and every
+/// webhook payload) in memory until the process ends — most of a 200,000-task run's memory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoStore;
+
+impl Store for NoStore {
+    async fn commit(&self, _ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn scan(&self, _prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(vec![])
+    }
+
+    async fn scan_page(
+        &self,
+        _prefix: &str,
+        _after: Option<&str>,
+        _limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(vec![])
+    }
+}
+
+/// The single-node store: a map in memory. Used by a coordinator without etcd.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     map: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,

@@ -239,14 +239,21 @@ async fn restore_run(
         max_output: spec.max_output,
         snapshots: !webhooks.is_empty(),
     };
-    let mut meta = RunMeta::new(
+    let new_meta = if webhooks.is_empty() {
+        RunMeta::unsent
+    } else {
+        RunMeta::new
+    };
+    let mut meta = new_meta(
         &compact,
         &spec.job_name,
         spec.tags.clone(),
         id.to_string(),
         spec.start_time,
     );
-    redaction::show(&mut meta, shown.as_deref());
+    if !webhooks.is_empty() {
+        redaction::show(&mut meta, shown.as_deref());
+    }
     Ok(Run::new(RunParts {
         id: Arc::clone(id),
         state: RunState::restore(

@@ -353,15 +353,22 @@ pub(super) fn submitted(
     watch_buffer: usize,
 ) -> (Run, Vec<StoreOp>) {
     let run_ref = factotum_common::reference::run_reference(&spec.uuid);
-    let mut meta = RunMeta::new(
+    let webhooks = webhooks(engine_webhooks, &spec.webhooks);
+    let new_meta = if webhooks.is_empty() {
+        RunMeta::unsent
+    } else {
+        RunMeta::new
+    };
+    let mut meta = new_meta(
         &spec.compact_factfile,
         &spec.plan.job_name,
         spec.tags.clone(),
         run_ref.clone(),
         now,
     );
-    redaction::show(&mut meta, spec.redaction.shown_factfile.as_deref());
-    let webhooks = webhooks(engine_webhooks, &spec.webhooks);
+    if !webhooks.is_empty() {
+        redaction::show(&mut meta, spec.redaction.shown_factfile.as_deref());
+    }
     let opts = RunOptions {
         max_output: spec.max_output,
         snapshots: !webhooks.is_empty(),

@@ -32,14 +32,9 @@ impl RunMeta {
         run_reference: String,
         start_time: DateTime<Utc>,
     ) -> RunMeta {
-        RunMeta {
-            job_name: job_name.to_string(),
-            job_reference: crate::reference::job_reference(compact_factfile, &tags),
-            run_reference,
-            factfile_base64: base64::engine::general_purpose::STANDARD.encode(compact_factfile),
-            tags,
-            start_time,
-        }
+        let mut meta = RunMeta::unsent(compact_factfile, job_name, tags, run_reference, start_time);
+        meta.factfile_base64 = base64::engine::general_purpose::STANDARD.encode(compact_factfile);
+        meta
     }
 
     /// The same for a run that sends no webhooks: no base64 copy of its factfile (a

@@ -221,23 +221,9 @@ fn output_of<T>(request: &Request<T>) -> String {
     let Some(value) = request.metadata().get(OUTPUT_OF) else {
         return String::new();
     };
-    let bytes = value.as_bytes();
-    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode(value.as_bytes())
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A watch made with `token` that ends (UNAUTHENTICATED) as soon as a re-read of `--tokens`

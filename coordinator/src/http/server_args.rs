@@ -56,35 +56,7 @@ pub struct RunFlags {
 
 /// A query string's parameters (`a=1&b=x%20y`), percent-decoded; `+` is a space.
 pub fn query(raw: Option<&str>) -> HashMap<String, String> {
-    let decode = |s: &str| {
-        let s = s.replace('+', " ");
-        let mut out = Vec::with_capacity(s.len());
-        let b = s.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            let hex = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-                (b'%', Some(byte)) => {
-                    out.push(byte);
-                    i += 3;
-                }
-                (c, _) => {
-                    out.push(c);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    let pairs = raw.unwrap_or_default().split('&').filter(|p| !p.is_empty());
-    pairs
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
+    super::web::query_pairs(raw.unwrap_or_default())
 }
 
 /// The command line Factotum Server would have run, for its error messages.

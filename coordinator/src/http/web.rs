@@ -132,41 +132,30 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Percent-decoding (`+` kept as is); invalid escapes are kept literally, bytes that are not
 /// UTF-8 become U+FFFD.
 pub fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
+
+/// Everything but unreserved characters (RFC 3986) is percent-encoded.
+const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Percent-encodes everything but unreserved characters.
 pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, RESERVED).to_string()
 }
 
 /// A query string's parameters (`+` is a space).
 pub fn query(uri: &Uri) -> BTreeMap<String, String> {
-    let q = uri.query().unwrap_or("");
+    query_pairs(uri.query().unwrap_or(""))
+}
+
+/// The parameters of a raw query string (`a=1&b=x%20y`), percent-decoded; `+` is a space.
+pub fn query_pairs<M: FromIterator<(String, String)>>(q: &str) -> M {
     (q.split('&').filter(|p| !p.is_empty()))
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));

@@ -215,6 +215,23 @@ pub struct TaskTransition {
     pub current: TaskState,
 }
 
+impl TaskTransition {
+    /// RUNNING → RUNNING: a heartbeat (`Event::Heartbeat`), which changes nothing.
+    pub fn is_heartbeat(&self) -> bool {
+        self.previous == self.current && self.current == TaskState::Running
+    }
+}
+
+impl Update {
+    /// An update of heartbeats only: nothing to record, best effort to send.
+    pub fn is_heartbeat(&self) -> bool {
+        match &self.kind {
+            UpdateKind::Tasks(ts) => !ts.is_empty() && ts.iter().all(TaskTransition::is_heartbeat),
+            UpdateKind::Job { .. } => false,
+        }
+    }
+}
+
 /// `runState`, `runDuration` and `taskStates` at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {

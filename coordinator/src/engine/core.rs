@@ -423,7 +423,7 @@ impl<S: Store> Core<S> {
         // A batch of heartbeats alone writes nothing (no heartbeats in the store).
         let mut only_beats = true;
         for action in actions {
-            only_beats &= matches!(&action, Action::Emit(u) if super::runs::is_heartbeat(u));
+            only_beats &= matches!(&action, Action::Emit(u) if u.is_heartbeat());
             match action {
                 Action::Emit(update) => {
                     metrics.observe(&run.state, &update);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use factotum_common::constraint::{Constraint, Placement};
 use factotum_common::dag::TaskId;
-use factotum_common::run::{JobState, RunOptions, RunState, TaskState, Update, UpdateKind};
+use factotum_common::run::{JobState, RunOptions, RunState, Update, UpdateKind};
 use factotum_common::webhook::{payload_within, RunMeta, MAX_BODY};
 
 use super::watchers::Watchers;
@@ -149,7 +149,7 @@ impl Run {
             UpdateKind::Job { .. } => {} // the state record is written with every batch
             UpdateKind::Tasks(ts) => {
                 for t in ts {
-                    if t.previous == t.current && t.current == TaskState::Running {
+                    if t.is_heartbeat() {
                         continue; // heartbeats change nothing worth storing
                     }
                     if let (Some(rec), Some(spec)) =
@@ -190,7 +190,7 @@ impl Run {
         // `ttm`: the transition's time, made strictly increasing within the run.
         let ttm = update.at.timestamp_millis().max(self.last_ttm + 1);
         self.last_ttm = ttm;
-        if is_heartbeat(update) {
+        if update.is_heartbeat() {
             // Best effort: never stored, so a heartbeat takes no sequence number.
             let event_id: Arc<str> = Arc::from(webhook::heartbeat_id(&self.id, ttm));
             for (_, url) in urls {
@@ -451,19 +451,6 @@ pub(super) fn webhooks(engine: &[String], run: &[String]) -> Vec<Arc<str>> {
         .chain(run)
         .map(|u| Arc::from(u.as_str()))
         .collect()
-}
-
-/// A RUNNING → RUNNING task update: a heartbeat.
-pub(super) fn is_heartbeat(update: &Update) -> bool {
-    match &update.kind {
-        UpdateKind::Tasks(ts) => {
-            !ts.is_empty()
-                && ts
-                    .iter()
-                    .all(|t| t.previous == t.current && t.current == TaskState::Running)
-        }
-        UpdateKind::Job { .. } => false,
-    }
 }
 
 /// What an update is, for endpoints' filters.

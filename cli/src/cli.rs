@@ -531,17 +531,8 @@ pub struct RunArgs {
         value_parser = DurationRange::ANY.parser()
     )]
     pub webhook_timeout: Duration,
-    /// (Ours) Sign every webhook (Standard Webhooks `webhook-signature`) with this secret,
-    /// `whsec_` and base64 (repeatable: each signs, for rotation; comma-separated in the
-    /// variable).
-    #[arg(
-        long,
-        env = "FACTOTUM_WEBHOOK_SECRET",
-        value_name = "SECRET",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub webhook_secret: Vec<factotum_coordinator::webhook::sign::Secret>,
+    #[command(flatten)]
+    pub signing: factotum_coordinator::webhook::sign::SigningArgs,
     /// (Ours) On cancel, the time between TERM and KILL of a task's process group (a bare
     /// number is seconds; units work too: 500ms, 15s, 2m).
     #[arg(

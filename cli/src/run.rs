@@ -237,7 +237,7 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) 
     let config = EngineConfig {
         heartbeat_interval: args.heartbeat_interval,
         delivery: DeliveryConfig {
-            endpoints: Endpoints::new(args.webhook_secret.clone(), &[]),
+            endpoints: Endpoints::new(args.signing.webhook_secret.clone(), &[]),
             ..DeliveryConfig::default()
         },
         ..EngineConfig::default()

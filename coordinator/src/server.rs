@@ -21,7 +21,7 @@ use crate::node::{Node, NodeError};
 use crate::seal::StoreKey;
 use crate::store::{MemoryStore, StoreError};
 use crate::webhook::endpoint::{EndpointList, EndpointSpec, Endpoints};
-use crate::webhook::sign::Secret;
+use crate::webhook::sign::SigningArgs;
 use crate::webhook::DeliveryConfig;
 use crate::{api, spec};
 
@@ -99,16 +99,8 @@ pub struct Config {
     /// terminal) give a URL its own secrets and the events it gets.
     #[arg(long, env = "FACTOTUM_WEBHOOK", value_name = "URL")]
     pub webhook: Vec<EndpointList>,
-    /// Sign every webhook (Standard Webhooks: `webhook-signature`) with this secret, `whsec_`
-    /// and base64 (repeatable: each signs, for rotation; comma-separated in the env var).
-    #[arg(
-        long,
-        env = "FACTOTUM_WEBHOOK_SECRET",
-        value_name = "SECRET",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub webhook_secret: Vec<Secret>,
+    #[command(flatten)]
+    pub signing: SigningArgs,
     /// Retry a webhook event that fails (connection errors, timeouts, 408, 429, 5xx) until this
     /// long after its transition; then it becomes a dead letter (`factotum webhooks`).
     #[arg(long, env = "FACTOTUM_WEBHOOK_RETRY_FOR", value_name = "DURATION", default_value = "24h",
@@ -470,7 +462,7 @@ impl Config {
         EngineConfig {
             webhooks: endpoints.iter().map(|e| e.url.clone()).collect(),
             delivery: DeliveryConfig {
-                endpoints: Endpoints::new(self.webhook_secret.clone(), &endpoints),
+                endpoints: Endpoints::new(self.signing.webhook_secret.clone(), &endpoints),
                 retry_for: self.webhook_retry_for,
                 dead_letters: self.webhook_dead_letters as usize,
                 ..DeliveryConfig::default()

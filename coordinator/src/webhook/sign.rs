@@ -60,6 +60,21 @@ impl Secret {
     }
 }
 
+/// `--webhook-secret`, the same on the coordinator and on `factotum run`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SigningArgs {
+    /// Sign every webhook (Standard Webhooks: `webhook-signature`) with this secret, `whsec_`
+    /// and base64 (repeatable: each signs, for rotation; comma-separated in the variable).
+    #[arg(
+        long,
+        env = "FACTOTUM_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_secret: Vec<Secret>,
+}
+
 /// The `webhook-signature` header for `secrets` (none: no header).
 pub fn signature(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8]) -> Option<String> {
     if secrets.is_empty() {

@@ -19,9 +19,11 @@ schemas:
 
 # The fleet tests start the agent, shim and coordinator binaries: build them all first
 # (`cargo test` builds only the binaries of packages with integration tests).
+# Agents the tests start without --log-dir keep their task logs under a fresh XDG_STATE_HOME,
+# not the user's ~/.local/state (removed afterwards, pass or fail).
 unit:
 	cargo build --workspace --bins
-	cargo test --workspace
+	state=$$(mktemp -d) && trap 'rm -rf "$$state"' EXIT && XDG_STATE_HOME=$$state cargo test --workspace
 
 # The client API (factotum.jobs.v2) through Python stubs generated from its proto, against real
 # coordinator, agent and etcd processes (the binaries `unit` built; pinned client in a venv).

@@ -19,7 +19,7 @@
 //! bytes are read from the task's pipe, in the same read, so memory stays bounded by the read
 //! buffer (a flush happens at 64 KiB and whenever the pipe has nothing more buffered).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -206,6 +206,8 @@ impl LogBook {
             let Ok(files) = fs::read_dir(run.path()) else {
                 continue;
             };
+            // This run's attempts by base: a directory can hold thousands (one lookup each).
+            let mut here: HashMap<PathBuf, OnDisk> = HashMap::new();
             let mut any = false;
             for f in files.flatten() {
                 any = true;
@@ -226,18 +228,15 @@ impl LogBook {
                     continue;
                 }
                 let base = run.path().join(stem);
-                match found.iter_mut().find(|a| a.paths.base == base) {
-                    Some(a) => {
-                        a.bytes += meta.len();
-                        a.modified = a.modified.max(modified);
-                    }
-                    None => found.push(OnDisk {
-                        paths: LogPaths { base },
-                        bytes: meta.len(),
-                        modified,
-                    }),
-                }
+                let a = here.entry(base.clone()).or_insert(OnDisk {
+                    paths: LogPaths { base },
+                    bytes: 0,
+                    modified,
+                });
+                a.bytes += meta.len();
+                a.modified = a.modified.max(modified);
             }
+            found.extend(here.into_values());
             if !any {
                 let _ = fs::remove_dir(run.path());
             }
@@ -261,12 +260,13 @@ pub fn keep(
     let dir = settings.dir.clone();
     let book = LogBook::open(settings)
         .with_context(|| format!("cannot use --log-dir {}", dir.display()))?;
-    book.sweep(SystemTime::now());
     let every =
         (book.settings().max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let (sweeper, stop) = (book.clone(), life.token.clone());
+    // The first sweep runs at once, in the background too: a directory of many old logs must
+    // not hold the agent's start (it connects and takes leases while the sweep goes on).
     life.spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}

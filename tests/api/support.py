@@ -159,7 +159,9 @@ class Agent(Proc):
     """`factotum-agent --name NAME` given these coordinators, in order."""
 
     def __init__(self, tmp_path, name, coordinators, *args):
-        argv = [binary("factotum-agent"), "--name", name, "--drain-grace", "1s"]
+        # Full task logs under the test's tmp dir, not the user's ~/.local/state.
+        argv = [binary("factotum-agent"), "--name", name, "--drain-grace", "1s",
+                "--log-dir", str(tmp_path / f"logs-{name}")]
         for c in coordinators:
             argv += ["--coordinator", c]
         super().__init__(f"agent-{name}", [*argv, *args], tmp_path)

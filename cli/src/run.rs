@@ -240,6 +240,9 @@ async fn execute(spec: RunSpec, args: &RunArgs, console: Console, me: Identity) 
             endpoints: Endpoints::new(args.signing.webhook_secret.clone(), &[]),
             ..DeliveryConfig::default()
         },
+        // One run, watched from its submission and never listed: nothing kept for later.
+        keep_finished: 0,
+        late_watchers: false,
         ..EngineConfig::default()
     };
     let service = Lifecycle::new();

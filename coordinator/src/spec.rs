@@ -283,7 +283,7 @@ pub fn prepare(sub: Submission) -> Result<RunSpec, SpecError> {
 
 /// Parses, templates, validates and plans a submission; a factfile past `input` is refused
 /// before it is templated or planned.
-pub fn prepare_within(sub: Submission, input: InputLimits) -> Result<RunSpec, SpecError> {
+pub fn prepare_within(mut sub: Submission, input: InputLimits) -> Result<RunSpec, SpecError> {
     let env = parse_env(sub.env.as_deref())?;
     if sub.webhooks.len() > input.max_webhooks {
         return Err(SpecError::bad(
@@ -321,6 +321,8 @@ pub fn prepare_within(sub: Submission, input: InputLimits) -> Result<RunSpec, Sp
         redaction::decide(&sub.factfile, &env)
     };
     let plan = redaction::replan(plan, sub.no_redact, &redaction.secrets);
+    // The text is read no more: a big factfile's text goes before its compact copy is made.
+    drop(std::mem::take(&mut sub.factfile));
     let max_message = if sub.max_message == 0 {
         DEFAULT_MAX_MESSAGE
     } else {

@@ -58,6 +58,11 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn epoch(&self) -> u64 {
         0
     }
+    /// False for a store that keeps nothing ([`NoStore`]): the engine builds no records for it
+    /// (serialising every task's record only to drop it cost a big local run most of its memory).
+    fn keeps(&self) -> bool {
+        true
+    }
     /// Every key (and value) under `prefix`, in key order.
     fn scan(
         &self,
@@ -93,6 +98,10 @@ pub fn last_write_per_key(ops: Vec<StoreOp>) -> Vec<StoreOp> {
 pub struct NoStore;
 
 impl Store for NoStore {
+    fn keeps(&self) -> bool {
+        false
+    }
+
     async fn commit(&self, _ops: Vec<StoreOp>) -> Result<(), StoreError> {
         Ok(())
     }

@@ -58,7 +58,27 @@ impl Factfile {
 
     /// The compact JSON used for `jobReference` and the webhook `factfile` field.
     pub fn compact_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        // Measured first, then written into a buffer of that size: growing one by doubling
+        // would hold up to three times a big factfile's text at once.
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        if serde_json::to_writer(&mut count, self).is_err() {
+            return String::new();
+        }
+        let mut out = Vec::with_capacity(count.0);
+        match serde_json::to_writer(&mut out, self) {
+            Ok(()) => String::from_utf8(out).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     /// The slow path: every schema violation in the document, or the model read from it.

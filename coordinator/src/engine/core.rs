@@ -19,6 +19,7 @@ use super::registry::{self, Runs};
 use super::runs;
 use super::server_jobs::ServerJobs;
 use super::timers::Timers;
+use super::watchers::Watchers;
 use super::{recovery, Command, EngineConfig};
 use crate::metrics::Sample;
 use crate::model::{EngineError, RunSpec, ServerJob, Submitted};
@@ -244,7 +245,11 @@ impl<S: Store> Core<S> {
             spec,
             self.cfg.clock.now(),
             &self.cfg.webhooks,
-            self.cfg.watch_buffer,
+            match self.cfg.late_watchers {
+                true => Watchers::new(self.cfg.watch_buffer),
+                false => Watchers::without_history(self.cfg.watch_buffer),
+            },
+            self.store.keeps(),
         );
         // The schema's `factfile` is at most 1,000,000 characters, and every event carries it.
         let encoded = run.meta.factfile_base64.len();
@@ -413,7 +418,7 @@ impl<S: Store> Core<S> {
             return;
         };
         let placed: HashMap<TaskId, &Arc<str>> = placed.iter().map(|(t, a)| (*t, a)).collect();
-        let epoch = self.store.epoch();
+        let (epoch, keeps) = (self.store.epoch(), self.store.keeps());
         let metrics = Arc::clone(&self.cfg.metrics);
         let now = self.cfg.clock.now();
         let mut batch = Batch {
@@ -428,7 +433,8 @@ impl<S: Store> Core<S> {
                 Action::Emit(update) => {
                     metrics.observe(&run.state, &update);
                     let endpoints = self.deliverer.endpoints();
-                    run.record(&update, endpoints, &mut batch.ops, &mut batch.deliveries)
+                    let ops = keeps.then_some(&mut batch.ops);
+                    run.record(&update, endpoints, ops, &mut batch.deliveries)
                 }
                 Action::Dispatch { task, attempt } => {
                     let (Some(agent), Some(spec)) =
@@ -464,6 +470,9 @@ impl<S: Store> Core<S> {
         }
         if !only_beats {
             batch.ops.push(run.state_op());
+        }
+        if !keeps {
+            batch.ops.clear(); // holders, attempts, outbox entries: nowhere to keep them
         }
         self.timers.set(id, run.state.next_deadline());
         self.commits.push(batch);

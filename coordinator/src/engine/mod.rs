@@ -66,6 +66,9 @@ pub struct EngineConfig {
     /// Bytes of output lines queued for one watcher (past it, lines are skipped and the
     /// watcher told how many), and kept per run for late watchers.
     pub watch_buffer: usize,
+    /// Keep each run's transitions (and recent output) for watchers that come after its
+    /// submission; `factotum run`, whose one watcher comes with it, keeps none.
+    pub late_watchers: bool,
     /// Finished runs the store keeps, at most; the oldest are deleted.
     pub history_max_runs: usize,
     /// Finished runs are deleted from the store this long after they ended.
@@ -94,6 +97,7 @@ impl Default for EngineConfig {
             fenced: CancellationToken::new(),
             clock: Clock::System,
             watch_buffer: DEFAULT_WATCH_BUFFER,
+            late_watchers: true,
             history_max_runs: 10_000,
             history_max_age: Duration::from_secs(30 * 86_400),
             max_queued_calls: 1024,

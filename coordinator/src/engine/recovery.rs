@@ -12,6 +12,7 @@ use factotum_common::webhook::RunMeta;
 
 use super::registry::FinishedRun;
 use super::runs::{webhooks, Run, RunParts};
+use super::watchers::Watchers;
 use crate::model::{EngineError, Redaction, RunSpec};
 use crate::persist;
 use crate::spec::redaction;
@@ -273,7 +274,7 @@ async fn restore_run(
         outbox_seq: state.outbox_seq,
         last_ttm: state.last_ttm,
         rerun_of: spec.rerun_of.clone(),
-        watch_buffer: cfg.watch_buffer,
+        watchers: Watchers::new(cfg.watch_buffer),
         heartbeat: spec.heartbeat_ms.map(std::time::Duration::from_millis),
     }))
 }

@@ -206,7 +206,7 @@ impl Runs {
         let mut runs: Vec<RunInfo> = self
             .active
             .values()
-            .map(|r| r.info(now).brief())
+            .map(|r| r.brief_info(now))
             .chain(self.finished.values().map(|f| f.info.brief()))
             .filter(|r| query.admits(r))
             .filter(|r| after.as_ref().is_none_or(|a| key(r) > *a))
@@ -222,8 +222,8 @@ impl Runs {
     }
 
     /// Moves an ended run to the finished ones: watchers get its end; the oldest finished
-    /// runs (and, past the newest few, their histories) are forgotten.
-    /// Moves an ended run to the finished ones; returns its job's name and summary.
+    /// runs (and, past the newest few, their histories) are forgotten. Returns its job's name
+    /// and summary.
     pub fn retire(
         &mut self,
         id: &Arc<str>,
@@ -233,13 +233,28 @@ impl Runs {
         let mut run = self.active.remove(id)?;
         let summary = run.summarize(state, now);
         let ended = (run.meta.job_name.clone(), summary.clone());
-        let (history, forgotten) = run.end_watch(WatchEvent::Done(summary.clone()));
-        let finished = FinishedRun {
-            info: run.info(now),
-            summary,
-            history: Some(history),
-            forgotten,
-            trimmed: false,
+        // Kept whole only when finished runs are (keep_finished > 0); else trimmed at once,
+        // without first building the task list and history a trim would drop.
+        let whole = self.keep_finished > 0;
+        let (history, forgotten) = run.end_watch(WatchEvent::Done(summary.clone()), whole);
+        let finished = match whole {
+            true => FinishedRun {
+                info: run.info(now),
+                summary,
+                history,
+                forgotten,
+                trimmed: false,
+            },
+            false => FinishedRun {
+                info: run.brief_info(now),
+                summary: RunSummary {
+                    tasks: vec![],
+                    ..summary
+                },
+                history: None,
+                forgotten,
+                trimmed: true,
+            },
         };
         self.keep(Arc::clone(id), finished);
         let n = self.finished_order.len();

@@ -59,8 +59,8 @@ pub(super) struct RunParts {
     pub outbox_seq: u64,
     pub last_ttm: i64,
     pub rerun_of: Option<String>,
-    /// Bytes of output lines queued for one watcher, and kept for late ones.
-    pub watch_buffer: usize,
+    /// Its watchers (and what is kept for late ones).
+    pub watchers: Watchers,
     pub heartbeat: Option<Duration>,
 }
 
@@ -75,7 +75,7 @@ impl Run {
             dry_run: p.dry_run,
             constraints: p.constraints,
             placement: p.placement,
-            watchers: Watchers::new(p.watch_buffer),
+            watchers: p.watchers,
             sticky: None,
             task_agent: HashMap::new(),
             waiting_reason: None,
@@ -130,24 +130,30 @@ impl Run {
         self.watchers.tell(ev);
     }
 
-    /// Tells the watchers the run's end and lets them go; returns what late watchers are
-    /// replayed, and how many output lines it no longer holds.
-    pub fn end_watch(&mut self, done: WatchEvent) -> (VecDeque<WatchEvent>, u64) {
+    /// Tells the watchers the run's end and lets them go; returns how many output lines the
+    /// history no longer holds, and (`with_history`) what late watchers are replayed.
+    pub fn end_watch(
+        &mut self,
+        done: WatchEvent,
+        with_history: bool,
+    ) -> (Option<VecDeque<WatchEvent>>, u64) {
         self.watchers.end(done);
-        (self.watchers.history(), self.watchers.forgotten())
+        let history = with_history.then(|| self.watchers.history());
+        (history, self.watchers.forgotten())
     }
 
-    /// Store writes and webhook deliveries for one update; watchers are told.
+    /// Store writes (none without `ops`: the store keeps nothing) and webhook deliveries for
+    /// one update; watchers are told.
     pub fn record(
         &mut self,
         update: &Update,
         endpoints: &Endpoints,
-        ops: &mut Vec<StoreOp>,
+        mut ops: Option<&mut Vec<StoreOp>>,
         out: &mut Vec<Delivery>,
     ) {
-        match &update.kind {
-            UpdateKind::Job { .. } => {} // the state record is written with every batch
-            UpdateKind::Tasks(ts) => {
+        match (&update.kind, ops.as_deref_mut()) {
+            (UpdateKind::Job { .. }, _) | (_, None) => {} // the state record goes with every batch
+            (UpdateKind::Tasks(ts), Some(ops)) => {
                 for t in ts {
                     if t.is_heartbeat() {
                         continue; // heartbeats change nothing worth storing
@@ -213,7 +219,7 @@ impl Run {
         let event_id: Arc<str> = Arc::from(webhook::event_id(&self.id, seq));
         for (i, url) in urls {
             let outbox_key = dead::outbox_key(&self.id, seq, i);
-            if refused.is_none() {
+            if let (None, Some(ops)) = (&refused, ops.as_deref_mut()) {
                 ops.push(StoreOp::Put {
                     key: outbox_key.clone(),
                     value: persist::pack_outbox(url, ttm, &body),
@@ -272,7 +278,38 @@ impl Run {
         }
     }
 
+    /// The run with every task.
     pub fn info(&self, now: DateTime<Utc>) -> RunInfo {
+        let plan = self.state.plan();
+        let tasks = (plan.order.iter())
+            .filter_map(|&t| {
+                let rec = self.state.task(t)?;
+                let planned = plan.task(t)?;
+                Some(TaskInfo {
+                    name: Arc::clone(&planned.name),
+                    state: rec.state,
+                    attempt: rec.attempt,
+                    agent: self.task_agent.get(&t).map(|a| a.to_string()),
+                    started: rec.started,
+                    duration: rec.duration,
+                    return_code: rec.return_code,
+                    error_message: rec.error_message.clone(),
+                    deps: (planned.deps.iter())
+                        .filter_map(|&d| Some(Arc::clone(&plan.task(d)?.name)))
+                        .collect(),
+                    stdout: rec.stdout.as_str().to_string(),
+                    stderr: rec.stderr.as_str().to_string(),
+                })
+            })
+            .collect();
+        RunInfo {
+            tasks,
+            ..self.brief_info(now)
+        }
+    }
+
+    /// The run as a listing shows it: no task list (`RunInfo::brief`, without building one).
+    pub fn brief_info(&self, now: DateTime<Utc>) -> RunInfo {
         let plan = self.state.plan();
         RunInfo {
             run_id: self.id.to_string(),
@@ -282,36 +319,12 @@ impl Run {
             start_time: self.state.started_at(),
             duration: (now - self.state.started_at()).to_std().unwrap_or_default(),
             waiting_reason: self.waiting_reason.clone(),
-            tasks: plan
-                .order
-                .iter()
-                .filter_map(|&t| {
-                    let rec = self.state.task(t)?;
-                    let planned = plan.task(t)?;
-                    Some(TaskInfo {
-                        name: Arc::clone(&planned.name),
-                        state: rec.state,
-                        attempt: rec.attempt,
-                        agent: self.task_agent.get(&t).map(|a| a.to_string()),
-                        started: rec.started,
-                        duration: rec.duration,
-                        return_code: rec.return_code,
-                        error_message: rec.error_message.clone(),
-                        deps: (planned.deps.iter())
-                            .filter_map(|&d| Some(Arc::clone(&plan.task(d)?.name)))
-                            .collect(),
-                        stdout: rec.stdout.as_str().to_string(),
-                        stderr: rec.stderr.as_str().to_string(),
-                    })
-                })
-                .collect(),
+            tasks: vec![],
             tags: self.meta.tags.clone(),
             rerun_of: self.rerun_of.clone(),
             cancel_reason: self.cancel_reason().map(str::to_string),
             task_count: plan.order.len(),
-            tasks_done: plan
-                .order
-                .iter()
+            tasks_done: (plan.order.iter())
                 .filter(|&&t| self.state.task(t).is_some_and(|r| r.state.is_terminal()))
                 .count(),
         }
@@ -344,13 +357,14 @@ impl Run {
     }
 }
 
-/// A new run from a submission, and the records that must be committed before it is
-/// acknowledged (what was asked, the factfile, the initial state, the idempotency key).
+/// A new run from a submission, and (`records`: the store keeps them) the records that must
+/// be committed before it is acknowledged (see [`submission_records`]).
 pub(super) fn submitted(
     spec: RunSpec,
     now: DateTime<Utc>,
     engine_webhooks: &[String],
-    watch_buffer: usize,
+    watchers: Watchers,
+    records: bool,
 ) -> (Run, Vec<StoreOp>) {
     let run_ref = factotum_common::reference::run_reference(&spec.uuid);
     let webhooks = webhooks(engine_webhooks, &spec.webhooks);
@@ -374,9 +388,39 @@ pub(super) fn submitted(
         snapshots: !webhooks.is_empty(),
     };
     let id: Arc<str> = Arc::from(run_ref.as_str());
+    let ops = match records {
+        true => submission_records(&id, &spec, &meta.job_reference, now),
+        false => vec![],
+    };
+    let run = Run::new(RunParts {
+        id,
+        state: RunState::new(Arc::clone(&spec.plan), now, opts),
+        meta,
+        webhooks,
+        max_output: spec.max_output,
+        dry_run: spec.dry_run,
+        constraints: spec.constraints,
+        placement: spec.placement,
+        outbox_seq: 0,
+        last_ttm: 0,
+        rerun_of: spec.rerun_of,
+        watchers,
+        heartbeat: spec.heartbeat,
+    });
+    (run, ops)
+}
+
+/// What a submission records before it is acknowledged: what was asked, the factfile (and the
+/// copy webhooks show), the initial state, the idempotency key.
+fn submission_records(
+    id: &Arc<str>,
+    spec: &RunSpec,
+    job_reference: &str,
+    now: DateTime<Utc>,
+) -> Vec<StoreOp> {
     let record = persist::SpecRecord {
         job_name: spec.plan.job_name.clone(),
-        job_reference: meta.job_reference.clone(),
+        job_reference: job_reference.to_string(),
         start_time: now,
         tags: spec.tags.clone(),
         webhooks: spec.webhooks.clone(),
@@ -405,43 +449,28 @@ pub(super) fn submitted(
     };
     let mut ops = vec![
         StoreOp::Put {
-            key: keys::run_spec(&id),
+            key: keys::run_spec(id),
             value: serde_json::to_vec(&record).unwrap_or_default(),
         },
         StoreOp::Put {
-            key: keys::run_factfile(&id),
+            key: keys::run_factfile(id),
             value: persist::pack_factfile(&spec.compact_factfile),
         },
         StoreOp::Put {
-            key: keys::run_state(&id),
+            key: keys::run_state(id),
             value: serde_json::to_vec(&initial).unwrap_or_default(),
         },
     ];
     let shown = spec.redaction.shown_factfile.as_ref();
     ops.extend(shown.map(|f| StoreOp::Put {
-        key: keys::run_shown(&id),
+        key: keys::run_shown(id),
         value: persist::pack_factfile(f),
     }));
     ops.extend(spec.idempotency_key.as_ref().map(|k| StoreOp::Put {
         key: keys::idempotency(k),
         value: id.as_bytes().to_vec(),
     }));
-    let run = Run::new(RunParts {
-        id,
-        state: RunState::new(Arc::clone(&spec.plan), now, opts),
-        meta,
-        webhooks,
-        max_output: spec.max_output,
-        dry_run: spec.dry_run,
-        constraints: spec.constraints,
-        placement: spec.placement,
-        outbox_seq: 0,
-        last_ttm: 0,
-        rerun_of: spec.rerun_of,
-        watch_buffer,
-        heartbeat: spec.heartbeat,
-    });
-    (run, ops)
+    ops
 }
 
 /// The engine's webhooks, then the run's own.

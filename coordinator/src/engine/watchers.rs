@@ -62,6 +62,8 @@ pub(super) struct Watchers {
     /// Output lines dropped from the history.
     forgotten: u64,
     seq: u64,
+    /// Whether there is a history at all (see [`Watchers::without_history`]).
+    keeps_history: bool,
 }
 
 impl Watchers {
@@ -74,6 +76,16 @@ impl Watchers {
             recent_bytes: 0,
             forgotten: 0,
             seq: 0,
+            keeps_history: true,
+        }
+    }
+
+    /// Watchers that all come with the submission (`factotum run`'s console): nothing is kept
+    /// for late ones, so a run's memory does not grow with its transitions.
+    pub fn without_history(limit: usize) -> Watchers {
+        Watchers {
+            keeps_history: false,
+            ..Watchers::new(limit)
         }
     }
 
@@ -114,6 +126,9 @@ impl Watchers {
         let limit = self.limit;
         self.watchers.retain_mut(|w| w.offer(&ev, limit));
         self.seq += 1;
+        if !self.keeps_history {
+            return;
+        }
         if let WatchEvent::Output { line, .. } = &ev {
             self.recent_bytes += line.len();
             self.recent_output.push_back((self.seq, ev));
@@ -234,6 +249,17 @@ mod tests {
         assert_eq!(slow.queued_output(), 0, "read lines are given back");
         ws.tell(line(10));
         assert_eq!(drain(&mut slow).len(), 1, "caught up: lines flow again");
+    }
+
+    #[test]
+    fn without_history_watchers_from_the_start_get_everything_and_nothing_is_kept() {
+        let mut ws = Watchers::without_history(100);
+        let mut first = ws.watch();
+        ws.tell(job());
+        ws.tell(line(10));
+        ws.end(job());
+        assert_eq!(drain(&mut first).len(), 3);
+        assert!(ws.history().is_empty(), "nothing kept for late watchers");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 `@sh -c true`), and the cost of parsing + validating + planning a 100k-task factfile.
 
 Usage: python3 bench/bench.py [--runs N] [--factotum PATH] [--out DIR]
+       python3 bench/bench.py --cpu [--compare OTHER_BINARY] [--runs N]   # the runner's own CPU
 Builds nothing: pass the release binary (default target/release/factotum). Every figure is a
 median of N runs (default 7), factotum and make interleaved in the same loop so both see the same
 machine load; the ratio is median(factotum) / median(make).
@@ -96,6 +97,37 @@ def output_bench(args):
                   f"max RSS {rss:.0f} MiB", flush=True)
 
 
+def own_cpu_ms(cmd):
+    """The CPU (ms) of the process itself, not its children: `perf stat --no-inherit -e task-clock`."""
+    p = subprocess.run(["perf", "stat", "--no-inherit", "-x,", "-e", "task-clock", *cmd],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr}")
+    for line in p.stderr.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2].startswith("task-clock"):
+            return float(fields[0])
+    sys.exit(f"no task-clock in perf's output: {p.stderr}")
+
+
+def cpu_bench(args):
+    """The runner's own CPU per task on each shape; with --compare, the other binary interleaved."""
+    os.makedirs(args.out, exist_ok=True)
+    binaries = [("this", args.factotum)] + ([("compare", args.compare)] if args.compare else [])
+    for name, tasks in shapes().items():
+        ff = os.path.join(args.out, f"{name}.factfile")
+        write_factfile(ff, name, tasks)
+        got = {label: [] for label, _ in binaries}
+        for _ in range(args.runs):
+            for label, exe in binaries:
+                got[label].append(own_cpu_ms([exe, "run", ff]))
+        cells = []
+        for label, _ in binaries:
+            ms = statistics.median(got[label])
+            cells.append(f"{label} {ms:6.1f} ms ({ms * 1000 / len(tasks):5.0f} us/task)")
+        print(f"{name:18} " + "   ".join(cells), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7)
@@ -103,9 +135,15 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"))
     ap.add_argument("--generate-100k", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--output", action="store_true", help="only the short-line output benchmark")
+    ap.add_argument("--cpu", action="store_true",
+                    help="only the runner's own CPU per task (perf stat --no-inherit -e task-clock)")
+    ap.add_argument("--compare", metavar="BINARY", help="with --cpu: another factotum, interleaved")
     args = ap.parse_args()
     if args.output:
         output_bench(args)
+        return
+    if args.cpu:
+        cpu_bench(args)
         return
     if args.generate_100k:
         big_factfile(args.generate_100k)

@@ -84,38 +84,22 @@ pub async fn execute(
             duration: begun.elapsed(),
         };
     }
-    // An absolute path: no PATH search on every spawn.
-    let mut cmd = match &spec.shim {
-        Some((exe, dir)) => {
-            // The shim runs in the task's directory (its `sh -c` inherits the directory and the
-            // environment): its own paths must not depend on it.
-            let mut c = match exe.parent() {
-                Some(p) if !p.as_os_str().is_empty() => Command::new(absolute(exe)),
-                _ => Command::new(exe), // a bare name: looked up in PATH
-            };
-            if !exe.ends_with("factotum-shim") {
-                c.arg("--shim");
-            }
-            c.arg(absolute(dir));
-            c
-        }
-        None => {
-            let mut c = Command::new("/bin/sh");
-            c.arg("-c").arg(&spec.command_line);
-            c
-        }
-    };
     let framed = spec.shim.is_some();
     let mut shim_code: Option<i32> = None;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
-    }
-    let mut child = match cmd.spawn() {
+    // A simple command runs without a shell (see crate::simple); should that spawn fail, the
+    // shell runs it and says why, as it always did. Not with a working directory or a `PWD` of
+    // the task's own: `sh` would set or check `PWD` there.
+    let own_pwd = spec.env.iter().any(|(k, _)| k == "PWD");
+    let direct = (spec.shim.is_none() && spec.cwd.is_none() && !own_pwd)
+        .then(|| crate::simple::argv(&spec.command_line))
+        .flatten();
+    let spawned = match direct {
+        Some(words) => command(spec, Some(&words))
+            .spawn()
+            .or_else(|_| command(spec, None).spawn()),
+        None => command(spec, None).spawn(),
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let why = spawn_error(&e, spec.cwd.as_deref());
@@ -261,6 +245,60 @@ pub async fn execute(
         stdout: stdout.as_str().to_string(),
         stderr: stderr.as_str().to_string(),
         duration: begun.elapsed(),
+    }
+}
+
+/// The process for `spec`: its shim, the program and arguments of a simple command (`direct`),
+/// or `sh -c` with the command line; output piped, in a process group of its own.
+fn command(spec: &ExecSpec, direct: Option<&[String]>) -> Command {
+    let mut cmd = match (&spec.shim, direct) {
+        (Some((exe, dir)), _) => {
+            // The shim runs in the task's directory (its `sh -c` inherits the directory and the
+            // environment): its own paths must not depend on it.
+            let mut c = match exe.parent() {
+                Some(p) if !p.as_os_str().is_empty() => Command::new(absolute(exe)),
+                _ => Command::new(exe), // a bare name: looked up in PATH
+            };
+            if !exe.ends_with("factotum-shim") {
+                c.arg("--shim");
+            }
+            c.arg(absolute(dir));
+            c
+        }
+        (None, Some([program, args @ ..])) => {
+            let mut c = Command::new(program);
+            c.args(args);
+            if let Some(pwd) = crate::simple::pwd() {
+                c.env("PWD", pwd);
+            }
+            c
+        }
+        (None, _) => {
+            // An absolute path: no PATH search on every spawn.
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(&spec.command_line);
+            c
+        }
+    };
+    cmd.stdin(dev_null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd
+}
+
+/// A task's stdin: a copy of one `/dev/null` opened once (a `dup` instead of an `open` and its
+/// path lookup per task).
+fn dev_null() -> Stdio {
+    static DEV_NULL: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    let null = DEV_NULL.get_or_init(|| std::fs::File::open("/dev/null").ok());
+    match null.as_ref().map(std::fs::File::try_clone) {
+        Some(Ok(f)) => Stdio::from(f),
+        _ => Stdio::null(),
     }
 }
 

@@ -29,6 +29,7 @@ pub mod notify;
 pub mod reconnect;
 pub mod session;
 pub mod shim;
+pub mod simple;
 pub mod throttle;
 
 pub use config::{AgentArgs, Config, Endpoints};

@@ -268,7 +268,7 @@ fn command(spec: &ExecSpec, direct: Option<&[String]>) -> Command {
         (None, Some([program, args @ ..])) => {
             let mut c = Command::new(program);
             c.args(args);
-            if let Some(pwd) = crate::simple::pwd() {
+            if let Some(pwd) = crate::simple::pwd_to_set() {
                 c.env("PWD", pwd);
             }
             c

@@ -72,10 +72,12 @@ pub fn argv(line: &str) -> Option<Vec<String>> {
     Some(words)
 }
 
-/// The `PWD` that `sh` would export to the command: the inherited one if it names this
-/// directory (a path through a symlink stays as it was), else the directory's real path.
+/// The `PWD` to give the program when the inherited one is not what `sh` would export: `sh`
+/// keeps an inherited `PWD` that names this directory (a path through a symlink stays as it
+/// was) and sets the directory's real path otherwise. `None`: the inherited one is right (the
+/// usual case; the environment then passes on as it is, with nothing to copy per task).
 /// Worked out once: the agent never changes its directory.
-pub fn pwd() -> Option<&'static Path> {
+pub fn pwd_to_set() -> Option<&'static Path> {
     static PWD: OnceLock<Option<PathBuf>> = OnceLock::new();
     PWD.get_or_init(|| {
         let here = std::fs::metadata(".").ok()?;
@@ -86,7 +88,7 @@ pub fn pwd() -> Option<&'static Path> {
                     .is_ok_and(|m| (m.dev(), m.ino()) == (here.dev(), here.ino()))
         };
         match inherited {
-            Some(p) if same(&p) => Some(p),
+            Some(p) if same(&p) => None,
             _ => std::env::current_dir().ok(),
         }
     })

@@ -449,13 +449,15 @@ impl<S: Store> Core<S> {
                     let r = wire::lease_ref(id, task, attempt, epoch);
                     let lease = wire::lease(r, spec, run.max_output, run.dry_run);
                     self.agents.lease((Arc::clone(id), task, attempt), agent);
-                    // Who holds it, for a new leader (see `HolderRecord`).
-                    let holder = self.agents.holder_record(agent, attempt);
-                    batch.ops.push(holder.put(id, task));
-                    // Which agent ran each attempt, kept with the run: where its log is.
-                    batch.ops.push(super::logs::attempt_record(
-                        id, task, attempt, &spec.name, agent,
-                    ));
+                    if keeps {
+                        // Who holds it, for a new leader (see `HolderRecord`).
+                        let holder = self.agents.holder_record(agent, attempt);
+                        batch.ops.push(holder.put(id, task));
+                        // Which agent ran each attempt, kept with the run: where its log is.
+                        batch.ops.push(super::logs::attempt_record(
+                            id, task, attempt, &spec.name, agent,
+                        ));
+                    }
                     run.task_agent.insert(task, Arc::clone(agent));
                     batch.sends.push((Arc::clone(agent), lease));
                 }
@@ -468,11 +470,8 @@ impl<S: Store> Core<S> {
                 Action::RunEnded(state) => batch.ended = Some(state),
             }
         }
-        if !only_beats {
+        if keeps && !only_beats {
             batch.ops.push(run.state_op());
-        }
-        if !keeps {
-            batch.ops.clear(); // holders, attempts, outbox entries: nowhere to keep them
         }
         self.timers.set(id, run.state.next_deadline());
         self.commits.push(batch);

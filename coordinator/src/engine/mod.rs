@@ -13,6 +13,7 @@ mod commit;
 mod core;
 mod history;
 pub mod logs;
+mod record;
 mod recovery;
 mod registry;
 mod runs;

@@ -51,7 +51,8 @@ impl History {
     }
 }
 
-/// Everything the store holds of a run: its records and any webhook not yet delivered.
+/// Everything the store holds of a run: its records, any webhook not yet delivered and its
+/// dead letters (a Server job whose latest run it was goes too: see `ServerJobs::forget_runs`).
 pub(super) fn deletes(runs: &[Arc<str>]) -> Vec<StoreOp> {
     runs.iter()
         .flat_map(|r| {
@@ -61,6 +62,9 @@ pub(super) fn deletes(runs: &[Arc<str>]) -> Vec<StoreOp> {
                 },
                 StoreOp::DeletePrefix {
                     prefix: format!("outbox/{r}/"),
+                },
+                StoreOp::DeletePrefix {
+                    prefix: format!("deadletter/{r}/"),
                 },
             ]
         })
@@ -105,9 +109,9 @@ mod tests {
     }
 
     #[test]
-    fn a_run_is_deleted_with_its_records_and_outbox() {
+    fn a_run_is_deleted_with_its_records_outbox_and_dead_letters() {
         let ops = deletes(&[Arc::from("r1")]);
         let keys: Vec<&str> = ops.iter().map(StoreOp::key).collect();
-        assert_eq!(keys, ["runs/r1/", "outbox/r1/"]);
+        assert_eq!(keys, ["runs/r1/", "outbox/r1/", "deadletter/r1/"]);
     }
 }

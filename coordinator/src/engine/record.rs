@@ -109,8 +109,11 @@ impl<S: Store> Core<S> {
             "deleting finished runs past the history limits"
         );
         self.runs.forget(&old);
+        self.deliverer.forget_runs(&old);
+        let mut ops = history::deletes(&old);
+        ops.extend(self.server.forget_runs(&old));
         self.commits.push(Batch {
-            ops: history::deletes(&old),
+            ops,
             ..Batch::default()
         });
     }

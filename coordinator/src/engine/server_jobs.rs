@@ -12,6 +12,7 @@
 //! [`Engine`] verbs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,23 @@ impl ServerJobs {
             value,
         };
         (op, record)
+    }
+
+    /// Forgets the jobs whose latest run was deleted from the store; returns the deletes of
+    /// their records (a job is then unknown, as one never submitted: its run is gone).
+    pub fn forget_runs(&mut self, runs: &[Arc<str>]) -> Vec<StoreOp> {
+        let gone: Vec<String> = (self.jobs.iter())
+            .filter(|(_, r)| runs.iter().any(|run| **run == *r.run_id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        (gone.into_iter())
+            .map(|id| {
+                self.jobs.remove(&id);
+                StoreOp::Delete {
+                    key: format!("{JOBS_PREFIX}{id}"),
+                }
+            })
+            .collect()
     }
 
     pub fn remember(&mut self, record: JobRecord) {
@@ -141,5 +159,34 @@ impl Engine {
         let id = id.to_string();
         self.ask(|reply| Command::Server(Ask::Job { id, reply }))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> ServerJob {
+        ServerJob {
+            job_id: id.into(),
+            ..ServerJob::default()
+        }
+    }
+
+    #[test]
+    fn a_job_whose_latest_run_is_deleted_is_forgotten_with_its_record() {
+        let mut jobs = ServerJobs::default();
+        for (id, run) in [("j1", "r1"), ("j2", "r2")] {
+            jobs.remember(ServerJobs::record_op(&job(id), run).1);
+        }
+        let ops = jobs.forget_runs(&[Arc::from("r1"), Arc::from("r9")]);
+        assert_eq!(
+            ops,
+            vec![StoreOp::Delete {
+                key: "serverjobs/j1".into()
+            }]
+        );
+        assert!(jobs.run_of("j1").is_none());
+        assert_eq!(jobs.run_of("j2").map(|r| r.run_id.as_str()), Some("r2"));
     }
 }

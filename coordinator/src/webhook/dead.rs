@@ -148,6 +148,15 @@ impl Ledger {
         out
     }
 
+    /// Forgets the dead letters of runs deleted from the store (their records go with the
+    /// runs: see the engine's history).
+    pub fn forget_runs(&mut self, runs: &[std::sync::Arc<str>]) {
+        for run in runs {
+            let prefix = format!("deadletter/{run}/");
+            self.dead.retain(|k, _| !k.starts_with(&prefix));
+        }
+    }
+
     /// Forgets dead letters being replayed; returns the deletes of their records.
     pub fn take(&mut self, keys: &[String]) -> Vec<StoreOp> {
         (keys.iter())
@@ -222,6 +231,21 @@ mod tests {
         assert_eq!(k, "outbox/r1/000000000007/1");
         assert_eq!(key_for(&k), "deadletter/r1/000000000007/1");
         assert_eq!(outbox_key_of(&key_for(&k)), k);
+    }
+
+    #[test]
+    fn a_deleted_runs_dead_letters_are_forgotten_and_no_other() {
+        let mut l = Ledger::new(10);
+        l.add(key_for(&outbox_key("a", 0, 0)), letter("a", 0, "u", 1));
+        l.add(key_for(&outbox_key("ab", 0, 0)), letter("ab", 0, "u", 2));
+        l.forget_runs(&[std::sync::Arc::from("a")]);
+        assert!(l.of_run("a", 0, None).is_empty());
+        assert_eq!(
+            l.of_run("ab", 0, None).len(),
+            1,
+            "a prefix of a run id is not that run"
+        );
+        assert_eq!(l.count(), 1);
     }
 
     #[test]

@@ -219,6 +219,12 @@ impl Deliverer {
         lock(&self.workers).retain(|(_, run), _| &**run != run_id);
     }
 
+    /// Runs deleted from the store by the history limits: their dead letters are gone too.
+    pub fn forget_runs(&self, runs: &[Arc<str>]) {
+        lock(&self.shared).ledger.forget_runs(runs);
+        self.count();
+    }
+
     /// What a new leader read from the store: dead letters and disabled endpoints (before it
     /// sends the outbox again, so dead letters are not sent).
     pub fn restore(&self, dead: Vec<(String, DeadLetter)>, disabled: Vec<Disabled>) {

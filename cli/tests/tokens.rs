@@ -141,5 +141,21 @@ fn tokens_have_scopes_and_sighup_adds_and_removes_them() {
         with_token(&["runs"], &c.url, Some(&reader)).status.code(),
         Some(4)
     );
-    let _ = with_token(&["cancel", &id], &c.url, Some(&submitter));
+
+    // Who cancels is kept with the run: its token's name.
+    let operator = add_token(&file, "operator", "cancel,read");
+    hup(&c);
+    assert!(eventually(Duration::from_secs(10), || with_token(
+        &["cancel", &id],
+        &c.url,
+        Some(&operator)
+    )
+    .status
+    .success()));
+    assert!(eventually(Duration::from_secs(20), || {
+        let o = with_token(&["status", &id, "-o", "json"], &c.url, Some(&operator));
+        stdout(&o).contains(r#""cancelledBy": "operator""#)
+    }));
+    let o = with_token(&["status", &id], &c.url, Some(&operator));
+    assert!(stdout(&o).contains("(by operator)"), "{}", stdout(&o));
 }

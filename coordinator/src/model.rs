@@ -82,6 +82,8 @@ pub struct RunInfo {
     pub rerun_of: Option<String>,
     /// Why it was cancelled, if it was (a whole-job timeout is not a cancel).
     pub cancel_reason: Option<String>,
+    /// Who cancelled it: the caller's name when clients authenticate (`--tokens`).
+    pub cancelled_by: Option<String>,
     /// How many tasks it has, and how many have ended (`tasks` may be left out: a brief).
     pub task_count: usize,
     pub tasks_done: usize,
@@ -104,6 +106,7 @@ impl RunInfo {
             tags: self.tags.clone(),
             rerun_of: self.rerun_of.clone(),
             cancel_reason: self.cancel_reason.clone(),
+            cancelled_by: self.cancelled_by.clone(),
             run_id: self.run_id.clone(),
             job_name: self.job_name.clone(),
             job_reference: self.job_reference.clone(),

@@ -98,6 +98,9 @@ pub struct StateRecord {
     pub last_ttm: i64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cancelled: Option<String>,
+    /// Who cancelled it (an authenticated caller's name).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cancelled_by: Option<String>,
 }
 
 impl StateRecord {

@@ -500,13 +500,15 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        // Who asks (a name only when clients authenticate), kept with the run.
+        let by = self.admit(&request, Scope::Cancel)?.map(|p| p.name);
         let engine = local_or_forward!(self, request, cancel_run, Scope::Cancel);
         let r = request.into_inner();
         let reason = match r.reason.trim() {
             "" => "job cancelled".to_string(),
             why => format!("job cancelled: {why}"),
         };
-        engine.cancel(&r.run_id, &reason).await?;
+        engine.cancel_by(&r.run_id, &reason, by.as_deref()).await?;
         Ok(Response::new(pb::CancelRunResponse {}))
     }
 

@@ -156,9 +156,10 @@ impl<S: Store> Core<S> {
             Command::Cancel {
                 run_id,
                 reason,
+                by,
                 reply,
             } => match self.resolve(&run_id) {
-                Ok(id) => answer(reply, self.cancel(&id, reason)),
+                Ok(id) => answer(reply, self.cancel(&id, reason, by)),
                 Err(e) => answer(reply, Err(e)),
             },
             Command::Rerun {
@@ -301,9 +302,14 @@ impl<S: Store> Core<S> {
         }
     }
 
-    fn cancel(&mut self, run_id: &str, reason: String) -> Result<(), EngineError> {
+    fn cancel(
+        &mut self,
+        run_id: &str,
+        reason: String,
+        by: Option<String>,
+    ) -> Result<(), EngineError> {
         let id: Arc<str> = Arc::from(run_id);
-        if !self.runs.active.contains_key(&id) {
+        let Some(run) = self.runs.active.get_mut(&id) else {
             // Cancelling a cancelled run again is what was asked: done. Any other finished
             // run cannot be cancelled (FAILED_PRECONDITION), which the caller must hear.
             return match self.runs.is_finished(run_id) {
@@ -311,6 +317,10 @@ impl<S: Store> Core<S> {
                 true => Err(EngineError::Finished(run_id.to_string())),
                 false => Err(EngineError::NoSuchRun(run_id.to_string())),
             };
+        };
+        // The first cancel is the one the run keeps (a second changes nothing).
+        if run.state.cancelled().is_none() {
+            run.cancelled_by = by;
         }
         self.apply(&id, Event::Cancel { reason });
         Ok(())

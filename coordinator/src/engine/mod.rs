@@ -130,6 +130,7 @@ enum Command {
     Cancel {
         run_id: String,
         reason: String,
+        by: Option<String>,
         reply: Reply<()>,
     },
     Rerun {
@@ -229,9 +230,20 @@ impl Engine {
 
     /// Cancels a run: nothing more starts, running attempts are killed, the rest is skipped.
     pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<(), EngineError> {
+        self.cancel_by(run_id, reason, None).await
+    }
+
+    /// [`Engine::cancel`], saying who asked (an authenticated caller: `RunInfo::cancelled_by`).
+    pub async fn cancel_by(
+        &self,
+        run_id: &str,
+        reason: &str,
+        by: Option<&str>,
+    ) -> Result<(), EngineError> {
         self.ask(|reply| Command::Cancel {
             run_id: run_id.to_string(),
             reason: reason.to_string(),
+            by: by.map(str::to_string),
             reply,
         })
         .await

@@ -274,6 +274,7 @@ async fn restore_run(
         outbox_seq: state.outbox_seq,
         last_ttm: state.last_ttm,
         rerun_of: spec.rerun_of.clone(),
+        cancelled_by: state.cancelled_by.clone(),
         watchers: Watchers::new(cfg.watch_buffer),
         heartbeat: spec.heartbeat_ms.map(std::time::Duration::from_millis),
     }))

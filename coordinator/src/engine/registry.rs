@@ -349,6 +349,7 @@ mod tests {
             tags: Default::default(),
             rerun_of: None,
             cancel_reason: None,
+            cancelled_by: None,
             task_count: 0,
             tasks_done: 0,
         };

@@ -41,6 +41,8 @@ pub(super) struct Run {
     /// The last event's `ttm` (ms): the next is later, so `ttm` orders a run's events.
     pub last_ttm: i64,
     pub rerun_of: Option<String>,
+    /// Who cancelled it, when an authenticated caller did.
+    pub cancelled_by: Option<String>,
     /// Its webhook heartbeat (`--heartbeat-interval` on `submit`), and when it is next due.
     heartbeat: Option<Duration>,
     next_beat: Option<DateTime<Utc>>,
@@ -59,6 +61,7 @@ pub(super) struct RunParts {
     pub outbox_seq: u64,
     pub last_ttm: i64,
     pub rerun_of: Option<String>,
+    pub cancelled_by: Option<String>,
     /// Its watchers (and what is kept for late ones).
     pub watchers: Watchers,
     pub heartbeat: Option<Duration>,
@@ -82,6 +85,7 @@ impl Run {
             outbox_seq: p.outbox_seq,
             last_ttm: p.last_ttm,
             rerun_of: p.rerun_of,
+            cancelled_by: p.cancelled_by,
             heartbeat: p.heartbeat,
             next_beat: None,
         }
@@ -246,6 +250,7 @@ impl Run {
             outbox_seq: self.outbox_seq,
             last_ttm: self.last_ttm,
             cancelled: self.state.cancelled().map(str::to_string),
+            cancelled_by: self.cancelled_by.clone(),
         };
         StoreOp::Put {
             key: keys::run_state(&self.id),
@@ -323,6 +328,7 @@ impl Run {
             tags: self.meta.tags.clone(),
             rerun_of: self.rerun_of.clone(),
             cancel_reason: self.cancel_reason().map(str::to_string),
+            cancelled_by: self.cancelled_by.clone(),
             task_count: plan.order.len(),
             tasks_done: (plan.order.iter())
                 .filter(|&&t| self.state.task(t).is_some_and(|r| r.state.is_terminal()))
@@ -404,6 +410,7 @@ pub(super) fn submitted(
         outbox_seq: 0,
         last_ttm: 0,
         rerun_of: spec.rerun_of,
+        cancelled_by: None,
         watchers,
         heartbeat: spec.heartbeat,
     });
@@ -446,6 +453,7 @@ fn submission_records(
         outbox_seq: 0,
         last_ttm: 0,
         cancelled: None,
+        cancelled_by: None,
     };
     let mut ops = vec![
         StoreOp::Put {

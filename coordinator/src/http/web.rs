@@ -234,7 +234,7 @@ pub fn run_json(r: &pb::Run) -> Value {
         "run_id": r.run_id, "job_name": r.job_name, "job_reference": r.job_reference,
         "state": run_state(r.state), "start_time": time(&r.start_time),
         "duration": secs(&r.duration), "waiting_reason": r.waiting_reason, "tags": r.tags,
-        "rerun_of": r.rerun_of, "cancel_reason": r.cancel_reason,
+        "rerun_of": r.rerun_of, "cancel_reason": r.cancel_reason, "cancelled_by": r.cancelled_by,
         "task_count": r.task_count, "tasks_done": r.tasks_done,
         "tasks": r.tasks.iter().map(task_json).collect::<Vec<_>>(),
     })

@@ -152,7 +152,7 @@ pub fn run(r: &RunInfo, with_tasks: bool) -> pb::Run {
         waiting_reason: r.waiting_reason.clone().unwrap_or_default(),
         tags: r.tags.clone().into_iter().collect(),
         rerun_of: r.rerun_of.clone().unwrap_or_default(),
-        cancelled_by: String::new(),
+        cancelled_by: r.cancelled_by.clone().unwrap_or_default(),
         cancel_reason: r.cancel_reason.clone().unwrap_or_default(),
         task_count: u32::try_from(r.task_count).unwrap_or(u32::MAX),
         tasks_done: u32::try_from(r.tasks_done).unwrap_or(u32::MAX),
@@ -331,6 +331,7 @@ fn snapshot_info(s: pb::Snapshot, run_id: &str) -> RunInfo {
         tags: Default::default(),
         rerun_of: None,
         cancel_reason: (s.state == pb::RunState::Cancelled as i32).then(String::new),
+        cancelled_by: None,
     }
 }
 

@@ -142,7 +142,9 @@ function runPage(id) {
     const done = [...tasks.values()].filter((t) => !ACTIVE.includes(t.state)).length;
     $("run-progress").textContent = done + "/" + tasks.size + " done";
     $("run-waiting").textContent = run.waiting_reason || "-";
-    $("run-cancel").textContent = run.cancel_reason || "-";
+    $("run-cancel").textContent = !run.cancel_reason
+      ? "-"
+      : run.cancel_reason + (run.cancelled_by ? " (by " + run.cancelled_by + ")" : "");
     $("run-cancel-button").disabled = !ACTIVE.includes(run.state);
     $("run-rerun-button").disabled = !["FAILED", "CANCELLED"].includes(run.state);
   };

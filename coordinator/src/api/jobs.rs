@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::Utc;
 use factotum_proto::jobs as pb;
 use factotum_proto::jobs::jobs_server::Jobs;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -15,16 +15,14 @@ use super::errors::{Reason, Refusal};
 use super::forward::{answered, onward, outliving, Forwarder, Target, FORWARDED_CLIENT};
 use super::Routing;
 use crate::auth::{Auth, Principal, Scope};
-use crate::model::RunQuery;
 use crate::spec::{prepare_within, InputLimits, Submission};
 use crate::wire::jobs as wire;
 
 /// The shortest webhook heartbeat a submission may ask for.
 const MIN_HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Runs a `ListRuns` page holds unless asked otherwise, and at most.
-pub const DEFAULT_PAGE: usize = 50;
-pub const MAX_PAGE: usize = 1000;
+use super::paging::{page_token, run_query};
+pub use super::paging::{DEFAULT_PAGE, MAX_PAGE};
 
 /// The `Jobs` service.
 #[derive(Debug, Clone)]
@@ -258,71 +256,6 @@ fn guarded(events: EventStream, auth: Option<Arc<Auth>>, token: Option<String>) 
         }
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
-}
-
-/// A page token: where the next page starts (the last run shown: its start and id).
-fn page_token(after: &(DateTime<Utc>, String)) -> String {
-    let nanos = after.0.timestamp_nanos_opt().unwrap_or(i64::MAX);
-    format!("{nanos}:{}", after.1)
-}
-
-fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, String)>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || {
-        Refusal::bad(
-            Reason::InvalidArgument,
-            "page_token",
-            "page_token is not one a ListRuns answer gave",
-        )
-        .status()
-    };
-    let (nanos, id) = token.split_once(':').ok_or_else(bad)?;
-    let nanos: i64 = nanos.parse().map_err(|_| bad())?;
-    Ok(Some((Utc.timestamp_nanos(nanos), id.to_string())))
-}
-
-/// What a `ListRuns` request asks for.
-fn run_query(r: pb::ListRunsRequest) -> Result<RunQuery, Status> {
-    let limit = match r.page_size as usize {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    };
-    let mut states = Vec::new();
-    for s in r.states {
-        match pb::RunState::try_from(s) {
-            Ok(pb::RunState::Unspecified) | Err(_) => {
-                return Err(Refusal::bad(
-                    Reason::InvalidArgument,
-                    "states",
-                    format!("{s} is not a run state"),
-                )
-                .status())
-            }
-            Ok(_) => states.push(wire::run_state_name(s)),
-        }
-    }
-    let time = |t: Option<prost_types::Timestamp>, field: &'static str| match t {
-        None => Ok(None),
-        Some(t) => wire::from_timestamp(&t).map(Some).ok_or_else(|| {
-            Refusal::bad(
-                Reason::InvalidArgument,
-                field,
-                format!("{field} is not a time"),
-            )
-            .status()
-        }),
-    };
-    Ok(RunQuery {
-        limit,
-        after: parse_page_token(&r.page_token)?,
-        job_name: Some(r.job_name).filter(|j| !j.is_empty()),
-        states,
-        tags: r.tags.into_iter().collect(),
-        started_after: time(r.started_after, "started_after")?,
-        started_before: time(r.started_before, "started_before")?,
-    })
 }
 
 #[tonic::async_trait]
@@ -588,111 +521,4 @@ impl Jobs for JobsApi {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::sync::watch;
-
-    /// The API of a follower that knows no leader, one submission at a time; `open`: served
-    /// without credentials.
-    fn follower(open: bool) -> JobsApi {
-        let role = Routing {
-            engine: watch::channel(None).1,
-            leader: watch::channel(None).1,
-        };
-        let limits = factotum_common::template::Limits {
-            field: 1 << 20,
-            total: 1 << 26,
-        };
-        let security = crate::api::Security {
-            open,
-            ..Default::default()
-        };
-        let limits = crate::api::ServeLimits {
-            render: limits,
-            max_message: 16 << 20,
-            max_pending_submits: 1,
-            max_watches: 1,
-            input: InputLimits::default(),
-            idle_timeout: std::time::Duration::from_secs(60),
-        };
-        JobsApi::new(role, &limits, &security)
-    }
-
-    #[tokio::test]
-    async fn a_submission_over_max_pending_submits_is_refused_at_once() {
-        let api = follower(true);
-        let held = api.submit_permit().unwrap();
-        let refused = api
-            .submit_run(Request::new(pb::SubmitRunRequest::default()))
-            .await
-            .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert_eq!(
-            refused.message(),
-            "too many submissions in progress (--max-pending-submits 1); retry shortly"
-        );
-        let refused = api
-            .rerun_run(Request::new(pb::RerunRunRequest::default()))
-            .await
-            .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        drop(held);
-        // The permit is back: the next call gets past the limit (to the follower's answer).
-        let next = api
-            .rerun_run(Request::new(pb::RerunRunRequest::default()))
-            .await
-            .unwrap_err();
-        assert_eq!(next.code(), tonic::Code::Unavailable);
-    }
-
-    #[tokio::test]
-    async fn a_watch_past_max_watches_is_refused_until_one_is_dropped() {
-        let api = follower(true);
-        let held = api.watch_permit().unwrap();
-        let watch = || pb::WatchRunRequest {
-            run_id: "r".into(),
-            resume: false,
-        };
-        let refused = api.watch_run(Request::new(watch())).await.err().unwrap();
-        assert_eq!(refused.code(), Code::ResourceExhausted);
-        assert_eq!(
-            refused.message(),
-            "too many open watches (--max-watches 1); retry later"
-        );
-        // A stream holds its permit until it is dropped.
-        let stream = holding(Box::pin(tokio_stream::empty()), held);
-        assert!(api.watch_permit().is_err());
-        drop(stream);
-        let next = api.watch_run(Request::new(watch())).await.err().unwrap();
-        assert_eq!(
-            next.code(),
-            Code::Unavailable,
-            "past the limit, to the follower's answer"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_port_that_is_not_open_refuses_client_calls_without_credentials() {
-        let api = follower(false);
-        let refused = api
-            .list_agents(Request::new(pb::ListAgentsRequest {}))
-            .await
-            .unwrap_err();
-        assert_eq!(refused.code(), Code::Unauthenticated);
-        assert!(refused.message().contains("no --tokens configured"));
-    }
-
-    #[test]
-    fn page_tokens_go_there_and_back_and_junk_is_refused() {
-        let after = (
-            Utc.timestamp_nanos(1_764_540_000_123_456_789),
-            "ab12".to_string(),
-        );
-        assert_eq!(parse_page_token(&page_token(&after)).unwrap(), Some(after));
-        assert_eq!(parse_page_token("").unwrap(), None);
-        assert_eq!(
-            parse_page_token("junk").unwrap_err().code(),
-            Code::InvalidArgument
-        );
-    }
-}
+mod tests;

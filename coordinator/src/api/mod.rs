@@ -7,6 +7,7 @@ pub mod errors;
 pub mod forward;
 pub mod jobs;
 pub mod logs;
+pub mod paging;
 
 use std::net::SocketAddr;
 use std::pin::Pin;

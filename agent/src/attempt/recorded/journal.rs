@@ -46,15 +46,30 @@ pub struct Entry {
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// The file the last compaction renamed a new one over, still open, and how much of it
+    /// was carried over: a shell that opened it just before the rename may append its exit a
+    /// moment after the compaction read it. Checked at every `forget` until the next compaction.
+    replaced: Option<Replaced>,
 }
+
+/// A journal file a compaction replaced, and how many of its bytes are carried over.
+type Replaced = (File, u64);
 
 impl Journal {
     /// Opens (creating) `<state>/journal`, compacted; returns what is pending.
     pub fn open(state: &Path) -> std::io::Result<(Journal, Vec<Entry>)> {
         let path = state.join(JOURNAL);
-        let pending = compact(&path)?;
+        let (pending, _) = compact(&path)?;
         let file = append(&path)?;
-        Ok((Journal { path, file }, pending))
+        let replaced = None; // nothing of this process appended to the one it replaced
+        Ok((
+            Journal {
+                path,
+                file,
+                replaced,
+            },
+            pending,
+        ))
     }
 
     pub fn path(&self) -> &Path {
@@ -78,14 +93,45 @@ impl Journal {
 
     /// The coordinator has the attempt's result.
     pub fn forget(&mut self, name: &str) {
+        self.carry_late();
         if let Err(e) = (&self.file).write_all(format!("\nF {name}\n").as_bytes()) {
             tracing::warn!(error = %e, "cannot write to the journal");
         }
         if self.file.metadata().is_ok_and(|m| m.len() > COMPACT_AT) {
-            match compact(&self.path).and_then(|_| append(&self.path)) {
-                Ok(f) => self.file = f,
-                Err(e) => tracing::warn!(error = %e, "cannot compact the journal"),
+            self.compact();
+        }
+    }
+
+    /// Rewrites the journal with what is pending; appends go to the new file from now on.
+    pub(super) fn compact(&mut self) {
+        self.carry_late();
+        match compact(&self.path).and_then(|(_, old)| Ok((append(&self.path)?, old))) {
+            Ok((f, old)) => {
+                self.file = f;
+                self.replaced = old;
             }
+            Err(e) => tracing::warn!(error = %e, "cannot compact the journal"),
+        }
+    }
+
+    /// Copies what shells appended to the replaced file since it was last read into the
+    /// journal (whole records: each starts with a newline, so a late one is never glued to
+    /// another).
+    fn carry_late(&mut self) {
+        let Some((old, read)) = &mut self.replaced else {
+            return;
+        };
+        if old.metadata().map_or(true, |m| m.len() <= *read) {
+            return;
+        }
+        let mut late = vec![];
+        let got = (old.seek(SeekFrom::Start(*read)))
+            .and_then(|_| old.read_to_end(&mut late))
+            .and_then(|_| (&self.file).write_all(&late))
+            .and_then(|()| (&self.file).write_all(b"\n"));
+        match got {
+            Ok(()) => *read += late.len() as u64,
+            Err(e) => tracing::warn!(error = %e, "cannot carry records over to the journal"),
         }
     }
 }
@@ -174,15 +220,16 @@ fn record(e: &Entry) -> String {
     r
 }
 
-/// Rewrites the journal with only what is pending (a new file renamed over it) and returns that.
-/// A shell that appends its exit while this runs appends to the old file: what the old file got
-/// after it was read is read again once the new one is in place, and carried over.
-fn compact(path: &Path) -> std::io::Result<Vec<Entry>> {
+/// Rewrites the journal with only what is pending (a new file renamed over it) and returns that,
+/// with the old file and how much of it was read. A shell that appends its exit while this runs
+/// appends to the old file: what the old file got after it was read is read again once the new
+/// one is in place, and carried over (and later appends by [`Journal`]'s `carry_late`).
+fn compact(path: &Path) -> std::io::Result<(Vec<Entry>, Option<Replaced>)> {
     let mut old = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             append(path)?;
-            return Ok(vec![]);
+            return Ok((vec![], None));
         }
         Err(e) => return Err(e),
     };
@@ -211,7 +258,8 @@ fn compact(path: &Path) -> std::io::Result<Vec<Entry>> {
         new.write_all(&late)?;
         new.write_all(b"\n")?;
     }
-    Ok(pending.into_values().collect())
+    let read = (bytes.len() - torn + late.len()) as u64;
+    Ok((pending.into_values().collect(), Some((old, read))))
 }
 
 fn append(path: &Path) -> std::io::Result<File> {

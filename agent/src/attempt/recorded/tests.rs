@@ -136,3 +136,35 @@ fn the_journal_keeps_what_is_pending_across_compaction() {
     assert_eq!(again[0].exit, Some(7));
     let _ = fs::remove_dir_all(dir);
 }
+
+#[test]
+fn an_exit_appended_to_the_file_a_compaction_replaced_is_carried_over() {
+    use std::io::Write;
+    let dir = scratch("journal-late");
+    let lease = |task| Lease {
+        lease: Some(factotum_proto::LeaseRef {
+            run_id: "r".into(),
+            task,
+            attempt: 1,
+            epoch: 0,
+        }),
+        ..Default::default()
+    };
+    let outs = [dir.join("o"), dir.join("e")];
+    let (mut j, _) = Journal::open(&dir).unwrap();
+    for task in 0..3 {
+        j.lease(&name("r", task, 1), &lease(task), &outs).unwrap();
+    }
+    // A task's shell opens the journal to append its exit, just before a compaction renames a
+    // new file over it, and writes only after the compaction has read it.
+    let mut shell = fs::OpenOptions::new().append(true).open(j.path()).unwrap();
+    j.compact();
+    write!(shell, "\nX {} 3\n", name("r", 1, 1)).unwrap();
+    drop(shell);
+    j.forget(&name("r", 0, 1)); // any later write of the agent's carries it over
+    drop(j);
+    let (_, pending) = Journal::open(&dir).unwrap();
+    let got: Vec<_> = pending.iter().map(|e| (e.name.clone(), e.exit)).collect();
+    assert_eq!(got, [(name("r", 1, 1), Some(3)), (name("r", 2, 1), None)]);
+    let _ = fs::remove_dir_all(dir);
+}

@@ -100,18 +100,25 @@ fn a_follower_reads_lines_as_they_come_and_keeps_redacted_tails() {
     let _ = fs::remove_dir_all(dir);
 }
 
-#[test]
-fn the_journal_keeps_what_is_pending_across_compaction() {
-    let dir = scratch("journal");
-    let lease = |task| Lease {
+/// The lease of attempt 1 of `task` in run `r`.
+fn lease_of(task: u32) -> Lease {
+    Lease {
         lease: Some(factotum_proto::LeaseRef {
             run_id: "r".into(),
             task,
             attempt: 1,
             epoch: 0,
         }),
-        command_line: "echo 'x y'".into(),
         ..Default::default()
+    }
+}
+
+#[test]
+fn the_journal_keeps_what_is_pending_across_compaction() {
+    let dir = scratch("journal");
+    let lease = |task| Lease {
+        command_line: "echo 'x y'".into(),
+        ..lease_of(task)
     };
     let outs = [dir.join("o"), dir.join("e")];
     let (mut j, pending) = Journal::open(&dir).unwrap();
@@ -141,19 +148,11 @@ fn the_journal_keeps_what_is_pending_across_compaction() {
 fn an_exit_appended_to_the_file_a_compaction_replaced_is_carried_over() {
     use std::io::Write;
     let dir = scratch("journal-late");
-    let lease = |task| Lease {
-        lease: Some(factotum_proto::LeaseRef {
-            run_id: "r".into(),
-            task,
-            attempt: 1,
-            epoch: 0,
-        }),
-        ..Default::default()
-    };
     let outs = [dir.join("o"), dir.join("e")];
     let (mut j, _) = Journal::open(&dir).unwrap();
     for task in 0..3 {
-        j.lease(&name("r", task, 1), &lease(task), &outs).unwrap();
+        j.lease(&name("r", task, 1), &lease_of(task), &outs)
+            .unwrap();
     }
     // A task's shell opens the journal to append its exit, just before a compaction renames a
     // new file over it, and writes only after the compaction has read it.

@@ -56,8 +56,14 @@ fn raw_stderr(args: fmt::Arguments) {
     if STDERR_CLOSED.load(Ordering::Relaxed) {
         return;
     }
+    // Formatted first, then written at once: stderr is unbuffered, and writing the arguments
+    // as they come would cost a `write` per piece (a line and its newline: two per line).
+    let text = match args.as_str() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(fmt::format(args)),
+    };
     let mut err = std::io::stderr().lock();
-    if err.write_fmt(args).and_then(|()| err.flush()).is_err() {
+    if err.write_all(text.as_bytes()).and_then(|()| err.flush()).is_err() {
         STDERR_CLOSED.store(true, Ordering::Relaxed);
     }
 }

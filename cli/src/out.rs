@@ -63,7 +63,11 @@ fn raw_stderr(args: fmt::Arguments) {
         None => std::borrow::Cow::Owned(fmt::format(args)),
     };
     let mut err = std::io::stderr().lock();
-    if err.write_all(text.as_bytes()).and_then(|()| err.flush()).is_err() {
+    if err
+        .write_all(text.as_bytes())
+        .and_then(|()| err.flush())
+        .is_err()
+    {
         STDERR_CLOSED.store(true, Ordering::Relaxed);
     }
 }

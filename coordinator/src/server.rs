@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, EngineConfig};
-use crate::etcd::{EtcdConfig, EtcdStore};
+use crate::etcd::EtcdStore;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
 use crate::seal::StoreKey;
@@ -24,6 +24,11 @@ use crate::webhook::endpoint::{EndpointList, EndpointSpec, Endpoints};
 use crate::webhook::sign::SigningArgs;
 use crate::webhook::DeliveryConfig;
 use crate::{api, spec};
+
+mod etcd_args;
+mod limit_args;
+pub use etcd_args::EtcdArgs;
+pub use limit_args::LimitArgs;
 
 /// The Factotum coordinator: accepts runs over gRPC and leases their tasks to agents.
 ///
@@ -121,29 +126,8 @@ pub struct Config {
           value_name = "DURATION", default_value = "2s",
           value_parser = DurationRange::POSITIVE.parser())]
     pub agent_heartbeat: Duration,
-    /// etcd client URLs (comma-separated): runs are recorded there and survive restarts.
-    /// Without it, runs live in this process's memory only.
-    #[arg(long, env = "FACTOTUM_ETCD", value_delimiter = ',', value_name = "URL")]
-    pub etcd: Vec<String>,
-    /// Key prefix in etcd (coordinators sharing it share their runs).
-    #[arg(long, env = "FACTOTUM_ETCD_PREFIX", default_value = "/factotum")]
-    pub etcd_prefix: String,
-    /// etcd user (with --etcd-password).
-    #[arg(long, env = "FACTOTUM_ETCD_USER")]
-    pub etcd_user: Option<String>,
-    /// etcd password (with --etcd-user). Prefer the variable or a config file: a flag shows
-    /// in `ps`.
-    #[arg(long, env = "FACTOTUM_ETCD_PASSWORD", hide_env_values = true)]
-    pub etcd_password: Option<String>,
-    /// CA certificate (PEM) to trust for https:// etcd URLs.
-    #[arg(long, env = "FACTOTUM_ETCD_CA")]
-    pub etcd_ca: Option<PathBuf>,
-    /// Client certificate and key (PEM) for etcd mutual TLS.
-    #[arg(long, env = "FACTOTUM_ETCD_CERT", requires = "etcd_key")]
-    pub etcd_cert: Option<PathBuf>,
-    /// The private key (PEM) of --etcd-cert.
-    #[arg(long, env = "FACTOTUM_ETCD_KEY", requires = "etcd_cert")]
-    pub etcd_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: EtcdArgs,
     /// A file holding 32 random bytes in base64 (`head -c32 /dev/urandom | base64`): the
     /// records holding a run's secrets (its spec and templated factfile) are sealed with it in
     /// etcd. Every coordinator sharing the etcd prefix needs the same key.
@@ -165,41 +149,11 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_WATCH_BUFFER", value_name = "BYTES", default_value = "4MiB",
           value_parser = factotum_service::size::at_least(1024))]
     pub watch_buffer: usize,
-    /// The most one templated factfile field may render to (`--env` and tags applied); a larger
-    /// one is refused as an invalid factfile. Sizes take units (`512KiB`, `1MiB`); a bare number
-    /// is bytes.
-    #[arg(long, env = "FACTOTUM_MAX_RENDERED_SIZE", value_name = "BYTES", default_value = "1MiB",
-          value_parser = factotum_service::size::at_least(1))]
-    pub max_rendered_size: usize,
-    /// The most all of a factfile's templated fields may render to together.
-    #[arg(long, env = "FACTOTUM_MAX_RENDERED_TOTAL", value_name = "BYTES", default_value = "64MiB",
-          value_parser = factotum_service::size::at_least(1))]
-    pub max_rendered_total: usize,
-    /// The largest factfile a submission may carry. Sizes take units (`512KiB`, `32MiB`).
-    #[arg(long, env = "FACTOTUM_MAX_FACTFILE_SIZE", value_name = "BYTES", default_value = "32MiB",
-          value_parser = factotum_service::size::at_least(1024))]
-    pub max_factfile_size: usize,
-    /// The most tasks a submitted factfile may have.
-    #[arg(long, env = "FACTOTUM_MAX_TASKS", value_name = "TASKS", default_value_t = 100_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_tasks: u64,
-    /// The most webhook URLs one submission may name (the coordinator's own --webhook URLs
-    /// do not count).
-    #[arg(
-        long,
-        env = "FACTOTUM_MAX_WEBHOOKS",
-        value_name = "URLS",
-        default_value_t = 16
-    )]
-    pub max_webhooks: usize,
-    /// The largest gRPC message this coordinator sends or accepts (agents and clients); a
-    /// task whose lease would take more than half of it is refused at submit. Set the agents'
-    /// `--max-message-size` to the same value.
-    #[arg(long, env = "FACTOTUM_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value = "16MiB",
-          value_parser = factotum_service::size::at_least(factotum_common::run::MIN_MAX_MESSAGE as u64))]
-    pub max_message_size: usize,
-    /// Finished runs kept in the store, at most: the oldest are deleted (records and undelivered
-    /// webhooks). Every one kept is listed by `factotum runs` and ListRuns.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Finished runs kept in the store, at most: the oldest are deleted (records, undelivered
+    /// webhooks, dead letters and Factotum Server job records). Every one kept is listed by
+    /// `factotum runs` and ListRuns.
     #[arg(long, env = "FACTOTUM_HISTORY_MAX_RUNS", value_name = "RUNS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub history_max_runs: u64,
@@ -207,27 +161,6 @@ pub struct Config {
     #[arg(long, env = "FACTOTUM_HISTORY_MAX_AGE", value_name = "DURATION", default_value = "30d",
           value_parser = DurationRange::from(Duration::from_secs(60)).parser())]
     pub history_max_age: Duration,
-    /// `SubmitRun`/`RerunRun` calls being prepared or committed at once; more get
-    /// RESOURCE_EXHAUSTED at once ("retry shortly") rather than queuing without bound.
-    #[arg(long, env = "FACTOTUM_MAX_PENDING_SUBMITS", value_name = "CALLS", default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_pending_submits: u32,
-    /// Client calls waiting for the engine, at most; past it a call gets RESOURCE_EXHAUSTED at
-    /// once ("retry shortly"): a flood of calls is refused, never queued without bound.
-    #[arg(long, env = "FACTOTUM_MAX_QUEUED_CALLS", value_name = "CALLS", default_value_t = 1024,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_queued_calls: u32,
-    /// Open `WatchRun` streams (`watch`, `submit --wait`), at most; one more gets
-    /// RESOURCE_EXHAUSTED. Each holds at most --watch-buffer of output.
-    #[arg(long, env = "FACTOTUM_MAX_WATCHES", value_name = "STREAMS", default_value_t = 512,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_watches: u32,
-    /// A connection whose peer sends nothing for this long is closed (one that never speaks
-    /// HTTP/2 included); live clients answer the keepalive pings sent every 10s (or twice per
-    /// timeout, if shorter).
-    #[arg(long, env = "FACTOTUM_IDLE_TIMEOUT", value_name = "DURATION", default_value = "5m",
-          value_parser = DurationRange::from(Duration::from_secs(1)).parser())]
-    pub idle_timeout: Duration,
     /// Factotum Server's `POST /submit` on the HTTP port reads `factfilePath` only under this
     /// directory (symbolic links resolved); without it, it reads none.
     #[arg(long, env = "FACTOTUM_SERVER_FACTFILE_ROOT", value_name = "DIR")]
@@ -445,14 +378,6 @@ impl Config {
         Ok(Some(listener))
     }
 
-    /// `--max-rendered-size` and `--max-rendered-total`.
-    pub fn render_limits(&self) -> factotum_common::template::Limits {
-        factotum_common::template::Limits {
-            field: self.max_rendered_size,
-            total: self.max_rendered_total,
-        }
-    }
-
     pub fn engine(&self) -> EngineConfig {
         let endpoints: Vec<EndpointSpec> = self
             .webhook
@@ -473,21 +398,8 @@ impl Config {
             watch_buffer: self.watch_buffer,
             history_max_runs: usize::try_from(self.history_max_runs).unwrap_or(usize::MAX),
             history_max_age: self.history_max_age,
-            max_queued_calls: self.max_queued_calls as usize,
+            max_queued_calls: self.limits.max_queued_calls as usize,
             ..EngineConfig::default()
-        }
-    }
-
-    fn etcd(&self) -> EtcdConfig {
-        EtcdConfig {
-            endpoints: self.etcd.clone(),
-            prefix: self.etcd_prefix.clone(),
-            user: self
-                .etcd_user
-                .clone()
-                .map(|u| (u, self.etcd_password.clone().unwrap_or_default())),
-            ca: self.etcd_ca.clone(),
-            cert: self.etcd_cert.clone().zip(self.etcd_key.clone()),
         }
     }
 }
@@ -537,7 +449,7 @@ pub async fn run_with_http(
     // A single node leads from the start: its engine is there before the first call is served
     // (a caller that connects as soon as `listening on` is printed must not be told there is
     // no leader).
-    let single = config.etcd.is_empty().then(|| {
+    let single = config.store.etcd.is_empty().then(|| {
         tracing::warn!(
             "no --etcd: runs are kept in memory on this single node and are lost on restart"
         );
@@ -551,18 +463,7 @@ pub async fn run_with_http(
     };
     reload_on_sighup(security.tls.clone(), security.auth.clone(), &life);
     crate::systemd::notify(&routing, &life);
-    let limits = api::ServeLimits {
-        render: config.render_limits(),
-        input: crate::spec::InputLimits {
-            max_size: config.max_factfile_size,
-            max_tasks: usize::try_from(config.max_tasks).unwrap_or(usize::MAX),
-            max_webhooks: config.max_webhooks,
-        },
-        max_message: config.max_message_size,
-        max_pending_submits: config.max_pending_submits as usize,
-        max_watches: config.max_watches as usize,
-        idle_timeout: config.idle_timeout,
-    };
+    let limits = config.limits.serve();
     // One client API for both ports: the HTTP port's handlers call it in-process, so they get
     // its authentication, limits and forwarding to the leader.
     let jobs = api::JobsApi::new(routing.clone(), &limits, &security);
@@ -572,7 +473,7 @@ pub async fn run_with_http(
             metrics: Arc::clone(&metrics),
             auth: security.auth.clone(),
             tls: security.tls.clone(),
-            idle_timeout: config.idle_timeout,
+            idle_timeout: config.limits.idle_timeout,
             jobs: jobs.clone(),
             server_factfile_root: config.server_factfile_root.clone(),
         };
@@ -624,10 +525,10 @@ async fn lead(
     life: &Lifecycle,
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {
-    let store = EtcdStore::connect(&config.etcd())
+    let store = EtcdStore::connect(&config.store.config())
         .await
         .map_err(|source| ServeError::Etcd {
-            endpoints: config.etcd.join(","),
+            endpoints: config.store.etcd.join(","),
             source,
         })?;
     let store_key = config

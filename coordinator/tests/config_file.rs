@@ -46,7 +46,7 @@ fn every_key_of_the_packaged_config_is_a_coordinator_flag() {
     let all: Vec<&str> = lines.iter().map(|(_, l)| *l).collect();
     let path = file(&dir, "all.toml", &all.join("\n"));
     let c = parse(Some(&path));
-    assert_eq!(c.etcd, ["http://127.0.0.1:2379"]);
+    assert_eq!(c.store.etcd, ["http://127.0.0.1:2379"]);
 }
 
 #[test]

@@ -6,7 +6,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::*;
@@ -44,13 +43,7 @@ fn a_huge_line_without_a_newline_runs_in_bounded_memory() {
             ],
         ),
     );
-    let mut child = factotum()
-        .args(["run", &ff])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(factotum().args(["run", &ff]));
     let pid = child.id();
     let out = child.stdout.take().unwrap();
     // The longest line printed, and the bytes of the task's output that were printed.

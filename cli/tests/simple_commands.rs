@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 
 use support::*;
 
@@ -37,14 +36,7 @@ fn a_simple_command_is_the_task_process_and_sees_what_sh_would_show_it() {
             ],
         ),
     );
-    let child = factotum()
-        .args(["run", &ff])
-        .current_dir(d.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(factotum().args(["run", &ff]).current_dir(d.path()));
     let pid = child.id();
     let o = child.wait_with_output().unwrap();
     let (out, err) = (stdout(&o), stderr(&o));

@@ -22,6 +22,16 @@ pub fn factotum() -> Command {
     c
 }
 
+/// Starts `cmd` with no stdin and its stdout and stderr piped to the test.
+pub fn spawn_piped(cmd: &mut Command) -> std::process::Child {
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts")
+}
+
 /// Runs `factotum` to its end; a run that hangs for two minutes is killed and fails the test.
 pub fn run(args: &[&str]) -> Output {
     use std::process::Stdio;

@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 use crate::dag::tests::ff;
 use chrono::TimeZone;
 

@@ -340,7 +340,7 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Why a spawn with `cwd` as the working directory failed: a failed `chdir` in the child comes
 /// back as a bare OS error, so name the directory when it is the likely cause.
-fn spawn_error(e: &std::io::Error, cwd: Option<&Path>) -> String {
+pub(crate) fn spawn_error(e: &std::io::Error, cwd: Option<&Path>) -> String {
     let Some(cwd) = cwd else {
         return e.to_string();
     };
@@ -367,7 +367,8 @@ fn from_status(status: Option<std::io::Result<std::process::ExitStatus>>) -> Out
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+/// Sleeps until `at`; never ends without one (a `select!` branch with no deadline).
+pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

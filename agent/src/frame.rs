@@ -334,7 +334,11 @@ mod tests {
     }
 
     fn split(input: &[u8], max: usize, read: usize) -> Vec<Piece> {
-        let mut s = Splitter::new(max);
+        split_with(Splitter::new(max), input, read)
+    }
+
+    /// Every piece `s` cuts from `input` fed in reads of `read` bytes.
+    fn split_with(mut s: Splitter, input: &[u8], read: usize) -> Vec<Piece> {
         let mut pieces = vec![];
         for chunk in input.chunks(read) {
             let mut chunk = chunk;
@@ -414,17 +418,7 @@ mod tests {
         let want = ["ab", "abcdefghij", "", "x\ry", "end"];
         for read in [1, 2, 3, 7, 100] {
             for max in [5, 6, 64] {
-                let mut s = Splitter::batching(max);
-                let mut pieces = vec![];
-                for chunk in input.chunks(read) {
-                    let mut chunk = chunk;
-                    while !chunk.is_empty() {
-                        let (n, piece) = s.feed(chunk);
-                        chunk = &chunk[n..];
-                        pieces.extend(piece);
-                    }
-                }
-                pieces.extend(s.finish());
+                let pieces = split_with(Splitter::batching(max), input, read);
                 assert_eq!(lines_of(&pieces), want, "reads of {read}, max {max}");
                 assert!(pieces.iter().all(|p| p.text.len() <= max), "{pieces:?}");
                 if read == 100 && max == 64 {

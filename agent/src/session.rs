@@ -307,7 +307,7 @@ impl Agent {
                     }
                 }
                 _ = stop.cancelled() => return SessionEnd::Stopped,
-                _ = sleep_until(grace_over), if grace_over.is_some() => {
+                _ = crate::executor::sleep_until(grace_over), if grace_over.is_some() => {
                     tracing::warn!(running = self.attempts.len(), "drain grace over: stopping the running tasks");
                     self.drain_stopped = true;
                     self.attempts.cancel_all();
@@ -413,12 +413,6 @@ fn state_id(dir: &std::path::Path) -> std::io::Result<String> {
     std::fs::write(&tmp, format!("{id}\n"))?;
     std::fs::rename(&tmp, &path)?;
     Ok(id)
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    if let Some(at) = at {
-        tokio::time::sleep_until(at).await;
-    }
 }
 
 async fn send(tx: &mpsc::Sender<AgentMessage>, msg: agent_message::Msg) -> Result<(), ()> {

@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::fleet::{agent, wait_for_agents, Coordinator};
@@ -58,31 +58,51 @@ fn task_shell(state: &Path) -> Option<i32> {
     })
 }
 
-#[test]
-fn after_kill_9_of_its_agent_a_task_goes_on_and_the_restarted_agent_reports_it_once() {
+/// A run whose agent was killed while its task ran.
+struct Away {
+    c: Coordinator,
+    rx: Receiver,
+    /// The agent's `--state-dir`.
+    state: PathBuf,
+    id: String,
+}
+
+fn durable_flags(state: &Path) -> [&str; 2] {
+    ["--state-dir", state.to_str().unwrap()]
+}
+
+/// A coordinator and a durable agent (`phoenix`); `command` submitted as task `name` with a
+/// webhook receiver; once `started` exists, the agent is killed with SIGKILL (no drain, no
+/// goodbye) while the task runs.
+fn run_then_kill_the_agent(d: &Dir, name: &str, command: &str, started: &Path) -> Away {
     let c = Coordinator::start(&["--lost-after", "20", "--heartbeat-interval", "0.5"]);
-    let d = Dir::new();
     let state = d.file("state");
-    let flags = ["--state-dir", state.to_str().unwrap()];
-    let mut first = agent(&c.url, "phoenix", None, &flags);
+    let mut first = agent(&c.url, "phoenix", None, &durable_flags(&state));
     wait_for_agents(&c.url, 1);
     let rx = Receiver::start();
-    let audit = d.file("audit");
-    let a = audit.display();
-    let command =
-        format!("echo ran >> '{a}'; echo before; sleep 1.5; echo after; echo oops >&2; exit 3");
     let ff = d.write(
         "durable.factfile",
-        &factfile("durable", vec![task("slow", &command, &[], &[])]),
+        &factfile("durable", vec![task(name, command, &[], &[])]),
     );
     let o = run(&["submit", &ff, "--coordinator", &c.url, "--webhook", &rx.url]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let id = stdout(&o).trim().to_string();
-    assert!(eventually(Duration::from_secs(10), || audit.exists()));
-    first.0.kill().unwrap(); // SIGKILL: no drain, no goodbye
+    assert!(eventually(Duration::from_secs(10), || started.exists()));
+    first.0.kill().unwrap();
     let _ = first.0.wait();
+    Away { c, rx, state, id }
+}
+
+#[test]
+fn after_kill_9_of_its_agent_a_task_goes_on_and_the_restarted_agent_reports_it_once() {
+    let d = Dir::new();
+    let audit = d.file("audit");
+    let a = audit.display();
+    let command =
+        format!("echo ran >> '{a}'; echo before; sleep 1.5; echo after; echo oops >&2; exit 3");
+    let Away { c, rx, state, id } = run_then_kill_the_agent(&d, "slow", &command, &audit);
     assert!(task_shell(&state).is_some(), "the task outlives its agent");
-    let _second = agent(&c.url, "phoenix", None, &flags);
+    let _second = agent(&c.url, "phoenix", None, &durable_flags(&state));
     let o = run(&["watch", &id, "--coordinator", &c.url]);
     // Exit 3 asks for an early finish (the factfile's `terminateJobWithSuccess`).
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
@@ -121,25 +141,10 @@ fn after_kill_9_of_its_agent_a_task_goes_on_and_the_restarted_agent_reports_it_o
 
 #[test]
 fn a_task_whose_shell_is_killed_while_its_agent_is_away_is_reported_failed_once() {
-    let c = Coordinator::start(&["--lost-after", "20", "--heartbeat-interval", "0.5"]);
     let d = Dir::new();
-    let state = d.file("state");
-    let flags = ["--state-dir", state.to_str().unwrap()];
-    let mut first = agent(&c.url, "phoenix", None, &flags);
-    wait_for_agents(&c.url, 1);
-    let rx = Receiver::start();
     let started = d.file("started");
     let command = format!("touch '{}'; sleep 30; echo never", started.display());
-    let ff = d.write(
-        "killed.factfile",
-        &factfile("killed", vec![task("victim", &command, &[], &[])]),
-    );
-    let o = run(&["submit", &ff, "--coordinator", &c.url, "--webhook", &rx.url]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let id = stdout(&o).trim().to_string();
-    assert!(eventually(Duration::from_secs(10), || started.exists()));
-    first.0.kill().unwrap();
-    let _ = first.0.wait();
+    let Away { c, rx, state, id } = run_then_kill_the_agent(&d, "victim", &command, &started);
     // The task's recorder (its shell) and the task, killed before they can record anything.
     let shell = task_shell(&state).expect("the task's shell runs");
     let killed = std::process::Command::new("kill")
@@ -148,7 +153,7 @@ fn a_task_whose_shell_is_killed_while_its_agent_is_away_is_reported_failed_once(
         .unwrap();
     assert!(killed.success());
     assert!(eventually(Duration::from_secs(5), || gone(shell)));
-    let _second = agent(&c.url, "phoenix", None, &flags);
+    let _second = agent(&c.url, "phoenix", None, &durable_flags(&state));
     let o = run(&["watch", &id, "--coordinator", &c.url]);
     assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
     assert!(!stdout(&o).contains("never"));

@@ -51,7 +51,9 @@ pub(super) async fn run(
     let (mut child, readers) = match spawned {
         Ok(s) => s,
         Err(e) => {
-            let why = redact.redact(&spawn_error(&e, cwd.as_deref())).into_owned();
+            let why = redact
+                .redact(&crate::executor::spawn_error(&e, cwd.as_deref()))
+                .into_owned();
             let outcome = attempt_result::Outcome::SpawnError(why);
             let f = result_msg(&r, outcome, String::new(), String::new(), begun.elapsed());
             outlet.done(f).await;
@@ -77,7 +79,7 @@ pub(super) async fn run(
             _ = cancel.cancelled(), if !stopping.stopping() => {
                 stopping.stop(tokio::time::Instant::now());
             }
-            _ = sleep_until(kill_at), if kill_at.is_some() => {
+            _ = crate::executor::sleep_until(kill_at), if kill_at.is_some() => {
                 stopping.tick(tokio::time::Instant::now());
             }
             _ = tokio::time::sleep(wait) => {
@@ -231,32 +233,4 @@ async fn send(outlet: &mut Outlet, passed: &mut Passed) -> Result<(), Closed> {
         outlet.output(stream, text, continued).await?;
     }
     Ok(())
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Why a spawn with `cwd` as the working directory failed: a failed `chdir` in the child comes
-/// back as a bare OS error, so name the directory when it is the likely cause (as the executor
-/// says it).
-fn spawn_error(e: &std::io::Error, cwd: Option<&Path>) -> String {
-    let Some(cwd) = cwd else {
-        return e.to_string();
-    };
-    match fs::metadata(cwd) {
-        Err(problem) => format!(
-            "cannot use '{}' as the working directory: {problem}",
-            cwd.display()
-        ),
-        Ok(m) if !m.is_dir() => format!(
-            "cannot use '{}' as the working directory: {}",
-            cwd.display(),
-            std::io::Error::from_raw_os_error(libc::ENOTDIR)
-        ),
-        Ok(_) => format!("{e} (working directory '{}')", cwd.display()),
-    }
 }

@@ -1,7 +1,7 @@
 use super::*;
-use std::time::Duration;
 use crate::dag::tests::ff;
 use chrono::TimeZone;
+use std::time::Duration;
 
 fn result(outcome: Outcome, stdout: &str, duration: Duration) -> TaskResult {
     TaskResult {

@@ -32,6 +32,16 @@ pub(super) struct FinishedRun {
     pub trimmed: bool,
 }
 
+impl FinishedRun {
+    /// Keeps only what a listing shows (the task lists and the history go).
+    fn trim(&mut self) {
+        self.info = self.info.brief();
+        self.summary.tasks = vec![];
+        self.history = None;
+        self.trimmed = true;
+    }
+}
+
 /// Every run this engine knows.
 pub(super) struct Runs {
     pub active: HashMap<Arc<str>, Run>,
@@ -237,24 +247,16 @@ impl Runs {
         // without first building the task list and history a trim would drop.
         let whole = self.keep_finished > 0;
         let (history, forgotten) = run.end_watch(WatchEvent::Done(summary.clone()), whole);
-        let finished = match whole {
-            true => FinishedRun {
-                info: run.info(now),
-                summary,
-                history,
-                forgotten,
-                trimmed: false,
-            },
-            false => FinishedRun {
-                info: run.brief_info(now),
-                summary: RunSummary {
-                    tasks: vec![],
-                    ..summary
-                },
-                history: None,
-                forgotten,
-                trimmed: true,
-            },
+        let info = match whole {
+            true => run.info(now),
+            false => run.brief_info(now),
+        };
+        let finished = FinishedRun {
+            info,
+            summary,
+            history,
+            forgotten,
+            trimmed: false,
         };
         self.keep(Arc::clone(id), finished);
         let n = self.finished_order.len();
@@ -285,10 +287,7 @@ impl Runs {
         if n > self.keep_finished {
             let old = &self.finished_order[n - self.keep_finished - 1];
             if let Some(f) = self.finished.get_mut(old) {
-                f.info = f.info.brief();
-                f.summary.tasks = vec![];
-                f.history = None;
-                f.trimmed = true;
+                f.trim();
             }
         }
         while self.finished_order.len() > self.keep_listed {

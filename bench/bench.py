@@ -2,13 +2,13 @@
 """Factotum benchmarks: `factotum run` against `make -j` on the same DAGs (recipes `@true` and
 `@sh -c true`), and the cost of parsing + validating + planning a 100k-task factfile.
 
-Usage: python3 bench/bench.py [--runs N] [--factotum PATH] [--out DIR]
-       python3 bench/bench.py --cpu [--compare OTHER_BINARY] [--runs N]   # the runner's own CPU
+Usage: python3 bench/bench.py [--runs N] [--factotum PATH] [--compare OTHER_BINARY] [--out DIR]
+       python3 bench/bench.py --cpu [--compare OTHER_BINARY] [--console null|pipe] [--runs N]   # own CPU
 Builds nothing: pass the release binary (default target/release/factotum). Every figure is a
 median of N runs (default 7), factotum and make interleaved in the same loop so both see the same
 machine load; the ratio is median(factotum) / median(make).
 """
-import argparse, json, os, statistics, subprocess, sys, time
+import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,17 +97,24 @@ def output_bench(args):
                   f"max RSS {rss:.0f} MiB", flush=True)
 
 
-def own_cpu_ms(cmd):
-    """The CPU (ms) of the process itself, not its children: `perf stat --no-inherit -e task-clock`."""
-    p = subprocess.run(["perf", "stat", "--no-inherit", "-x,", "-e", "task-clock", *cmd],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def own_cpu_ms(cmd, console=subprocess.DEVNULL):
+    """The CPU (ms) of the process itself, not its children: `perf stat --no-inherit -e task-clock`.
+
+    Its stdout and stderr go to `console`: /dev/null by default, as in the wall-time runs (make
+    prints nothing for `@true`), or a pipe this process reads as it comes (`--console pipe`),
+    where every `write` wakes the reader and costs the writer more. perf's own figures go to a
+    file, not to stderr, so they never share a pipe with what the command prints."""
+    with tempfile.NamedTemporaryFile("r", suffix=".perf") as report:
+        p = subprocess.run(["perf", "stat", "--no-inherit", "-x,", "-o", report.name, "-e", "task-clock", *cmd],
+                           stdout=console, stderr=console)
+        text = report.read()
     if p.returncode != 0:
-        sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr}")
-    for line in p.stderr.splitlines():
+        sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{text}")
+    for line in text.splitlines():
         fields = line.split(",")
         if len(fields) > 2 and fields[2].startswith("task-clock"):
             return float(fields[0])
-    sys.exit(f"no task-clock in perf's output: {p.stderr}")
+    sys.exit(f"no task-clock in perf's output: {text}")
 
 
 def cpu_bench(args):
@@ -117,14 +124,21 @@ def cpu_bench(args):
     for name, tasks in shapes().items():
         ff = os.path.join(args.out, f"{name}.factfile")
         write_factfile(ff, name, tasks)
+        mk = os.path.join(args.out, f"{name}.mk")
+        write_makefile(mk, tasks)
         got = {label: [] for label, _ in binaries}
+        made = []
+        console = subprocess.PIPE if args.console == "pipe" else subprocess.DEVNULL
         for _ in range(args.runs):
             for label, exe in binaries:
-                got[label].append(own_cpu_ms([exe, "run", ff]))
+                got[label].append(own_cpu_ms([exe, "run", ff], console))
+            made.append(own_cpu_ms(["make", "-s", "-j", "-f", mk, "all"], console))
         cells = []
         for label, _ in binaries:
             ms = statistics.median(got[label])
             cells.append(f"{label} {ms:6.1f} ms ({ms * 1000 / len(tasks):5.0f} us/task)")
+        ms = statistics.median(made)
+        cells.append(f"make -j @true {ms:6.1f} ms ({ms * 1000 / len(tasks):5.0f} us/task)")
         print(f"{name:18} " + "   ".join(cells), flush=True)
 
 
@@ -137,7 +151,9 @@ def main():
     ap.add_argument("--output", action="store_true", help="only the short-line output benchmark")
     ap.add_argument("--cpu", action="store_true",
                     help="only the runner's own CPU per task (perf stat --no-inherit -e task-clock)")
-    ap.add_argument("--compare", metavar="BINARY", help="with --cpu: another factotum, interleaved")
+    ap.add_argument("--compare", metavar="BINARY", help="another factotum, interleaved with the first")
+    ap.add_argument("--console", choices=["null", "pipe"], default="null",
+                    help="with --cpu: where the runner's console goes (default /dev/null, as in the wall-time runs)")
     args = ap.parse_args()
     if args.output:
         output_bench(args)
@@ -160,15 +176,23 @@ def main():
         write_makefile(mk, tasks)
         write_makefile(mk_sh, tasks, "sh -c true")
         timed([args.factotum, "run", ff])  # warm the page cache
+        other = []
+        if args.compare:
+            timed([args.compare, "run", ff])
         fac, mak, mak_sh = [], [], []
         for _ in range(args.runs):
             fac.append(timed([args.factotum, "run", ff]))
+            if args.compare:
+                other.append(timed([args.compare, "run", ff]))
             mak.append(timed(["make", "-s", "-j", "-f", mk, "all"]))
             mak_sh.append(timed(["make", "-s", "-j", "-f", mk_sh, "all"]))
         f, m, ms = statistics.median(fac), statistics.median(mak), statistics.median(mak_sh)
         results.append((name, f, m, f / m))
         print(f"{name:18} factotum {f*1000:8.1f} ms   make -j @true {m*1000:8.1f} ms (ratio {f/m:5.2f})"
               f"   make -j @sh -c true {ms*1000:8.1f} ms (ratio {f/ms:5.2f})", flush=True)
+        if other:
+            o = statistics.median(other)
+            print(f"{'':18} compare  {o*1000:8.1f} ms   (ratio {o/m:5.2f} / {o/ms:5.2f})", flush=True)
     big = os.path.join(args.out, "100k.factfile")
     # Generated in a child process: Linux carries a process's peak RSS across fork and exec, so
     # a bench process that had held the big document would inflate the figure measured below.

@@ -9,10 +9,18 @@
 //! the line goes to `sh` after all, which says why in its own words (`sh: 1: x: not found`,
 //! exit 127), exactly as before. The program gets the environment `sh` would have given it:
 //! the same, plus `PWD` (dash exports it).
+//!
+//! Like `make`, the executor also finds the program in `PATH` itself, once for all the tasks
+//! started within a second ([`locate`]), rather than leaving the search to the spawn: `execvp`
+//! tries every `PATH` directory in turn, in the child, while the agent waits for it (eight
+//! failed `execve`s per task before `/usr/bin/true` with this machine's `PATH`).
 
-use std::os::unix::fs::MetadataExt;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Characters that may appear in a simple command's words: nothing here means anything to
 /// `sh` (no quoting, expansion, globbing, redirection, comments, tilde, operators).
@@ -93,6 +101,77 @@ pub fn pwd_to_set() -> Option<&'static Path> {
         }
     })
     .as_deref()
+}
+
+/// How long a program's place in `PATH` is remembered. A program installed meanwhile in an
+/// earlier `PATH` directory is run this long later at worst; one removed fails to start, goes
+/// to `sh` (which finds whatever `PATH` holds now) and is looked up afresh ([`forget`]).
+const REMEMBER: Duration = Duration::from_secs(1);
+
+/// Programs remembered at most (all are dropped past that: a bound, not a policy).
+const MAX_REMEMBERED: usize = 1024;
+
+static LOCATOR: Mutex<Locator> = Mutex::new(Locator { found: None });
+
+/// Where this process's `PATH` finds `program`, a bare name (see [`Locator::locate`]).
+pub fn locate(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    LOCATOR.lock().ok()?.locate(program, &path, Instant::now())
+}
+
+/// Forgets where `program` was found: starting it from there failed.
+pub fn forget(program: &str) {
+    if let Ok(mut l) = LOCATOR.lock() {
+        if let Some(found) = l.found.as_mut() {
+            found.remove(program);
+        }
+    }
+}
+
+/// Programs found in `PATH`, each with the `PATH` it was found in and when.
+#[derive(Debug, Default)]
+struct Locator {
+    found: Option<HashMap<String, (PathBuf, OsString, Instant)>>,
+}
+
+impl Locator {
+    /// The first file of that name in `path`'s directories that has an execute bit, as
+    /// `execvp` would run it. `None` (leave the search to the spawn) for a name with a `/`,
+    /// when nothing is found, or when `path` has a relative or empty directory (those depend
+    /// on the working directory). A file we may not run after all fails to start, and the
+    /// command goes to `sh`, which searches on past it as `execvp` does.
+    fn locate(&mut self, program: &str, path: &OsStr, now: Instant) -> Option<PathBuf> {
+        if program.is_empty() || program.contains('/') {
+            return None;
+        }
+        let found = self.found.get_or_insert_with(HashMap::new);
+        if let Some((exe, in_path, at)) = found.get(program) {
+            if in_path == path && now.duration_since(*at) < REMEMBER {
+                return Some(exe.clone());
+            }
+        }
+        let exe = search(program, path)?;
+        if found.len() >= MAX_REMEMBERED {
+            found.clear();
+        }
+        found.insert(program.to_string(), (exe.clone(), path.to_owned(), now));
+        Some(exe)
+    }
+}
+
+fn search(program: &str, path: &OsStr) -> Option<PathBuf> {
+    for dir in std::env::split_paths(path) {
+        if !dir.is_absolute() {
+            return None;
+        }
+        let candidate = dir.join(program);
+        if std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        {
+            return Some(candidate);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -187,6 +266,71 @@ mod tests {
             "bin/run",
         ] {
             assert_eq!(argv(line), None, "{line:?}");
+        }
+    }
+
+    mod locate {
+        use std::ffi::OsString;
+        use std::os::unix::fs::PermissionsExt;
+        use std::path::Path;
+        use std::time::{Duration, Instant};
+
+        use super::super::{Locator, REMEMBER};
+
+        fn program(dir: &Path, name: &str, mode: u32) {
+            let p = dir.join(name);
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+
+        fn path_of(dirs: &[&Path]) -> OsString {
+            std::env::join_paths(dirs).unwrap()
+        }
+
+        #[test]
+        fn the_first_executable_file_in_path_order_is_found() {
+            let (a, b) = (tempdir("a"), tempdir("b"));
+            program(&a, "tool", 0o644); // not executable: passed over, as execvp does
+            program(&b, "tool", 0o755);
+            std::fs::create_dir(a.join("dir")).unwrap();
+            program(&b, "dir", 0o755); // a directory of that name is passed over too
+            let mut l = Locator::default();
+            let path = path_of(&[&a, &b]);
+            let now = Instant::now();
+            assert_eq!(l.locate("tool", &path, now), Some(b.join("tool")));
+            assert_eq!(l.locate("dir", &path, now), Some(b.join("dir")));
+            assert_eq!(l.locate("missing", &path, now), None);
+            assert_eq!(l.locate("b/tool", &path, now), None);
+            // A relative or empty directory depends on where the search runs: left to exec.
+            let relative = std::env::join_paths([Path::new("bin"), &b]).unwrap();
+            assert_eq!(l.locate("tool", &relative, now), None);
+            let empty = OsString::from(format!(":{}", b.display()));
+            assert_eq!(l.locate("tool", &empty, now), None);
+        }
+
+        #[test]
+        fn a_place_is_remembered_for_a_while_and_per_path() {
+            let (a, b) = (tempdir("c"), tempdir("d"));
+            program(&b, "tool", 0o755);
+            let mut l = Locator::default();
+            let path = path_of(&[&a, &b]);
+            let t0 = Instant::now();
+            assert_eq!(l.locate("tool", &path, t0), Some(b.join("tool")));
+            // Installed earlier in PATH: seen once the remembered place is old enough.
+            program(&a, "tool", 0o755);
+            let soon = t0 + REMEMBER - Duration::from_millis(1);
+            assert_eq!(l.locate("tool", &path, soon), Some(b.join("tool")));
+            assert_eq!(l.locate("tool", &path, t0 + REMEMBER), Some(a.join("tool")));
+            // Another PATH is searched afresh.
+            assert_eq!(l.locate("tool", &path_of(&[&b]), t0), Some(b.join("tool")));
+        }
+
+        fn tempdir(tag: &str) -> std::path::PathBuf {
+            let d =
+                std::env::temp_dir().join(format!("factotum-locate-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            d
         }
     }
 }

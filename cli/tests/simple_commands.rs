@@ -72,3 +72,54 @@ fn a_simple_command_is_the_task_process_and_sees_what_sh_would_show_it() {
     );
     assert!(err.contains("continue_job - 127"), "{err}");
 }
+
+#[test]
+fn a_program_is_found_in_path_order_keeps_its_name_and_is_looked_for_again_once_gone() {
+    let d = Dir::new();
+    let dirs = ["a", "b", "c"].map(|n| d.path().join(n));
+    for dir in &dirs {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let tool = |dir: &std::path::Path, mode: u32| {
+        let p = dir.join("tool");
+        std::fs::write(&p, "#!/bin/sh\necho \"$0\"\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    tool(&dirs[0], 0o644); // not executable: passed over, as execvp does
+    let first = tool(&dirs[1], 0o755);
+    let last = tool(&dirs[2], 0o755);
+    let path = format!(
+        "{}:{}:{}:/usr/bin:/bin",
+        dirs[0].display(),
+        dirs[1].display(),
+        dirs[2].display()
+    );
+    let first_s = first.display().to_string();
+    let ff = d.write(
+        "f.factfile",
+        &factfile(
+            "located",
+            vec![
+                task("name", "cat", &["/proc/self/cmdline"], &[]),
+                task("tool", "tool", &[], &["name"]),
+                task("remove", "/bin/rm", &[&first_s], &["tool"]),
+                // Where `tool` was found is remembered; it is gone: the shell finds the next.
+                task("tool again", "tool", &[], &["remove"]),
+            ],
+        ),
+    );
+    let o = spawn_piped(factotum().args(["run", &ff]).env("PATH", &path))
+        .wait_with_output()
+        .unwrap();
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // argv[0] is the name as written, not the path it was found at.
+    let name = lines_of(&out, "name");
+    assert!(name[0].starts_with("cat\0/proc/self/cmdline"), "{name:?}");
+    assert_eq!(lines_of(&out, "tool"), [first_s.as_str()]);
+    assert_eq!(
+        lines_of(&out, "tool again"),
+        [last.display().to_string().as_str()]
+    );
+}

@@ -16,7 +16,6 @@ use factotum_common::run::{clamp_max_output, MAX_TAIL};
 use factotum_common::tail::last_bytes;
 use factotum_proto::{agent_message, attempt_result, AttemptResult, Lease, LeaseRef};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{execute, ExecEvent, ExecSpec};
@@ -30,6 +29,7 @@ mod durable;
 mod legacy;
 mod outlet;
 pub mod recorded;
+mod tasks;
 
 use outlet::Outlet;
 
@@ -70,7 +70,9 @@ pub struct Attempts {
     /// Attempts whose output went to `<state>/output` (no log kept): removed once forgotten.
     own_outputs: std::collections::HashSet<String>,
     running: HashMap<Key, (LeaseRef, CancellationToken)>,
-    tasks: JoinSet<()>,
+    tasks: tasks::Tasks,
+    /// Results of attempts whose task panicked, not handed on yet.
+    panicked: Vec<AttemptEvent>,
     events_tx: mpsc::Sender<AttemptEvent>,
     events_rx: mpsc::Receiver<AttemptEvent>,
 }
@@ -92,7 +94,8 @@ impl Attempts {
             pending,
             own_outputs: Default::default(),
             running: HashMap::new(),
-            tasks: JoinSet::new(),
+            tasks: Default::default(),
+            panicked: vec![],
             events_tx,
             events_rx,
         }
@@ -125,7 +128,8 @@ impl Attempts {
     pub fn spawn(&mut self, lease: Lease, r: LeaseRef) {
         // A finished attempt's task keeps its memory until joined, and `next` joins only when
         // no event waits: a busy agent (a 200k-task dry run) would keep every one (~6 KB each).
-        while self.tasks.try_join_next().is_some() {}
+        let failed = self.tasks.reap();
+        self.panicked.extend(failed);
         let cancel = CancellationToken::new();
         self.running.insert(r.key(), (r.clone(), cancel.clone()));
         let log = (self.how.logs.as_ref()).and_then(|b| b.begin(&r.run_id, r.task, r.attempt));
@@ -147,8 +151,9 @@ impl Attempts {
                     let argv = recorded::argv(&lease.command_line, state, &name);
                     // Its output is read from files: waiting for the session stalls nobody.
                     let outlet = Outlet::new(r.clone(), self.events_tx.clone(), rate, true);
+                    let key = r.clone();
                     let run = durable::run(lease, r, (argv, outputs), grace, outlet, cancel);
-                    self.tasks.spawn(run);
+                    self.tasks.spawn(&key, run);
                     metrics().set_running(self.running.len());
                     return;
                 }
@@ -165,8 +170,11 @@ impl Attempts {
         // Through a shim, the shim writes the log; else the executor does.
         let log = log.filter(|_| shim.is_none());
         let outlet = Outlet::new(r.clone(), self.events_tx.clone(), rate, false);
-        self.tasks
-            .spawn(run_attempt(lease, r, grace, (shim, log), outlet, cancel));
+        let key = r.clone();
+        self.tasks.spawn(
+            &key,
+            run_attempt(lease, r, grace, (shim, log), outlet, cancel),
+        );
         metrics().set_running(self.running.len());
     }
 
@@ -188,6 +196,10 @@ impl Attempts {
     /// and nothing queued). Cancel-safe.
     pub async fn next(&mut self) -> Option<AttemptEvent> {
         loop {
+            if let Some(ev) = self.panicked.pop() {
+                self.ended(&ev);
+                return Some(ev);
+            }
             if self.tasks.is_empty() {
                 return self.events_rx.try_recv().ok().inspect(|ev| self.ended(ev));
             }
@@ -197,7 +209,7 @@ impl Attempts {
                     self.ended(&ev);
                     return Some(ev);
                 }
-                Some(_) = self.tasks.join_next() => {}
+                Some(joined) = self.tasks.join_next() => self.panicked.extend(joined),
             }
         }
     }
@@ -321,7 +333,9 @@ impl Attempts {
                     pid,
                     kill_grace: self.how.kill_grace,
                 };
-                self.tasks.spawn(legacy::adopt(dir, r, how, outlet, cancel));
+                let key = r.clone();
+                self.tasks
+                    .spawn(&key, legacy::adopt(dir, r, how, outlet, cancel));
             }
         }
         metrics().set_running(self.running.len());
@@ -368,8 +382,9 @@ impl Attempts {
             pid,
             kill_grace: self.how.kill_grace,
         };
+        let key = r.clone();
         let job = durable::adopt((journal, e, marker), r, how, outlet, cancel);
-        self.tasks.spawn(job);
+        self.tasks.spawn(&key, job);
     }
 }
 

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,7 +18,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{execute, ExecEvent, ExecSpec};
-use crate::frame::Recorded;
 use crate::logs::{LogBook, LogPaths};
 use crate::metrics::metrics;
 use crate::shim;
@@ -31,6 +29,8 @@ mod outlet;
 pub mod recorded;
 mod tasks;
 
+use legacy::result_on_disk;
+pub use legacy::{read_exit, read_tails, shim_alive};
 use outlet::Outlet;
 
 /// `(run, task, attempt)`.
@@ -440,72 +440,6 @@ async fn run_attempt(
     };
     let done = result_msg(&r, outcome, result.stdout, result.stderr, result.duration);
     outlet.done(done).await;
-}
-
-/// How an attempt run under a shim ended, from its directory: the recorded exit; or, the shim
-/// gone without one, a kill (`killed`: we stopped it, and a signal counts as 1) or a supervisor
-/// that died. `None` while the shim (`pid`) still runs.
-fn result_on_disk(
-    dir: &Path,
-    r: &LeaseRef,
-    max: usize,
-    redact: &Redactor,
-    pid: Option<i32>,
-    killed: bool,
-) -> Option<AttemptResult> {
-    let recorded = match read_exit(dir) {
-        None if pid.is_some_and(|p| shim_alive(p, dir)) => return None,
-        // It may have recorded its exit between the first look and its end.
-        None => read_exit(dir),
-        done => done,
-    };
-    let (outcome, duration) = match recorded {
-        Some(done) => (attempt_result::Outcome::ExitCode(done.code), done.duration),
-        None if killed => (attempt_result::Outcome::ExitCode(1), Duration::ZERO),
-        None => (
-            attempt_result::Outcome::SpawnError(
-                "the task's supervisor ended without recording an exit code (was it killed?)"
-                    .into(),
-            ),
-            Duration::ZERO,
-        ),
-    };
-    let (out, err) = read_tails(dir, max, redact);
-    Some(result_msg(r, outcome, out, err, duration))
-}
-
-/// Reads `<dir>/exit` (a shim's), if the task has ended.
-pub fn read_exit(dir: &Path) -> Option<Recorded> {
-    crate::frame::parse_exit(&fs::read_to_string(dir.join(shim::EXIT)).ok()?)
-}
-
-/// The last `max` characters of each stream in a shim's `<dir>/output`, redacted by `redact`
-/// (the file itself keeps the task's raw output).
-pub fn read_tails(dir: &Path, max: usize, redact: &Redactor) -> (String, String) {
-    legacy::read_tails(dir, max, redact)
-}
-
-/// Whether `pid` is a live shim for `dir` (not a zombie, not a recycled pid of something else:
-/// its command line names the attempt directory). The agent names it by an absolute path; a
-/// relative one (from an older agent) is taken against the shim's own working directory.
-pub fn shim_alive(pid: i32, dir: &Path) -> bool {
-    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat
-        .rsplit(')')
-        .next()
-        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
-    !zombie
-        && cmdline.split(|b| *b == 0).any(|arg| {
-            let arg = Path::new(std::ffi::OsStr::from_bytes(arg));
-            arg == dir
-                || (!arg.as_os_str().is_empty()
-                    && arg.is_relative()
-                    && cwd.as_ref().is_some_and(|cwd| cwd.join(arg) == dir))
-        })
 }
 
 fn result_msg(

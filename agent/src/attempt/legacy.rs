@@ -4,19 +4,19 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use factotum_common::redact::{LineRedactor, Redactor};
 use factotum_common::run::Stream;
 use factotum_common::tail::Tail;
-use factotum_proto::LeaseRef;
+use factotum_proto::{attempt_result, AttemptResult, LeaseRef};
 use tokio_util::sync::CancellationToken;
 
 use super::durable::Adopted;
 use super::outlet::{self, Outlet};
-use super::result_on_disk;
-use crate::frame::{self, Frame};
+use crate::frame::{self, Frame, Recorded};
 use crate::kill::Escalation;
 use crate::shim;
 
@@ -110,7 +110,7 @@ async fn send_all(
 
 /// The last `max` characters of each stream in `<dir>/output`, redacted by `redact` (the file
 /// itself keeps the task's raw output).
-pub(super) fn read_tails(dir: &Path, max: usize, redact: &Redactor) -> (String, String) {
+pub fn read_tails(dir: &Path, max: usize, redact: &Redactor) -> (String, String) {
     let mut tails = [Tail::new(max), Tail::new(max)];
     let mut redacting = [LineRedactor::new(), LineRedactor::new()];
     let mut passed = vec![];
@@ -140,4 +140,64 @@ pub(super) fn read_tails(dir: &Path, max: usize, redact: &Redactor) -> (String, 
     }
     let [out, err] = tails;
     (out.as_str().to_string(), err.as_str().to_string())
+}
+
+/// How an attempt run under a shim ended, from its directory: the recorded exit; or, the shim
+/// gone without one, a kill (`killed`: we stopped it, and a signal counts as 1) or a supervisor
+/// that died. `None` while the shim (`pid`) still runs.
+pub(super) fn result_on_disk(
+    dir: &Path,
+    r: &LeaseRef,
+    max: usize,
+    redact: &Redactor,
+    pid: Option<i32>,
+    killed: bool,
+) -> Option<AttemptResult> {
+    let recorded = match read_exit(dir) {
+        None if pid.is_some_and(|p| shim_alive(p, dir)) => return None,
+        // It may have recorded its exit between the first look and its end.
+        None => read_exit(dir),
+        done => done,
+    };
+    let (outcome, duration) = match recorded {
+        Some(done) => (attempt_result::Outcome::ExitCode(done.code), done.duration),
+        None if killed => (attempt_result::Outcome::ExitCode(1), Duration::ZERO),
+        None => (
+            attempt_result::Outcome::SpawnError(
+                "the task's supervisor ended without recording an exit code (was it killed?)"
+                    .into(),
+            ),
+            Duration::ZERO,
+        ),
+    };
+    let (out, err) = read_tails(dir, max, redact);
+    Some(super::result_msg(r, outcome, out, err, duration))
+}
+
+/// Reads `<dir>/exit` (a shim's), if the task has ended.
+pub fn read_exit(dir: &Path) -> Option<Recorded> {
+    crate::frame::parse_exit(&fs::read_to_string(dir.join(shim::EXIT)).ok()?)
+}
+
+/// Whether `pid` is a live shim for `dir` (not a zombie, not a recycled pid of something else:
+/// its command line names the attempt directory). The agent names it by an absolute path; a
+/// relative one (from an older agent) is taken against the shim's own working directory.
+pub fn shim_alive(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    !zombie
+        && cmdline.split(|b| *b == 0).any(|arg| {
+            let arg = Path::new(std::ffi::OsStr::from_bytes(arg));
+            arg == dir
+                || (!arg.as_os_str().is_empty()
+                    && arg.is_relative()
+                    && cwd.as_ref().is_some_and(|cwd| cwd.join(arg) == dir))
+        })
 }

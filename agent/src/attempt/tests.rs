@@ -1,5 +1,6 @@
 use super::*;
 use crate::frame;
+use crate::frame::Recorded;
 use factotum_common::run::Stream;
 use std::process::Command;
 

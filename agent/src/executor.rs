@@ -160,6 +160,8 @@ pub async fn execute(
         let piece = tokio::select! {
             s = child.wait(), if status.is_none() => {
                 tracing::debug!(pid, "process exited");
+                // It may have installed a program the tasks after it run (see crate::simple).
+                crate::simple::task_ended();
                 status = Some(s);
                 drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
                 None

@@ -103,9 +103,13 @@ pub fn pwd_to_set() -> Option<&'static Path> {
     .as_deref()
 }
 
-/// How long a program's place in `PATH` is remembered. A program installed meanwhile in an
-/// earlier `PATH` directory is run this long later at worst; one removed fails to start, goes
-/// to `sh` (which finds whatever `PATH` holds now) and is looked up afresh ([`forget`]).
+/// How long a program's place in `PATH` is remembered at most; everything is forgotten sooner,
+/// whenever a task ends ([`task_ended`]). So a task that depends on another (it starts after
+/// that one ended) always looks its program up afresh and runs what its dependency installed,
+/// as `sh -c` would; only tasks started together, a wide DAG's burst, share a lookup. A program
+/// installed meanwhile by anything else is run this long later at worst; one removed fails to
+/// start, goes to `sh` (which finds whatever `PATH` holds now) and is looked up afresh
+/// ([`forget`]).
 const REMEMBER: Duration = Duration::from_secs(1);
 
 /// Programs remembered at most (all are dropped past that: a bound, not a policy).
@@ -124,6 +128,15 @@ pub fn forget(program: &str) {
     if let Ok(mut l) = LOCATOR.lock() {
         if let Some(found) = l.found.as_mut() {
             found.remove(program);
+        }
+    }
+}
+
+/// A task has ended: it may have installed or removed programs, so nothing found so far holds.
+pub fn task_ended() {
+    if let Ok(mut l) = LOCATOR.lock() {
+        if let Some(found) = l.found.as_mut() {
+            found.clear();
         }
     }
 }
@@ -323,6 +336,11 @@ mod tests {
             assert_eq!(l.locate("tool", &path, t0 + REMEMBER), Some(a.join("tool")));
             // Another PATH is searched afresh.
             assert_eq!(l.locate("tool", &path_of(&[&b]), t0), Some(b.join("tool")));
+            // Forgotten, it is searched afresh at once.
+            assert_eq!(l.locate("tool", &path, t0), Some(a.join("tool")));
+            std::fs::remove_file(a.join("tool")).unwrap();
+            l.found.as_mut().unwrap().clear(); // what task_ended does
+            assert_eq!(l.locate("tool", &path, t0), Some(b.join("tool")));
         }
 
         fn tempdir(tag: &str) -> std::path::PathBuf {

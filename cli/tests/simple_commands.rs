@@ -74,7 +74,7 @@ fn a_simple_command_is_the_task_process_and_sees_what_sh_would_show_it() {
 }
 
 #[test]
-fn a_program_is_found_in_path_order_keeps_its_name_and_is_looked_for_again_once_gone() {
+fn a_program_is_found_in_path_order_keeps_its_name_and_is_looked_up_again_after_a_task_ends() {
     let d = Dir::new();
     let dirs = ["a", "b", "c"].map(|n| d.path().join(n));
     for dir in &dirs {
@@ -96,6 +96,8 @@ fn a_program_is_found_in_path_order_keeps_its_name_and_is_looked_for_again_once_
         dirs[2].display()
     );
     let first_s = first.display().to_string();
+    let last_s = last.display().to_string();
+    let first_dir_tool = dirs[0].join("tool").display().to_string();
     let ff = d.write(
         "f.factfile",
         &factfile(
@@ -104,8 +106,18 @@ fn a_program_is_found_in_path_order_keeps_its_name_and_is_looked_for_again_once_
                 task("name", "cat", &["/proc/self/cmdline"], &[]),
                 task("tool", "tool", &[], &["name"]),
                 task("remove", "/bin/rm", &[&first_s], &["tool"]),
-                // Where `tool` was found is remembered; it is gone: the shell finds the next.
+                // Its dependency removed the `tool` found before: looked up afresh.
                 task("tool again", "tool", &[], &["remove"]),
+                // Found where it is now (and remembered).
+                task("tool third", "tool", &[], &["tool again"]),
+                // A dependency installs one earlier in PATH: the task after it runs that one.
+                task(
+                    "install",
+                    "/usr/bin/install",
+                    &["-m", "755", &last_s, &first_dir_tool],
+                    &["tool third"],
+                ),
+                task("tool last", "tool", &[], &["install"]),
             ],
         ),
     );
@@ -118,8 +130,7 @@ fn a_program_is_found_in_path_order_keeps_its_name_and_is_looked_for_again_once_
     let name = lines_of(&out, "name");
     assert!(name[0].starts_with("cat\0/proc/self/cmdline"), "{name:?}");
     assert_eq!(lines_of(&out, "tool"), [first_s.as_str()]);
-    assert_eq!(
-        lines_of(&out, "tool again"),
-        [last.display().to_string().as_str()]
-    );
+    assert_eq!(lines_of(&out, "tool again"), [last_s.as_str()]);
+    assert_eq!(lines_of(&out, "tool third"), [last_s.as_str()]);
+    assert_eq!(lines_of(&out, "tool last"), [first_dir_tool.as_str()]);
 }

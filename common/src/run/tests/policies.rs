@@ -1,6 +1,7 @@
 //! Task and job policies of the extended factfile: retries, timeouts, continue-on-failure,
 //! `maxParallel`, `onLost`, and timers that survive a restore. Time is synthetic throughout.
 
+use super::restore::recorded;
 use super::*;
 use serde_json::json;
 

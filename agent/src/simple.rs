@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Characters that may appear in a simple command's words: nothing here means anything to
@@ -115,7 +115,7 @@ const REMEMBER: Duration = Duration::from_secs(1);
 /// Programs remembered at most (all are dropped past that: a bound, not a policy).
 const MAX_REMEMBERED: usize = 1024;
 
-static LOCATOR: Mutex<Locator> = Mutex::new(Locator { found: None });
+static LOCATOR: LazyLock<Mutex<Locator>> = LazyLock::new(Mutex::default);
 
 /// Where this process's `PATH` finds `program`, a bare name (see [`Locator::locate`]).
 pub fn locate(program: &str) -> Option<PathBuf> {
@@ -126,25 +126,21 @@ pub fn locate(program: &str) -> Option<PathBuf> {
 /// Forgets where `program` was found: starting it from there failed.
 pub fn forget(program: &str) {
     if let Ok(mut l) = LOCATOR.lock() {
-        if let Some(found) = l.found.as_mut() {
-            found.remove(program);
-        }
+        l.found.remove(program);
     }
 }
 
 /// A task has ended: it may have installed or removed programs, so nothing found so far holds.
 pub fn task_ended() {
     if let Ok(mut l) = LOCATOR.lock() {
-        if let Some(found) = l.found.as_mut() {
-            found.clear();
-        }
+        l.found.clear();
     }
 }
 
 /// Programs found in `PATH`, each with the `PATH` it was found in and when.
 #[derive(Debug, Default)]
 struct Locator {
-    found: Option<HashMap<String, (PathBuf, OsString, Instant)>>,
+    found: HashMap<String, (PathBuf, OsString, Instant)>,
 }
 
 impl Locator {
@@ -157,7 +153,7 @@ impl Locator {
         if program.is_empty() || program.contains('/') {
             return None;
         }
-        let found = self.found.get_or_insert_with(HashMap::new);
+        let found = &mut self.found;
         if let Some((exe, in_path, at)) = found.get(program) {
             if in_path == path && now.duration_since(*at) < REMEMBER {
                 return Some(exe.clone());
@@ -339,7 +335,7 @@ mod tests {
             // Forgotten, it is searched afresh at once.
             assert_eq!(l.locate("tool", &path, t0), Some(a.join("tool")));
             std::fs::remove_file(a.join("tool")).unwrap();
-            l.found.as_mut().unwrap().clear(); // what task_ended does
+            l.found.clear(); // what task_ended does
             assert_eq!(l.locate("tool", &path, t0), Some(b.join("tool")));
         }
 

@@ -37,18 +37,19 @@ impl TaskState {
         !matches!(self, TaskState::Waiting | TaskState::Running)
     }
 
+    /// Every state, in the order a task may go through them.
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Waiting,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::SucceededNoOp,
+        TaskState::Failed,
+        TaskState::Skipped,
+    ];
+
     /// The state with this webhook name.
     pub fn parse(name: &str) -> Option<TaskState> {
-        [
-            TaskState::Waiting,
-            TaskState::Running,
-            TaskState::Succeeded,
-            TaskState::SucceededNoOp,
-            TaskState::Failed,
-            TaskState::Skipped,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == name)
+        TaskState::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
     /// Whether the task's process ran to an end (what the console's `N/M tasks run` counts).

@@ -444,14 +444,7 @@ mod tests {
         assert_eq!(from_timestamp(&timestamp(t)), Some(t));
         let d = Duration::from_millis(4_600);
         assert_eq!(from_duration(&duration(d)), d);
-        for s in [
-            TaskState::Waiting,
-            TaskState::Running,
-            TaskState::Succeeded,
-            TaskState::SucceededNoOp,
-            TaskState::Failed,
-            TaskState::Skipped,
-        ] {
+        for s in TaskState::ALL {
             assert_eq!(task_state_from_pb(task_state(s) as i32), Some(s));
         }
         let cancelled = run_state(JobState::Failed, true) as i32;
